@@ -1,0 +1,69 @@
+"""optuna-deelbo: learn the regularization strength in-loop with the data-emphasized ELBo.
+
+Public API only; see the README for a tour.
+"""
+
+from __future__ import annotations
+
+from optuna_deelbo._errors import ConfigError, StorageError, TrainingDiverged
+from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
+from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain
+from optuna_deelbo.models import SmallCNN, pretrain, with_new_head
+from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
+from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterior
+from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
+from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
+from optuna_deelbo.strategies import STRATEGY_NAMES, Strategy, StrategyResult, get_strategy, task_objective
+from optuna_deelbo.task import TaskSpec, digits_task
+from optuna_deelbo.training import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "LEARNED_ATTR_PREFIX",
+    "PRIOR_NAMES",
+    "SIGMA_MODES",
+    "STRATEGY_NAMES",
+    "ConfigError",
+    "DEELBoObjective",
+    "DEELBoSampler",
+    "GaussianPrior",
+    "IsotropicGaussian",
+    "LossRecord",
+    "LowRankGaussian",
+    "MAPObjective",
+    "Metrics",
+    "Objective",
+    "ParameterGroups",
+    "RetrainResult",
+    "SmallCNN",
+    "Split",
+    "StorageError",
+    "Strategy",
+    "StrategyResult",
+    "TaskSpec",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "TransferData",
+    "WeightPosterior",
+    "digits_task",
+    "digits_transfer",
+    "evaluate",
+    "fit",
+    "fit_deelbo",
+    "fit_map",
+    "get_strategy",
+    "learned_names",
+    "open_storage",
+    "pretrain",
+    "resolve_device",
+    "retrain",
+    "stratified_indices",
+    "task_objective",
+    "train",
+    "train_val_split",
+    "with_new_head",
+]

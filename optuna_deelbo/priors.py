@@ -1,0 +1,252 @@
+"""Gaussian priors over a flat weight vector, and their closed forms against a diagonal q.
+
+Pure tensor maths: every function takes flat tensors of length ``D`` (the number of weights
+the prior covers), never an ``nn.Module``. The prior is ``p(theta | lam) = N(mu, lam * Sigma)``
+with a scalar variance ``lam > 0`` that the DE-ELBo learns; ``Sigma`` is ``I`` for
+:class:`IsotropicGaussian` (L2-zero, L2-SP) and ``diag(a) + U U^T`` for
+:class:`LowRankGaussian` (PTYL). The variational posterior is
+``q(theta) = N(m, diag(sigma^2))`` with ``sigma`` a scalar (shape ``()``) or one standard
+deviation per weight (shape ``(D,)``).
+
+Closed forms (``d = mu - m``)::
+
+    KL(q || p) = 0.5 * [ (Tr(Sigma^-1 S) + d^T Sigma^-1 d) / lam - D + D log lam
+                         + log det Sigma - sum_i log sigma_i^2 ],   S = diag(sigma^2)
+    lam*       = (Tr(Sigma^-1 S) + d^T Sigma^-1 d) / D                 (argmin_lam KL)
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from optuna_deelbo._errors import ConfigError
+
+__all__ = [
+    "GaussianPrior",
+    "IsotropicGaussian",
+    "LowRankGaussian",
+    "PRIOR_NAMES",
+]
+
+#: Names accepted wherever a prior family is chosen by name (CLI, task specs).
+PRIOR_NAMES: tuple[str, ...] = ("l2-zero", "l2-sp", "ptyl")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _as_vector(x: Tensor, dim: int, what: str) -> Tensor:
+    if x.ndim != 1 or x.shape[0] != dim:
+        raise ConfigError(f"{what} must be a flat vector of length {dim}, got shape {tuple(x.shape)}")
+    return x
+
+
+class GaussianPrior(ABC):
+    """``N(mu, lam * Sigma)`` over ``D`` weights; subclasses supply ``Sigma``'s three primitives."""
+
+    def __init__(self, mean: Tensor) -> None:
+        if mean.ndim != 1 or mean.shape[0] == 0:
+            raise ConfigError(f"prior mean must be a non-empty flat vector, got shape {tuple(mean.shape)}")
+        if not torch.is_floating_point(mean):
+            raise ConfigError(f"prior mean must be a floating-point tensor, got {mean.dtype}")
+        self.mean = mean
+
+    @property
+    def dim(self) -> int:
+        """``D``, the number of weights the prior covers."""
+        return int(self.mean.shape[0])
+
+    # --- primitives of Sigma ------------------------------------------------------------
+    @abstractmethod
+    def precision_quadratic(self, x: Tensor) -> Tensor:
+        """``x^T Sigma^-1 x`` for ``x`` of shape ``(D,)``; returns a 0-d tensor."""
+
+    @abstractmethod
+    def precision_diagonal(self) -> Tensor:
+        """``diag(Sigma^-1)``, shape ``(D,)``."""
+
+    @abstractmethod
+    def logdet_covariance(self) -> Tensor:
+        """``log det Sigma`` (0-d); ``Sigma`` is the covariance at ``lam = 1``."""
+
+    @abstractmethod
+    def precision_trace(self) -> Tensor:
+        """``Tr(Sigma^-1)`` (0-d)."""
+
+    @abstractmethod
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GaussianPrior:
+        """A copy of the prior on ``device`` with floating tensors cast to ``dtype``."""
+
+    # --- closed forms ---------------------------------------------------------------------
+    def mahalanobis(self, theta: Tensor) -> Tensor:
+        """``(theta - mu)^T Sigma^-1 (theta - mu)`` for ``theta`` of shape ``(D,)``."""
+        theta = _as_vector(theta, self.dim, "theta")
+        return self.precision_quadratic(theta - self.mean.to(theta.dtype))
+
+    def trace_term(self, sigma: Tensor) -> Tensor:
+        """``Tr(Sigma^-1 diag(sigma^2))`` for scalar or per-weight ``sigma``."""
+        if sigma.ndim == 0 or sigma.numel() == 1:
+            return sigma.reshape(()) ** 2 * self.precision_trace().to(sigma.dtype)
+        sigma = _as_vector(sigma, self.dim, "sigma")
+        return (sigma**2 * self.precision_diagonal().to(sigma.dtype)).sum()
+
+    def _sum_log_var(self, sigma: Tensor) -> Tensor:
+        if sigma.ndim == 0 or sigma.numel() == 1:
+            return self.dim * 2.0 * torch.log(sigma.reshape(()))
+        return 2.0 * torch.log(_as_vector(sigma, self.dim, "sigma")).sum()
+
+    def optimal_variance(self, theta: Tensor, sigma: Tensor) -> Tensor:
+        """Closed-form ``lam* = (Tr(Sigma^-1 S) + d^T Sigma^-1 d) / D`` minimising :meth:`kl`.
+
+        Args:
+            theta: posterior mean, shape ``(D,)``.
+            sigma: posterior std, shape ``()`` or ``(D,)``.
+
+        Returns:
+            0-d tensor, the variance scale ``lam*`` (units of weight^2).
+        """
+        return (self.trace_term(sigma) + self.mahalanobis(theta)) / self.dim
+
+    def kl(self, theta: Tensor, sigma: Tensor, variance: Tensor | float) -> Tensor:
+        """``KL(N(theta, diag sigma^2) || N(mu, variance * Sigma))`` in nats (0-d tensor)."""
+        lam = torch.as_tensor(variance, dtype=theta.dtype, device=theta.device)
+        dim = self.dim
+        quad = self.trace_term(sigma) + self.mahalanobis(theta)
+        return 0.5 * (
+            quad / lam
+            - dim
+            + dim * torch.log(lam)
+            + self.logdet_covariance().to(theta.dtype)
+            - self._sum_log_var(sigma)
+        )
+
+    def kl_at_optimum(self, theta: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(KL(q || p(. | lam*)), lam*)`` sharing one evaluation of the quadratic terms.
+
+        ``lam*`` is returned detached. Because ``dKL/dlam = 0`` at ``lam*``, the KL's gradient
+        with respect to ``theta`` and ``sigma`` equals the total derivative through ``lam*``
+        (envelope theorem), so treating it as a constant loses nothing.
+        """
+        dim = self.dim
+        quad = self.trace_term(sigma) + self.mahalanobis(theta)
+        lam = (quad / dim).detach()
+        kl = 0.5 * (
+            quad / lam
+            - dim
+            + dim * torch.log(lam)
+            + self.logdet_covariance().to(theta.dtype)
+            - self._sum_log_var(sigma)
+        )
+        return kl, lam
+
+    def log_prob(self, theta: Tensor, variance: Tensor | float) -> Tensor:
+        """``log N(theta; mu, variance * Sigma)`` in nats (0-d tensor), the MAP penalty's density."""
+        lam = torch.as_tensor(variance, dtype=theta.dtype, device=theta.device)
+        dim = self.dim
+        return -0.5 * (
+            self.mahalanobis(theta) / lam
+            + dim * torch.log(lam)
+            + self.logdet_covariance().to(theta.dtype)
+            + dim * _LOG_2PI
+        )
+
+
+class IsotropicGaussian(GaussianPrior):
+    """``N(mu, lam * I)``: L2-zero (``mean`` zeros) or L2-SP (``mean`` = pretrained weights).
+
+    Args:
+        mean: prior mean, shape ``(D,)``.
+    """
+
+    @classmethod
+    def zero(cls, dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> IsotropicGaussian:
+        """The L2-zero prior ``N(0, lam I)`` over ``dim`` weights."""
+        if dim <= 0:
+            raise ConfigError(f"prior dimension must be positive, got {dim}")
+        return cls(torch.zeros(dim, dtype=dtype, device=device))
+
+    def precision_quadratic(self, x: Tensor) -> Tensor:
+        return (x * x).sum()
+
+    def precision_diagonal(self) -> Tensor:
+        return torch.ones_like(self.mean)
+
+    def logdet_covariance(self) -> Tensor:
+        return self.mean.new_zeros(())
+
+    def precision_trace(self) -> Tensor:
+        return self.mean.new_tensor(float(self.dim))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IsotropicGaussian:
+        return IsotropicGaussian(self.mean.to(device=device, dtype=dtype))
+
+
+class LowRankGaussian(GaussianPrior):
+    """``N(mu, lam * (diag(a) + U U^T))``: the PTYL prior from SWAG moments.
+
+    Everything goes through Woodbury and the matrix determinant lemma, with
+    ``C = I_K + U^T A^-1 U`` (``K x K``) and ``V = A^-1 U L^-T`` where ``C = L L^T``::
+
+        Sigma^-1      = A^-1 - V V^T
+        log det Sigma = sum log a + log det C
+
+    so memory is ``O(D K)`` and each :meth:`mahalanobis` costs ``O(D K)``; no ``D x D`` matrix.
+
+    Args:
+        mean: prior mean ``mu``, shape ``(D,)``.
+        diagonal: ``a > 0``, shape ``(D,)``.
+        factor: ``U``, shape ``(D, K)`` (``K`` may be 0).
+    """
+
+    def __init__(self, mean: Tensor, diagonal: Tensor, factor: Tensor) -> None:
+        super().__init__(mean)
+        dim = self.dim
+        diagonal = _as_vector(diagonal, dim, "prior diagonal")
+        if factor.ndim != 2 or factor.shape[0] != dim:
+            raise ConfigError(f"prior low-rank factor must have shape ({dim}, K), got {tuple(factor.shape)}")
+        if not bool(torch.all(diagonal > 0)) or not bool(torch.all(torch.isfinite(diagonal))):
+            raise ConfigError("prior diagonal must be finite and strictly positive")
+        if not bool(torch.all(torch.isfinite(factor))):
+            raise ConfigError("prior low-rank factor must be finite")
+        self.diagonal = diagonal
+        self.factor = factor
+        rank = factor.shape[1]
+        inv_a = 1.0 / diagonal
+        w = factor * inv_a[:, None]  # A^-1 U, (D, K)
+        capacitance = torch.eye(rank, dtype=mean.dtype, device=mean.device) + factor.T @ w
+        chol = torch.linalg.cholesky(capacitance)
+        # V = W L^-T  <=>  V^T = L^-1 W^T
+        self._v = torch.linalg.solve_triangular(chol, w.T, upper=False).T  # (D, K)
+        self._inv_a = inv_a
+        self._logdet = torch.log(diagonal).sum() + 2.0 * torch.log(torch.diagonal(chol)).sum()
+        self._precision_diagonal = inv_a - (self._v**2).sum(dim=1)
+        self._precision_trace = self._precision_diagonal.sum()
+
+    @property
+    def rank(self) -> int:
+        """``K``, the number of low-rank columns."""
+        return int(self.factor.shape[1])
+
+    def precision_quadratic(self, x: Tensor) -> Tensor:
+        inv_a = self._inv_a.to(x.dtype)
+        vx = self._v.to(x.dtype).T @ x
+        return (x * x * inv_a).sum() - (vx * vx).sum()
+
+    def precision_diagonal(self) -> Tensor:
+        return self._precision_diagonal
+
+    def logdet_covariance(self) -> Tensor:
+        return self._logdet
+
+    def precision_trace(self) -> Tensor:
+        return self._precision_trace
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LowRankGaussian:
+        return LowRankGaussian(
+            self.mean.to(device=device, dtype=dtype),
+            self.diagonal.to(device=device, dtype=dtype),
+            self.factor.to(device=device, dtype=dtype),
+        )

@@ -1,0 +1,125 @@
+"""``DEELBoSampler``: take regularisation hyperparameters out of an Optuna search.
+
+Modelled on :class:`optuna.samplers.PartialFixedSampler`: a wrapper that forwards everything
+to a base sampler except the *learned* parameters, which the base sampler never sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler
+
+from optuna_deelbo._errors import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import BaseTrial, FrozenTrial, TrialState
+
+__all__ = ["DEELBoSampler", "LEARNED_ATTR_PREFIX", "learned_names", "without_learned"]
+
+#: User-attr prefix under which a trial stores each learned value (``learned:weight_decay``).
+LEARNED_ATTR_PREFIX = "learned:"
+
+
+def _placeholder(param_name: str, distribution: BaseDistribution) -> Any:
+    if isinstance(distribution, (FloatDistribution, IntDistribution)):
+        return distribution.low
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.choices[0]
+    raise ConfigError(f"learned parameter {param_name!r} has an unsupported distribution {distribution}")
+
+
+class DEELBoSampler(BaseSampler):
+    """Sampler that learns some hyperparameters in the training loop instead of searching them.
+
+    The user's objective stays as it is: it still calls ``trial.suggest_float("weight_decay",
+    ...)``. For every name in ``learned`` this sampler answers with a fixed placeholder (the
+    distribution's lower bound, or its first choice) without asking the base sampler, and
+    :func:`optuna_deelbo.fit` sees that the trial runs under a ``DEELBoSampler`` and learns
+    the value with the DE-ELBo instead. The learned value lands on the trial as the user
+    attr ``learned:<name>``; ``trial.params[<name>]`` holds only the placeholder.
+
+    Example:
+        .. code-block:: python
+
+            sampler = DEELBoSampler(optuna.samplers.GridSampler({"lr": [1e-1, 1e-2, 1e-3, 1e-4]}))
+            study = optuna.create_study(sampler=sampler)
+            study.optimize(objective, n_trials=4)
+
+    Args:
+        base_sampler: samples every other parameter (``GridSampler``, ``TPESampler``, ...).
+        learned: names of the parameters learned in-loop.
+    """
+
+    def __init__(self, base_sampler: BaseSampler, learned: Sequence[str] = ("weight_decay",)) -> None:
+        if not isinstance(base_sampler, BaseSampler):
+            raise ConfigError(f"base_sampler must be an optuna sampler, got {type(base_sampler).__name__}")
+        if isinstance(learned, str):
+            learned = (learned,)
+        names = tuple(learned)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"learned must be a non-empty sequence of parameter names, got {learned!r}")
+        self._base_sampler = base_sampler
+        self._learned = frozenset(names)
+
+    @property
+    def learned(self) -> frozenset[str]:
+        """The parameter names learned in-loop, never proposed by the base sampler."""
+        return self._learned
+
+    @property
+    def base_sampler(self) -> BaseSampler:
+        """The wrapped sampler."""
+        return self._base_sampler
+
+    def reseed_rng(self) -> None:
+        self._base_sampler.reseed_rng()
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        search_space = self._base_sampler.infer_relative_search_space(study, trial)
+        return {name: dist for name, dist in search_space.items() if name not in self._learned}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        search_space = {name: dist for name, dist in search_space.items() if name not in self._learned}
+        return self._base_sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        if param_name in self._learned:
+            return _placeholder(param_name, param_distribution)
+        return self._base_sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._base_sampler.before_trial(study, trial)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._base_sampler.after_trial(study, trial, state, values)
+
+
+def learned_names(trial: BaseTrial) -> frozenset[str]:
+    """Names learned in-loop for ``trial``: its study's :class:`DEELBoSampler`'s, else empty.
+
+    ``FixedTrial`` and trials of studies with any other sampler learn nothing (plain MAP).
+    """
+    study = getattr(trial, "study", None)
+    sampler = getattr(study, "sampler", None)
+    return sampler.learned if isinstance(sampler, DEELBoSampler) else frozenset()
+
+
+def without_learned(search_space: dict[str, Iterable[Any]], learned: Iterable[str]) -> dict[str, list[Any]]:
+    """A grid search space with the learned names removed (for ``GridSampler`` under the wrapper)."""
+    drop = set(learned)
+    return {name: list(values) for name, values in search_space.items() if name not in drop}

@@ -1,0 +1,184 @@
+"""``TaskSpec``: everything a strategy needs to train one configuration, shared by all of them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor, nn
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.data import Split, train_val_split
+from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, SigmaMode
+from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.training import TrainConfig, resolve_device
+
+__all__ = ["TaskSpec", "digits_task"]
+
+
+@dataclass
+class TaskSpec:
+    """A fine-tuning problem: model factory, data, prior family and training budget.
+
+    Attributes:
+        name: short identifier, used in study names.
+        model_factory: returns a fresh model whose body holds the pretrained weights and whose
+            head (parameters starting with one of ``head_prefixes``) is newly initialised.
+            Called under ``torch.manual_seed(seed)``.
+        train: the ``N`` training examples (all of them; MAP baselines split 80/20 inside).
+        test: held-out examples for reporting only (never used for selection), or ``None``.
+        head_prefixes: parameter-name prefixes of the head (own prior variance ``tau``).
+        prior: ``"l2-zero"`` (mean 0), ``"l2-sp"`` (mean = pretrained body) or ``"ptyl"``.
+        prior_mean: flat body prior mean ``(D,)``; default: zeros for ``l2-zero``, the factory
+            model's body weights otherwise.
+        prior_covariance: ``(diagonal (D,), factor (D, K))`` of ``Sigma`` for ``ptyl``.
+        steps, batch_size: training budget per configuration (the same for every strategy).
+        kappa: DE-ELBo likelihood emphasis; ``None`` = ``D / N``.
+        sigma_mode, init_sigma: posterior std parametrisation and initial value.
+        val_fraction: held-out fraction for MAP tuning (paper: 0.2).
+        seed: seeds the head initialisation, minibatch order, posterior samples and splits.
+        device: ``None`` = CUDA when present, else CPU.
+        progress: tqdm bars during training.
+    """
+
+    name: str
+    model_factory: Callable[[], nn.Module]
+    train: Split
+    test: Split | None = None
+    head_prefixes: tuple[str, ...] = ("head.",)
+    prior: str = "l2-sp"
+    prior_mean: Tensor | None = None
+    prior_covariance: tuple[Tensor, Tensor] | None = None
+    steps: int = 300
+    batch_size: int = 64
+    kappa: float | None = None
+    sigma_mode: SigmaMode = "scalar"
+    init_sigma: float = 1e-3
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    _body_dim: int = field(init=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        if len(self.train) == 0:
+            raise ConfigError("the training set is empty (N = 0)")
+        if self.prior not in PRIOR_NAMES:
+            raise ConfigError(f"unknown prior {self.prior!r}; choose one of {PRIOR_NAMES}")
+        if self.sigma_mode not in SIGMA_MODES:
+            raise ConfigError(f"unknown sigma_mode {self.sigma_mode!r}; choose one of {SIGMA_MODES}")
+        if self.kappa is not None and not (self.kappa > 0 and math.isfinite(self.kappa)):
+            raise ConfigError(f"kappa must be a positive finite number, got {self.kappa}")
+        if not (self.init_sigma > 0 and math.isfinite(self.init_sigma)):
+            raise ConfigError(f"init_sigma must be a positive finite number, got {self.init_sigma}")
+        if self.prior == "ptyl" and self.prior_covariance is None:
+            raise ConfigError("the ptyl prior needs prior_covariance=(diagonal, factor), e.g. from SWAG")
+        self.train_config(lr=1.0)  # validates steps / batch_size / device early
+        resolve_device(self.device)
+        model = self.build_model()
+        groups = self.groups(model)
+        self._body_dim = groups.numel(model, "body")
+        if self.prior_mean is not None and (self.prior_mean.ndim != 1 or self.prior_mean.shape[0] != self._body_dim):
+            raise ConfigError(
+                f"prior mean has shape {tuple(self.prior_mean.shape)} but the model body has "
+                f"{self._body_dim} weights (head prefixes {self.head_prefixes})"
+            )
+
+    @property
+    def n_train(self) -> int:
+        """``N``, the number of training examples."""
+        return len(self.train)
+
+    def build_model(self) -> nn.Module:
+        """A fresh model from the factory (seeded), on the task's device."""
+        torch.manual_seed(self.seed)
+        model = self.model_factory()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model_factory must return an nn.Module, got {type(model).__name__}")
+        return model.to(resolve_device(self.device))
+
+    def groups(self, model: nn.Module) -> ParameterGroups:
+        """Body/head split of ``model`` by :attr:`head_prefixes`."""
+        return ParameterGroups.split(model, self.head_prefixes)
+
+    def body_prior(self, model: nn.Module) -> GaussianPrior:
+        """The body prior of :attr:`prior`'s family for a model built by :meth:`build_model`."""
+        groups = self.groups(model)
+        params = dict(model.named_parameters())
+        ref = params[groups.body[0]]
+        if self.prior_mean is not None:
+            mean = self.prior_mean.to(device=ref.device, dtype=ref.dtype)
+        elif self.prior == "l2-zero":
+            mean = torch.zeros(self._body_dim, device=ref.device, dtype=ref.dtype)
+        else:
+            mean = groups.flat(params, "body").detach().clone()
+        if self.prior == "ptyl":
+            assert self.prior_covariance is not None
+            diagonal, factor = self.prior_covariance
+            return LowRankGaussian(mean, diagonal.to(mean), factor.to(mean))
+        return IsotropicGaussian(mean)
+
+    def train_config(self, lr: float, steps: int | None = None) -> TrainConfig:
+        """The loop settings for one configuration with learning rate ``lr``."""
+        return TrainConfig(
+            lr=lr,
+            steps=self.steps if steps is None else steps,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=self.progress,
+            seed=self.seed,
+        )
+
+    @cached_property
+    def train_val(self) -> tuple[Split, Split]:
+        """The stratified ``(1 - val_fraction, val_fraction)`` split of :attr:`train` (MAP tuning)."""
+        return train_val_split(self.train, self.val_fraction, seed=self.seed)
+
+
+def digits_task(
+    n_train: int = 100,
+    *,
+    seed: int = 0,
+    prior: str = "l2-sp",
+    steps: int = 300,
+    batch_size: int = 64,
+    pretrain_steps: int = 400,
+    device: str | None = None,
+    progress: bool = False,
+) -> tuple[TaskSpec, float]:
+    """The embedded default: pretrain a :class:`SmallCNN` on digits 0-4, fine-tune on 5-9.
+
+    Returns:
+        The task and the pretraining wall-clock in seconds (shared by all strategies, so
+        reported separately from each strategy's cost).
+    """
+    from optuna_deelbo.data import digits_transfer
+    from optuna_deelbo.models import pretrain, with_new_head
+
+    data = digits_transfer(n_train, seed=seed)
+    start = time.perf_counter()
+    source_model, _ = pretrain(data.source, data.n_source_classes, steps=pretrain_steps, seed=seed, device=device)
+    pretrain_s = time.perf_counter() - start
+    source_model = source_model.cpu()
+
+    def factory() -> nn.Module:
+        return with_new_head(source_model, data.n_classes, seed=seed)
+
+    task = TaskSpec(
+        name=data.name,
+        model_factory=factory,
+        train=data.train,
+        test=data.test,
+        head_prefixes=("head.",),
+        prior=prior,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    return task, pretrain_s

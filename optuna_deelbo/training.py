@@ -1,0 +1,264 @@
+"""The one training loop, shared by every strategy (MAP or DE-ELBo, tuning or retraining).
+
+It knows nothing about which strategy calls it: it minimises an :class:`Objective` with SGD
+(Nesterov momentum 0.9 and a cosine learning-rate decay by default), clips the gradient norm,
+keeps the data on the device, uses bf16 autocast on CUDA, draws a tqdm progress bar, and,
+given an Optuna trial, reports intermediate values and honours pruning.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo.objectives import Objective
+
+__all__ = ["TrainConfig", "TrainResult", "Metrics", "train", "evaluate", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when present, else CPU; otherwise the named device (checked)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return dev
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and loop settings.
+
+    Attributes:
+        lr: initial learning rate (> 0).
+        steps: number of optimiser steps (> 0).
+        batch_size: examples per step (> 0); capped at N.
+        momentum: SGD momentum in [0, 1).
+        nesterov: Nesterov momentum (needs momentum > 0).
+        cosine: cosine-decay the learning rate to 0 over ``steps``.
+        clip_norm: max global gradient norm, or ``None`` for no clipping.
+        log_every: steps between host synchronisations (history rows, bar, finiteness check).
+        eval_every: steps between validation passes / ``trial.report`` calls.
+        device: ``None`` picks CUDA when present, else CPU.
+        amp: bf16 autocast; ``None`` means on for CUDA, off for CPU.
+        progress: show a tqdm progress bar.
+        seed: seeds minibatch order and posterior samples.
+    """
+
+    lr: float
+    steps: int = 300
+    batch_size: int = 64
+    momentum: float = 0.9
+    nesterov: bool = True
+    cosine: bool = True
+    clip_norm: float | None = 10.0
+    log_every: int = 10
+    eval_every: int = 50
+    device: str | None = None
+    amp: bool | None = None
+    progress: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a positive finite number, got {self.lr!r}")
+        for name in ("steps", "batch_size", "log_every", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov=True needs momentum > 0")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Mean NLL (nats per example) and accuracy (fraction) on a data set."""
+
+    nll: float
+    accuracy: float
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        final_loss: mean objective over the last epoch's steps (nats per example).
+        final_nll: mean training NLL over the same steps.
+        history: one row every ``log_every`` steps: step, loss, nll, penalty, lr and, for
+            the DE-ELBo, lambda, tau and sigma.
+        val_history: ``(step, val_nll, val_accuracy)`` at every ``eval_every`` step.
+        seconds: wall-clock of the loop (s).
+    """
+
+    final_loss: float
+    final_nll: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_history: list[tuple[int, float, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, amp: bool = False) -> Metrics:
+    """NLL and accuracy of ``model`` (mean weights, eval mode) on ``(x, y)``, moved to its device."""
+    if x.shape[0] == 0:
+        raise ConfigError("cannot evaluate on an empty data set")
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    was_training = model.training
+    model.eval()
+    nll_sum = x.new_zeros((), dtype=torch.float64)
+    correct = x.new_zeros((), dtype=torch.int64)
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(xb)
+            logits = logits.float()
+            nll_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(dim=-1) == yb).sum()
+    finally:
+        model.train(was_training)
+    n = x.shape[0]
+    return Metrics(nll=float(nll_sum) / n, accuracy=float(correct) / n)
+
+
+def _row(step: int, lr: float, record_sums: dict[str, Tensor], count: int) -> dict[str, float]:
+    row = {"step": float(step), "lr": lr}
+    for key, value in record_sums.items():
+        row[key] = float(value) / count
+    return row
+
+
+def train(
+    objective: Objective,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    *,
+    val: tuple[Tensor, Tensor] | None = None,
+    trial: optuna.trial.Trial | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Minimise ``objective`` on ``(x, y)``; the model's parameters are updated in place.
+
+    Args:
+        objective: MAP or DE-ELBo objective wrapping the model (already on ``config.device``).
+        x: inputs ``(N, ...)``; y: integer labels ``(N,)``. Moved to the device once.
+        config: optimiser and loop settings.
+        val: optional held-out ``(x, y)``; its NLL is reported to ``trial`` every
+            ``eval_every`` steps (MAP tuning). Without it the running training loss is reported.
+        trial: optional Optuna trial for ``report``/``should_prune``.
+
+    Raises:
+        ConfigError: empty or mismatched data.
+        TrainingDiverged: a non-finite loss, lambda, tau or sigma (checked every ``log_every`` steps).
+        optuna.TrialPruned: the trial's pruner stopped it.
+    """
+    n = int(x.shape[0])
+    if n == 0:
+        raise ConfigError("training set is empty (N = 0)")
+    if y.shape != (n,):
+        raise ConfigError(f"labels must have shape ({n},) to match the inputs, got {tuple(y.shape)}")
+    device = resolve_device(config.device)
+    amp = device.type == "cuda" if config.amp is None else config.amp
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if val is not None:
+        val = (val[0].to(device), val[1].to(device))
+    torch.manual_seed(config.seed)
+    perm_gen = torch.Generator(device=device).manual_seed(config.seed)
+
+    params = [p for p in objective.model.parameters() if p.requires_grad] + list(objective.extra_parameters())
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps) if config.cosine else None
+
+    batch = min(config.batch_size, n)
+    per_epoch = n // batch  # drop the ragged last batch: every step sees `batch` examples
+    tail_start = config.steps - min(per_epoch, config.steps)
+    tail_loss = torch.zeros((), device=device)
+    tail_nll = torch.zeros((), device=device)
+    sums: dict[str, Tensor] = {}
+    since_log = 0
+    result = TrainResult(final_loss=math.nan, final_nll=math.nan)
+    objective.train()
+    order = torch.randperm(n, generator=perm_gen, device=device)
+    cursor = 0
+    start_time = time.perf_counter()
+    bar = tqdm(total=config.steps, desc=desc, disable=not config.progress, leave=False, dynamic_ncols=True)
+    try:
+        for step in range(1, config.steps + 1):
+            if cursor + batch > n:
+                order = torch.randperm(n, generator=perm_gen, device=device)
+                cursor = 0
+            idx = order[cursor : cursor + batch]
+            cursor += batch
+            record = objective(x[idx], y[idx], amp=amp)
+            optimizer.zero_grad(set_to_none=True)
+            record.loss.backward()
+            if config.clip_norm is not None:
+                nn.utils.clip_grad_norm_(params, config.clip_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+
+            detached = {"loss": record.loss.detach(), "nll": record.nll.detach(), "penalty": record.penalty.detach()}
+            if record.lam is not None:
+                detached["lambda"] = record.lam
+            if record.tau is not None:
+                detached["tau"] = record.tau
+            for key, value in detached.items():
+                sums[key] = sums[key] + value if key in sums else value.clone()
+            since_log += 1
+            if step > tail_start:
+                tail_loss += detached["loss"]
+                tail_nll += detached["nll"]
+
+            if step % config.log_every == 0 or step == config.steps:
+                row = _row(step, optimizer.param_groups[0]["lr"], sums, since_log)
+                sigma = getattr(getattr(objective, "posterior", None), "mean_sigma", None)
+                if sigma is not None:
+                    row["sigma"] = sigma()
+                bad = [k for k, v in row.items() if not math.isfinite(v)]
+                if bad:
+                    raise TrainingDiverged(f"non-finite {', '.join(bad)} at step {step} (lr={config.lr:g})")
+                result.history.append(row)
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "lambda") if k in row}, refresh=False)
+                sums, since_log = {}, 0
+
+            if trial is not None and (step % config.eval_every == 0 or step == config.steps):
+                if val is not None:
+                    metrics = evaluate(objective.model, val[0], val[1], amp=amp)
+                    result.val_history.append((step, metrics.nll, metrics.accuracy))
+                    value = metrics.nll
+                else:
+                    value = result.history[-1]["loss"] if result.history else float(detached["loss"])
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step} with intermediate value {value:.4g}")
+            bar.update(1)
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result.seconds = time.perf_counter() - start_time
+    count = config.steps - tail_start
+    result.final_loss = float(tail_loss) / count
+    result.final_nll = float(tail_nll) / count
+    if not math.isfinite(result.final_loss):
+        raise TrainingDiverged(f"non-finite final loss (lr={config.lr:g})")
+    return result
