@@ -66,4 +66,5 @@ __all__ = [
     "train",
     "train_val_split",
     "with_new_head",
+    "without_learned",
 ]

@@ -33,7 +33,7 @@ from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, learned_names
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.training import Metrics, TrainResult, evaluate, train
 
-__all__ = ["fit", "fit_map", "fit_deelbo", "retrain", "RetrainResult"]
+__all__ = ["RetrainResult", "fit", "fit_deelbo", "fit_map", "retrain"]
 
 _TRACE_POINTS = 100
 
@@ -85,7 +85,9 @@ def fit_deelbo(
         sigma_mode=task.sigma_mode,
         init_sigma=task.init_sigma,
     )
-    result = train(objective, task.train.x, task.train.y, task.train_config(lr), trial=trial, desc=f"deelbo lr={lr:.2g}")
+    result = train(
+        objective, task.train.x, task.train.y, task.train_config(lr), trial=trial, desc=f"deelbo lr={lr:.2g}"
+    )
     return objective, result
 
 

@@ -14,7 +14,7 @@ from optuna_deelbo.posterior import ParameterGroups
 from optuna_deelbo.priors import IsotropicGaussian
 from optuna_deelbo.training import TrainConfig, TrainResult, resolve_device, train
 
-__all__ = ["SmallCNN", "with_new_head", "pretrain"]
+__all__ = ["SmallCNN", "pretrain", "with_new_head"]
 
 
 class SmallCNN(nn.Module):

@@ -26,7 +26,7 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.posterior import ParameterGroups, SigmaMode, WeightPosterior
 from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian
 
-__all__ = ["LossRecord", "Objective", "MAPObjective", "DEELBoObjective"]
+__all__ = ["DEELBoObjective", "LossRecord", "MAPObjective", "Objective"]
 
 
 @dataclass

@@ -10,7 +10,7 @@ buffers keep updating on the module itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from optuna_deelbo._errors import ConfigError
 
-__all__ = ["ParameterGroups", "WeightPosterior", "SIGMA_MODES", "SigmaMode"]
+__all__ = ["SIGMA_MODES", "ParameterGroups", "SigmaMode", "WeightPosterior"]
 
 SigmaMode = Literal["scalar", "layer", "parameter"]
 #: ``scalar``: one sigma per group; ``layer``: one per parameter tensor; ``parameter``: one per weight.
@@ -47,13 +47,15 @@ class ParameterGroups:
             raise ConfigError("the model has no trainable parameters")
         head = tuple(n for n in names if any(n.startswith(pre) for pre in head_prefixes))
         if head_prefixes and not head:
-            raise ConfigError(f"no parameter name starts with any head prefix {tuple(head_prefixes)}; names: {names[:8]}...")
+            raise ConfigError(
+                f"no parameter name starts with any head prefix {tuple(head_prefixes)}; names: {names[:8]}..."
+            )
         body = tuple(n for n in names if n not in head)
         if not body:
             raise ConfigError("every trainable parameter is in the head; the body prior would be empty")
         return cls(body=body, head=head)
 
-    def flat(self, tensors: dict[str, Tensor], group: Literal["body", "head"]) -> Tensor:
+    def flat(self, tensors: Mapping[str, Tensor], group: Literal["body", "head"]) -> Tensor:
         """Concatenate ``tensors[name]`` for the group's names into one flat vector ``(D,)``."""
         names = self.body if group == "body" else self.head
         return torch.cat([tensors[n].reshape(-1) for n in names])

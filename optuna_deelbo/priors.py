@@ -26,10 +26,10 @@ from torch import Tensor
 from optuna_deelbo._errors import ConfigError
 
 __all__ = [
+    "PRIOR_NAMES",
     "GaussianPrior",
     "IsotropicGaussian",
     "LowRankGaussian",
-    "PRIOR_NAMES",
 ]
 
 #: Names accepted wherever a prior family is chosen by name (CLI, task specs).
@@ -162,7 +162,9 @@ class IsotropicGaussian(GaussianPrior):
     """
 
     @classmethod
-    def zero(cls, dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> IsotropicGaussian:
+    def zero(
+        cls, dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> IsotropicGaussian:
         """The L2-zero prior ``N(0, lam I)`` over ``dim`` weights."""
         if dim <= 0:
             raise ConfigError(f"prior dimension must be positive, got {dim}")

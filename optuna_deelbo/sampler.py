@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-__all__ = ["DEELBoSampler", "LEARNED_ATTR_PREFIX", "learned_names", "without_learned"]
+__all__ = ["LEARNED_ATTR_PREFIX", "DEELBoSampler", "learned_names", "without_learned"]
 
 #: User-attr prefix under which a trial stores each learned value (``learned:weight_decay``).
 LEARNED_ATTR_PREFIX = "learned:"
@@ -103,9 +103,7 @@ class DEELBoSampler(BaseSampler):
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._base_sampler.before_trial(study, trial)
 
-    def after_trial(
-        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
-    ) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._base_sampler.after_trial(study, trial, state, values)
 
 

@@ -6,7 +6,7 @@ import optuna
 
 from optuna_deelbo._errors import StorageError
 
-__all__ = ["open_storage", "DEFAULT_STORAGE"]
+__all__ = ["DEFAULT_STORAGE", "open_storage"]
 
 #: Where ``optuna-deelbo compare`` writes when no ``--storage`` is given.
 DEFAULT_STORAGE = "sqlite:///deelbo.db"

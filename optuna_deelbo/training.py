@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
 from optuna_deelbo.objectives import Objective
 
-__all__ = ["TrainConfig", "TrainResult", "Metrics", "train", "evaluate", "resolve_device"]
+__all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "train"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from optuna_deelbo.task import TaskSpec
 
 __all__ = [
     "LEARNING_RATES",
-    "WEIGHT_DECAYS",
     "LR_RANGE",
+    "WEIGHT_DECAYS",
     "WEIGHT_DECAY_RANGE",
     "Strategy",
     "StrategyResult",
@@ -98,10 +99,15 @@ class Strategy(ABC):
         if study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             optuna.delete_study(study_name=study_name, storage=storage)
         study = optuna.create_study(
-            storage=storage, study_name=study_name, direction="minimize", sampler=self.sampler(task),
-            pruner=self.pruner()
+            storage=storage,
+            study_name=study_name,
+            direction="minimize",
+            sampler=self.sampler(task),
+            pruner=self.pruner(),
         )
-        study.set_metric_names([self.metric_name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([self.metric_name])
         study.set_user_attr("strategy", self.name)
         study.set_user_attr("description", self.description)
         study.set_user_attr("task", {"name": task.name, "N": task.n_train, "prior": task.prior, "steps": task.steps})

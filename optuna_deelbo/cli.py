@@ -1,0 +1,118 @@
+"""``optuna-deelbo`` console script: ``compare`` runs every strategy on one task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import optuna
+
+from optuna_deelbo._errors import ConfigError, StorageError, TrainingDiverged
+from optuna_deelbo.compare import parse_strategies, run_compare
+from optuna_deelbo.priors import PRIOR_NAMES
+from optuna_deelbo.report import results_table, write_html_report
+from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
+from optuna_deelbo.strategies import STRATEGY_NAMES
+from optuna_deelbo.task import digits_task
+from optuna_deelbo.training import resolve_device
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="optuna-deelbo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp = sub.add_parser(
+        "compare",
+        help="run DE-ELBo, grid search and TPE on the embedded digits transfer task",
+        description="Pretrain a small CNN on digits 0-4, fine-tune on 5-9 with N examples under each "
+        "strategy (one Optuna study each), and print cost vs accuracy.",
+    )
+    cmp.add_argument("--strategies", default=",".join(STRATEGY_NAMES), help="comma list of %(default)s")
+    cmp.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL (default %(default)s)")
+    cmp.add_argument("--n-train", type=int, default=100, help="target training-set size N (default %(default)s)")
+    cmp.add_argument("--prior", default="l2-sp", choices=[p for p in PRIOR_NAMES if p != "ptyl"])
+    cmp.add_argument("--steps", type=_positive_int, default=300, help="SGD steps per configuration")
+    cmp.add_argument("--batch-size", type=_positive_int, default=64)
+    cmp.add_argument("--pretrain-steps", type=_positive_int, default=400)
+    cmp.add_argument("--tpe-trials", type=_positive_int, default=None, help="default: the grid's trial count")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    cmp.add_argument("--report", default="deelbo-report.html", help="plotly HTML report path ('' to skip)")
+    cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    strategies = parse_strategies(args.strategies)
+    device = resolve_device(args.device)
+    storage = open_storage(args.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(f"device: {device}; storage: {args.storage}; strategies: {', '.join(strategies)}", flush=True)
+    task, pretrain_s = digits_task(
+        args.n_train,
+        seed=args.seed,
+        prior=args.prior,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        pretrain_steps=args.pretrain_steps,
+        device=str(device),
+    )
+    print(
+        f"task {task.name}: source pretraining {pretrain_s:.1f} s (shared by all strategies, not counted below); "
+        f"N = {task.n_train}, test = {len(task.test) if task.test else 0}, prior = {task.prior}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    results = run_compare(
+        task,
+        strategies,
+        storage,
+        tpe_trials=args.tpe_trials,
+        show_progress_bar=not args.no_progress and sys.stderr.isatty(),
+    )
+    print()
+    print(results_table(results))
+    print(f"\nall strategies: {time.perf_counter() - start:.1f} s")
+    for r in results:
+        if r.learned:
+            learned = ", ".join(f"{k}={v:.3g}" for k, v in r.learned.items())
+            print(f"{r.strategy}: best {r.best_params}; {learned}")
+        else:
+            print(f"{r.strategy}: best {r.best_params}")
+    if args.report:
+        path = write_html_report(args.report, results, storage, title=f"optuna-deelbo compare: {task.name}")
+        print(f"\nreport: {path.resolve()}")
+    print(f"dashboard: optuna-dashboard {args.storage}   (pip install optuna-dashboard)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "compare":
+            return _compare(args)
+    except (ConfigError, StorageError, TrainingDiverged) as exc:
+        print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects first
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

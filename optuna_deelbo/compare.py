@@ -1,0 +1,47 @@
+"""Run several strategies on one task into one storage (the engine behind ``optuna-deelbo compare``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optuna
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.strategies import STRATEGY_NAMES, StrategyResult, get_strategy
+from optuna_deelbo.task import TaskSpec
+
+__all__ = ["parse_strategies", "run_compare", "study_name_for"]
+
+
+def parse_strategies(spec: str | Sequence[str]) -> list[str]:
+    """``"deelbo,grid"`` or ``["deelbo", "grid"]`` -> checked, de-duplicated names in order."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"no strategy given; choose from {', '.join(STRATEGY_NAMES)}")
+    for name in names:
+        if name not in STRATEGY_NAMES:
+            raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def study_name_for(task: TaskSpec, strategy: str) -> str:
+    """The study name a strategy's search gets: ``<task>/<prior>/<strategy>``."""
+    return f"{task.name}/{task.prior}/{strategy}"
+
+
+def run_compare(
+    task: TaskSpec,
+    strategies: Sequence[str],
+    storage: optuna.storages.BaseStorage,
+    *,
+    tpe_trials: int | None = None,
+    show_progress_bar: bool = False,
+) -> list[StrategyResult]:
+    """Run each strategy as its own study in ``storage``; return their results in order."""
+    names = parse_strategies(strategies)
+    built = [get_strategy(n, tpe_trials=tpe_trials) for n in names]  # fail fast on bad options
+    return [
+        strategy.run(task, storage, study_name_for(task, strategy.name), show_progress_bar=show_progress_bar)
+        for strategy in built
+    ]

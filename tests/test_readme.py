@@ -1,0 +1,45 @@
+"""The README's set-up commands and architecture section stay true to the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _bash_blocks() -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", README, re.S)]
+
+
+def test_exactly_two_setup_commands() -> None:
+    blocks = _bash_blocks()
+    assert len(blocks) == 2, blocks
+    assert all(len(b.splitlines()) == 1 for b in blocks)
+    assert blocks[0].endswith("optuna-deelbo compare")
+    assert "pytest" in blocks[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _bash_blocks()[1] in ci
+
+
+def test_architecture_lists_every_module() -> None:
+    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    package = ROOT / "optuna_deelbo"
+    for path in package.glob("*.py"):
+        assert path.name in section, f"{path.name} missing from the README's architecture section"
+    for path in (package / "strategies").glob("*.py"):
+        if path.name != "__init__.py":
+            assert path.name in section, f"strategies/{path.name} missing from the README's architecture section"
+    for name in re.findall(r"^\s{6}(\w+\.py)", section, re.M):
+        assert (package / name).exists(), f"README names {name}, which does not exist"
+
+
+def test_measured_table_is_in_readme() -> None:
+    assert "RESULTS_TABLE" not in README
+    measured = (ROOT / "benchmarks" / "results" / "compare-digits.md").read_text()
+    table = "\n".join(line for line in measured.splitlines() if line.startswith("|"))
+    assert table and table in README
