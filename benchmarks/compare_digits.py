@@ -114,7 +114,8 @@ def main() -> None:
 - date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {commit()}
 - command: `python {" ".join(sys.argv)}`
 - task: {task.name} (pretrain on digits 0-4, fine-tune on 5-9), N = {task.n_train},
-  test = {len(task.test) if task.test else 0}, prior = {task.prior}, {task.steps} SGD steps per configuration, batch {task.batch_size}
+  test = {len(task.test) if task.test else 0}, prior = {task.prior},
+  {task.steps} SGD steps per configuration, batch {task.batch_size}
 - source pretraining: {pretrain_s:.1f} s, shared by all strategies and not counted in any row
 - all strategies together: {wall:.1f} s
 

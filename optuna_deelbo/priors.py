@@ -213,19 +213,24 @@ class LowRankGaussian(GaussianPrior):
             raise ConfigError("prior diagonal must be finite and strictly positive")
         if not bool(torch.all(torch.isfinite(factor))):
             raise ConfigError("prior low-rank factor must be finite")
-        self.diagonal = diagonal
-        self.factor = factor
+        self.diagonal = diagonal.to(mean)
+        self.factor = factor.to(mean)
+        # Precompute in float64 (cheap: O(D K^2) once) so that float32 priors keep the
+        # cancellation in diag(Sigma^-1) = 1/a - rowsum(V^2) accurate; store in mean's dtype.
+        a64, u64 = diagonal.double(), factor.double()
         rank = factor.shape[1]
-        inv_a = 1.0 / diagonal
-        w = factor * inv_a[:, None]  # A^-1 U, (D, K)
-        capacitance = torch.eye(rank, dtype=mean.dtype, device=mean.device) + factor.T @ w
+        inv_a = 1.0 / a64
+        w = u64 * inv_a[:, None]  # A^-1 U, (D, K)
+        capacitance = torch.eye(rank, dtype=torch.float64, device=mean.device) + u64.T @ w
         chol = torch.linalg.cholesky(capacitance)
         # V = W L^-T  <=>  V^T = L^-1 W^T
-        self._v = torch.linalg.solve_triangular(chol, w.T, upper=False).T  # (D, K)
-        self._inv_a = inv_a
-        self._logdet = torch.log(diagonal).sum() + 2.0 * torch.log(torch.diagonal(chol)).sum()
-        self._precision_diagonal = inv_a - (self._v**2).sum(dim=1)
-        self._precision_trace = self._precision_diagonal.sum()
+        v = torch.linalg.solve_triangular(chol, w.T, upper=False).T  # (D, K)
+        precision_diagonal = inv_a - (v**2).sum(dim=1)
+        self._v = v.to(mean.dtype)
+        self._inv_a = inv_a.to(mean.dtype)
+        self._logdet = (torch.log(a64).sum() + 2.0 * torch.log(torch.diagonal(chol)).sum()).to(mean.dtype)
+        self._precision_diagonal = precision_diagonal.to(mean.dtype)
+        self._precision_trace = precision_diagonal.sum().to(mean.dtype)
 
     @property
     def rank(self) -> int:

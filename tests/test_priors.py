@@ -1,0 +1,468 @@
+"""Property tests for :mod:`optuna_deelbo.priors`: closed forms against dense brute force.
+
+Every random input is built from a hypothesis-drawn seed through ``torch.Generator`` so that
+failures shrink to a small, reproducible case. All maths is float64 unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize_scalar
+from torch import Tensor
+from torch.distributions import MultivariateNormal, kl_divergence
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+
+F64 = torch.float64
+KINDS = ("lowrank", "isotropic", "isotropic-zero")
+
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+dims = st.integers(min_value=1, max_value=6)
+ranks = st.integers(min_value=0, max_value=3)
+kinds = st.sampled_from(KINDS)
+per_params = st.booleans()
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+class Case(NamedTuple):
+    """A prior, its dense ``Sigma`` (at ``lam = 1``), and a random q and ``lam``."""
+
+    prior: GaussianPrior
+    mean: Tensor
+    dense: Tensor
+    theta: Tensor
+    sigma: Tensor
+    lam: Tensor
+
+
+def _uniform(gen: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=F64)
+
+
+def make_prior(kind: str, gen: torch.Generator, dim: int, rank: int) -> tuple[GaussianPrior, Tensor, Tensor]:
+    """``(prior, mean, dense Sigma)`` of the given family."""
+    if kind == "isotropic-zero":
+        prior: GaussianPrior = IsotropicGaussian.zero(dim, dtype=F64)
+        return prior, torch.zeros(dim, dtype=F64), torch.eye(dim, dtype=F64)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    if kind == "isotropic":
+        return IsotropicGaussian(mean.clone()), mean, torch.eye(dim, dtype=F64)
+    assert kind == "lowrank"
+    diagonal = torch.exp(_uniform(gen, (dim,), -1.0, 1.0))
+    factor = 0.7 * torch.randn(dim, rank, generator=gen, dtype=F64)
+    dense = torch.diag(diagonal) + factor @ factor.T
+    return LowRankGaussian(mean.clone(), diagonal.clone(), factor.clone()), mean, dense
+
+
+def make_sigma(gen: torch.Generator, dim: int, per_param: bool) -> Tensor:
+    """A positive posterior std: shape ``(D,)`` if ``per_param`` else ``()``."""
+    shape: tuple[int, ...] = (dim,) if per_param else ()
+    return torch.exp(_uniform(gen, shape, -1.0, 1.0))
+
+
+def make_case(kind: str, seed: int, dim: int, rank: int, per_param: bool) -> Case:
+    gen = torch.Generator().manual_seed(seed)
+    prior, mean, dense = make_prior(kind, gen, dim, rank)
+    theta = mean + torch.randn(dim, generator=gen, dtype=F64)
+    sigma = make_sigma(gen, dim, per_param)
+    lam = torch.exp(_uniform(gen, (), -2.0, 2.0))
+    return Case(prior, mean, dense, theta, sigma, lam)
+
+
+def dense_posterior_cov(sigma: Tensor, dim: int) -> Tensor:
+    return torch.diag((sigma**2).expand(dim)).to(F64)
+
+
+def close(actual: Tensor, expected: Tensor, rtol: float = 1e-9, atol: float = 1e-9) -> None:
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. closed forms vs dense brute force
+# --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_closed_forms_match_dense(kind: str, seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case(kind, seed, dim, rank, per_param)
+    prior, dense = case.prior, case.dense
+    precision = torch.linalg.inv(dense)
+    d = case.theta - case.mean
+
+    assert prior.dim == dim
+    close(prior.mahalanobis(case.theta), d @ precision @ d)
+    close(prior.logdet_covariance(), torch.logdet(dense))
+    close(prior.precision_diagonal(), torch.diagonal(precision))
+    close(prior.precision_trace(), torch.trace(precision))
+    s_dense = dense_posterior_cov(case.sigma, dim)
+    close(prior.trace_term(case.sigma), torch.trace(precision @ s_dense))
+
+    p = MultivariateNormal(case.mean, covariance_matrix=case.lam * dense)
+    close(prior.log_prob(case.theta, case.lam), p.log_prob(case.theta))
+    close(prior.log_prob(case.theta, float(case.lam)), p.log_prob(case.theta))
+
+    q = MultivariateNormal(case.theta, covariance_matrix=s_dense)
+    expected_kl = kl_divergence(q, p)
+    close(prior.kl(case.theta, case.sigma, case.lam), expected_kl)
+    close(prior.kl(case.theta, case.sigma, float(case.lam)), expected_kl)
+
+    expected_lam = (torch.trace(precision @ s_dense) + d @ precision @ d) / dim
+    close(prior.optimal_variance(case.theta, case.sigma), expected_lam)
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, rank=ranks)
+def test_lowrank_rank_and_zero_factor_is_diagonal(seed: int, dim: int, rank: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    diagonal = torch.exp(_uniform(gen, (dim,), -1.0, 1.0))
+    prior = LowRankGaussian(mean, diagonal, torch.zeros(dim, rank, dtype=F64))
+    assert prior.rank == rank
+    close(prior.precision_diagonal(), 1.0 / diagonal)
+    close(prior.logdet_covariance(), torch.log(diagonal).sum())
+    x = torch.randn(dim, generator=gen, dtype=F64)
+    close(prior.mahalanobis(x), ((x - mean) ** 2 / diagonal).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# 2. lam* minimises the KL
+# --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_optimal_variance_is_argmin(kind: str, seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case(kind, seed, dim, rank, per_param)
+    prior, theta, sigma = case.prior, case.theta, case.sigma
+    lam_star = prior.optimal_variance(theta, sigma)
+    assert lam_star.ndim == 0 and float(lam_star) > 0.0
+
+    def kl_of_log_lam(log_lam: float) -> float:
+        return float(prior.kl(theta, sigma, math.exp(log_lam)))
+
+    res = minimize_scalar(kl_of_log_lam, bounds=(-20.0, 20.0), method="bounded", options={"xatol": 1e-10})
+    assert res.success
+    assert math.exp(res.x) == pytest.approx(float(lam_star), rel=1e-5)
+
+    kl_star = prior.kl(theta, sigma, lam_star)
+    for f in (0.5, 0.9, 1.1, 2.0):
+        assert float(kl_star) < float(prior.kl(theta, sigma, lam_star * f))
+
+    lam = lam_star.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(prior.kl(theta, sigma, lam), lam)
+    # d KL / d lam = 0.5 (D / lam - Q / lam^2); make it scale-free by multiplying by lam.
+    assert abs(float(grad * lam_star)) <= 1e-10 * dim
+    # ... and it is really non-zero away from lam* (so the check above can fail).
+    lam_off = (lam_star * 1.5).detach().requires_grad_(True)
+    (grad_off,) = torch.autograd.grad(prior.kl(theta, sigma, lam_off), lam_off)
+    assert float(grad_off) > 0.0
+
+
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_kl_at_optimum_matches_kl_and_total_gradient(
+    kind: str, seed: int, dim: int, rank: int, per_param: bool
+) -> None:
+    case = make_case(kind, seed, dim, rank, per_param)
+    prior = case.prior
+    theta = case.theta.clone().requires_grad_(True)
+    sigma = case.sigma.clone().requires_grad_(True)
+    kl_opt, lam_opt = prior.kl_at_optimum(theta, sigma)
+    assert not lam_opt.requires_grad
+    close(lam_opt, prior.optimal_variance(case.theta, case.sigma), rtol=1e-12, atol=0.0)
+    lam_total = prior.optimal_variance(theta, sigma)  # not detached: the total derivative
+    kl_total = prior.kl(theta, sigma, lam_total)
+    close(kl_opt.detach(), kl_total.detach(), rtol=1e-12, atol=1e-12)
+    grads_opt = torch.autograd.grad(kl_opt, (theta, sigma))
+    grads_total = torch.autograd.grad(kl_total, (theta, sigma))
+    for g_opt, g_total in zip(grads_opt, grads_total, strict=True):
+        close(g_opt, g_total)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. scalar sigma == per-parameter sigma filled with the same value
+# --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks)
+def test_scalar_sigma_equals_filled_vector(kind: str, seed: int, dim: int, rank: int) -> None:
+    case = make_case(kind, seed, dim, rank, per_param=False)
+    assert case.sigma.ndim == 0
+    filled = case.sigma.expand(dim).clone()
+    prior, theta = case.prior, case.theta
+    close(prior.kl(theta, case.sigma, case.lam), prior.kl(theta, filled, case.lam), rtol=1e-12, atol=1e-12)
+    close(
+        prior.optimal_variance(theta, case.sigma),
+        prior.optimal_variance(theta, filled),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    close(prior.trace_term(case.sigma), prior.trace_term(filled), rtol=1e-12, atol=1e-12)
+    # a 1-element sigma is the scalar as well
+    close(prior.kl(theta, case.sigma.reshape(1), case.lam), prior.kl(theta, case.sigma, case.lam))
+
+
+# --------------------------------------------------------------------------------------------
+# 4. KL >= 0, and == 0 when q == p
+# --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_kl_non_negative(kind: str, seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case(kind, seed, dim, rank, per_param)
+    kl = case.prior.kl(case.theta, case.sigma, case.lam)
+    assert kl.ndim == 0
+    assert torch.isfinite(kl)
+    assert float(kl) >= -1e-12
+    # theta != mu here (drawn with unit noise) so the KL is strictly positive at any lam.
+    lam_star = case.prior.optimal_variance(case.theta, case.sigma)
+    assert float(case.prior.kl(case.theta, case.sigma, lam_star)) > 0.0
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, zero_mean=st.booleans(), per_param=per_params)
+def test_kl_zero_when_q_equals_isotropic_prior(seed: int, dim: int, zero_mean: bool, per_param: bool) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    lam = torch.exp(_uniform(gen, (), -2.0, 2.0))
+    if zero_mean:
+        prior = IsotropicGaussian.zero(dim, dtype=F64)
+    else:
+        prior = IsotropicGaussian(torch.randn(dim, generator=gen, dtype=F64))
+    sigma = torch.sqrt(lam)
+    if per_param:
+        sigma = sigma.expand(dim).clone()
+    theta = prior.mean.clone()
+    assert abs(float(prior.kl(theta, sigma, lam))) <= 1e-10
+    assert abs(float(prior.kl(theta, sigma, float(lam)))) <= 1e-10
+    close(prior.optimal_variance(theta, sigma), lam, rtol=1e-12, atol=0.0)
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims)
+def test_kl_zero_when_q_equals_diagonal_lowrank_prior(seed: int, dim: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    diagonal = torch.exp(_uniform(gen, (dim,), -1.0, 1.0))
+    lam = torch.exp(_uniform(gen, (), -2.0, 2.0))
+    prior = LowRankGaussian(mean, diagonal, torch.zeros(dim, 0, dtype=F64))
+    sigma = torch.sqrt(lam * diagonal)
+    assert abs(float(prior.kl(mean.clone(), sigma, lam))) <= 1e-10
+    close(prior.optimal_variance(mean.clone(), sigma), lam, rtol=1e-12, atol=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. gradients
+# --------------------------------------------------------------------------------------------
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_kl_gradcheck_lowrank(seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case("lowrank", seed, dim, rank, per_param)
+    prior = case.prior
+    theta = case.theta.clone().requires_grad_(True)
+    sigma = case.sigma.clone().requires_grad_(True)
+    lam = case.lam.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t, s, v: prior.kl(t, s, v), (theta, sigma, lam))
+    assert torch.autograd.gradcheck(lambda t, s: prior.optimal_variance(t, s), (theta, sigma))
+    assert torch.autograd.gradcheck(lambda t, v: prior.log_prob(t, v), (theta, lam))
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_kl_gradient_matches_closed_form(seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case("lowrank", seed, dim, rank, per_param)
+    precision = torch.linalg.inv(case.dense)
+    theta = case.theta.clone().requires_grad_(True)
+    sigma = case.sigma.clone().requires_grad_(True)
+    g_theta, g_sigma = torch.autograd.grad(case.prior.kl(theta, sigma, case.lam), (theta, sigma))
+    # dKL/dtheta = Sigma^-1 (theta - mu) / lam ; dKL/dsigma_i = sigma_i P_ii / lam - 1 / sigma_i
+    close(g_theta, precision @ (case.theta - case.mean) / case.lam)
+    p_diag = torch.diagonal(precision)
+    if per_param:
+        expected_sigma = case.sigma * p_diag / case.lam - 1.0 / case.sigma
+    else:
+        expected_sigma = case.sigma * p_diag.sum() / case.lam - dim / case.sigma
+    close(g_sigma, expected_sigma)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. .to(dtype=float32)
+# --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_to_float32_is_close(kind: str, seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case(kind, seed, dim, rank, per_param)
+    prior64 = case.prior
+    prior32 = prior64.to(dtype=torch.float32)
+    assert type(prior32) is type(prior64)
+    assert prior32.mean.dtype == torch.float32
+    assert prior64.mean.dtype == F64  # the original is untouched
+    assert prior32.precision_diagonal().dtype == torch.float32
+    if isinstance(prior32, LowRankGaussian):
+        assert prior32.diagonal.dtype == torch.float32
+        assert prior32.factor.dtype == torch.float32
+    theta32, sigma32, lam32 = case.theta.float(), case.sigma.float(), case.lam.float()
+
+    def check(value32: Tensor, value64: Tensor, scale: float = 0.0) -> None:
+        assert value32.dtype == torch.float32
+        # rel 1e-4; the absolute slack covers cancellation in sums of O(scale) float32 terms
+        torch.testing.assert_close(value32.double(), value64, rtol=1e-4, atol=1e-6 + 1e-6 * scale)
+
+    check(prior32.mahalanobis(theta32), prior64.mahalanobis(case.theta))
+    check(prior32.logdet_covariance(), prior64.logdet_covariance(), scale=dim)
+    check(prior32.precision_diagonal(), prior64.precision_diagonal())
+    check(prior32.precision_trace(), prior64.precision_trace())
+    check(prior32.optimal_variance(theta32, sigma32), prior64.optimal_variance(case.theta, case.sigma))
+    log_lam = abs(float(torch.log(case.lam)))
+    kl_scale = float(prior64.mahalanobis(case.theta) / case.lam) + dim * (4.0 + log_lam)
+    check(prior32.kl(theta32, sigma32, lam32), prior64.kl(case.theta, case.sigma, case.lam), scale=kl_scale)
+    check(prior32.log_prob(theta32, lam32), prior64.log_prob(case.theta, case.lam), scale=kl_scale)
+
+
+# --------------------------------------------------------------------------------------------
+# 7. bad input raises ConfigError naming the problem
+# --------------------------------------------------------------------------------------------
+def _lowrank_parts(dim: int = 3, rank: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    diagonal = torch.ones(dim, dtype=F64)
+    factor = torch.randn(dim, rank, generator=gen, dtype=F64)
+    return mean, diagonal, factor
+
+
+def test_error_mean_length_differs_from_diagonal() -> None:
+    mean, diagonal, factor = _lowrank_parts()
+    with pytest.raises(ConfigError, match=r"prior diagonal must be a flat vector of length 4"):
+        LowRankGaussian(torch.zeros(4, dtype=F64), diagonal, torch.zeros(4, 2, dtype=F64))
+    with pytest.raises(ConfigError, match=r"prior diagonal must be a flat vector of length 3"):
+        LowRankGaussian(mean, torch.ones(3, 1, dtype=F64), factor)
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (2, 2), (3,), (3, 2, 1)])
+def test_error_factor_wrong_shape(shape: tuple[int, ...]) -> None:
+    mean, diagonal, _ = _lowrank_parts()
+    with pytest.raises(ConfigError, match=r"low-rank factor must have shape \(3, K\)"):
+        LowRankGaussian(mean, diagonal, torch.zeros(shape, dtype=F64))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_error_non_positive_or_non_finite_diagonal(bad: float) -> None:
+    mean, diagonal, factor = _lowrank_parts()
+    diagonal[1] = bad
+    with pytest.raises(ConfigError, match=r"prior diagonal must be finite and strictly positive"):
+        LowRankGaussian(mean, diagonal, factor)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_error_non_finite_factor(bad: float) -> None:
+    mean, diagonal, factor = _lowrank_parts()
+    factor[0, 1] = bad
+    with pytest.raises(ConfigError, match=r"low-rank factor must be finite"):
+        LowRankGaussian(mean, diagonal, factor)
+
+
+@pytest.mark.parametrize("mean", [torch.zeros(2, 3, dtype=F64), torch.zeros(0, dtype=F64), torch.tensor(1.0)])
+def test_error_mean_not_a_non_empty_vector(mean: Tensor) -> None:
+    with pytest.raises(ConfigError, match=r"prior mean must be a non-empty flat vector"):
+        IsotropicGaussian(mean)
+    with pytest.raises(ConfigError, match=r"prior mean must be a non-empty flat vector"):
+        LowRankGaussian(mean, torch.ones(2, dtype=F64), torch.zeros(2, 1, dtype=F64))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_error_integer_mean(dtype: torch.dtype) -> None:
+    mean = torch.zeros(3, dtype=dtype)
+    with pytest.raises(ConfigError, match=r"prior mean must be a floating-point tensor"):
+        IsotropicGaussian(mean)
+    with pytest.raises(ConfigError, match=r"prior mean must be a floating-point tensor"):
+        LowRankGaussian(mean, torch.ones(3, dtype=F64), torch.zeros(3, 1, dtype=F64))
+
+
+def _small_prior(kind: str) -> tuple[Tensor, GaussianPrior]:
+    mean, diagonal, factor = _lowrank_parts()
+    if kind == "lowrank":
+        return mean, LowRankGaussian(mean, diagonal, factor)
+    return mean, IsotropicGaussian(mean)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "isotropic"])
+@pytest.mark.parametrize("theta_shape", [(4,), (2,), (3, 1), ()])
+def test_error_theta_wrong_shape(kind: str, theta_shape: tuple[int, ...]) -> None:
+    _, prior = _small_prior(kind)
+    theta = torch.zeros(theta_shape, dtype=F64)
+    sigma = torch.tensor(0.5, dtype=F64)
+    match = r"theta must be a flat vector of length 3"
+    with pytest.raises(ConfigError, match=match):
+        prior.mahalanobis(theta)
+    with pytest.raises(ConfigError, match=match):
+        prior.kl(theta, sigma, 1.0)
+    with pytest.raises(ConfigError, match=match):
+        prior.optimal_variance(theta, sigma)
+    with pytest.raises(ConfigError, match=match):
+        prior.log_prob(theta, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "isotropic"])
+@pytest.mark.parametrize("sigma_shape", [(4,), (2,), (3, 1)])
+def test_error_sigma_wrong_length(kind: str, sigma_shape: tuple[int, ...]) -> None:
+    mean, prior = _small_prior(kind)
+    sigma = torch.full(sigma_shape, 0.5, dtype=F64)
+    match = r"sigma must be a flat vector of length 3"
+    with pytest.raises(ConfigError, match=match):
+        prior.kl(mean.clone(), sigma, 1.0)
+    with pytest.raises(ConfigError, match=match):
+        prior.optimal_variance(mean.clone(), sigma)
+    with pytest.raises(ConfigError, match=match):
+        prior.trace_term(sigma)
+
+
+@pytest.mark.parametrize("dim", [0, -1])
+def test_error_isotropic_zero_non_positive_dim(dim: int) -> None:
+    with pytest.raises(ConfigError, match=rf"prior dimension must be positive, got {dim}"):
+        IsotropicGaussian.zero(dim)
+
+
+def test_isotropic_zero_defaults() -> None:
+    prior = IsotropicGaussian.zero(4)
+    assert prior.dim == 4
+    assert prior.mean.dtype == torch.float32
+    assert torch.equal(prior.mean, torch.zeros(4))
+
+
+# --------------------------------------------------------------------------------------------
+# 8. no dense D x D matrix
+# --------------------------------------------------------------------------------------------
+def test_large_lowrank_never_densifies() -> None:
+    dim, rank = 200_000, 5
+    gen = torch.Generator().manual_seed(1234)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    diagonal = torch.exp(_uniform(gen, (dim,), -1.0, 1.0))
+    factor = 0.05 * torch.randn(dim, rank, generator=gen, dtype=F64)
+    theta = mean + 0.1 * torch.randn(dim, generator=gen, dtype=F64)
+    sigma = torch.exp(_uniform(gen, (dim,), -3.0, -2.0))
+
+    prior64 = LowRankGaussian(mean, diagonal, factor)
+    prior32 = LowRankGaussian(mean.float(), diagonal.float(), factor.float())
+    assert prior32.dim == dim and prior32.rank == rank
+    # nothing stored on the prior is bigger than D x K (a D x D matrix would be 4e10 entries)
+    for value in vars(prior32).values():
+        if isinstance(value, Tensor):
+            assert value.numel() <= dim * rank
+
+    lam32 = prior32.optimal_variance(theta.float(), sigma.float())
+    kl32 = prior32.kl(theta.float(), sigma.float(), lam32)
+    kl32_scalar = prior32.kl(theta.float(), torch.tensor(0.1), 1.0)
+    for value in (lam32, kl32, kl32_scalar, prior32.logdet_covariance(), prior32.precision_trace()):
+        assert value.ndim == 0 and bool(torch.isfinite(value))
+    assert float(lam32) > 0.0
+    assert float(kl32) > 0.0
+    assert float(kl32_scalar) > 0.0
+    assert bool(torch.all(prior32.precision_diagonal() > 0))
+
+    # the float32 results agree with the same computation in float64
+    lam64 = prior64.optimal_variance(theta, sigma)
+    kl64 = prior64.kl(theta, sigma, lam64)
+    assert float(lam32) == pytest.approx(float(lam64), rel=1e-4)
+    assert float(kl32) == pytest.approx(float(kl64), rel=1e-4)
