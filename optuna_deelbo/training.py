@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
@@ -114,7 +115,14 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, amp: bool = False) -> Metrics:
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 1024,
+    amp: bool = False,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> Metrics:
     """NLL and accuracy of ``model`` (mean weights, eval mode) on ``(x, y)``, moved to its device."""
     if x.shape[0] == 0:
         raise ConfigError("cannot evaluate on an empty data set")
@@ -127,6 +135,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024, amp
     try:
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            if transform is not None:
+                xb = transform(xb)
             with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             logits = logits.float()
@@ -154,6 +164,9 @@ def train(
     val: tuple[Tensor, Tensor] | None = None,
     trial: optuna.trial.Trial | None = None,
     desc: str = "train",
+    transform: Callable[[Tensor], Tensor] | None = None,
+    eval_transform: Callable[[Tensor], Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Minimise ``objective`` on ``(x, y)``; the model's parameters are updated in place.
 
@@ -164,6 +177,9 @@ def train(
         val: optional held-out ``(x, y)``; its NLL is reported to ``trial`` every
             ``eval_every`` steps (MAP tuning). Without it the running training loss is reported.
         trial: optional Optuna trial for ``report``/``should_prune``.
+        transform: applied to each training minibatch on the device (e.g. uint8 -> normalised
+            float with random crop and flip); ``eval_transform`` likewise for validation.
+        on_step: called with the step number after every optimiser step (e.g. SWAG collection).
 
     Raises:
         ConfigError: empty or mismatched data.
@@ -207,7 +223,8 @@ def train(
                 cursor = 0
             idx = order[cursor : cursor + batch]
             cursor += batch
-            record = objective(x[idx], y[idx], amp=amp)
+            xb = x[idx] if transform is None else transform(x[idx])
+            record = objective(xb, y[idx], amp=amp)
             optimizer.zero_grad(set_to_none=True)
             record.loss.backward()
             if config.clip_norm is not None:
@@ -215,6 +232,8 @@ def train(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if on_step is not None:
+                on_step(step)
 
             detached = {"loss": record.loss.detach(), "nll": record.nll.detach(), "penalty": record.penalty.detach()}
             if record.lam is not None:
@@ -242,7 +261,7 @@ def train(
 
             if trial is not None and (step % config.eval_every == 0 or step == config.steps):
                 if val is not None:
-                    metrics = evaluate(objective.model, val[0], val[1], amp=amp)
+                    metrics = evaluate(objective.model, val[0], val[1], amp=amp, transform=eval_transform)
                     result.val_history.append((step, metrics.nll, metrics.accuracy))
                     value = metrics.nll
                 else:
