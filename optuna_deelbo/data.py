@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_int
 
 __all__ = ["Split", "TransferData", "digits_transfer", "stratified_indices", "train_val_split"]
 
@@ -99,8 +100,7 @@ def digits_transfer(
     """
     from sklearn.datasets import load_digits
 
-    if isinstance(n_train, bool) or int(n_train) != n_train:
-        raise ConfigError(f"n_train must be an integer, got {n_train!r}")
+    n_train = positive_int(n_train, "n_train")
     source_set = sorted(set(int(c) for c in source_classes))
     if not source_set or not set(source_set) <= set(range(10)) or len(source_set) >= 10:
         raise ConfigError(f"source_classes must be a non-empty proper subset of 0..9, got {tuple(source_classes)}")

@@ -26,7 +26,8 @@ from typing import Any
 import optuna
 from torch import nn
 
-from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo._errors import TrainingDiverged
+from optuna_deelbo._validation import nonnegative_finite, positive_finite
 from optuna_deelbo.data import Split
 from optuna_deelbo.objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, learned_names
@@ -39,10 +40,9 @@ _TRACE_POINTS = 100
 
 
 def _check_hparams(lr: float, weight_decay: float | None) -> None:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"learning rate must be a positive finite number, got {lr!r}")
-    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    positive_finite(lr, "learning rate")
+    if weight_decay is not None:
+        nonnegative_finite(weight_decay, "weight_decay")
 
 
 def fit_map(

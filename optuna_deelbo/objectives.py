@@ -15,7 +15,6 @@ under their own zero-mean isotropic prior.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import nonnegative_finite, positive_finite, positive_int
 from optuna_deelbo.posterior import ParameterGroups, SigmaMode, WeightPosterior
 from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian
 
@@ -114,9 +114,7 @@ class MAPObjective(Objective):
         head_prior: GaussianPrior | None = None,
     ) -> None:
         super().__init__(model, groups, body_prior, head_prior)
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = nonnegative_finite(weight_decay, "weight_decay")
 
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
         with _autocast(x, amp):
@@ -156,15 +154,11 @@ class DEELBoObjective(Objective):
         init_sigma: float = 1e-3,
     ) -> None:
         super().__init__(model, groups, body_prior, head_prior)
-        if int(n_train) != n_train or n_train <= 0:
-            raise ConfigError(f"n_train (N) must be a positive integer, got {n_train}")
-        self.n_train = int(n_train)
+        self.n_train = positive_int(n_train, "n_train (N)")
         self.num_weights = groups.numel(model, "body") + (groups.numel(model, "head") if groups.head else 0)
         if kappa is None:
             kappa = self.num_weights / self.n_train
-        if not (kappa > 0 and math.isfinite(kappa)):
-            raise ConfigError(f"kappa must be a positive finite number, got {kappa}")
-        self.kappa = float(kappa)
+        self.kappa = positive_finite(kappa, "kappa")
         self.posterior = WeightPosterior(model, groups, sigma_mode=sigma_mode, init_sigma=init_sigma)
 
     def extra_parameters(self) -> Iterator[nn.Parameter]:

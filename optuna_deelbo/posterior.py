@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_finite
 
 __all__ = ["SIGMA_MODES", "ParameterGroups", "SigmaMode", "WeightPosterior"]
 
@@ -42,6 +43,8 @@ class ParameterGroups:
     @classmethod
     def split(cls, model: nn.Module, head_prefixes: Sequence[str] = ()) -> ParameterGroups:
         """Split ``model``'s trainable parameters by name prefix (e.g. ``("fc.",)`` for ResNets)."""
+        if isinstance(head_prefixes, str):
+            head_prefixes = (head_prefixes,)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         if not names:
             raise ConfigError("the model has no trainable parameters")
@@ -92,8 +95,7 @@ class WeightPosterior(nn.Module):
         super().__init__()
         if sigma_mode not in SIGMA_MODES:
             raise ConfigError(f"unknown sigma_mode {sigma_mode!r}; choose one of {SIGMA_MODES}")
-        if not (init_sigma > 0 and math.isfinite(init_sigma)):
-            raise ConfigError(f"init_sigma must be a positive finite number, got {init_sigma}")
+        positive_finite(init_sigma, "init_sigma")
         self.model = model
         self.groups = groups
         self.sigma_mode = sigma_mode

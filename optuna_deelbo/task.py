@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_finite
 from optuna_deelbo.data import Split, train_val_split
 from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, SigmaMode
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
@@ -71,10 +71,11 @@ class TaskSpec:
             raise ConfigError(f"unknown prior {self.prior!r}; choose one of {PRIOR_NAMES}")
         if self.sigma_mode not in SIGMA_MODES:
             raise ConfigError(f"unknown sigma_mode {self.sigma_mode!r}; choose one of {SIGMA_MODES}")
-        if self.kappa is not None and not (self.kappa > 0 and math.isfinite(self.kappa)):
-            raise ConfigError(f"kappa must be a positive finite number, got {self.kappa}")
-        if not (self.init_sigma > 0 and math.isfinite(self.init_sigma)):
-            raise ConfigError(f"init_sigma must be a positive finite number, got {self.init_sigma}")
+        if self.kappa is not None:
+            positive_finite(self.kappa, "kappa")
+        positive_finite(self.init_sigma, "init_sigma")
+        if isinstance(self.head_prefixes, str):
+            self.head_prefixes = (self.head_prefixes,)
         if self.prior == "ptyl" and self.prior_covariance is None:
             raise ConfigError("the ptyl prior needs prior_covariance=(diagonal, factor), e.g. from SWAG")
         self.train_config(lr=1.0)  # validates steps / batch_size / device early

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.objectives import Objective
 
 __all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "train"]
@@ -72,12 +73,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"learning rate must be a positive finite number, got {self.lr!r}")
+        positive_finite(self.lr, "learning rate")
         for name in ("steps", "batch_size", "log_every", "eval_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(value, name)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:

@@ -75,7 +75,7 @@ def test_n_zero_task() -> None:
 
 def test_n_zero_cli(capsys: pytest.CaptureFixture[str]) -> None:
     err = _cli_error(capsys, "--n-train", "0", "--storage", "sqlite:///:memory:")
-    assert "n_train must be between" in err and "got 0" in err
+    assert "n_train must be a positive integer, got 0" in err
 
 
 def test_n_zero_train_loop() -> None:

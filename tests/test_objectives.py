@@ -1,0 +1,400 @@
+"""Tests for :mod:`optuna_deelbo.objectives`: MAP and DE-ELBo losses against hand computations.
+
+Everything runs in float64 on a tiny body/head network. Note that both objectives evaluate
+the cross-entropy on ``logits.float()``, so the NLL is float32-accurate (~1e-7 relative) even
+for a float64 model; the KL and the penalty stay in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective
+from optuna_deelbo.posterior import ParameterGroups
+from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+
+F64 = torch.float64
+D_BODY = 32 + 8 + 8 + 8  # Linear(4, 8) + BatchNorm1d(8)
+D_HEAD = 24 + 3  # Linear(8, 3)
+D_ALL = D_BODY + D_HEAD
+
+
+class Net(nn.Module):
+    """``body`` = Linear(4, 8) + BatchNorm1d(8) + ReLU, ``head`` = Linear(8, 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def make_net(seed: int = 0) -> tuple[Net, ParameterGroups]:
+    torch.manual_seed(seed)
+    net = Net().to(F64)
+    return net, ParameterGroups.split(net, ("head.",))
+
+
+def batch(n: int = 12, seed: int = 1) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=gen, dtype=F64), torch.randint(0, 3, (n,), generator=gen)
+
+
+def offset_prior(net: Net, groups: ParameterGroups, scale: float = 0.3, seed: int = 2) -> IsotropicGaussian:
+    """An L2-SP style prior whose mean is the body weights plus a fixed offset (non-zero mean)."""
+    body = groups.flat(dict(net.named_parameters()), "body").detach()
+    gen = torch.Generator().manual_seed(seed)
+    return IsotropicGaussian(body + scale * torch.randn(body.shape, generator=gen, dtype=F64))
+
+
+def lowrank_prior(net: Net, groups: ParameterGroups, seed: int = 3) -> LowRankGaussian:
+    body = groups.flat(dict(net.named_parameters()), "body").detach()
+    gen = torch.Generator().manual_seed(seed)
+    mean = body + 0.2 * torch.randn(body.shape, generator=gen, dtype=F64)
+    diagonal = 0.5 + torch.rand(body.shape, generator=gen, dtype=F64)
+    factor = 0.3 * torch.randn(body.shape[0], 2, generator=gen, dtype=F64)
+    return LowRankGaussian(mean, diagonal, factor)
+
+
+def make_prior(kind: str, net: Net, groups: ParameterGroups) -> GaussianPrior:
+    return offset_prior(net, groups) if kind == "isotropic" else lowrank_prior(net, groups)
+
+
+def num(t: Tensor) -> float:
+    """A 0-d tensor as a Python float (detached first)."""
+    return float(t.detach())
+
+
+def record_at(objective: DEELBoObjective, x: Tensor, y: Tensor, seed: int = 0) -> LossRecord:
+    torch.manual_seed(seed)
+    return objective(x, y)
+
+
+def hand_kl(objective: DEELBoObjective, detach_lam: bool = True, lam_scale: float = 1.0) -> Tensor:
+    """``KL(q || p(lam*)) + KL_head(q || p(tau*))`` from the priors' public ``kl`` / ``optimal_variance``."""
+    post = objective.posterior
+    total = torch.zeros((), dtype=F64)
+    priors = [("body", objective.body_prior), ("head", objective.head_prior)]
+    for group, prior in priors:
+        if prior is None:
+            continue
+        theta, sigma = post.flat_mean(group), post.flat_sigma(group)  # type: ignore[arg-type]
+        lam = prior.optimal_variance(theta, sigma) * lam_scale
+        total = total + prior.kl(theta, sigma, lam.detach() if detach_lam else lam)
+    return total
+
+
+# --- MAP ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3, 0.7])
+def test_map_loss_matches_hand_computation(weight_decay: float) -> None:
+    net, groups = make_net()
+    prior = offset_prior(net, groups)
+    objective = MAPObjective(net, groups, prior, weight_decay)
+    x, y = batch()
+    record = objective(x, y)
+    logits = net(x)
+    nll = nn.functional.cross_entropy(logits, y)
+    params = dict(net.named_parameters())
+    body = groups.flat(params, "body")
+    head = groups.flat(params, "head")
+    maha = ((body - prior.mean) ** 2).sum() + (head**2).sum()
+    assert num(maha) > 1.0  # the offset mean matters
+    penalty = weight_decay / 2 * maha
+    torch.testing.assert_close(record.nll.double(), nll, rtol=1e-6, atol=0)
+    torch.testing.assert_close(record.penalty.double(), penalty, rtol=1e-12, atol=0)
+    torch.testing.assert_close(record.loss.double(), nll + penalty, rtol=1e-6, atol=0)
+    assert record.lam is None
+    assert record.tau is None
+    if weight_decay == 0:
+        assert num(record.penalty) == 0.0
+        assert num(record.loss) == num(record.nll)
+
+
+def test_map_gradient_of_penalty_pulls_towards_prior_mean() -> None:
+    net, groups = make_net()
+    prior = offset_prior(net, groups)
+    wd = 0.5
+    objective = MAPObjective(net, groups, prior, wd)
+    x, y = batch()
+    objective(x, y).penalty.backward()
+    params = dict(net.named_parameters())
+    grad_body = torch.cat([params[n].grad.reshape(-1) for n in groups.body])  # type: ignore[union-attr]
+    grad_head = torch.cat([params[n].grad.reshape(-1) for n in groups.head])  # type: ignore[union-attr]
+    torch.testing.assert_close(grad_body, wd * (groups.flat(params, "body").detach() - prior.mean))
+    torch.testing.assert_close(grad_head, wd * groups.flat(params, "head").detach())
+
+
+def test_map_with_lowrank_prior_uses_its_precision() -> None:
+    net, groups = make_net()
+    prior = lowrank_prior(net, groups)
+    objective = MAPObjective(net, groups, prior, 0.4)
+    record = objective(*batch())
+    params = dict(net.named_parameters())
+    diff = groups.flat(params, "body").detach() - prior.mean
+    dense = torch.diag(prior.diagonal) + prior.factor @ prior.factor.T
+    maha = diff @ torch.linalg.solve(dense, diff) + (groups.flat(params, "head").detach() ** 2).sum()
+    torch.testing.assert_close(record.penalty.detach(), 0.2 * maha, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("weight_decay", [-1e-8, -1.0, math.nan, math.inf])
+def test_map_bad_weight_decay_raises(weight_decay: float) -> None:
+    net, groups = make_net()
+    with pytest.raises(ConfigError, match="weight_decay"):
+        MAPObjective(net, groups, offset_prior(net, groups), weight_decay)
+
+
+def test_map_wrong_prior_length_raises() -> None:
+    net, groups = make_net()
+    with pytest.raises(ConfigError, match=rf"{D_BODY + 1}.*{D_BODY}"):
+        MAPObjective(net, groups, IsotropicGaussian.zero(D_BODY + 1, dtype=F64), 0.1)
+    with pytest.raises(ConfigError, match=rf"head.*{D_HEAD - 1}.*{D_HEAD}"):
+        MAPObjective(net, groups, IsotropicGaussian.zero(D_BODY, dtype=F64), 0.1, IsotropicGaussian.zero(D_HEAD - 1))
+
+
+# --- DE-ELBo: construction ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_train", [1, 20, 83, 1000])
+def test_deelbo_default_kappa_is_d_over_n(n_train: int) -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train)
+    assert objective.num_weights == D_ALL
+    assert objective.n_train == n_train
+    assert objective.kappa == pytest.approx(D_ALL / n_train, rel=1e-15)
+
+
+def test_deelbo_default_kappa_counts_only_trainable_weights() -> None:
+    net, _ = make_net()
+    net.body[1].requires_grad_(False)  # freeze BatchNorm's affine weights (16)
+    groups = ParameterGroups.split(net, ("head.",))
+    prior = IsotropicGaussian.zero(D_BODY - 16, dtype=F64)
+    objective = DEELBoObjective(net, groups, prior, n_train=10)
+    assert objective.kappa == pytest.approx((D_ALL - 16) / 10)
+
+
+def test_deelbo_without_head_counts_body_only() -> None:
+    net, _ = make_net()
+    groups = ParameterGroups.split(net)
+    objective = DEELBoObjective(net, groups, IsotropicGaussian.zero(D_ALL, dtype=F64), n_train=7)
+    assert objective.head_prior is None
+    assert objective.kappa == pytest.approx(D_ALL / 7)
+    record = record_at(objective, *batch())
+    assert record.tau is None
+    assert record.lam is not None
+
+
+@pytest.mark.parametrize("kappa", [1.0, 0.25, 37.5])
+def test_deelbo_explicit_kappa_overrides_default(kappa: float) -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=20, kappa=kappa)
+    assert objective.kappa == kappa
+
+
+@pytest.mark.parametrize("kappa", [0.0, -1.0, math.nan, math.inf])
+def test_deelbo_bad_kappa_raises(kappa: float) -> None:
+    net, groups = make_net()
+    with pytest.raises(ConfigError, match="kappa"):
+        DEELBoObjective(net, groups, offset_prior(net, groups), n_train=20, kappa=kappa)
+
+
+@pytest.mark.parametrize("n_train", [0, -5, 2.5])
+def test_deelbo_bad_n_train_raises(n_train: float) -> None:
+    net, groups = make_net()
+    with pytest.raises(ConfigError, match="n_train"):
+        DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dim", [D_BODY - 1, D_BODY + 1, D_ALL])
+def test_deelbo_wrong_body_prior_length_raises_with_sizes(dim: int) -> None:
+    net, groups = make_net()
+    with pytest.raises(ConfigError) as info:
+        DEELBoObjective(net, groups, IsotropicGaussian.zero(dim, dtype=F64), n_train=20)
+    message = str(info.value)
+    assert "body" in message
+    assert str(dim) in message
+    assert str(D_BODY) in message
+
+
+def test_deelbo_extra_parameters_are_the_posterior_rhos() -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=20, sigma_mode="layer")
+    extra = list(objective.extra_parameters())
+    assert len(extra) == len(groups.body) + len(groups.head)
+    assert all(any(e is r for r in objective.posterior.rho.values()) for e in extra)
+    model_ids = {id(p) for p in net.parameters()}
+    assert not any(id(e) in model_ids for e in extra)
+
+
+def test_deelbo_casts_prior_to_model_dtype() -> None:
+    net, groups = make_net()
+    prior = IsotropicGaussian.zero(D_BODY, dtype=torch.float32)
+    objective = DEELBoObjective(net, groups, prior, n_train=20)
+    assert objective.body_prior.mean.dtype == F64
+    assert objective.head_prior is not None
+    assert objective.head_prior.mean.dtype == F64
+    assert objective.head_prior.dim == D_HEAD
+
+
+# --- DE-ELBo: the loss ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["scalar", "layer", "parameter"])
+@pytest.mark.parametrize("kind", ["isotropic", "lowrank"])
+def test_deelbo_loss_is_nll_plus_scaled_kl(mode: str, kind: str) -> None:
+    net, groups = make_net()
+    prior = make_prior(kind, net, groups)
+    objective = DEELBoObjective(net, groups, prior, n_train=30, sigma_mode=mode, init_sigma=0.05)  # type: ignore[arg-type]
+    # non-uniform sigmas so the per-weight code paths matter
+    with torch.no_grad():
+        for k, rho in enumerate(objective.posterior.rho.values()):
+            rho.add_(0.3 * k)
+    x, y = batch()
+    record = record_at(objective, x, y, seed=4)
+    kl = hand_kl(objective)
+    assert num(kl) > 0
+    torch.testing.assert_close(record.penalty, kl, rtol=1e-10, atol=0)
+    torch.testing.assert_close(record.loss, record.nll + kl / (objective.kappa * 30), rtol=1e-10, atol=0)
+    # the NLL is that of the module run with one draw from q (the same draw under the same seed)
+    torch.manual_seed(4)
+    draw = objective.posterior.sample()
+    logits = torch.func.functional_call(net, draw, (x,))
+    torch.testing.assert_close(record.nll.double(), nn.functional.cross_entropy(logits, y), rtol=1e-6, atol=0)
+    # lam and tau are the priors' closed-form optimum, detached
+    post = objective.posterior
+    lam = objective.body_prior.optimal_variance(post.flat_mean("body"), post.flat_sigma("body"))
+    assert objective.head_prior is not None
+    tau = objective.head_prior.optimal_variance(post.flat_mean("head"), post.flat_sigma("head"))
+    assert record.lam is not None
+    assert record.tau is not None
+    torch.testing.assert_close(record.lam, lam.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(record.tau, tau.detach(), rtol=1e-12, atol=0)
+    assert not record.lam.requires_grad
+    assert not record.tau.requires_grad
+
+
+def test_deelbo_lam_is_argmin_of_kl() -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=30, init_sigma=0.1)
+    record = record_at(objective, *batch())
+    assert record.lam is not None
+    post = objective.posterior
+    theta, sigma = post.flat_mean("body").detach(), post.flat_sigma("body").detach()
+    at_opt = num(objective.body_prior.kl(theta, sigma, record.lam))
+    for factor in (0.5, 0.9, 1.1, 2.0):
+        assert num(objective.body_prior.kl(theta, sigma, record.lam * factor)) > at_opt
+
+
+def test_deelbo_sample_changes_nll_but_not_kl() -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=30, init_sigma=0.3)
+    x, y = batch()
+    a = record_at(objective, x, y, seed=0)
+    b = record_at(objective, x, y, seed=1)
+    c = record_at(objective, x, y, seed=0)
+    assert num(a.nll) != num(b.nll)
+    assert num(a.nll) == num(c.nll)
+    assert num(a.penalty) == num(b.penalty)
+
+
+@pytest.mark.parametrize("mode", ["scalar", "parameter"])
+@pytest.mark.parametrize("kind", ["isotropic", "lowrank"])
+def test_deelbo_gradient_with_detached_lam_equals_full_gradient(mode: str, kind: str) -> None:
+    """Envelope theorem: dKL/dlam = 0 at lam*, so detaching lam* loses no gradient."""
+    net, groups = make_net()
+    objective = DEELBoObjective(
+        net,
+        groups,
+        make_prior(kind, net, groups),
+        n_train=25,
+        sigma_mode=mode,  # type: ignore[arg-type]
+        init_sigma=0.05,
+    )
+    params = list(net.parameters()) + list(objective.extra_parameters())
+    x, y = batch()
+    scale = objective.kappa * objective.n_train
+
+    record = record_at(objective, x, y, seed=7)
+    got = torch.autograd.grad(record.loss, params)
+
+    torch.manual_seed(7)
+    nll = nn.functional.cross_entropy(objective.posterior.forward_sample(x).float(), y)
+    full = torch.autograd.grad(nll + hand_kl(objective, detach_lam=False) / scale, params)
+    for g, f in zip(got, full, strict=True):
+        torch.testing.assert_close(g, f, rtol=1e-9, atol=1e-12)
+
+    # the KL's own gradient is not trivially zero ...
+    kl_grad = torch.autograd.grad(hand_kl(objective, detach_lam=True), params, allow_unused=True)
+    assert any(g is not None and float(g.abs().max()) > 1e-3 for g in kl_grad)
+    # ... and away from the optimum, detaching lam is *not* the same as differentiating through it
+    off_detached = torch.autograd.grad(hand_kl(objective, True, lam_scale=2.0), params, allow_unused=True)
+    off_full = torch.autograd.grad(hand_kl(objective, False, lam_scale=2.0), params, allow_unused=True)
+    assert any(
+        a is not None and b is not None and not torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+        for a, b in zip(off_detached, off_full, strict=True)
+    )
+
+
+def test_deelbo_gradients_reach_model_and_rho() -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=25, sigma_mode="layer")
+    record_at(objective, *batch()).loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    for key, rho in objective.posterior.rho.items():
+        assert rho.grad is not None and float(rho.grad.abs()) > 0, key
+
+
+def test_plain_elbo_weights_kl_more_than_default_when_d_exceeds_n() -> None:
+    n_train = 20
+    assert n_train < D_ALL
+    x, y = batch()
+    net, groups = make_net()
+    default = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train)
+    net2, groups2 = make_net()
+    plain = DEELBoObjective(net2, groups2, offset_prior(net2, groups2), n_train=n_train, kappa=1.0)
+    rec_default = record_at(default, x, y)
+    rec_plain = record_at(plain, x, y)
+    # identical models, priors and draws: only the KL weight differs
+    assert num(rec_default.nll) == num(rec_plain.nll)
+    torch.testing.assert_close(rec_default.penalty, rec_plain.penalty, rtol=1e-14, atol=0)
+    w_default = num((rec_default.loss - rec_default.nll) / rec_default.penalty)
+    w_plain = num((rec_plain.loss - rec_plain.nll) / rec_plain.penalty)
+    assert w_default == pytest.approx(1 / D_ALL, rel=1e-6)
+    assert w_plain == pytest.approx(1 / n_train, rel=1e-6)
+    assert w_plain > w_default
+    assert num(rec_plain.loss) > num(rec_default.loss)
+
+
+@pytest.mark.parametrize(("n_train", "kappa"), [(20, None), (500, None), (20, 1.0), (64, 3.5)])
+@pytest.mark.parametrize("lam", [1e-4, 0.3, 12.0])
+def test_equivalent_weight_decay(n_train: int, kappa: float | None, lam: float) -> None:
+    net, groups = make_net()
+    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train, kappa=kappa)
+    expected = 1.0 / (lam * objective.kappa * n_train)
+    assert objective.equivalent_weight_decay(lam) == pytest.approx(expected, rel=1e-15)
+    if kappa is None:  # kappa = D / N makes it independent of N
+        assert objective.equivalent_weight_decay(lam) == pytest.approx(1.0 / (lam * D_ALL), rel=1e-14)
+
+
+def test_equivalent_weight_decay_matches_map_penalty() -> None:
+    """The DE-ELBo's mean-dependent KL term per example equals MAP's penalty at that weight decay."""
+    net, groups = make_net()
+    prior = offset_prior(net, groups)
+    objective = DEELBoObjective(net, groups, prior, n_train=40, init_sigma=0.05)
+    lam = 0.37
+    wd = objective.equivalent_weight_decay(lam)
+    theta = objective.posterior.flat_mean("body")
+    sigma = objective.posterior.flat_sigma("body")
+    kl_per_example = prior.kl(theta, sigma, lam) / (objective.kappa * objective.n_train)
+    kl_without_mean = prior.kl(prior.mean.clone(), sigma, lam) / (objective.kappa * objective.n_train)
+    map_penalty = wd / 2 * prior.mahalanobis(theta)
+    torch.testing.assert_close(kl_per_example - kl_without_mean, map_penalty, rtol=1e-10, atol=0)
