@@ -15,7 +15,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseSampler, GridSampler
 
 from optuna_deelbo._errors import ConfigError
 
@@ -64,9 +64,17 @@ class DEELBoSampler(BaseSampler):
             raise ConfigError(f"base_sampler must be an optuna sampler, got {type(base_sampler).__name__}")
         if isinstance(learned, str):
             learned = (learned,)
-        names = tuple(learned)
+        names = tuple(learned) if isinstance(learned, (list, tuple, set, frozenset)) else ()
         if not names or not all(isinstance(n, str) and n for n in names):
             raise ConfigError(f"learned must be a non-empty sequence of parameter names, got {learned!r}")
+        if isinstance(base_sampler, GridSampler):
+            # A grid that still lists a learned name would repeat every other point once per value.
+            in_grid = sorted(set(names) & set(getattr(base_sampler, "_search_space", {})))
+            if in_grid:
+                raise ConfigError(
+                    f"the base GridSampler's grid lists learned parameter(s) {in_grid}; "
+                    "drop them, e.g. GridSampler(without_learned(grid, learned))"
+                )
         self._base_sampler = base_sampler
         self._learned = frozenset(names)
 

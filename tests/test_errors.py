@@ -152,3 +152,13 @@ def test_bad_sampler_arguments() -> None:
         od.DEELBoSampler("tpe")  # type: ignore[arg-type]
     with pytest.raises(od.ConfigError, match="learned must be a non-empty sequence"):
         od.DEELBoSampler(__import__("optuna").samplers.RandomSampler(), learned=())
+
+
+def test_sampler_learned_none_and_grid_listing_a_learned_name() -> None:
+    import optuna
+
+    with pytest.raises(od.ConfigError, match="learned must be a non-empty sequence of parameter names, got None"):
+        od.DEELBoSampler(optuna.samplers.RandomSampler(), learned=None)  # type: ignore[arg-type]
+    grid = optuna.samplers.GridSampler({"lr": [0.1, 0.01], "weight_decay": [1e-3]})
+    with pytest.raises(od.ConfigError, match=r"grid lists learned parameter\(s\) \['weight_decay'\]"):
+        od.DEELBoSampler(grid)

@@ -182,10 +182,18 @@ def test_relative_search_space_hides_learned_names() -> None:
     last = study.trials[-1]
     assert "weight_decay" in spy.infer_relative_search_space(study, last)
     assert set(sampler.infer_relative_search_space(study, last)) == ALL_NAMES - {"weight_decay"}
-    # A search space that smuggles a learned name into sample_relative is filtered too.
+
+
+def test_sample_relative_filters_a_smuggled_learned_name() -> None:
+    spy = SpyRandom()
+    sampler = DEELBoSampler(spy)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(cheap_objective, n_trials=1)
     spy.relative.clear()
-    sampler.sample_relative(study, last, dict(last.distributions))
-    assert spy.relative == [{k: v for k, v in last.distributions.items() if k != "weight_decay"}]
+    running = study._storage.get_trial(study.ask()._trial_id)
+    distributions = study.trials[0].distributions
+    sampler.sample_relative(study, running, dict(distributions))
+    assert spy.relative == [{k: v for k, v in distributions.items() if k != "weight_decay"}]
 
 
 class _OddDistribution(BaseDistribution):
@@ -280,7 +288,7 @@ def test_bad_learned_is_a_config_error(learned: Any) -> None:
         DEELBoSampler(RandomSampler(), learned=learned)
 
 
-@pytest.mark.parametrize("base", [None, "tpe", TPESampler, object()], ids=repr)
+@pytest.mark.parametrize("base", [None, "tpe", TPESampler, object()], ids=["none", "str", "class", "object"])
 def test_non_sampler_base_is_a_config_error(base: Any) -> None:
     with pytest.raises(ConfigError, match="base_sampler"):
         DEELBoSampler(base)
