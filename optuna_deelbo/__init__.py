@@ -6,29 +6,45 @@ Public API only; see the README for a tour.
 from __future__ import annotations
 
 from optuna_deelbo._errors import ConfigError, StorageError, TrainingDiverged
+from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
+from optuna_deelbo.cifar import (
+    CIFAR10_CLASSES,
+    DeviceAugment,
+    load_cifar10_jpeg,
+    load_cifar10_torchvision,
+    split_classes,
+)
 from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
 from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain
-from optuna_deelbo.models import SmallCNN, pretrain, with_new_head
+from optuna_deelbo.models import Pretrained, SmallCNN, pretrain, with_new_head
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
 from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterior
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
 from optuna_deelbo.strategies import STRATEGY_NAMES, Strategy, StrategyResult, get_strategy, task_objective
-from optuna_deelbo.task import TaskSpec, digits_task
+from optuna_deelbo.swag import SWAGCollector, SWAGMoments
+from optuna_deelbo.task import TaskSpec
+from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
 from optuna_deelbo.training import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKBONE_NAMES",
+    "CIFAR10_CLASSES",
+    "DATASET_NAMES",
     "DEFAULT_STORAGE",
     "LEARNED_ATTR_PREFIX",
     "PRIOR_NAMES",
     "SIGMA_MODES",
     "STRATEGY_NAMES",
+    "Backbone",
+    "CifarResNet",
     "ConfigError",
     "DEELBoObjective",
     "DEELBoSampler",
+    "DeviceAugment",
     "GaussianPrior",
     "IsotropicGaussian",
     "LossRecord",
@@ -37,7 +53,10 @@ __all__ = [
     "Metrics",
     "Objective",
     "ParameterGroups",
+    "Pretrained",
     "RetrainResult",
+    "SWAGCollector",
+    "SWAGMoments",
     "SmallCNN",
     "Split",
     "StorageError",
@@ -49,6 +68,7 @@ __all__ = [
     "TrainingDiverged",
     "TransferData",
     "WeightPosterior",
+    "build_backbone",
     "digits_task",
     "digits_transfer",
     "evaluate",
@@ -57,10 +77,15 @@ __all__ = [
     "fit_map",
     "get_strategy",
     "learned_names",
+    "load_checkpoint",
+    "load_cifar10_jpeg",
+    "load_cifar10_torchvision",
     "open_storage",
     "pretrain",
     "resolve_device",
     "retrain",
+    "split_cifar_task",
+    "split_classes",
     "stratified_indices",
     "task_objective",
     "train",

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 import optuna
 
 from optuna_deelbo._errors import ConfigError, StorageError, TrainingDiverged
+from optuna_deelbo.backbones import BACKBONE_NAMES
 from optuna_deelbo.compare import parse_strategies, run_compare
 from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.report import results_table, write_html_report
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
 from optuna_deelbo.strategies import STRATEGY_NAMES
-from optuna_deelbo.task import digits_task
+from optuna_deelbo.task import TaskSpec
+from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
 from optuna_deelbo.training import resolve_device
 
 __all__ = ["build_parser", "main"]
@@ -37,17 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser(
         "compare",
-        help="run DE-ELBo, grid search and TPE on the embedded digits transfer task",
-        description="Pretrain a small CNN on digits 0-4, fine-tune on 5-9 with N examples under each "
-        "strategy (one Optuna study each), and print cost vs accuracy.",
+        help="run DE-ELBo, grid search and TPE on a transfer task (default: embedded digits)",
+        description="Pretrain on a source task (digits 0-4, or CIFAR-10 classes 0-4), fine-tune on the other "
+        "classes with N examples under each strategy (one Optuna study each), and print cost vs accuracy.",
     )
     cmp.add_argument("--strategies", default=",".join(STRATEGY_NAMES), help="comma list of %(default)s")
     cmp.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL (default %(default)s)")
-    cmp.add_argument("--n-train", type=int, default=100, help="target training-set size N (default %(default)s)")
-    cmp.add_argument("--prior", default="l2-sp", choices=[p for p in PRIOR_NAMES if p != "ptyl"])
+    cmp.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="default: embedded digits")
+    cmp.add_argument(
+        "--data-dir", default=None, help="cifar10-jpeg: folder with the archives; cifar10: torchvision root"
+    )
+    cmp.add_argument("--backbone", default="cifar-resnet20", choices=BACKBONE_NAMES, help="CIFAR tasks only")
+    cmp.add_argument("--cache-dir", default=None, help="decoded images + pretrained checkpoints (CIFAR tasks)")
+    cmp.add_argument("--n-train", type=int, default=None, help="target training-set size N (digits 100, CIFAR 50)")
+    cmp.add_argument("--prior", default="l2-sp", choices=PRIOR_NAMES)
     cmp.add_argument("--steps", type=_positive_int, default=300, help="SGD steps per configuration")
     cmp.add_argument("--batch-size", type=_positive_int, default=64)
-    cmp.add_argument("--pretrain-steps", type=_positive_int, default=400)
+    cmp.add_argument("--pretrain-steps", type=_positive_int, default=None, help="digits 400, CIFAR 2000")
     cmp.add_argument("--tpe-trials", type=_positive_int, default=None, help="default: the grid's trial count")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
@@ -56,21 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _build_task(args: argparse.Namespace, device: str) -> tuple[TaskSpec, float]:
+    common = {"seed": args.seed, "prior": args.prior, "steps": args.steps, "batch_size": args.batch_size}
+    if args.dataset == "digits":
+        return digits_task(
+            100 if args.n_train is None else args.n_train,
+            pretrain_steps=args.pretrain_steps or 400,
+            device=device,
+            **common,
+        )
+    if args.data_dir is None:
+        raise ConfigError(f"--dataset {args.dataset} needs --data-dir (e.g. ../shared/data for cifar10-jpeg)")
+    return split_cifar_task(
+        50 if args.n_train is None else args.n_train,
+        data_dir=args.data_dir,
+        source="jpeg" if args.dataset == "cifar10-jpeg" else "torchvision",
+        backbone=args.backbone,
+        pretrain_steps=args.pretrain_steps or 2000,
+        cache_dir=args.cache_dir,
+        device=device,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        **common,
+    )
+
+
 def _compare(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies)
     device = resolve_device(args.device)
     storage = open_storage(args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"device: {device}; storage: {args.storage}; strategies: {', '.join(strategies)}", flush=True)
-    task, pretrain_s = digits_task(
-        args.n_train,
-        seed=args.seed,
-        prior=args.prior,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        pretrain_steps=args.pretrain_steps,
-        device=str(device),
-    )
+    task, pretrain_s = _build_task(args, str(device))
     print(
         f"task {task.name}: source pretraining {pretrain_s:.1f} s (shared by all strategies, not counted below); "
         f"N = {task.n_train}, test = {len(task.test) if task.test else 0}, prior = {task.prior}",

@@ -66,6 +66,8 @@ def fit_map(
         val=(val.x, val.y) if val is not None else None,
         trial=trial,
         desc=f"map lr={lr:.2g} wd={weight_decay:.2g}",
+        transform=task.train_transform,
+        eval_transform=task.eval_transform,
     )
     return model, result
 
@@ -86,7 +88,13 @@ def fit_deelbo(
         init_sigma=task.init_sigma,
     )
     result = train(
-        objective, task.train.x, task.train.y, task.train_config(lr), trial=trial, desc=f"deelbo lr={lr:.2g}"
+        objective,
+        task.train.x,
+        task.train.y,
+        task.train_config(lr),
+        trial=trial,
+        desc=f"deelbo lr={lr:.2g}",
+        transform=task.train_transform,
     )
     return objective, result
 
@@ -102,7 +110,7 @@ def _trace(history: list[dict[str, float]]) -> list[list[float]]:
 def _test_metrics(task: TaskSpec, model: nn.Module) -> Metrics | None:
     if task.test is None:
         return None
-    return evaluate(model, task.test.x, task.test.y)
+    return evaluate(model, task.test.x, task.test.y, transform=task.eval_transform)
 
 
 def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_decay: float) -> float:
@@ -143,7 +151,7 @@ def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_deca
         else:
             train_split, val_split = task.train_val
             model, result = fit_map(task, lr, weight_decay, train_split, val=val_split, trial=live_trial)
-            metrics = evaluate(model, val_split.x, val_split.y)
+            metrics = evaluate(model, val_split.x, val_split.y, transform=task.eval_transform)
             attrs["mode"] = "map"
             attrs["val:nll"], attrs["val:accuracy"] = metrics.nll, metrics.accuracy
             value = metrics.nll

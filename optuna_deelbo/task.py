@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,7 +16,7 @@ from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, SigmaMode
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.training import TrainConfig, resolve_device
 
-__all__ = ["TaskSpec", "digits_task"]
+__all__ = ["TaskSpec"]
 
 
 @dataclass
@@ -43,6 +42,9 @@ class TaskSpec:
         seed: seeds the head initialisation, minibatch order, posterior samples and splits.
         device: ``None`` = CUDA when present, else CPU.
         progress: tqdm bars during training.
+        train_transform: applied on the device to every training minibatch (e.g. uint8 images
+            -> normalised, randomly cropped and flipped floats); ``None`` = identity.
+        eval_transform: applied to validation / test batches (e.g. normalisation only).
     """
 
     name: str
@@ -62,6 +64,8 @@ class TaskSpec:
     seed: int = 0
     device: str | None = None
     progress: bool = True
+    train_transform: Callable[[Tensor], Tensor] | None = None
+    eval_transform: Callable[[Tensor], Tensor] | None = None
     _body_dim: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
@@ -138,48 +142,3 @@ class TaskSpec:
     def train_val(self) -> tuple[Split, Split]:
         """The stratified ``(1 - val_fraction, val_fraction)`` split of :attr:`train` (MAP tuning)."""
         return train_val_split(self.train, self.val_fraction, seed=self.seed)
-
-
-def digits_task(
-    n_train: int = 100,
-    *,
-    seed: int = 0,
-    prior: str = "l2-sp",
-    steps: int = 300,
-    batch_size: int = 64,
-    pretrain_steps: int = 400,
-    device: str | None = None,
-    progress: bool = False,
-) -> tuple[TaskSpec, float]:
-    """The embedded default: pretrain a :class:`SmallCNN` on digits 0-4, fine-tune on 5-9.
-
-    Returns:
-        The task and the pretraining wall-clock in seconds (shared by all strategies, so
-        reported separately from each strategy's cost).
-    """
-    from optuna_deelbo.data import digits_transfer
-    from optuna_deelbo.models import pretrain, with_new_head
-
-    data = digits_transfer(n_train, seed=seed)
-    start = time.perf_counter()
-    source_model, _ = pretrain(data.source, data.n_source_classes, steps=pretrain_steps, seed=seed, device=device)
-    pretrain_s = time.perf_counter() - start
-    source_model = source_model.cpu()
-
-    def factory() -> nn.Module:
-        return with_new_head(source_model, data.n_classes, seed=seed)
-
-    task = TaskSpec(
-        name=data.name,
-        model_factory=factory,
-        train=data.train,
-        test=data.test,
-        head_prefixes=("head.",),
-        prior=prior,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
-    return task, pretrain_s

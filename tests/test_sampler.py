@@ -26,7 +26,8 @@ from optuna_deelbo import ConfigError
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
 from optuna_deelbo.strategies import task_objective
 from optuna_deelbo.strategies._base import LR_RANGE, WEIGHT_DECAY_RANGE
-from optuna_deelbo.task import TaskSpec, digits_task
+from optuna_deelbo.task import TaskSpec
+from optuna_deelbo.tasks import digits_task
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -21,7 +21,7 @@ from optuna_deelbo.fit import fit_deelbo
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective
 from optuna_deelbo.posterior import ParameterGroups
 from optuna_deelbo.priors import IsotropicGaussian
-from optuna_deelbo.task import digits_task
+from optuna_deelbo.tasks import digits_task
 from optuna_deelbo.training import TrainConfig, evaluate, train
 
 F64 = torch.float64

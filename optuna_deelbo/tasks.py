@@ -1,0 +1,197 @@
+"""The built-in fine-tuning tasks: embedded digits (default) and Split-CIFAR (offline CIFAR-10).
+
+Both pretrain on a source task (timed separately: the cost is shared by every strategy),
+collect SWAG moments of the body for the PTYL prior, and return a :class:`TaskSpec`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.backbones import BACKBONE_NAMES, build_backbone
+from optuna_deelbo.cifar import (
+    DeviceAugment,
+    default_cache_dir,
+    load_cifar10_jpeg,
+    load_cifar10_torchvision,
+    split_classes,
+)
+from optuna_deelbo.data import Split, digits_transfer, stratified_indices
+from optuna_deelbo.models import SmallCNN, pretrain, with_new_head
+from optuna_deelbo.swag import SWAGMoments
+from optuna_deelbo.task import TaskSpec
+
+__all__ = ["DATASET_NAMES", "digits_task", "split_cifar_task"]
+
+#: Names accepted by ``optuna-deelbo compare --dataset``.
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10-jpeg", "cifar10")
+
+
+def _ptyl_fields(prior: str, swag: SWAGMoments | None) -> dict[str, object]:
+    if prior != "ptyl":
+        return {}
+    if swag is None:
+        raise ConfigError("the ptyl prior needs SWAG moments from pretraining (swag_rank > 0)")
+    return {"prior_mean": swag.mean, "prior_covariance": swag.covariance_factors()}
+
+
+def digits_task(
+    n_train: int = 100,
+    *,
+    seed: int = 0,
+    prior: str = "l2-sp",
+    steps: int = 300,
+    batch_size: int = 64,
+    pretrain_steps: int = 400,
+    swag_rank: int = 10,
+    device: str | None = None,
+    progress: bool = False,
+) -> tuple[TaskSpec, float]:
+    """The embedded default: pretrain a :class:`SmallCNN` on digits 0-4, fine-tune on 5-9.
+
+    SWAG moments (``swag_rank`` columns) are collected during pretraining only for ``prior="ptyl"``.
+
+    Returns:
+        The task and the pretraining wall-clock in seconds.
+    """
+    data = digits_transfer(n_train, seed=seed)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    source_model = SmallCNN(data.n_source_classes, in_channels=int(data.source.x.shape[1]))
+    done = pretrain(
+        source_model,
+        data.source,
+        steps=pretrain_steps,
+        seed=seed,
+        device=device,
+        swag_rank=swag_rank if prior == "ptyl" else 0,
+    )
+    pretrain_s = time.perf_counter() - start
+    trained = done.model.cpu()
+    assert isinstance(trained, SmallCNN)
+
+    def factory() -> nn.Module:
+        return with_new_head(trained, data.n_classes, seed=seed)
+
+    task = TaskSpec(
+        name=data.name,
+        model_factory=factory,
+        train=data.train,
+        test=data.test,
+        head_prefixes=("head.",),
+        prior=prior,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        **_ptyl_fields(prior, done.swag),  # type: ignore[arg-type]
+    )
+    return task, pretrain_s
+
+
+def split_cifar_task(
+    n_train: int = 50,
+    *,
+    data_dir: str | Path,
+    source: str = "jpeg",
+    backbone: str = "cifar-resnet20",
+    seed: int = 0,
+    prior: str = "l2-sp",
+    steps: int = 300,
+    batch_size: int = 64,
+    pretrain_steps: int = 2000,
+    pretrain_batch_size: int = 128,
+    swag_rank: int = 20,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> tuple[TaskSpec, float]:
+    """Split-CIFAR, the offline stand-in for ImageNet pretraining.
+
+    Pretrain ``backbone`` on CIFAR-10 classes 0-4 (airplane ... deer; all 25,000 training
+    images), then fine-tune on classes 5-9 (dog ... truck) with a stratified training set of
+    ``n_train`` images; test on the 5,000 test images of classes 5-9. The pretrained body and
+    its SWAG moments are cached in ``cache_dir`` per (backbone, pretrain_steps, seed), so
+    every N and strategy reuses them; a cache hit reports 0 s of pretraining.
+
+    Args:
+        data_dir: folder with ``cifar10-{train,test}-jpeg.tar.xz`` (``source="jpeg"``), or
+            torchvision's CIFAR-10 root (``source="torchvision"``, no download).
+    """
+    if backbone not in BACKBONE_NAMES:
+        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONE_NAMES}")
+    if source == "jpeg":
+        train_x, train_y = load_cifar10_jpeg(data_dir, "train", cache_dir=cache_dir)
+        test_x, test_y = load_cifar10_jpeg(data_dir, "test", cache_dir=cache_dir)
+    elif source == "torchvision":
+        train_x, train_y = load_cifar10_torchvision(data_dir, "train")
+        test_x, test_y = load_cifar10_torchvision(data_dir, "test")
+    else:
+        raise ConfigError(f"unknown CIFAR-10 source {source!r}; choose 'jpeg' or 'torchvision'")
+    source_x, source_y = split_classes(train_x, train_y, (0, 1, 2, 3, 4))
+    pool_x, pool_y = split_classes(train_x, train_y, (5, 6, 7, 8, 9))
+    target_test = Split(*split_classes(test_x, test_y, (5, 6, 7, 8, 9)))
+    idx = stratified_indices(pool_y, n_train, seed)
+    target_train = Split(pool_x[idx], pool_y[idx])
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    stem = cache / f"split-cifar-{backbone}-steps{pretrain_steps}-seed{seed}"
+    built = build_backbone(backbone, 5, seed=seed)
+    pretrain_s = 0.0
+    swag: SWAGMoments | None = None
+    if stem.with_suffix(".pt").is_file() and (swag_rank == 0 or stem.with_suffix(".swag").is_file()):
+        built.model.load_state_dict(torch.load(stem.with_suffix(".pt"), map_location="cpu", weights_only=True))
+        swag = SWAGMoments.load(stem.with_suffix(".swag")) if swag_rank > 0 else None
+    else:
+        start = time.perf_counter()
+        done = pretrain(
+            built.model,
+            Split(source_x, source_y),
+            steps=pretrain_steps,
+            lr=0.1,
+            batch_size=pretrain_batch_size,
+            seed=seed,
+            device=device,
+            head_prefixes=built.head_prefixes,
+            transform=DeviceAugment(train=True),
+            swag_rank=swag_rank,
+            progress=progress,
+        )
+        pretrain_s = time.perf_counter() - start
+        torch.save({k: v.cpu() for k, v in built.model.state_dict().items()}, stem.with_suffix(".pt"))
+        swag = done.swag
+        if swag is not None:
+            swag.save(stem.with_suffix(".swag"))
+    source_model = built.model.cpu()
+
+    def factory() -> nn.Module:
+        import copy
+
+        model = copy.deepcopy(source_model)
+        built.replace_head(model, 5, seed)
+        return model
+
+    task = TaskSpec(
+        name=f"split-cifar-{backbone}-N{n_train}-seed{seed}",
+        model_factory=factory,
+        train=target_train,
+        test=target_test,
+        head_prefixes=built.head_prefixes,
+        prior=prior,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        train_transform=DeviceAugment(train=True),
+        eval_transform=DeviceAugment(train=False),
+        **_ptyl_fields(prior, swag),  # type: ignore[arg-type]
+    )
+    return task, pretrain_s
