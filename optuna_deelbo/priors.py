@@ -44,6 +44,13 @@ def _as_vector(x: Tensor, dim: int, what: str) -> Tensor:
     return x
 
 
+_CHUNK_ROWS = 1 << 20
+
+
+def _row_chunks(dim: int) -> list[slice]:
+    return [slice(start, min(start + _CHUNK_ROWS, dim)) for start in range(0, dim, _CHUNK_ROWS)]
+
+
 class GaussianPrior(ABC):
     """``N(mu, lam * Sigma)`` over ``D`` weights; subclasses supply ``Sigma``'s three primitives."""
 
@@ -215,22 +222,30 @@ class LowRankGaussian(GaussianPrior):
             raise ConfigError("prior low-rank factor must be finite")
         self.diagonal = diagonal.to(mean)
         self.factor = factor.to(mean)
-        # Precompute in float64 (cheap: O(D K^2) once) so that float32 priors keep the
-        # cancellation in diag(Sigma^-1) = 1/a - rowsum(V^2) accurate; store in mean's dtype.
-        a64, u64 = diagonal.double(), factor.double()
+        # Precompute in float64 so that float32 priors keep the cancellation in
+        # diag(Sigma^-1) = 1/a - rowsum(V^2) accurate, but only ever hold a chunk of rows in
+        # float64: a (D, K) float64 copy of a 28M-weight backbone would be gigabytes.
         rank = factor.shape[1]
-        inv_a = 1.0 / a64
-        w = u64 * inv_a[:, None]  # A^-1 U, (D, K)
-        capacitance = torch.eye(rank, dtype=torch.float64, device=mean.device) + u64.T @ w
+        inv_a = 1.0 / self.diagonal
+        capacitance = torch.eye(rank, dtype=torch.float64, device=mean.device)
+        for rows in _row_chunks(dim):
+            u = self.factor[rows].double()
+            capacitance += u.T @ (u * inv_a[rows, None].double())
         chol = torch.linalg.cholesky(capacitance)
-        # V = W L^-T  <=>  V^T = L^-1 W^T
-        v = torch.linalg.solve_triangular(chol, w.T, upper=False).T  # (D, K)
-        precision_diagonal = inv_a - (v**2).sum(dim=1)
-        self._v = v.to(mean.dtype)
-        self._inv_a = inv_a.to(mean.dtype)
-        self._logdet = (torch.log(a64).sum() + 2.0 * torch.log(torch.diagonal(chol)).sum()).to(mean.dtype)
-        self._precision_diagonal = precision_diagonal.to(mean.dtype)
-        self._precision_trace = precision_diagonal.sum().to(mean.dtype)
+        inv_chol_t = torch.linalg.solve_triangular(
+            chol, torch.eye(rank, dtype=torch.float64, device=mean.device), upper=False
+        ).T  # L^-T, (K, K)
+        self._v = torch.empty_like(self.factor)  # V = A^-1 U L^-T, (D, K)
+        self._precision_diagonal = torch.empty_like(self.diagonal)
+        for rows in _row_chunks(dim):
+            inv_a64 = 1.0 / self.diagonal[rows].double()
+            v = (self.factor[rows].double() * inv_a64[:, None]) @ inv_chol_t
+            self._v[rows] = v.to(mean.dtype)
+            self._precision_diagonal[rows] = (inv_a64 - (v**2).sum(dim=1)).to(mean.dtype)
+        self._inv_a = inv_a
+        logdet = torch.log(self.diagonal.double()).sum() + 2.0 * torch.log(torch.diagonal(chol)).sum()
+        self._logdet = logdet.to(mean.dtype)
+        self._precision_trace = self._precision_diagonal.double().sum().to(mean.dtype)
 
     @property
     def rank(self) -> int:

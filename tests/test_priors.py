@@ -466,3 +466,24 @@ def test_large_lowrank_never_densifies() -> None:
     kl64 = prior64.kl(theta, sigma, lam64)
     assert float(lam32) == pytest.approx(float(lam64), rel=1e-4)
     assert float(kl32) == pytest.approx(float(kl64), rel=1e-4)
+
+
+def test_low_rank_precomputation_is_the_same_across_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked float64 precomputation must agree with a dense inverse whatever the chunk size."""
+    import optuna_deelbo.priors as priors_module
+
+    g = torch.Generator().manual_seed(3)
+    dim, rank = 50, 3
+    mean = torch.randn(dim, generator=g, dtype=torch.float64)
+    diagonal = torch.rand(dim, generator=g, dtype=torch.float64) + 0.2
+    factor = torch.randn(dim, rank, generator=g, dtype=torch.float64)
+    dense = torch.diag(diagonal) + factor @ factor.T
+    precision = torch.linalg.inv(dense)
+    theta = torch.randn(dim, generator=g, dtype=torch.float64)
+    for chunk in (7, 16, 50, 1000):
+        monkeypatch.setattr(priors_module, "_CHUNK_ROWS", chunk)
+        prior = LowRankGaussian(mean, diagonal, factor)
+        d = theta - mean
+        torch.testing.assert_close(prior.mahalanobis(theta), d @ precision @ d)
+        torch.testing.assert_close(prior.precision_diagonal(), torch.diagonal(precision))
+        torch.testing.assert_close(prior.logdet_covariance(), torch.logdet(dense))
