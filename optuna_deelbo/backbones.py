@@ -95,8 +95,11 @@ def _replace_attr_head(attr: str) -> Callable[[nn.Module, int, int], None]:
 
 
 def _replace_convnext_head(model: nn.Module, n_classes: int, seed: int) -> None:
-    classifier = model.get_submodule("classifier")
-    old = classifier.get_submodule("2")
+    try:
+        classifier = model.get_submodule("classifier")
+        old = classifier.get_submodule("2")
+    except AttributeError:
+        raise ConfigError("expected a ConvNeXt model with a classifier[2] head; this model has none") from None
     if not isinstance(classifier, nn.Sequential) or not isinstance(old, nn.Linear):
         raise ConfigError("expected a ConvNeXt classifier ending in nn.Linear at classifier[2]")
     classifier[2] = _fresh_linear(old, n_classes, seed)

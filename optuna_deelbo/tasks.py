@@ -6,14 +6,19 @@ collect SWAG moments of the body for the PTYL prior, and return a :class:`TaskSp
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.backbones import BACKBONE_NAMES, build_backbone
+from optuna_deelbo.backbones import BACKBONE_NAMES, build_backbone, load_checkpoint
 from optuna_deelbo.cifar import (
     DeviceAugment,
     default_cache_dir,
@@ -23,6 +28,7 @@ from optuna_deelbo.cifar import (
 )
 from optuna_deelbo.data import Split, digits_transfer, stratified_indices
 from optuna_deelbo.models import SmallCNN, pretrain, with_new_head
+from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.swag import SWAGMoments
 from optuna_deelbo.task import TaskSpec
 
@@ -30,6 +36,54 @@ __all__ = ["DATASET_NAMES", "digits_task", "split_cifar_task"]
 
 #: Names accepted by ``optuna-deelbo compare --dataset``.
 DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10-jpeg", "cifar10")
+
+
+#: Learning rate of Split-CIFAR source pretraining (SGD with momentum, cosine decay).
+PRETRAIN_LR = 0.1
+
+
+def _check_prior(prior: str, swag_rank: int) -> None:
+    """Refuse an unknown prior, or ``ptyl`` without SWAG columns, before any data is decoded."""
+    if prior not in PRIOR_NAMES:
+        raise ConfigError(f"unknown prior {prior!r}; choose one of {PRIOR_NAMES}")
+    if not isinstance(swag_rank, int) or isinstance(swag_rank, bool) or swag_rank < 0:
+        raise ConfigError(f"swag_rank must be an integer >= 0, got {swag_rank!r}")
+    if prior == "ptyl" and swag_rank == 0:
+        raise ConfigError("the ptyl prior needs SWAG moments from pretraining: pass swag_rank > 0")
+
+
+def _pretrain_stem(cache: Path, backbone: str, seed: int, settings: dict[str, object]) -> Path:
+    """Cache file stem for a pretrained body: readable prefix plus a hash of every setting that changes it."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return cache / f"split-cifar-{backbone}-steps{settings['steps']}-seed{seed}-{digest}"
+
+
+def _load_pretrained(model: nn.Module, stem: Path, swag_rank: int) -> tuple[bool, SWAGMoments | None]:
+    """Load a cached body into ``model`` (and its SWAG moments).
+
+    Returns:
+        ``(hit, swag)``; ``hit`` is False when the cache is absent or unreadable (then ``model``
+        may be partly overwritten and must be pretrained again).
+    """
+    checkpoint, swag_file = stem.with_suffix(".pt"), stem.with_suffix(".swag")
+    if not checkpoint.is_file() or (swag_rank > 0 and not swag_file.is_file()):
+        return False, None
+    try:
+        load_checkpoint(model, checkpoint)
+        return True, SWAGMoments.load(swag_file) if swag_rank > 0 else None
+    except ConfigError as exc:
+        warnings.warn(f"ignoring the pretraining cache {str(stem)!r} and pretraining again: {exc}", stacklevel=3)
+        return False, None
+
+
+def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``write(tmp_path)`` then rename, so a killed run never leaves a half-written cache file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _ptyl_fields(prior: str, swag: SWAGMoments | None) -> dict[str, object]:
@@ -59,6 +113,7 @@ def digits_task(
     Returns:
         The task and the pretraining wall-clock in seconds.
     """
+    _check_prior(prior, swag_rank)
     data = digits_transfer(n_train, seed=seed)
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -117,8 +172,10 @@ def split_cifar_task(
     Pretrain ``backbone`` on CIFAR-10 classes 0-4 (airplane ... deer; all 25,000 training
     images), then fine-tune on classes 5-9 (dog ... truck) with a stratified training set of
     ``n_train`` images; test on the 5,000 test images of classes 5-9. The pretrained body and
-    its SWAG moments are cached in ``cache_dir`` per (backbone, pretrain_steps, seed), so
-    every N and strategy reuses them; a cache hit reports 0 s of pretraining.
+    its SWAG moments are cached in ``cache_dir`` under a key of every pretraining setting
+    (backbone, source, steps, batch size, learning rate, SWAG rank, seed), so every N, prior and
+    strategy reuses them; a cache hit reports 0 s of pretraining. Cache files are written
+    atomically; an unreadable one is ignored (with a warning) and rebuilt.
 
     Args:
         data_dir: folder with ``cifar10-{train,test}-jpeg.tar.xz`` (``source="jpeg"``), or
@@ -126,6 +183,7 @@ def split_cifar_task(
     """
     if backbone not in BACKBONE_NAMES:
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONE_NAMES}")
+    _check_prior(prior, swag_rank)
     if source == "jpeg":
         train_x, train_y = load_cifar10_jpeg(data_dir, "train", cache_dir=cache_dir)
         test_x, test_y = load_cifar10_jpeg(data_dir, "test", cache_dir=cache_dir)
@@ -142,20 +200,28 @@ def split_cifar_task(
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    stem = cache / f"split-cifar-{backbone}-steps{pretrain_steps}-seed{seed}"
+    settings: dict[str, object] = {
+        "backbone": backbone,
+        "source": source,
+        "steps": pretrain_steps,
+        "batch_size": pretrain_batch_size,
+        "lr": PRETRAIN_LR,
+        "swag_rank": swag_rank,
+        "seed": seed,
+        "classes": [0, 1, 2, 3, 4],
+    }
+    stem = _pretrain_stem(cache, backbone, seed, settings)
     built = build_backbone(backbone, 5, seed=seed)
     pretrain_s = 0.0
-    swag: SWAGMoments | None = None
-    if stem.with_suffix(".pt").is_file() and (swag_rank == 0 or stem.with_suffix(".swag").is_file()):
-        built.model.load_state_dict(torch.load(stem.with_suffix(".pt"), map_location="cpu", weights_only=True))
-        swag = SWAGMoments.load(stem.with_suffix(".swag")) if swag_rank > 0 else None
-    else:
+    hit, swag = _load_pretrained(built.model, stem, swag_rank)
+    if not hit:
+        built = build_backbone(backbone, 5, seed=seed)  # a failed load may have overwritten some weights
         start = time.perf_counter()
         done = pretrain(
             built.model,
             Split(source_x, source_y),
             steps=pretrain_steps,
-            lr=0.1,
+            lr=PRETRAIN_LR,
             batch_size=pretrain_batch_size,
             seed=seed,
             device=device,
@@ -165,10 +231,11 @@ def split_cifar_task(
             progress=progress,
         )
         pretrain_s = time.perf_counter() - start
-        torch.save({k: v.cpu() for k, v in built.model.state_dict().items()}, stem.with_suffix(".pt"))
+        state = {k: v.cpu() for k, v in built.model.state_dict().items()}
         swag = done.swag
         if swag is not None:
-            swag.save(stem.with_suffix(".swag"))
+            _save_atomic(stem.with_suffix(".swag"), swag.save)
+        _save_atomic(stem.with_suffix(".pt"), lambda tmp: torch.save(state, tmp))
     source_model = built.model.cpu()
 
     def factory() -> nn.Module:

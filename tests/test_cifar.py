@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR_DATA_DIR
 from PIL import Image
 
 from optuna_deelbo import cifar
@@ -25,7 +26,7 @@ from optuna_deelbo.cifar import (
     split_classes,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = CIFAR_DATA_DIR
 REAL_TEST_ARCHIVE = SHARED_DATA / "cifar10-test-jpeg.tar.xz"
 needs_real_data = pytest.mark.skipif(
     not REAL_TEST_ARCHIVE.is_file(),
