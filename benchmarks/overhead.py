@@ -12,6 +12,7 @@ Goals from the issue: ratio <= 1.03 (iso) and <= 1.08 (PTYL).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import statistics
 import sys
@@ -39,29 +40,43 @@ def _objective(kind: str, model: torch.nn.Module, groups: od.ParameterGroups, ra
     return od.DEELBoObjective(model, groups, od.LowRankGaussian(body, diagonal, factor), n_train=5000)
 
 
-def time_steps(backbone: str, kind: str, args: argparse.Namespace) -> list[float]:
-    """Seconds per step for ``args.repeats`` timed runs of ``args.steps`` steps each."""
+KINDS: tuple[str, ...] = ("map", "deelbo-iso", "deelbo-ptyl")
+
+
+def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per step of each kind in :data:`KINDS`, ``args.repeats`` timed runs of ``args.steps`` steps.
+
+    The kinds are interleaved (MAP, iso, PTYL, MAP, ...) so that drift in the machine's speed
+    hits all three alike; each kind trains its own copy of the same initial model.
+    """
     built = od.build_backbone(backbone, 5, seed=0)
     device = od.resolve_device(args.device)
-    model = built.model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    groups = od.ParameterGroups.split(model, built.head_prefixes)
-    objective = _objective(kind, model, groups, args.rank)
     g = torch.Generator().manual_seed(0)
     n = args.batch_size * 4
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
     y = torch.randint(0, 5, (n,), generator=g).to(device)
     augment = od.DeviceAugment(train=True, channels_last=args.channels_last)
+    objectives = {}
+    for kind in KINDS:
+        model = copy.deepcopy(built.model).to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        groups = od.ParameterGroups.split(model, built.head_prefixes)
+        objectives[kind] = _objective(kind, model, groups, args.rank)
 
-    def run(steps: int) -> float:
+    def run(kind: str, steps: int) -> float:
         config = od.TrainConfig(
             lr=1e-3, steps=steps, batch_size=args.batch_size, device=str(device), progress=False, log_every=10
         )
-        return od.train(objective, x, y, config, transform=augment).seconds / steps
+        return od.train(objectives[kind], x, y, config, transform=augment).seconds / steps
 
-    run(args.warmup)
-    return [run(args.steps) for _ in range(args.repeats)]
+    for kind in KINDS:
+        run(kind, args.warmup)
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for _ in range(args.repeats):
+        for kind in KINDS:
+            times[kind].append(run(kind, args.steps))
+    return times
 
 
 def main() -> None:
@@ -79,7 +94,7 @@ def main() -> None:
 
     rows = []
     for backbone in args.backbones.split(","):
-        times = {kind: time_steps(backbone, kind, args) for kind in ("map", "deelbo-iso", "deelbo-ptyl")}
+        times = time_steps(backbone, args)
         med = {kind: statistics.median(ts) for kind, ts in times.items()}
         spread = {kind: (min(ts), max(ts)) for kind, ts in times.items()}
         rows.append((backbone, med, spread))
@@ -113,7 +128,8 @@ def main() -> None:
 - date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {commit()}
 - command: `python {" ".join(sys.argv)}`
 - batch {args.batch_size} of 32x32 images, DeviceAugment on the device, {args.steps} timed steps x {args.repeats}
-  repeats after {args.warmup} warm-up steps; median (min-max) ms per step; PTYL rank K = {args.rank}
+  repeats (the three kinds interleaved) after {args.warmup} warm-up steps; median (min-max) ms per step;
+  PTYL rank K = {args.rank}
 
 {table}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     cmp.add_argument("--report", default="deelbo-report.html", help="plotly HTML report path ('' to skip)")
+    cmp.add_argument("--compile", action="store_true", help="torch.compile each model (pays off on long GPU runs)")
     cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -95,6 +97,8 @@ def _compare(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"device: {device}; storage: {args.storage}; strategies: {', '.join(strategies)}", flush=True)
     task, pretrain_s = _build_task(args, str(device))
+    if args.compile:
+        task = dataclasses.replace(task, compile=True)
     print(
         f"task {task.name}: source pretraining {pretrain_s:.1f} s (shared by all strategies, not counted below); "
         f"N = {task.n_train}, test = {len(task.test) if task.test else 0}, prior = {task.prior}",

@@ -144,9 +144,11 @@ def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_deca
             attrs[LEARNED_ATTR_PREFIX + "sigma"] = last["sigma"]
             attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
             attrs["kappa"] = objective.kappa
+            eval_start = time.perf_counter()
             test = _test_metrics(task, objective.model)
             if test is not None:
                 attrs["test:nll"], attrs["test:accuracy"] = test.nll, test.accuracy
+                attrs["time:test_eval_s"] = time.perf_counter() - eval_start
             value = result.final_loss
         else:
             train_split, val_split = task.train_val

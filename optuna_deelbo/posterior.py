@@ -149,8 +149,8 @@ class WeightPosterior(nn.Module):
         sigmas = self.sigmas()
         out: dict[str, Tensor] = {}
         for name, mean in self.means().items():
-            eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
-            out[name] = mean + sigmas[name] * eps
+            eps = torch.empty_like(mean).normal_(generator=generator)  # keeps mean's memory format
+            out[name] = torch.addcmul(mean, sigmas[name], eps)
         return out
 
     def forward_sample(self, *args: Tensor, generator: torch.Generator | None = None) -> Tensor:

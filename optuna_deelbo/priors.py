@@ -178,7 +178,7 @@ class IsotropicGaussian(GaussianPrior):
         return cls(torch.zeros(dim, dtype=dtype, device=device))
 
     def precision_quadratic(self, x: Tensor) -> Tensor:
-        return (x * x).sum()
+        return torch.dot(x, x)
 
     def precision_diagonal(self) -> Tensor:
         return torch.ones_like(self.mean)
@@ -255,7 +255,7 @@ class LowRankGaussian(GaussianPrior):
     def precision_quadratic(self, x: Tensor) -> Tensor:
         inv_a = self._inv_a.to(x.dtype)
         vx = self._v.to(x.dtype).T @ x
-        return (x * x * inv_a).sum() - (vx * vx).sum()
+        return torch.dot(x, x * inv_a) - torch.dot(vx, vx)
 
     def precision_diagonal(self) -> Tensor:
         return self._precision_diagonal

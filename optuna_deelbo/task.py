@@ -42,6 +42,7 @@ class TaskSpec:
         seed: seeds the head initialisation, minibatch order, posterior samples and splits.
         device: ``None`` = CUDA when present, else CPU.
         progress: tqdm bars during training.
+        channels_last, compile: see :class:`TrainConfig` (``None`` = NHWC on CUDA only).
         train_transform: applied on the device to every training minibatch (e.g. uint8 images
             -> normalised, randomly cropped and flipped floats); ``None`` = identity.
         eval_transform: applied to validation / test batches (e.g. normalisation only).
@@ -64,6 +65,8 @@ class TaskSpec:
     seed: int = 0
     device: str | None = None
     progress: bool = True
+    channels_last: bool | None = None
+    compile: bool = False
     train_transform: Callable[[Tensor], Tensor] | None = None
     eval_transform: Callable[[Tensor], Tensor] | None = None
     _body_dim: int = field(init=False, repr=False, default=0)
@@ -136,6 +139,8 @@ class TaskSpec:
             device=self.device,
             progress=self.progress,
             seed=self.seed,
+            channels_last=self.channels_last,
+            compile=self.compile,
         )
 
     @cached_property

@@ -52,6 +52,7 @@ def test_compare_stores_one_study_per_strategy_with_learned_attrs(compare_run: t
         lam = trial.user_attrs["learned:lambda"]
         assert math.isfinite(lam) and lam > 0
         assert trial.user_attrs["learned:weight_decay"] > 0
+        assert 0 < trial.user_attrs["time:test_eval_s"] < trial.user_attrs["time:trial_s"]
     grid = optuna.load_study(study_name="digits-N50-seed0/l2-sp/grid", storage=storage)
     assert all(t.user_attrs["mode"] == "map" and "learned:lambda" not in t.user_attrs for t in grid.trials)
     pairs = {(t.params["lr"], t.params["weight_decay"]) for t in grid.trials}

@@ -8,6 +8,7 @@ so every run takes a fraction of a second on CPU.
 from __future__ import annotations
 
 import math
+import shutil
 import re
 
 import optuna
@@ -436,3 +437,63 @@ def test_digits_transfer_largest_allowed_n_train() -> None:
     assert len(digits_transfer(max_n).test) == 100
     with pytest.raises(ConfigError, match="n_train"):
         digits_transfer(max_n + 1)
+
+
+# --- channels_last and torch.compile ---------------------------------------------------------------
+
+
+def _conv_objective(kind: str, seed: int = 0) -> MAPObjective | DEELBoObjective:
+    """A small float32 conv net (channels_last matters only for 4-d activations), MAP or DE-ELBo."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    groups = ParameterGroups.split(net, ("4.",))
+    prior = IsotropicGaussian(groups.flat(dict(net.named_parameters()), "body").detach().clone())
+    if kind == "map":
+        return MAPObjective(net, groups, prior, weight_decay=1e-2)
+    return DEELBoObjective(net, groups, prior, n_train=30)
+
+
+def _images(n: int = 30) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 2, 4, 4, generator=gen) + y.view(-1, 1, 1, 1).float()
+    return x, y
+
+
+def test_channels_last_converts_the_model_and_matches_the_default_layout() -> None:
+    x, y = _images()
+    runs = {}
+    for layout in (False, True):
+        objective = _conv_objective("map")
+        runs[layout] = train(objective, x, y, config(steps=12, batch_size=10, log_every=4, channels_last=layout))
+        conv = objective.model[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == layout
+        assert conv.is_contiguous() != layout
+    for a, b in zip(runs[False].history, runs[True].history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_channels_last_deelbo_samples_keep_the_layout() -> None:
+    """The weight noise is drawn in the weights' own layout, so sampled weights stay NHWC."""
+    objective = _conv_objective("deelbo")
+    assert isinstance(objective, DEELBoObjective)
+    x, y = _images()
+    result = train(objective, x, y, config(steps=6, batch_size=10, log_every=3, channels_last=True))
+    assert all(math.isfinite(r["lambda"]) and r["lambda"] > 0 for r in result.history)
+    draw = objective.posterior.sample()
+    assert draw["0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert not draw["0.weight"].is_contiguous()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="inductor needs a C compiler")
+def test_compile_matches_eager_training() -> None:
+    x, y = _images()
+    eager, compiled = _conv_objective("deelbo"), _conv_objective("deelbo")
+    a = train(eager, x, y, config(steps=6, batch_size=10, log_every=2))
+    b = train(compiled, x, y, config(steps=6, batch_size=10, log_every=2, compile=True))
+    assert getattr(compiled.model, "_compiled_call_impl", None) is not None
+    assert getattr(eager.model, "_compiled_call_impl", None) is None
+    for row_a, row_b in zip(a.history, b.history, strict=True):
+        assert row_a["loss"] == pytest.approx(row_b["loss"], rel=1e-4)
+    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
