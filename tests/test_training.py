@@ -8,8 +8,8 @@ so every run takes a fraction of a second on CPU.
 from __future__ import annotations
 
 import math
-import shutil
 import re
+import shutil
 
 import optuna
 import pytest
