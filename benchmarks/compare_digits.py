@@ -45,15 +45,19 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """The checked-out commit, flagged when tracked files differ from it (call it when the run starts)."""
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def main() -> None:
+    revision = commit()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -111,7 +115,7 @@ def main() -> None:
     text = f"""# `compare` on the embedded digits transfer task
 
 - machine: {machine()}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {commit()}
+- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
 - command: `python {" ".join(sys.argv)}`
 - task: {task.name} (pretrain on digits 0-4, fine-tune on 5-9), N = {task.n_train},
   test = {len(task.test) if task.test else 0}, prior = {task.prior},

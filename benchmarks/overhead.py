@@ -80,6 +80,7 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
 
 
 def main() -> None:
+    revision = commit()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -125,7 +126,7 @@ def main() -> None:
 
 - machine: {machine()}
 - device: {device}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {commit()}
+- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
 - command: `python {" ".join(sys.argv)}`
 - batch {args.batch_size} of 32x32 images, DeviceAugment on the device, {args.steps} timed steps x {args.repeats}
   repeats (the three kinds interleaved) after {args.warmup} warm-up steps; median (min-max) ms per step;

@@ -34,6 +34,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main() -> None:
+    revision = commit()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--n", type=_ints, default=[50, 500, 5000])
@@ -114,7 +115,7 @@ def main() -> None:
 
 - machine: {machine()}
 - device: {device}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {commit()}
+- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
 - command: `python {" ".join(sys.argv)}`
 - backbone {args.backbone} pretrained on classes 0-4 ({args.pretrain_steps} steps, batch 128, SWAG collected;
   {pretrain_total:.0f} s in total, cached and not counted below), fine-tuned on classes 5-9, prior {args.prior},

@@ -15,14 +15,27 @@ from optuna_deelbo.cifar import (
     split_classes,
 )
 from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
+from optuna_deelbo.early_stopping import EarlyStopping, continue_until, retrain_steps
 from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain
+from optuna_deelbo.mixing import BatchMixing, cutmix, cutout, mixup, one_hot_targets, random_erasing
 from optuna_deelbo.models import Pretrained, SmallCNN, pretrain, with_new_head
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
+from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
 from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterior
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.regularization import Regularization, suggest_regularization
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
+from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.strategies import STRATEGY_NAMES, Strategy, StrategyResult, get_strategy, task_objective
+from optuna_deelbo.strategies import (
+    DEFAULT_STRATEGIES,
+    STRATEGY_NAMES,
+    Strategy,
+    StrategyResult,
+    get_strategy,
+    task_objective,
+)
+from optuna_deelbo.structural import set_head_dropout, set_stochastic_depth
 from optuna_deelbo.swag import SWAGCollector, SWAGMoments
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
@@ -35,16 +48,21 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DATASET_NAMES",
     "DEFAULT_STORAGE",
+    "DEFAULT_STRATEGIES",
     "LEARNED_ATTR_PREFIX",
+    "PENALTY_NAMES",
     "PRIOR_NAMES",
     "SIGMA_MODES",
     "STRATEGY_NAMES",
+    "AdaptiveFeedback",
     "Backbone",
+    "BatchMixing",
     "CifarResNet",
     "ConfigError",
     "DEELBoObjective",
     "DEELBoSampler",
     "DeviceAugment",
+    "EarlyStopping",
     "GaussianPrior",
     "IsotropicGaussian",
     "LossRecord",
@@ -53,12 +71,15 @@ __all__ = [
     "Metrics",
     "Objective",
     "ParameterGroups",
+    "Penalty",
     "Pretrained",
+    "Regularization",
     "RetrainResult",
     "SWAGCollector",
     "SWAGMoments",
     "SmallCNN",
     "Split",
+    "StepSchedule",
     "StorageError",
     "Strategy",
     "StrategyResult",
@@ -69,6 +90,10 @@ __all__ = [
     "TransferData",
     "WeightPosterior",
     "build_backbone",
+    "constant",
+    "continue_until",
+    "cutmix",
+    "cutout",
     "digits_task",
     "digits_transfer",
     "evaluate",
@@ -80,13 +105,22 @@ __all__ = [
     "load_checkpoint",
     "load_cifar10_jpeg",
     "load_cifar10_torchvision",
+    "mixup",
+    "one_hot_targets",
     "open_storage",
     "pretrain",
+    "pull_down",
+    "pull_up",
+    "random_erasing",
     "resolve_device",
     "retrain",
+    "retrain_steps",
+    "set_head_dropout",
+    "set_stochastic_depth",
     "split_cifar_task",
     "split_classes",
     "stratified_indices",
+    "suggest_regularization",
     "task_objective",
     "train",
     "train_val_split",

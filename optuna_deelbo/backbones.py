@@ -17,10 +17,12 @@ from torch import nn
 
 from optuna_deelbo._errors import ConfigError
 
-__all__ = ["BACKBONE_NAMES", "Backbone", "CifarResNet", "build_backbone", "load_checkpoint"]
+__all__ = ["BACKBONE_NAMES", "Backbone", "CifarBasicBlock", "CifarResNet", "build_backbone", "load_checkpoint"]
 
 
-class _BasicBlock(nn.Module):
+class CifarBasicBlock(nn.Module):
+    """Two 3x3 conv + BatchNorm layers (the residual branch, ending in ``bn2``) plus a shortcut."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -53,7 +55,7 @@ class CifarResNet(nn.Module):
         cin = width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for b in range(blocks):
-                layers.append(_BasicBlock(cin, cout, stride=2 if stage > 0 and b == 0 else 1))
+                layers.append(CifarBasicBlock(cin, cout, stride=2 if stage > 0 and b == 0 else 1))
                 cin = cout
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)

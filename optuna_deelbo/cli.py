@@ -16,7 +16,7 @@ from optuna_deelbo.compare import parse_strategies, run_compare
 from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.report import results_table, write_html_report
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.strategies import STRATEGY_NAMES
+from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
 from optuna_deelbo.training import resolve_device
@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain on a source task (digits 0-4, or CIFAR-10 classes 0-4), fine-tune on the other "
         "classes with N examples under each strategy (one Optuna study each), and print cost vs accuracy.",
     )
-    cmp.add_argument("--strategies", default=",".join(STRATEGY_NAMES), help="comma list of %(default)s")
+    cmp.add_argument(
+        "--strategies",
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma list from {','.join(STRATEGY_NAMES)} (default %(default)s)",
+    )
     cmp.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL (default %(default)s)")
     cmp.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="default: embedded digits")
     cmp.add_argument(

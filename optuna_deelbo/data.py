@@ -27,6 +27,8 @@ class Split:
             raise ConfigError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
         if self.y.dtype != torch.int64:
             raise ConfigError(f"labels must be int64 class indices, got {self.y.dtype}")
+        if self.y.numel() and int(self.y.min()) < 0:
+            raise ConfigError(f"labels must be class indices >= 0, got {int(self.y.min())}")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

@@ -18,6 +18,7 @@ Trial user attrs written (all floats unless noted):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from typing import Any
 import optuna
 from torch import nn
 
-from optuna_deelbo._errors import TrainingDiverged
+from optuna_deelbo._errors import ConfigError, TrainingDiverged
 from optuna_deelbo._validation import nonnegative_finite, positive_finite
 from optuna_deelbo.data import Split
+from optuna_deelbo.early_stopping import continue_until
 from optuna_deelbo.objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, learned_names
+from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.training import Metrics, TrainResult, evaluate, train
 
@@ -53,21 +56,38 @@ def fit_map(
     *,
     val: Split | None = None,
     trial: optuna.trial.Trial | None = None,
+    schedule: StepSchedule | AdaptiveFeedback | None = None,
+    steps: int | None = None,
 ) -> tuple[nn.Module, TrainResult]:
-    """MAP training with a fixed ``weight_decay`` on ``data``; returns the model and its log."""
+    """MAP training on ``data``; returns the model and its log.
+
+    Args:
+        weight_decay: fixed weight decay, or the starting value when ``schedule`` sets it.
+        val: held-out split: reported to ``trial``, used by early stopping
+            (``task.regularization.patience``) and by an adaptive schedule.
+        schedule: pull-down / pull-up / adaptive weight decay (see :func:`train`).
+        steps: overrides ``task.steps`` (e.g. retraining for an early-stopped step count).
+    """
     _check_hparams(lr, weight_decay)
     model = task.build_model()
-    objective = MAPObjective(model, task.groups(model), task.body_prior(model), weight_decay)
+    objective = MAPObjective(
+        model, task.groups(model), task.body_prior(model), weight_decay, penalty=task.regularization.penalty_fn
+    )
+    config = task.train_config(lr, steps)
+    if val is not None and task.regularization.patience is not None:
+        config = dataclasses.replace(config, patience=task.regularization.patience)
     result = train(
         objective,
         data.x,
         data.y,
-        task.train_config(lr),
+        config,
         val=(val.x, val.y) if val is not None else None,
         trial=trial,
         desc=f"map lr={lr:.2g} wd={weight_decay:.2g}",
         transform=task.train_transform,
         eval_transform=task.eval_transform,
+        mixing=task.mixing(),
+        weight_decay_schedule=schedule,
     )
     return model, result
 
@@ -86,6 +106,7 @@ def fit_deelbo(
         kappa=task.kappa,
         sigma_mode=task.sigma_mode,
         init_sigma=task.init_sigma,
+        penalty=task.regularization.penalty_fn,
     )
     result = train(
         objective,
@@ -95,6 +116,7 @@ def fit_deelbo(
         trial=trial,
         desc=f"deelbo lr={lr:.2g}",
         transform=task.train_transform,
+        mixing=task.mixing(),
     )
     return objective, result
 
@@ -107,13 +129,31 @@ def _trace(history: list[dict[str, float]]) -> list[list[float]]:
     return [[r["step"], r.get("lambda", math.nan), r.get("tau", math.nan), r.get("sigma", math.nan)] for r in rows]
 
 
+def _weight_decay_trajectory(schedule: StepSchedule | AdaptiveFeedback, steps: int) -> list[list[float]]:
+    """``[[start_step, weight_decay], ...]``: the 1-based step from which each value was used."""
+    if isinstance(schedule, StepSchedule):
+        return [[start, value] for start, value in schedule.trajectory() if start <= steps]
+    rows = [[1, schedule.initial]]
+    for step, value, _, _ in schedule.history:
+        if value != rows[-1][1] and step < steps:
+            rows.append([step + 1, value])
+    return rows
+
+
 def _test_metrics(task: TaskSpec, model: nn.Module) -> Metrics | None:
     if task.test is None:
         return None
     return evaluate(model, task.test.x, task.test.y, transform=task.eval_transform)
 
 
-def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_decay: float) -> float:
+def fit(
+    trial: optuna.trial.BaseTrial,
+    task: TaskSpec,
+    *,
+    lr: float,
+    weight_decay: float,
+    schedule: StepSchedule | AdaptiveFeedback | None = None,
+) -> float:
     """Train one configuration for an Optuna objective and return the value to minimise.
 
     Args:
@@ -121,6 +161,8 @@ def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_deca
         task: the fine-tuning problem.
         lr: learning rate (> 0).
         weight_decay: MAP penalty coefficient (ignored, and learned, under ``DEELBoSampler``).
+        schedule: MAP only: a weight-decay schedule instead of the fixed value; the
+            trajectory is stored as the ``lambda:trajectory`` user attr ``[[step, wd], ...]``.
 
     Returns:
         DE-ELBo: the final training DE-ELBo loss. MAP: the validation NLL (nats per example).
@@ -134,6 +176,8 @@ def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_deca
     live_trial = trial if isinstance(trial, optuna.trial.Trial) else None
     try:
         if "weight_decay" in learned_names(trial):
+            if schedule is not None:
+                raise ConfigError("a weight-decay schedule is for MAP runs; under DEELBoSampler it is learned")
             objective, result = fit_deelbo(task, lr, trial=live_trial)
             last = result.history[-1]
             attrs["mode"] = "deelbo"
@@ -152,9 +196,16 @@ def fit(trial: optuna.trial.BaseTrial, task: TaskSpec, *, lr: float, weight_deca
             value = result.final_loss
         else:
             train_split, val_split = task.train_val
-            model, result = fit_map(task, lr, weight_decay, train_split, val=val_split, trial=live_trial)
+            model, result = fit_map(
+                task, lr, weight_decay, train_split, val=val_split, trial=live_trial, schedule=schedule
+            )
             metrics = evaluate(model, val_split.x, val_split.y, transform=task.eval_transform)
             attrs["mode"] = "map"
+            if result.best_step is not None:
+                attrs["train:best_step"], attrs["train:stopped_step"] = result.best_step, result.stopped_step
+                attrs["train:loss_at_best"] = result.train_loss_at_best
+            if schedule is not None:
+                attrs["lambda:trajectory"] = _weight_decay_trajectory(schedule, result.stopped_step)
             attrs["val:nll"], attrs["val:accuracy"] = metrics.nll, metrics.accuracy
             value = metrics.nll
         attrs["train:loss"], attrs["train:nll"] = result.final_loss, result.final_nll
@@ -178,9 +229,56 @@ class RetrainResult:
     train_loss: float
 
 
-def retrain(task: TaskSpec, lr: float, weight_decay: float) -> RetrainResult:
-    """Retrain a MAP configuration on all ``N`` examples and evaluate it on the test set."""
+def retrain(
+    task: TaskSpec,
+    lr: float,
+    weight_decay: float,
+    *,
+    schedule: StepSchedule | AdaptiveFeedback | None = None,
+) -> RetrainResult:
+    """Retrain a MAP configuration on all ``N`` examples and evaluate it on the test set.
+
+    With early stopping on (``task.regularization.patience``) the winner's early-stopped run
+    is repeated on the 80 % split (deterministic for a seed) to find its best step, then:
+
+    * ``retrain="steps"`` (Goodfellow et al. Alg. 7.2): train from scratch on all ``N`` for
+      that many steps;
+    * ``retrain="continue"`` (Alg. 7.3): keep training the early-stopped model on all ``N``
+      (constant learning rate ``lr``, in chunks of ``eval_every`` steps) until the loss on the
+      former validation part is at most the early-stopped training loss, or ``task.steps``
+      more steps have run (it may never get there).
+    """
     start = time.perf_counter()
-    model, result = fit_map(task, lr, weight_decay, task.train)
+    reg = task.regularization
+    if reg.patience is None:
+        model, result = fit_map(task, lr, weight_decay, task.train, schedule=schedule)
+    else:
+        train_split, val_split = task.train_val
+        model, early = fit_map(task, lr, weight_decay, train_split, val=val_split, schedule=schedule)
+        best_step = early.best_step if early.best_step is not None else early.stopped_step
+        if reg.retrain == "steps":
+            model, result = fit_map(task, lr, weight_decay, task.train, schedule=schedule, steps=best_step)
+        else:
+            target = early.train_loss_at_best if early.train_loss_at_best is not None else early.final_loss
+            model, result = _continue_training(task, model, lr, weight_decay, val_split, target)
     seconds = time.perf_counter() - start
     return RetrainResult(test=_test_metrics(task, model), seconds=seconds, train_loss=result.final_loss)
+
+
+def _continue_training(
+    task: TaskSpec, model: nn.Module, lr: float, weight_decay: float, val: Split, target: float
+) -> tuple[nn.Module, TrainResult]:
+    """Algorithm 7.3: train ``model`` on all N until the loss on ``val`` is <= ``target`` (capped)."""
+    objective = MAPObjective(
+        model, task.groups(model), task.body_prior(model), weight_decay, penalty=task.regularization.penalty_fn
+    )
+    chunk = min(task.train_config(lr).eval_every, task.steps)
+    config = dataclasses.replace(task.train_config(lr, steps=chunk), cosine=False, restart_period=None)
+    last: list[TrainResult] = []
+
+    def step_fn() -> float:
+        last.append(train(objective, task.train.x, task.train.y, config, mixing=task.mixing(), desc="continue"))
+        return evaluate(model, val.x, val.y, transform=task.eval_transform).nll
+
+    continue_until(target, step_fn, max_steps=chunk * max(1, task.steps // chunk), check_every=chunk)
+    return model, last[-1]

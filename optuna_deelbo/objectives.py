@@ -9,7 +9,9 @@ Both are per-example losses (nats per training example) that return the same
   set to their closed-form optimum at every step.
 
 ``theta`` are the body (backbone) weights under the body prior, ``phi`` the head weights
-under their own zero-mean isotropic prior.
+under their own zero-mean isotropic prior. Either objective can add a classic
+:class:`~optuna_deelbo.penalties.Penalty` (L1, L2, smoothed L1/2) on the (mean) weights, and
+``y`` may be integer labels ``(B,)`` or soft targets ``(B, K)`` (mixup, cutmix, label smoothing).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import nonnegative_finite, positive_finite, positive_int
+from optuna_deelbo.penalties import Penalty
 from optuna_deelbo.posterior import ParameterGroups, SigmaMode, WeightPosterior
 from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian
 
@@ -70,8 +73,10 @@ class Objective(nn.Module):
         groups: ParameterGroups,
         body_prior: GaussianPrior,
         head_prior: GaussianPrior | None = None,
+        penalty: Penalty | None = None,
     ) -> None:
         super().__init__()
+        self.penalty = penalty
         self.model = model
         self.groups = groups
         ref = next(model.parameters())
@@ -87,6 +92,17 @@ class Objective(nn.Module):
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters besides the model's own (e.g. the posterior's sigma)."""
         return iter(())
+
+    def extra_penalty(self, body: Tensor, head: Tensor | None) -> Tensor:
+        """The optional :class:`Penalty` (L1, L2, L1/2) on the (mean) weights, per example (nats).
+
+        The body is penalised towards its prior mean (the pretrained weights for L2-SP/PTYL),
+        the head towards 0; zero when no penalty is set.
+        """
+        if self.penalty is None:
+            return body.new_zeros(())
+        value = self.penalty(body, self.body_prior.mean.to(body.dtype))
+        return value + self.penalty(head) if head is not None else value
 
     def logits(self, x: Tensor) -> Tensor:
         """Predictions with the mean weights, shape ``(B, C)``."""
@@ -112,8 +128,9 @@ class MAPObjective(Objective):
         body_prior: GaussianPrior,
         weight_decay: float,
         head_prior: GaussianPrior | None = None,
+        penalty: Penalty | None = None,
     ) -> None:
-        super().__init__(model, groups, body_prior, head_prior)
+        super().__init__(model, groups, body_prior, head_prior, penalty)
         self.weight_decay = nonnegative_finite(weight_decay, "weight_decay")
 
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
@@ -127,6 +144,9 @@ class MAPObjective(Objective):
             if self.head_prior is not None:
                 maha = maha + self.head_prior.mahalanobis(self.groups.flat(params, "head"))
             penalty = 0.5 * self.weight_decay * maha
+        if self.penalty is not None:
+            head = self.groups.flat(params, "head") if self.groups.head else None
+            penalty = penalty + self.extra_penalty(self.groups.flat(params, "body"), head)
         return LossRecord(loss=nll + penalty, nll=nll, penalty=penalty)
 
 
@@ -152,8 +172,9 @@ class DEELBoObjective(Objective):
         kappa: float | None = None,
         sigma_mode: SigmaMode = "scalar",
         init_sigma: float = 1e-3,
+        penalty: Penalty | None = None,
     ) -> None:
-        super().__init__(model, groups, body_prior, head_prior)
+        super().__init__(model, groups, body_prior, head_prior, penalty)
         self.n_train = positive_int(n_train, "n_train (N)")
         self.num_weights = groups.numel(model, "body") + (groups.numel(model, "head") if groups.head else 0)
         if kappa is None:
@@ -180,6 +201,10 @@ class DEELBoObjective(Objective):
         nll = nn.functional.cross_entropy(logits.float(), y)
         kl, lam, tau = self.kl_terms()
         loss = nll + kl / (self.kappa * self.n_train)
+        if self.penalty is not None:
+            post = self.posterior
+            head = post.flat_mean("head") if self.groups.head else None
+            loss = loss + self.extra_penalty(post.flat_mean("body"), head)
         return LossRecord(loss=loss, nll=nll, penalty=kl, lam=lam, tau=tau)
 
     def equivalent_weight_decay(self, variance: float) -> float:

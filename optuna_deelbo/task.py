@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite
 from optuna_deelbo.data import Split, train_val_split
+from optuna_deelbo.mixing import BatchMixing
 from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, SigmaMode
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.regularization import Regularization
 from optuna_deelbo.training import TrainConfig, resolve_device
 
 __all__ = ["TaskSpec"]
@@ -43,6 +45,8 @@ class TaskSpec:
         device: ``None`` = CUDA when present, else CPU.
         progress: tqdm bars during training.
         channels_last, compile: see :class:`TrainConfig` (``None`` = NHWC on CUDA only).
+        regularization: classic regularizers for every run (penalties, dropout, stochastic
+            depth, mixing, warm restarts, early stopping); all off by default.
         train_transform: applied on the device to every training minibatch (e.g. uint8 images
             -> normalised, randomly cropped and flipped floats); ``None`` = identity.
         eval_transform: applied to validation / test batches (e.g. normalisation only).
@@ -67,6 +71,7 @@ class TaskSpec:
     progress: bool = True
     channels_last: bool | None = None
     compile: bool = False
+    regularization: Regularization = field(default_factory=Regularization)
     train_transform: Callable[[Tensor], Tensor] | None = None
     eval_transform: Callable[[Tensor], Tensor] | None = None
     _body_dim: int = field(init=False, repr=False, default=0)
@@ -107,7 +112,17 @@ class TaskSpec:
         model = self.model_factory()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model_factory must return an nn.Module, got {type(model).__name__}")
+        self.regularization.apply_to_model(model, self.head_prefixes)
         return model.to(resolve_device(self.device))
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes, ``max(train labels) + 1``."""
+        return int(self.train.y.max()) + 1
+
+    def mixing(self) -> BatchMixing | None:
+        """The batch augmentation of :attr:`regularization` (soft targets), or ``None``."""
+        return self.regularization.mixing(self.n_classes)
 
     def groups(self, model: nn.Module) -> ParameterGroups:
         """Body/head split of ``model`` by :attr:`head_prefixes`."""
@@ -141,6 +156,7 @@ class TaskSpec:
             seed=self.seed,
             channels_last=self.channels_last,
             compile=self.compile,
+            restart_period=self.regularization.restart_period,
         )
 
     @cached_property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
 from optuna_deelbo._validation import positive_finite, positive_int
-from optuna_deelbo.objectives import Objective
+from optuna_deelbo.early_stopping import EarlyStopping
+from optuna_deelbo.objectives import MAPObjective, Objective
+from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule
 
 __all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "train"]
 
@@ -49,6 +52,11 @@ class TrainConfig:
         momentum: SGD momentum in [0, 1).
         nesterov: Nesterov momentum (needs momentum > 0).
         cosine: cosine-decay the learning rate to 0 over ``steps``.
+        restart_period: with ``cosine``, restart the cosine every ``restart_period`` steps
+            (SGDR, Loshchilov & Hutter 2017; period doubles after each restart); ``None`` = one cycle.
+        patience: early stopping: stop when the validation NLL has not improved for
+            ``patience`` evaluations (every ``eval_every`` steps) and restore the best weights;
+            needs ``val``. ``None`` = train all ``steps``.
         clip_norm: max global gradient norm, or ``None`` for no clipping.
         log_every: steps between host synchronisations (history rows, bar, finiteness check).
         eval_every: steps between validation passes / ``trial.report`` calls.
@@ -68,6 +76,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     cosine: bool = True
+    restart_period: int | None = None
+    patience: int | None = None
     clip_norm: float | None = 10.0
     log_every: int = 10
     eval_every: int = 50
@@ -89,6 +99,12 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov=True needs momentum > 0")
+        for name in ("restart_period", "patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.restart_period is not None and not self.cosine:
+            raise ConfigError("restart_period needs cosine=True (warm restarts of the cosine schedule)")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
 
@@ -112,6 +128,9 @@ class TrainResult:
             the DE-ELBo, lambda, tau and sigma.
         val_history: ``(step, val_nll, val_accuracy)`` at every ``eval_every`` step.
         seconds: wall-clock of the loop (s).
+        best_step: with early stopping, the step whose weights were kept (else ``None``).
+        stopped_step: the last step run (``steps`` unless early stopping ended sooner).
+        train_loss_at_best: running training loss at ``best_step`` (for retraining rule 7.3).
     """
 
     final_loss: float
@@ -119,6 +138,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     val_history: list[tuple[int, float, float]] = field(default_factory=list)
     seconds: float = 0.0
+    best_step: int | None = None
+    stopped_step: int = 0
+    train_loss_at_best: float | None = None
 
 
 @torch.no_grad()
@@ -174,6 +196,8 @@ def train(
     transform: Callable[[Tensor], Tensor] | None = None,
     eval_transform: Callable[[Tensor], Tensor] | None = None,
     on_step: Callable[[int], None] | None = None,
+    mixing: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    weight_decay_schedule: StepSchedule | AdaptiveFeedback | None = None,
 ) -> TrainResult:
     """Minimise ``objective`` on ``(x, y)``; the model's parameters are updated in place.
 
@@ -190,6 +214,13 @@ def train(
         transform: applied to each training minibatch on the device (e.g. uint8 -> normalised
             float with random crop and flip); ``eval_transform`` likewise for validation.
         on_step: called with the step number after every optimiser step (e.g. SWAG collection).
+        mixing: ``(x, y) -> (x, soft targets (B, K))`` after ``transform`` (mixup, cutmix,
+            cutout, label smoothing: :class:`~optuna_deelbo.mixing.BatchMixing`).
+        weight_decay_schedule: sets the MAP objective's ``weight_decay`` every step (pull-down /
+            pull-up :class:`~optuna_deelbo.schedules.StepSchedule`) or every ``every`` steps from
+            train vs validation accuracy (:class:`~optuna_deelbo.schedules.AdaptiveFeedback`,
+            needs ``val``; train accuracy on up to 1,024 fixed training examples). The value
+            used is logged as ``weight_decay`` in every history row.
 
     Raises:
         ConfigError: empty or mismatched data.
@@ -211,18 +242,30 @@ def train(
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
+    if config.patience is not None and val is None:
+        raise ConfigError("early stopping (patience) needs a validation set")
+    scheduled = objective if isinstance(objective, MAPObjective) else None
+    if weight_decay_schedule is not None and scheduled is None:
+        raise ConfigError(f"a weight-decay schedule needs a MAP objective, got {type(objective).__name__}")
+    if isinstance(weight_decay_schedule, AdaptiveFeedback) and val is None:
+        raise ConfigError("the adaptive weight-decay rule compares train and validation accuracy: pass val")
     torch.manual_seed(config.seed)
     perm_gen = torch.Generator(device=device).manual_seed(config.seed)
+    stopper = EarlyStopping(config.patience) if config.patience is not None else None
+    best_state: dict[str, Tensor] | None = None
+    probe = x[: min(n, 1024)], y[: min(n, 1024)]  # fixed training examples for the adaptive rule
 
     params = [p for p in objective.model.parameters() if p.requires_grad] + list(objective.extra_parameters())
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps) if config.cosine else None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    if config.cosine and config.restart_period is not None:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_period, T_mult=2)
+    elif config.cosine:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
 
     batch = min(config.batch_size, n)
     per_epoch = n // batch  # drop the ragged last batch: every step sees `batch` examples
-    tail_start = config.steps - min(per_epoch, config.steps)
-    tail_loss = torch.zeros((), device=device)
-    tail_nll = torch.zeros((), device=device)
+    tail: deque[tuple[Tensor, Tensor]] = deque(maxlen=min(per_epoch, config.steps))  # last epoch's (loss, nll)
     sums: dict[str, Tensor] = {}
     since_log = 0
     result = TrainResult(final_loss=math.nan, final_nll=math.nan)
@@ -239,9 +282,16 @@ def train(
             idx = order[cursor : cursor + batch]
             cursor += batch
             xb = x[idx] if transform is None else transform(x[idx])
+            yb: Tensor = y[idx]
+            if mixing is not None:
+                xb, yb = mixing(xb, yb)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            record = objective(xb, y[idx], amp=amp)
+            if scheduled is not None and isinstance(weight_decay_schedule, StepSchedule):
+                scheduled.weight_decay = weight_decay_schedule.value_at(step)
+            elif scheduled is not None and isinstance(weight_decay_schedule, AdaptiveFeedback):
+                scheduled.weight_decay = weight_decay_schedule.value
+            record = objective(xb, yb, amp=amp)
             optimizer.zero_grad(set_to_none=True)
             record.loss.backward()
             if config.clip_norm is not None:
@@ -257,12 +307,12 @@ def train(
                 detached["lambda"] = record.lam
             if record.tau is not None:
                 detached["tau"] = record.tau
+            if scheduled is not None and weight_decay_schedule is not None:
+                detached["weight_decay"] = torch.tensor(scheduled.weight_decay)
             for key, value in detached.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
             since_log += 1
-            if step > tail_start:
-                tail_loss += detached["loss"]
-                tail_nll += detached["nll"]
+            tail.append((detached["loss"], detached["nll"]))
 
             if step % config.log_every == 0 or step == config.steps:
                 row = _row(step, optimizer.param_groups[0]["lr"], sums, since_log)
@@ -276,25 +326,44 @@ def train(
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "lambda") if k in row}, refresh=False)
                 sums, since_log = {}, 0
 
-            if trial is not None and (step % config.eval_every == 0 or step == config.steps):
+            result.stopped_step = step
+            if isinstance(weight_decay_schedule, AdaptiveFeedback) and step % weight_decay_schedule.every == 0:
+                assert val is not None
+                train_acc = evaluate(objective.model, *probe, amp=amp, transform=eval_transform).accuracy
+                val_acc = evaluate(objective.model, val[0], val[1], amp=amp, transform=eval_transform).accuracy
+                weight_decay_schedule.update(step, train_acc, val_acc)
+
+            at_eval = step % config.eval_every == 0 or step == config.steps
+            if at_eval and (trial is not None or stopper is not None):
                 if val is not None:
                     metrics = evaluate(objective.model, val[0], val[1], amp=amp, transform=eval_transform)
                     result.val_history.append((step, metrics.nll, metrics.accuracy))
                     value = metrics.nll
                 else:
                     value = result.history[-1]["loss"] if result.history else float(detached["loss"])
-                trial.report(value, step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at step {step} with intermediate value {value:.4g}")
+                if trial is not None:
+                    trial.report(value, step)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at step {step} with intermediate value {value:.4g}")
+                if stopper is not None:
+                    running = result.history[-1]["loss"] if result.history else float(detached["loss"])
+                    stop = stopper.update(step, value, running)
+                    if stopper.best_step == step:
+                        best_state = {k: v.detach().clone() for k, v in objective.state_dict().items()}
+                    if stop:
+                        bar.update(1)
+                        break
             bar.update(1)
     finally:
         bar.close()
+    if stopper is not None and best_state is not None:
+        objective.load_state_dict(best_state)
+        result.best_step, result.train_loss_at_best = stopper.best_step, stopper.train_loss_at_best
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start_time
-    count = config.steps - tail_start
-    result.final_loss = float(tail_loss) / count
-    result.final_nll = float(tail_nll) / count
+    result.final_loss = float(torch.stack([loss for loss, _ in tail]).mean())
+    result.final_nll = float(torch.stack([nll for _, nll in tail]).mean())
     if not math.isfinite(result.final_loss):
         raise TrainingDiverged(f"non-finite final loss (lr={config.lr:g})")
     return result

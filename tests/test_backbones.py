@@ -307,7 +307,7 @@ def test_cifar_resnet20_size_and_shapes(n_classes: int) -> None:
 
 def test_cifar_resnet_depth_sets_block_count() -> None:
     def blocks(model: nn.Module) -> int:
-        return sum(1 for module in model.modules() if type(module).__name__ == "_BasicBlock")
+        return sum(1 for module in model.modules() if type(module).__name__ == "CifarBasicBlock")
 
     assert blocks(CifarResNet(5, depth=8)) == 3
     assert blocks(CifarResNet(5, depth=32)) == 15

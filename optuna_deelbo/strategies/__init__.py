@@ -14,16 +14,21 @@ from optuna_deelbo.strategies._base import (
 )
 from optuna_deelbo.strategies.deelbo import DEELBoStrategy
 from optuna_deelbo.strategies.grid import GridStrategy
+from optuna_deelbo.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
 from optuna_deelbo.strategies.tpe import TPEStrategy
 
 __all__ = [
+    "DEFAULT_STRATEGIES",
     "LEARNING_RATES",
     "LR_RANGE",
     "STRATEGY_NAMES",
     "WEIGHT_DECAYS",
     "WEIGHT_DECAY_RANGE",
+    "AdaptiveStrategy",
     "DEELBoStrategy",
     "GridStrategy",
+    "PullDownStrategy",
+    "PullUpStrategy",
     "Strategy",
     "StrategyResult",
     "TPEStrategy",
@@ -32,7 +37,9 @@ __all__ = [
 ]
 
 #: Strategy names accepted by :func:`get_strategy` and ``optuna-deelbo compare --strategies``.
-STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe")
+STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe", "pulldown", "pullup", "adaptive")
+#: What ``optuna-deelbo compare`` runs when ``--strategies`` is not given.
+DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
 
 
 def get_strategy(name: str, *, tpe_trials: int | None = None) -> Strategy:
@@ -43,4 +50,10 @@ def get_strategy(name: str, *, tpe_trials: int | None = None) -> Strategy:
         return GridStrategy()
     if name == "tpe":
         return TPEStrategy(tpe_trials)
+    if name == "pulldown":
+        return PullDownStrategy()
+    if name == "pullup":
+        return PullUpStrategy()
+    if name == "adaptive":
+        return AdaptiveStrategy()
     raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")

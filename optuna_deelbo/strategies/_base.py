@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_deelbo.fit import fit, retrain
+from optuna_deelbo.fit import RetrainResult, fit, retrain
 from optuna_deelbo.task import TaskSpec
 
 __all__ = [
@@ -98,6 +98,14 @@ class Strategy(ABC):
     def n_trials(self) -> int:
         """How many trials the search runs."""
 
+    def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
+        """The study's objective; by default the user objective of :func:`task_objective`."""
+        return task_objective(task)
+
+    def retrain_best(self, task: TaskSpec, best: FrozenTrial) -> RetrainResult:
+        """Retrain the chosen configuration on all ``N`` (only if :attr:`retrain_winner`)."""
+        return retrain(task, best.params["lr"], best.params["weight_decay"])
+
     def run(
         self,
         task: TaskSpec,
@@ -123,7 +131,7 @@ class Strategy(ABC):
         study.set_user_attr("description", self.description)
         study.set_user_attr("task", {"name": task.name, "N": task.n_train, "prior": task.prior, "steps": task.steps})
         start = time.perf_counter()
-        study.optimize(task_objective(task), n_trials=self.n_trials(), show_progress_bar=show_progress_bar)
+        study.optimize(self.objective(task), n_trials=self.n_trials(), show_progress_bar=show_progress_bar)
         tuning_s = time.perf_counter() - start
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
@@ -131,7 +139,7 @@ class Strategy(ABC):
         best = min(complete, key=lambda t: float(t.value if t.value is not None else "inf"))
         learned = {k: v for k, v in best.user_attrs.items() if k.startswith("learned:") and isinstance(v, float)}
         if self.retrain_winner:
-            outcome = retrain(task, best.params["lr"], best.params["weight_decay"])
+            outcome = self.retrain_best(task, best)
             retrain_s = outcome.seconds
             accuracy = outcome.test.accuracy if outcome.test else float("nan")
             nll = outcome.test.nll if outcome.test else float("nan")
