@@ -19,7 +19,7 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import nonnegative_finite
 from optuna_deelbo.mixing import BatchMixing
 from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
-from optuna_deelbo.structural import set_head_dropout, set_stochastic_depth
+from optuna_deelbo.structural import check_probability, set_head_dropout, set_stochastic_depth
 
 __all__ = ["RETRAIN_RULES", "Regularization", "suggest_regularization"]
 
@@ -73,9 +73,7 @@ class Regularization:
             raise ConfigError(f"unknown penalty {self.penalty!r}; choose one of {PENALTY_NAMES} or None")
         nonnegative_finite(self.penalty_strength, "penalty_strength")
         for name in ("dropout", "stochastic_depth"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be a probability in [0, 1), got {value!r}")
+            check_probability(getattr(self, name), name)
         if self.retrain not in RETRAIN_RULES:
             raise ConfigError(f"unknown retrain rule {self.retrain!r}; choose one of {RETRAIN_RULES}")
         BatchMixing(  # validates the mixing fields with their own messages

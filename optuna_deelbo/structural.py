@@ -19,13 +19,14 @@ from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
 
-__all__ = ["residual_blocks", "set_head_dropout", "set_stochastic_depth"]
+__all__ = ["check_probability", "residual_blocks", "set_head_dropout", "set_stochastic_depth"]
 
 _DROPOUT_ATTR = "head_dropout"
 _DROP_ATTR = "residual_drop"
 
 
-def _check_probability(p: float, what: str) -> float:
+def check_probability(p: float, what: str) -> float:
+    """``p`` as a float if it is a probability in ``[0, 1)`` (a drop rate), else ConfigError naming ``what``."""
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) < 1.0:
         raise ConfigError(f"{what} must be a probability in [0, 1), got {p!r}")
     return float(p)
@@ -43,7 +44,7 @@ def _head_module(model: nn.Module, head_prefixes: tuple[str, ...]) -> nn.Module:
 
 def set_head_dropout(model: nn.Module, head_prefixes: tuple[str, ...], p: float) -> None:
     """Apply ``Dropout(p)`` to the input of the head module (in place; calling again changes ``p``)."""
-    p = _check_probability(p, "dropout")
+    p = check_probability(p, "dropout")
     head = _head_module(model, head_prefixes)
     existing = getattr(head, _DROPOUT_ATTR, None)
     if isinstance(existing, nn.Dropout):
@@ -89,7 +90,7 @@ def set_stochastic_depth(model: nn.Module, p: float) -> int:
     """
     from torchvision.ops import StochasticDepth
 
-    p = _check_probability(p, "stochastic depth")
+    p = check_probability(p, "stochastic depth")
     blocks = residual_blocks(model)
     if not blocks:
         raise ConfigError(f"stochastic depth needs residual blocks; {type(model).__name__} has none")

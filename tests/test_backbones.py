@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,17 +32,7 @@ HEAD_IN_FEATURES = {"cifar-resnet20": 64, "resnet18": 512, "resnet50": 2048, "co
 HEAD_PREFIX = {"cifar-resnet20": "head.", "resnet18": "fc.", "resnet50": "fc.", "convnext_tiny": "classifier.2."}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread() -> Iterator[None]:
-    """Run this module's small CPU workloads on one intra-op thread, then restore the setting.
-
-    On a small, shared CPU (2 cores with another job running) torch's default thread pool
-    makes these tiny convolutions up to 30x slower than one thread does.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @functools.cache

@@ -8,7 +8,7 @@ and the first :func:`split_cifar_task` call is made once (:func:`cifar_first`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,7 @@ HAS_CIFAR = all((DATA_DIR / f"cifar10-{s}-jpeg.tar.xz").is_file() for s in ("tra
 requires_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=f"CIFAR-10 JPEG archives not found in {DATA_DIR}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread() -> Iterator[None]:
-    """Run this module's small CPU workloads on one intra-op thread, then restore the setting.
-
-    On a small, shared CPU (2 cores with another job running) torch's default thread pool
-    makes these tiny convolutions up to 30x slower than one thread does.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _body(task: TaskSpec, model: nn.Module) -> Tensor:

@@ -24,6 +24,11 @@ __all__ = ["AdaptiveStrategy", "PullDownStrategy", "PullUpStrategy"]
 ADAPTIVE_UPDATES = 10
 
 
+def _first_value(schedule: StepSchedule | AdaptiveFeedback) -> float:
+    """The weight decay a schedule uses at step 1 (the objective's starting value)."""
+    return schedule.value_at(1) if isinstance(schedule, StepSchedule) else schedule.value
+
+
 class _ScheduledStrategy(Strategy):
     """Grid over the learning rates; MAP with a weight-decay schedule built per task."""
 
@@ -40,15 +45,13 @@ class _ScheduledStrategy(Strategy):
         def objective(trial: optuna.trial.Trial) -> float:
             lr = trial.suggest_float("lr", *LR_RANGE, log=True)
             schedule = self.schedule(task)
-            start = schedule.value_at(1) if isinstance(schedule, StepSchedule) else schedule.value
-            return fit(trial, task, lr=lr, weight_decay=start, schedule=schedule)
+            return fit(trial, task, lr=lr, weight_decay=_first_value(schedule), schedule=schedule)
 
         return objective
 
     def retrain_best(self, task: TaskSpec, best: FrozenTrial) -> RetrainResult:
         schedule = self.schedule(task)
-        start = schedule.value_at(1) if isinstance(schedule, StepSchedule) else schedule.value
-        return retrain(task, best.params["lr"], start, schedule=schedule)
+        return retrain(task, best.params["lr"], _first_value(schedule), schedule=schedule)
 
 
 class PullDownStrategy(_ScheduledStrategy):
@@ -84,7 +87,7 @@ class AdaptiveStrategy(_ScheduledStrategy):
         trajectory = best.user_attrs["lambda:trajectory"]
         every = max(1, task.steps // ADAPTIVE_UPDATES)
         replay = replay_schedule(trajectory, every)
-        return retrain(task, best.params["lr"], replay.value_at(1), schedule=replay)
+        return retrain(task, best.params["lr"], _first_value(replay), schedule=replay)
 
 
 def replay_schedule(trajectory: list[list[float]], every: int) -> StepSchedule:
