@@ -9,55 +9,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import optuna
-import torch
 
 import optuna_deelbo as od
 from optuna_deelbo.compare import run_compare
 from optuna_deelbo.report import results_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import RESULTS, RunRecord, commit, machine
 
-
-def machine() -> str:
-    """CPU model, core count, accelerator and library versions, in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU run)"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, optuna {optuna.__version__}, torch threads {torch.get_num_threads()}"
-    )
-
-
-def commit() -> str:
-    """The checked-out commit, flagged when tracked files differ from it (call it when the run starts)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
+__all__ = ["commit", "machine", "main"]  # commit, machine: kept importable for older scripts
 
 
 def main() -> None:
-    revision = commit()  # the code that runs, even if HEAD moves during a long run
+    record = RunRecord.start()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -114,9 +83,7 @@ def main() -> None:
         verdict = f"{'beats' if gap > 0 else 'LOSES TO'} it on test accuracy by {abs(gap):.1f} points"
     text = f"""# `compare` on the embedded digits transfer task
 
-- machine: {machine()}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
-- command: `python {" ".join(sys.argv)}`
+{record.header()}
 - task: {task.name} (pretrain on digits 0-4, fine-tune on 5-9), N = {task.n_train},
   test = {len(task.test) if task.test else 0}, prior = {task.prior},
   {task.steps} SGD steps per configuration, batch {task.batch_size}

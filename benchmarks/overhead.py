@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import statistics
 import sys
 from pathlib import Path
@@ -23,9 +22,7 @@ import torch
 import optuna_deelbo as od
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_digits import commit, machine
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _record import RESULTS, RunRecord
 
 
 def _objective(kind: str, model: torch.nn.Module, groups: od.ParameterGroups, rank: int) -> od.Objective:
@@ -80,7 +77,7 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
 
 
 def main() -> None:
-    revision = commit()  # the code that runs, even if HEAD moves during a long run
+    record = RunRecord.start()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -124,10 +121,7 @@ def main() -> None:
     ptyl_ok = "met" if all(m["deelbo-ptyl"] / m["map"] <= 1.08 for _, m, _ in rows) else "NOT met"
     text = f"""# DE-ELBo step-time overhead vs MAP
 
-- machine: {machine()}
-- device: {device}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
-- command: `python {" ".join(sys.argv)}`
+{record.header(str(device))}
 - batch {args.batch_size} of 32x32 images, DeviceAugment on the device, {args.steps} timed steps x {args.repeats}
   repeats (the three kinds interleaved) after {args.warmup} warm-up steps; median (min-max) ms per step;
   PTYL rank K = {args.rank}

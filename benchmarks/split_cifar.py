@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import statistics
 import sys
 from pathlib import Path
@@ -24,9 +23,7 @@ import optuna_deelbo as od
 from optuna_deelbo.compare import run_compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_digits import commit, machine
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _record import RESULTS, RunRecord
 
 
 def _ints(text: str) -> list[int]:
@@ -34,7 +31,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main() -> None:
-    revision = commit()  # the code that runs, even if HEAD moves during a long run
+    record = RunRecord.start()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--n", type=_ints, default=[50, 500, 5000])
@@ -113,10 +110,7 @@ def main() -> None:
     table = "\n".join(lines)
     text = f"""# Split-CIFAR: DE-ELBo vs grid vs TPE (CIFAR-10 (JPEG))
 
-- machine: {machine()}
-- device: {device}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
-- command: `python {" ".join(sys.argv)}`
+{record.header(str(device))}
 - backbone {args.backbone} pretrained on classes 0-4 ({args.pretrain_steps} steps, batch 128, SWAG collected;
   {pretrain_total:.0f} s in total, cached and not counted below), fine-tuned on classes 5-9, prior {args.prior},
   {args.steps} steps x batch {args.batch_size} per configuration; seeds {args.seeds}; test = 5,000 images

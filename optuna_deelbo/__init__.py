@@ -5,7 +5,7 @@ Public API only; see the README for a tour.
 
 from __future__ import annotations
 
-from optuna_deelbo._errors import ConfigError, StorageError, TrainingDiverged
+from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
 from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
 from optuna_deelbo.cifar import (
     CIFAR10_CLASSES,
@@ -15,6 +15,7 @@ from optuna_deelbo.cifar import (
     split_classes,
 )
 from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
+from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping, continue_until, retrain_steps
 from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain
 from optuna_deelbo.mixing import BatchMixing, cutmix, cutout, mixup, one_hot_targets, random_erasing
@@ -62,6 +63,7 @@ __all__ = [
     "DEELBoObjective",
     "DEELBoSampler",
     "DeviceAugment",
+    "DivergenceRule",
     "EarlyStopping",
     "GaussianPrior",
     "IsotropicGaussian",
@@ -69,6 +71,7 @@ __all__ = [
     "LowRankGaussian",
     "MAPObjective",
     "Metrics",
+    "MissingDependency",
     "Objective",
     "ParameterGroups",
     "Penalty",

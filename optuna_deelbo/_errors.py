@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "StorageError", "TrainingDiverged"]
+__all__ = ["CheckpointError", "ConfigError", "MissingDependency", "StorageError", "TrainingDiverged"]
+
+
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be read or does not belong to the run resuming from it."""
 
 
 class ConfigError(ValueError):
     """A bad argument or setting, caught before any work starts; the message names it."""
+
+
+class MissingDependency(ImportError):
+    """An optional package (e.g. optuna-dashboard) is needed for this call; the message says how to install it."""
 
 
 class StorageError(RuntimeError):

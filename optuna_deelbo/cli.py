@@ -1,4 +1,4 @@
-"""``optuna-deelbo`` console script: ``compare`` runs every strategy on one task."""
+"""``optuna-deelbo`` console script: ``compare`` runs every strategy on one task; ``report`` rebuilds the report."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from collections.abc import Sequence
 
 import optuna
 
-from optuna_deelbo._errors import ConfigError, StorageError, TrainingDiverged
+from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
 from optuna_deelbo.backbones import BACKBONE_NAMES
 from optuna_deelbo.compare import parse_strategies, run_compare
+from optuna_deelbo.dashboard import dashboard_available, save_storage_to_dashboard, save_to_dashboard
 from optuna_deelbo.priors import PRIOR_NAMES
-from optuna_deelbo.report import results_table, write_html_report
+from optuna_deelbo.report import results_table, write_html_report, write_storage_report
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
 from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 from optuna_deelbo.task import TaskSpec
@@ -67,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--report", default="deelbo-report.html", help="plotly HTML report path ('' to skip)")
     cmp.add_argument("--compile", action="store_true", help="torch.compile each model (pays off on long GPU runs)")
     cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rep = sub.add_parser(
+        "report",
+        help="rebuild the HTML report from a storage alone (no training)",
+        description="Read every finished strategy study in a storage (grouped by task and prior) and write the "
+        "HTML report: per comparison the results table, accuracy vs wall-clock, per-strategy trials and trajectories.",
+    )
+    rep.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL (default %(default)s)")
+    rep.add_argument("--out", default="deelbo-report.html", help="HTML file to write (default %(default)s)")
+    rep.add_argument(
+        "--dashboard", action="store_true", help="also save the figures and a note into each study (optuna-dashboard)"
+    )
     return parser
 
 
@@ -128,7 +140,21 @@ def _compare(args: argparse.Namespace) -> int:
     if args.report:
         path = write_html_report(args.report, results, storage, title=f"optuna-deelbo compare: {task.name}")
         print(f"\nreport: {path.resolve()}")
-    print(f"dashboard: optuna-dashboard {args.storage}   (pip install optuna-dashboard)")
+    if dashboard_available():
+        save_to_dashboard(storage, results)
+        print(f"dashboard: optuna-dashboard {args.storage}   (figures and a note saved to each study)")
+    else:
+        print(f"dashboard: pip install optuna-dashboard; optuna-dashboard {args.storage}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    storage = open_storage(args.storage)
+    path = write_storage_report(args.out, storage)
+    print(f"report: {path.resolve()}")
+    if args.dashboard:
+        names = save_storage_to_dashboard(storage)
+        print(f"dashboard: figures and a note saved to {len(names)} studies; optuna-dashboard {args.storage}")
     return 0
 
 
@@ -139,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
-    except (ConfigError, StorageError, TrainingDiverged) as exc:
+        if args.command == "report":
+            return _report(args)
+    except (ConfigError, MissingDependency, StorageError, TrainingDiverged) as exc:
         print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects first

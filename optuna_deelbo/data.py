@@ -23,6 +23,15 @@ class Split:
     y: Tensor
 
     def __post_init__(self) -> None:
+        for name, value in (("x", self.x), ("y", self.y)):
+            if not isinstance(value, Tensor):
+                raise ConfigError(
+                    f"Split {name} must be a torch.Tensor, got {type(value).__name__} (use torch.as_tensor)"
+                )
+        if self.x.ndim == 0:
+            raise ConfigError("inputs x must have a leading example dimension (N, ...), got a 0-d tensor")
+        if self.y.ndim != 1:
+            raise ConfigError(f"labels y must have shape (N,), got shape {tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
             raise ConfigError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
         if self.y.dtype != torch.int64:

@@ -40,6 +40,10 @@ def _finite_real(value: object, what: str) -> float:
     return number
 
 
+#: The attributes :meth:`EarlyStopping.update` changes.
+_EARLY_STOPPING_STATE = ("best_step", "best_val_loss", "train_loss_at_best", "stopped_step", "last_step", "bad_updates")
+
+
 class EarlyStopping:
     """Stop when the validation loss has not improved for ``patience`` consecutive updates.
 
@@ -73,6 +77,15 @@ class EarlyStopping:
     def stopped(self) -> bool:
         """Whether :meth:`update` has asked to stop."""
         return self.stopped_step is not None
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        """What :meth:`update` has accumulated (for training checkpoints)."""
+        return {k: getattr(self, k) for k in _EARLY_STOPPING_STATE}
+
+    def load_state_dict(self, state: dict[str, float | int | None]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for key in _EARLY_STOPPING_STATE:
+            setattr(self, key, state[key])
 
     def update(self, step: int, val_loss: float, train_loss: float | None = None) -> bool:
         """Record the losses measured after optimiser ``step``; True when training should stop.

@@ -14,6 +14,9 @@ Trial user attrs written (all floats unless noted):
 * ``val:nll``, ``val:accuracy`` (MAP); ``test:nll``, ``test:accuracy`` (DE-ELBo: trained on all N)
 * ``time:train_s`` (the training loop), ``time:trial_s`` (the whole call)
 * ``failure:reason`` (str) when training diverged and the trial was pruned
+* with ``task.checkpointing``: ``checkpoint:artifact_id``, ``checkpoint:step``,
+  ``resumed_from_step`` (int), ``resumed_from_trial``, ``resumed_from_artifact``,
+  ``checkpoint:resume_error`` (see :mod:`optuna_deelbo.checkpoint`)
 """
 
 from __future__ import annotations
@@ -21,14 +24,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from torch import nn
 
-from optuna_deelbo._errors import ConfigError, TrainingDiverged
-from optuna_deelbo._validation import nonnegative_finite, positive_finite
+from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
+from optuna_deelbo._validation import nonnegative_finite, positive_finite, require_minimize
+from optuna_deelbo.checkpoint import (
+    ATTR_RESUME_ERROR,
+    ATTR_RESUMED_ARTIFACT,
+    ATTR_RESUMED_STEP,
+    ATTR_RESUMED_TRIAL,
+    CheckpointHook,
+)
 from optuna_deelbo.data import Split
 from optuna_deelbo.early_stopping import continue_until
 from optuna_deelbo.objectives import DEELBoObjective, MAPObjective
@@ -58,6 +70,8 @@ def fit_map(
     trial: optuna.trial.Trial | None = None,
     schedule: StepSchedule | AdaptiveFeedback | None = None,
     steps: int | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """MAP training on ``data``; returns the model and its log.
 
@@ -67,6 +81,7 @@ def fit_map(
             (``task.regularization.patience``) and by an adaptive schedule.
         schedule: pull-down / pull-up / adaptive weight decay (see :func:`train`).
         steps: overrides ``task.steps`` (e.g. retraining for an early-stopped step count).
+        checkpoint, resume: see :func:`~optuna_deelbo.training.train`.
     """
     _check_hparams(lr, weight_decay)
     model = task.build_model()
@@ -88,14 +103,24 @@ def fit_map(
         eval_transform=task.eval_transform,
         mixing=task.mixing(),
         weight_decay_schedule=schedule,
+        checkpoint=checkpoint,
+        resume=resume,
     )
     return model, result
 
 
 def fit_deelbo(
-    task: TaskSpec, lr: float, *, trial: optuna.trial.Trial | None = None
+    task: TaskSpec,
+    lr: float,
+    *,
+    trial: optuna.trial.Trial | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> tuple[DEELBoObjective, TrainResult]:
-    """DE-ELBo training on all ``N`` examples; returns the objective (model + posterior) and log."""
+    """DE-ELBo training on all ``N`` examples; returns the objective (model + posterior) and log.
+
+    ``checkpoint`` and ``resume``: see :func:`~optuna_deelbo.training.train`.
+    """
     _check_hparams(lr, None)
     model = task.build_model()
     objective = DEELBoObjective(
@@ -117,6 +142,8 @@ def fit_deelbo(
         desc=f"deelbo lr={lr:.2g}",
         transform=task.train_transform,
         mixing=task.mixing(),
+        checkpoint=checkpoint,
+        resume=resume,
     )
     return objective, result
 
@@ -138,6 +165,47 @@ def _weight_decay_trajectory(schedule: StepSchedule | AdaptiveFeedback, steps: i
         if value != rows[-1][1] and step < steps:
             rows.append([step + 1, value])
     return rows
+
+
+_Run = TypeVar("_Run")
+
+
+def _resumable(
+    trial: optuna.trial.Trial | None,
+    task: TaskSpec,
+    run: Callable[[CheckpointHook | None, Mapping[str, Any] | None], _Run],
+    attrs: dict[str, Any],
+) -> _Run:
+    """``run(checkpoint, resume)`` with the task's checkpointing for ``trial``, resuming a retried trial.
+
+    A checkpoint that cannot be read or does not fit the run is reported as a warning and in
+    ``checkpoint:resume_error``, and the run starts again from step 0.
+    """
+    checkpointing = task.checkpointing if trial is not None else None
+    if trial is None or checkpointing is None:
+        return run(None, None)
+    hook = checkpointing.hook(trial)
+    found = checkpointing.resume_or_restart(trial)
+    attrs[ATTR_RESUMED_STEP] = found.step if found is not None else 0
+    if found is None:
+        return run(hook, None)
+    attrs[ATTR_RESUMED_TRIAL], attrs[ATTR_RESUMED_ARTIFACT] = found.trial_number, found.artifact_id
+    trial.set_user_attr(ATTR_RESUMED_STEP, found.step)  # visible while the trial runs
+    try:
+        return run(hook, found.state)
+    except CheckpointError as exc:
+        warnings.warn(f"trial {trial.number}: restarting from step 0: {exc}", RuntimeWarning, stacklevel=2)
+        attrs[ATTR_RESUME_ERROR] = str(exc)
+        attrs[ATTR_RESUMED_STEP] = 0
+        del attrs[ATTR_RESUMED_TRIAL], attrs[ATTR_RESUMED_ARTIFACT]
+        return run(hook, None)
+
+
+def _fresh(schedule: StepSchedule | AdaptiveFeedback | None) -> StepSchedule | AdaptiveFeedback | None:
+    """``schedule`` at its start (in place): a restarted run must not see a failed attempt's adaptive updates."""
+    if isinstance(schedule, AdaptiveFeedback):
+        schedule.load_state_dict({"value": schedule.initial, "history": []})
+    return schedule
 
 
 def _test_metrics(task: TaskSpec, model: nn.Module) -> Metrics | None:
@@ -168,9 +236,11 @@ def fit(
         DE-ELBo: the final training DE-ELBo loss. MAP: the validation NLL (nats per example).
 
     Raises:
+        ConfigError: bad arguments, or the trial's study maximises (``fit`` returns a loss).
         optuna.TrialPruned: pruned by the study's pruner, or training diverged (reason in the
             ``failure:reason`` user attr).
     """
+    require_minimize(trial, "optuna_deelbo.fit")
     start = time.perf_counter()
     attrs: dict[str, Any] = {}
     live_trial = trial if isinstance(trial, optuna.trial.Trial) else None
@@ -178,7 +248,12 @@ def fit(
         if "weight_decay" in learned_names(trial):
             if schedule is not None:
                 raise ConfigError("a weight-decay schedule is for MAP runs; under DEELBoSampler it is learned")
-            objective, result = fit_deelbo(task, lr, trial=live_trial)
+            objective, result = _resumable(
+                live_trial,
+                task,
+                lambda hook, state: fit_deelbo(task, lr, trial=live_trial, checkpoint=hook, resume=state),
+                attrs,
+            )
             last = result.history[-1]
             attrs["mode"] = "deelbo"
             attrs[LEARNED_ATTR_PREFIX + "lambda"] = last["lambda"]
@@ -196,8 +271,21 @@ def fit(
             value = result.final_loss
         else:
             train_split, val_split = task.train_val
-            model, result = fit_map(
-                task, lr, weight_decay, train_split, val=val_split, trial=live_trial, schedule=schedule
+            model, result = _resumable(
+                live_trial,
+                task,
+                lambda hook, state: fit_map(
+                    task,
+                    lr,
+                    weight_decay,
+                    train_split,
+                    val=val_split,
+                    trial=live_trial,
+                    schedule=_fresh(schedule),
+                    checkpoint=hook,
+                    resume=state,
+                ),
+                attrs,
             )
             metrics = evaluate(model, val_split.x, val_split.y, transform=task.eval_transform)
             attrs["mode"] = "map"

@@ -53,7 +53,9 @@ class SmallCNN(nn.Module):
 
 
 def with_new_head(model: SmallCNN, n_classes: int, seed: int = 0) -> SmallCNN:
-    """A deep copy of ``model`` with a freshly initialised ``head`` for ``n_classes`` (seeded)."""
+    """A deep copy of ``model`` with a freshly initialised ``head`` for ``n_classes`` (>= 2, seeded)."""
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ConfigError(f"n_classes must be an integer >= 2, got {n_classes!r}")
     clone = copy.deepcopy(model)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -99,6 +101,8 @@ def pretrain(
     snapshots) once a ``swag_start`` fraction of the steps has run, and the SWAG moments
     (mean, diagonal variance, ``swag_rank`` deviation columns) are returned for PTYL.
     """
+    if isinstance(swag_rank, bool) or not isinstance(swag_rank, int) or swag_rank < 0:
+        raise ConfigError(f"swag_rank must be an integer >= 0, got {swag_rank!r}")
     if not 0 <= swag_start < 1:
         raise ConfigError(f"swag_start must be a fraction in [0, 1), got {swag_start}")
     first = int(swag_start * steps) + 1

@@ -1,7 +1,10 @@
 """A diagonal Gaussian posterior over the weights of any ``nn.Module``.
 
 The mean is the module's own parameters (they stay where they are and keep training); the
-standard deviation is ``softplus(rho)`` with ``rho`` held here. A sample
+standard deviation is ``max(softplus(rho), SIGMA_FLOOR)`` with ``rho`` held here. The floor
+(1e-12 weight units) keeps sigma, ``log sigma`` and its gradient finite in float32 and
+bfloat16, where ``softplus(rho)`` underflows to 0 for ``rho`` below about -104 (and
+``d log softplus(rho) / d rho`` is then 0/0); no useful posterior std comes near it. A sample
 ``theta~ = theta + sigma * eps`` is fed to the unchanged module through
 ``torch.func.functional_call``, so no layer is rewritten and BatchNorm statistics and other
 buffers keep updating on the module itself.
@@ -21,11 +24,14 @@ from torch.func import functional_call
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite
 
-__all__ = ["SIGMA_MODES", "ParameterGroups", "SigmaMode", "WeightPosterior"]
+__all__ = ["SIGMA_FLOOR", "SIGMA_MODES", "ParameterGroups", "SigmaMode", "WeightPosterior"]
 
 SigmaMode = Literal["scalar", "layer", "parameter"]
 #: ``scalar``: one sigma per group; ``layer``: one per parameter tensor; ``parameter``: one per weight.
 SIGMA_MODES: tuple[str, ...] = ("scalar", "layer", "parameter")
+#: Smallest posterior std (weight units): ``sigma = max(softplus(rho), SIGMA_FLOOR)``. Its square,
+#: 1e-24, is a normal number in float32 and bfloat16, so ``log sigma^2`` and ``lambda*`` stay finite.
+SIGMA_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+def _sigma_from_rho(rho: Tensor) -> Tensor:
+    """``max(softplus(rho), SIGMA_FLOOR)``: positive and finite for any finite ``rho``, in any float dtype."""
+    return nn.functional.softplus(rho).clamp_min(SIGMA_FLOOR)
+
+
 class WeightPosterior(nn.Module):
     """``q(theta) = N(theta, diag(sigma^2))`` whose mean is ``model``'s parameters.
 
@@ -82,7 +93,7 @@ class WeightPosterior(nn.Module):
         groups: body/head split of its trainable parameters.
         sigma_mode: ``"scalar"`` (one sigma for the body, one for the head), ``"layer"`` (one
             per parameter tensor) or ``"parameter"`` (one per weight).
-        init_sigma: initial standard deviation (weight units), > 0.
+        init_sigma: initial standard deviation (weight units), >= :data:`SIGMA_FLOOR`.
     """
 
     def __init__(
@@ -95,7 +106,8 @@ class WeightPosterior(nn.Module):
         super().__init__()
         if sigma_mode not in SIGMA_MODES:
             raise ConfigError(f"unknown sigma_mode {sigma_mode!r}; choose one of {SIGMA_MODES}")
-        positive_finite(init_sigma, "init_sigma")
+        if positive_finite(init_sigma, "init_sigma") < SIGMA_FLOOR:
+            raise ConfigError(f"init_sigma must be >= the posterior std floor {SIGMA_FLOOR:g}, got {init_sigma!r}")
         self.model = model
         self.groups = groups
         self.sigma_mode = sigma_mode
@@ -120,8 +132,8 @@ class WeightPosterior(nn.Module):
     def _sigma_of(self, name: str) -> Tensor:
         if self.sigma_mode == "scalar":
             group = "head" if name in self.groups.head else "body"
-            return nn.functional.softplus(self.rho[group])
-        return nn.functional.softplus(self.rho[self._key(name)])
+            return _sigma_from_rho(self.rho[group])
+        return _sigma_from_rho(self.rho[self._key(name)])
 
     def means(self) -> dict[str, Tensor]:
         """The posterior means: the module's trainable parameters, by name."""
@@ -135,7 +147,7 @@ class WeightPosterior(nn.Module):
     def flat_sigma(self, group: Literal["body", "head"]) -> Tensor:
         """The group's sigma as the priors take it: shape ``()`` (scalar mode) or ``(D,)``."""
         if self.sigma_mode == "scalar":
-            return nn.functional.softplus(self.rho[group])
+            return _sigma_from_rho(self.rho[group])
         means = self.means()
         names = self.groups.body if group == "body" else self.groups.head
         return torch.cat([self._sigma_of(n).expand_as(means[n]).reshape(-1) for n in names])
@@ -193,3 +205,7 @@ class WeightPosterior(nn.Module):
             total += float(sigma.expand_as(means[name]).sum()) if sigma.ndim else float(sigma) * n
             count += n
         return total / count
+
+    def max_sigma(self) -> float:
+        """The largest sigma over all weights (weight units; one host synchronisation)."""
+        return float(torch.stack([s.detach().max().double() for s in self.sigmas().values()]).max())

@@ -13,6 +13,12 @@ Closed forms (``d = mu - m``)::
     KL(q || p) = 0.5 * [ (Tr(Sigma^-1 S) + d^T Sigma^-1 d) / lam - D + D log lam
                          + log det Sigma - sum_i log sigma_i^2 ],   S = diag(sigma^2)
     lam*       = (Tr(Sigma^-1 S) + d^T Sigma^-1 d) / D                 (argmin_lam KL)
+
+Numerical safety: ``lam*`` is clamped to ``[finfo.tiny, finfo.max]`` of its dtype (1.2e-38 to
+3.4e38 for float32 and bfloat16), so it stays positive and finite when ``theta == mu`` and
+``sigma -> 0`` (the quadratic underflows to 0) and when the deviations are so large that the
+quadratic overflows; in the latter case the KL is ``+inf`` and training reports divergence.
+A NaN input stays NaN (training reports it as non-finite).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_finite
 
 __all__ = [
     "PRIOR_NAMES",
@@ -49,6 +56,19 @@ _CHUNK_ROWS = 1 << 20
 
 def _row_chunks(dim: int) -> list[slice]:
     return [slice(start, min(start + _CHUNK_ROWS, dim)) for start in range(0, dim, _CHUNK_ROWS)]
+
+
+def _clamp_variance(lam: Tensor) -> Tensor:
+    """``lam`` within ``[finfo.tiny, finfo.max]`` of its dtype: positive and finite (NaN stays NaN)."""
+    info = torch.finfo(lam.dtype)
+    return lam.clamp(min=info.tiny, max=info.max)
+
+
+def _variance_tensor(variance: Tensor | float, like: Tensor) -> Tensor:
+    """A prior variance as a 0-d tensor like ``like``; a Python number must be finite and > 0."""
+    if not isinstance(variance, Tensor):
+        variance = positive_finite(variance, "prior variance")
+    return torch.as_tensor(variance, dtype=like.dtype, device=like.device)
 
 
 class GaussianPrior(ABC):
@@ -113,13 +133,17 @@ class GaussianPrior(ABC):
             sigma: posterior std, shape ``()`` or ``(D,)``.
 
         Returns:
-            0-d tensor, the variance scale ``lam*`` (units of weight^2).
+            0-d tensor, the variance scale ``lam*`` (units of weight^2), clamped to the
+            dtype's ``[finfo.tiny, finfo.max]`` (see the module docstring).
         """
-        return (self.trace_term(sigma) + self.mahalanobis(theta)) / self.dim
+        return _clamp_variance((self.trace_term(sigma) + self.mahalanobis(theta)) / self.dim)
 
     def kl(self, theta: Tensor, sigma: Tensor, variance: Tensor | float) -> Tensor:
-        """``KL(N(theta, diag sigma^2) || N(mu, variance * Sigma))`` in nats (0-d tensor)."""
-        lam = torch.as_tensor(variance, dtype=theta.dtype, device=theta.device)
+        """``KL(N(theta, diag sigma^2) || N(mu, variance * Sigma))`` in nats (0-d tensor).
+
+        A Python-number ``variance`` must be finite and > 0 (else :class:`ConfigError`).
+        """
+        lam = _variance_tensor(variance, theta)
         dim = self.dim
         quad = self.trace_term(sigma) + self.mahalanobis(theta)
         return 0.5 * (
@@ -139,7 +163,7 @@ class GaussianPrior(ABC):
         """
         dim = self.dim
         quad = self.trace_term(sigma) + self.mahalanobis(theta)
-        lam = (quad / dim).detach()
+        lam = _clamp_variance(quad / dim).detach()
         kl = 0.5 * (
             quad / lam
             - dim
@@ -151,7 +175,7 @@ class GaussianPrior(ABC):
 
     def log_prob(self, theta: Tensor, variance: Tensor | float) -> Tensor:
         """``log N(theta; mu, variance * Sigma)`` in nats (0-d tensor), the MAP penalty's density."""
-        lam = torch.as_tensor(variance, dtype=theta.dtype, device=theta.device)
+        lam = _variance_tensor(variance, theta)
         dim = self.dim
         return -0.5 * (
             self.mahalanobis(theta) / lam
@@ -255,7 +279,10 @@ class LowRankGaussian(GaussianPrior):
     def precision_quadratic(self, x: Tensor) -> Tensor:
         inv_a = self._inv_a.to(x.dtype)
         vx = self._v.to(x.dtype).T @ x
-        return torch.dot(x, x * inv_a) - torch.dot(vx, vx)
+        diag_part = torch.dot(x, x * inv_a)
+        # x^T A^-1 x >= x^T V V^T x >= 0; if the first overflows, the difference is inf - inf:
+        # report the (overflowed) quadratic as +inf, not NaN (a NaN x still gives NaN).
+        return torch.where(torch.isinf(diag_part), diag_part, diag_part - torch.dot(vx, vx))
 
     def precision_diagonal(self) -> Tensor:
         return self._precision_diagonal

@@ -166,6 +166,17 @@ class AdaptiveFeedback:
         """The current lambda in weight-decay units."""
         return self._value
 
+    def state_dict(self) -> dict[str, object]:
+        """The current value and update history (for training checkpoints)."""
+        return {"value": self._value, "history": [list(row) for row in self.history]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        history = state["history"]
+        assert isinstance(history, list)
+        self.history = [(int(s), float(v), float(t), float(a)) for s, v, t, a in history]
+        self._value = float(state["value"])  # type: ignore[arg-type]
+
     def is_due(self, step: int) -> bool:
         """Whether 1-based optimiser ``step`` is an update step (a multiple of ``every``)."""
         return _check_step(step) % self.every == 0

@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import optuna
 
-from optuna_deelbo._errors import StorageError
+from optuna_deelbo._errors import ConfigError, StorageError
+from optuna_deelbo._validation import positive_int
 
-__all__ = ["DEFAULT_STORAGE", "open_storage"]
+__all__ = ["DEFAULT_STORAGE", "SQLITE_TIMEOUT_S", "open_storage"]
 
 #: Where ``optuna-deelbo compare`` writes when no ``--storage`` is given.
 DEFAULT_STORAGE = "sqlite:///deelbo.db"
+#: How long a SQLite writer waits for another process's lock before failing (s; sqlite3's default is 5).
+SQLITE_TIMEOUT_S = 60
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+) -> optuna.storages.RDBStorage:
     """An RDB storage for any SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://...``).
+
+    Args:
+        url: the database; SQLite for one machine, PostgreSQL (psycopg 3) for many workers.
+        heartbeat_interval: seconds between a running trial's heartbeats; ``None`` = no
+            heartbeats. With heartbeats, a trial whose process died is marked failed by the next
+            worker that asks for a trial once ``grace_period`` has passed, and is queued again
+            (Optuna's ``RetryHeartbeatStaleTrialCallback``) up to ``max_retry`` times.
+        grace_period: seconds without a heartbeat before a trial counts as dead; default
+            ``2 * heartbeat_interval``; must exceed ``heartbeat_interval``.
+        max_retry: how often one configuration is retried after its process died (0 = never,
+            ``None`` = without limit).
 
     Raises:
         StorageError: the URL is malformed, its driver is missing, or the database cannot be
             reached or created.
+        ConfigError: a heartbeat setting is not a positive integer, or the grace period is not
+            longer than the interval.
     """
     if not isinstance(url, str) or "://" not in url:
         raise StorageError(f"storage must be a SQLAlchemy URL such as {DEFAULT_STORAGE!r}, got {url!r}")
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        interval = positive_int(heartbeat_interval, "heartbeat interval (s)")
+        grace = positive_int(grace_period, "grace period (s)") if grace_period is not None else 2 * interval
+        if grace <= interval:
+            raise ConfigError(
+                f"grace period ({grace} s) must be longer than the heartbeat interval ({interval} s), "
+                "or live trials are taken for dead"
+            )
+        if max_retry is not None and (isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0):
+            raise ConfigError(f"max_retry must be an integer >= 0 or None, got {max_retry!r}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        kwargs = {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": retry}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # SQLAlchemy raises many types (ArgumentError, OperationalError, ImportError...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {url!r}: {reason}") from exc

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite
+from optuna_deelbo.checkpoint import Checkpointing
 from optuna_deelbo.data import Split, train_val_split
+from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.mixing import BatchMixing
 from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, SigmaMode
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
@@ -50,6 +52,16 @@ class TaskSpec:
         train_transform: applied on the device to every training minibatch (e.g. uint8 images
             -> normalised, randomly cropped and flipped floats); ``None`` = identity.
         eval_transform: applied to validation / test batches (e.g. normalisation only).
+        checkpointing: where :func:`~optuna_deelbo.fit.fit` checkpoints each trial's training
+            and how often (a retried trial resumes from its predecessor's newest checkpoint);
+            ``None`` (default) = no checkpoints. Set by ``optuna-deelbo worker``.
+        divergence: when a training run counts as diverged (non-finite values, exploding sigma,
+            runaway NLL); a diverged :func:`~optuna_deelbo.fit.fit` trial is pruned with the
+            reason in its ``failure:reason`` user attr. See :class:`DivergenceRule`.
+
+    The factory's model is run once on two training examples (after ``eval_transform``, else
+    ``train_transform``) when the spec is built, so inputs of the wrong shape or dtype and
+    labels beyond the model's outputs fail here with a :class:`ConfigError`.
     """
 
     name: str
@@ -74,6 +86,8 @@ class TaskSpec:
     regularization: Regularization = field(default_factory=Regularization)
     train_transform: Callable[[Tensor], Tensor] | None = None
     eval_transform: Callable[[Tensor], Tensor] | None = None
+    checkpointing: Checkpointing | None = None
+    divergence: DivergenceRule = field(default_factory=DivergenceRule)
     _body_dim: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
@@ -95,10 +109,41 @@ class TaskSpec:
         model = self.build_model()
         groups = self.groups(model)
         self._body_dim = groups.numel(model, "body")
+        self._check_model_runs(model)
         if self.prior_mean is not None and (self.prior_mean.ndim != 1 or self.prior_mean.shape[0] != self._body_dim):
             raise ConfigError(
                 f"prior mean has shape {tuple(self.prior_mean.shape)} but the model body has "
                 f"{self._body_dim} weights (head prefixes {self.head_prefixes})"
+            )
+
+    @torch.no_grad()
+    def _check_model_runs(self, model: nn.Module) -> None:
+        """Run ``model`` (eval mode) on two training examples; a mismatch raises :class:`ConfigError` here."""
+        device = next(model.parameters()).device
+        xb = self.train.x[:2].to(device)
+        transform = self.eval_transform or self.train_transform
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(transform(xb) if transform is not None else xb)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            hint = "; integer inputs need a train_transform that makes floats" if not xb.is_floating_point() else ""
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"the model cannot run on the training inputs (x {self.train.x.dtype} of shape "
+                f"{tuple(self.train.x.shape)}{hint}): {reason}"
+            ) from exc
+        finally:
+            model.train(was_training)
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != xb.shape[0]:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ConfigError(
+                f"the model must return logits of shape (batch, classes); for {xb.shape[0]} inputs it gave {shape}"
+            )
+        if logits.shape[1] < self.n_classes:
+            raise ConfigError(
+                f"the labels go up to {self.n_classes - 1} ({self.n_classes} classes) "
+                f"but the model outputs {logits.shape[1]} logits"
             )
 
     @property
@@ -157,6 +202,7 @@ class TaskSpec:
             channels_last=self.channels_last,
             compile=self.compile,
             restart_period=self.regularization.restart_period,
+            divergence=self.divergence,
         )
 
     @cached_property

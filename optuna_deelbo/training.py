@@ -3,7 +3,9 @@
 It knows nothing about which strategy calls it: it minimises an :class:`Objective` with SGD
 (Nesterov momentum 0.9 and a cosine learning-rate decay by default), clips the gradient norm,
 keeps the data on the device, uses bf16 autocast on CUDA, draws a tqdm progress bar, and,
-given an Optuna trial, reports intermediate values and honours pruning.
+given an Optuna trial, reports intermediate values and honours pruning. With a
+:class:`~optuna_deelbo.checkpoint.CheckpointHook` it hands its whole state over every ``every``
+steps, and ``resume=`` continues from such a state to the same final weights and losses.
 """
 
 from __future__ import annotations
@@ -11,21 +13,24 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
 from optuna_deelbo._validation import positive_finite, positive_int
+from optuna_deelbo.checkpoint import CheckpointHook, check_fingerprint, rng_state, set_rng_state
+from optuna_deelbo.divergence import DivergenceMonitor, DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping
 from optuna_deelbo.objectives import MAPObjective, Objective
 from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule
 
-__all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "train"]
+__all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "run_fingerprint", "train"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -68,6 +73,11 @@ class TrainConfig:
             steps pay the compile time, minutes for large backbones).
         progress: show a tqdm progress bar.
         seed: seeds minibatch order and posterior samples.
+        divergence: when the run ends as diverged (:class:`TrainingDiverged`), checked every
+            ``log_every`` steps: any non-finite logged value; the largest posterior std above
+            ``max_sigma`` (default 100 weight units); the running training NLL above
+            ``nll_factor`` (default 10) x the first step's NLL (at least 0.1 nats) for
+            ``patience`` (default 3) checks in a row. See :class:`DivergenceRule`.
     """
 
     lr: float
@@ -87,6 +97,7 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True
     seed: int = 0
+    divergence: DivergenceRule = field(default_factory=DivergenceRule)
 
     def __post_init__(self) -> None:
         positive_finite(self.lr, "learning rate")
@@ -107,6 +118,8 @@ class TrainConfig:
             raise ConfigError("restart_period needs cosine=True (warm restarts of the cosine schedule)")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+        if not isinstance(self.divergence, DivergenceRule):
+            raise ConfigError(f"divergence must be a DivergenceRule, got {type(self.divergence).__name__}")
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,24 @@ def _row(step: int, lr: float, record_sums: dict[str, Tensor], count: int) -> di
     return row
 
 
+def run_fingerprint(objective: Objective, config: TrainConfig, n: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: objective, model size, data size and the run's settings."""
+    params = sum(p.numel() for p in objective.model.parameters()) + sum(p.numel() for p in objective.extra_parameters())
+    return {
+        "objective": objective.name,
+        "weights": int(params),
+        "n": int(n),
+        "lr": float(config.lr),
+        "steps": int(config.steps),
+        "batch_size": int(config.batch_size),
+        "seed": int(config.seed),
+        "momentum": float(config.momentum),
+        "cosine": bool(config.cosine),
+        "restart_period": config.restart_period,
+        "patience": config.patience,
+    }
+
+
 def train(
     objective: Objective,
     x: Tensor,
@@ -198,6 +229,8 @@ def train(
     on_step: Callable[[int], None] | None = None,
     mixing: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     weight_decay_schedule: StepSchedule | AdaptiveFeedback | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Minimise ``objective`` on ``(x, y)``; the model's parameters are updated in place.
 
@@ -221,10 +254,18 @@ def train(
             train vs validation accuracy (:class:`~optuna_deelbo.schedules.AdaptiveFeedback`,
             needs ``val``; train accuracy on up to 1,024 fixed training examples). The value
             used is logged as ``weight_decay`` in every history row.
+        checkpoint: ``save(state)`` after every ``every``-th step but the last: weights, sigma,
+            optimizer, scheduler, RNGs, minibatch order, logs (see :mod:`optuna_deelbo.checkpoint`).
+        resume: a state from ``checkpoint`` (same objective, data and ``config``): training
+            continues after its step and ends with the weights and losses of an uninterrupted
+            run (bit for bit on CPU; CUDA kernels may be nondeterministic). ``weight_decay_schedule``
+            and the objective must be freshly built, as for a new run.
 
     Raises:
         ConfigError: empty or mismatched data.
-        TrainingDiverged: a non-finite loss, lambda, tau or sigma (checked every ``log_every`` steps).
+        CheckpointError: ``resume`` belongs to another run (objective, size, data or settings differ).
+        TrainingDiverged: a non-finite logged value (loss, NLL, lambda, tau, sigma...), an exploding
+            sigma or a diverging NLL (``config.divergence``; checked every ``log_every`` steps).
         optuna.TrialPruned: the trial's pruner stopped it.
     """
     n = int(x.shape[0])
@@ -232,6 +273,8 @@ def train(
         raise ConfigError("training set is empty (N = 0)")
     if y.shape != (n,):
         raise ConfigError(f"labels must have shape ({n},) to match the inputs, got {tuple(y.shape)}")
+    if y.dtype != torch.int64:
+        raise ConfigError(f"labels y must be int64 class indices, got {y.dtype}")
     device = resolve_device(config.device)
     amp = device.type == "cuda" if config.amp is None else config.amp
     channels_last = (device.type == "cuda" if config.channels_last is None else config.channels_last) and x.ndim == 4
@@ -252,6 +295,7 @@ def train(
     torch.manual_seed(config.seed)
     perm_gen = torch.Generator(device=device).manual_seed(config.seed)
     stopper = EarlyStopping(config.patience) if config.patience is not None else None
+    monitor = DivergenceMonitor(config.divergence, config.lr)
     best_state: dict[str, Tensor] | None = None
     probe = x[: min(n, 1024)], y[: min(n, 1024)]  # fixed training examples for the adaptive rule
 
@@ -272,10 +316,69 @@ def train(
     objective.train()
     order = torch.randperm(n, generator=perm_gen, device=device)
     cursor = 0
+    first_step = 1
+    fingerprint = run_fingerprint(objective, config, n) if checkpoint is not None or resume is not None else {}
+
+    def snapshot(step: int) -> dict[str, Any]:
+        cpu = torch.device("cpu")
+        return {
+            "fingerprint": fingerprint,
+            "step": step,
+            "objective": {k: v.detach().to(cpu) for k, v in objective.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": {**rng_state(device), "perm": perm_gen.get_state().to(cpu)},
+            "order": order.to(cpu),
+            "cursor": cursor,
+            "tail": [(loss.to(cpu), nll.to(cpu)) for loss, nll in tail],
+            "sums": {k: v.to(cpu) for k, v in sums.items()},
+            "since_log": since_log,
+            "history": [dict(row) for row in result.history],
+            "val_history": [list(row) for row in result.val_history],
+            "stopper": stopper.state_dict() if stopper is not None else None,
+            "best_state": {k: v.to(cpu) for k, v in best_state.items()} if best_state is not None else None,
+            "schedule": weight_decay_schedule.state_dict()
+            if isinstance(weight_decay_schedule, AdaptiveFeedback)
+            else None,
+        }
+
+    if resume is not None:
+        check_fingerprint(resume, fingerprint)
+        try:
+            objective.load_state_dict(resume["objective"])
+            optimizer.load_state_dict(resume["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(resume["scheduler"])
+            set_rng_state(resume["rng"], device)
+            perm_gen.set_state(resume["rng"]["perm"])
+            order, cursor = resume["order"].to(device), int(resume["cursor"])
+            tail.extend((loss.to(device), nll.to(device)) for loss, nll in resume["tail"])
+            sums = {k: v.to(device) for k, v in resume["sums"].items()}
+            since_log = int(resume["since_log"])
+            result.history = [dict(row) for row in resume["history"]]
+            result.val_history = [(int(s), float(v), float(a)) for s, v, a in resume["val_history"]]
+            if stopper is not None and resume["stopper"] is not None:
+                stopper.load_state_dict(resume["stopper"])
+            if resume["best_state"] is not None:
+                best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
+            if isinstance(weight_decay_schedule, AdaptiveFeedback) and resume["schedule"] is not None:
+                weight_decay_schedule.load_state_dict(resume["schedule"])
+            first_step = int(resume["step"]) + 1
+            result.stopped_step = first_step - 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this run: {type(exc).__name__}: {exc}") from exc
+
     start_time = time.perf_counter()
-    bar = tqdm(total=config.steps, desc=desc, disable=not config.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps,
+        initial=first_step - 1,
+        desc=desc,
+        disable=not config.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
-        for step in range(1, config.steps + 1):
+        for step in range(first_step, config.steps + 1):
             if cursor + batch > n:
                 order = torch.randperm(n, generator=perm_gen, device=device)
                 cursor = 0
@@ -313,15 +416,14 @@ def train(
                 sums[key] = sums[key] + value if key in sums else value.clone()
             since_log += 1
             tail.append((detached["loss"], detached["nll"]))
+            monitor.start(detached["nll"])  # keeps the first NLL it sees (read at the next check)
 
             if step % config.log_every == 0 or step == config.steps:
                 row = _row(step, optimizer.param_groups[0]["lr"], sums, since_log)
                 sigma = getattr(getattr(objective, "posterior", None), "mean_sigma", None)
                 if sigma is not None:
                     row["sigma"] = sigma()
-                bad = [k for k, v in row.items() if not math.isfinite(v)]
-                if bad:
-                    raise TrainingDiverged(f"non-finite {', '.join(bad)} at step {step} (lr={config.lr:g})")
+                monitor.check(step, row, getattr(objective, "posterior", None))
                 result.history.append(row)
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "lambda") if k in row}, refresh=False)
                 sums, since_log = {}, 0
@@ -353,6 +455,8 @@ def train(
                     if stop:
                         bar.update(1)
                         break
+            if checkpoint is not None and step % checkpoint.every == 0 and step < config.steps:
+                checkpoint.save(snapshot(step))
             bar.update(1)
     finally:
         bar.close()

@@ -1,4 +1,5 @@
-"""Shared test settings: where the real CIFAR-10 JPEG archives are (tests needing them skip when absent)."""
+"""Shared test settings: where the real CIFAR-10 JPEG archives are (tests needing them skip when absent),
+one CPU thread for small workloads, and one tiny ``compare`` run shared by the dashboard and report tests."""
 
 from __future__ import annotations
 
@@ -26,3 +27,27 @@ def one_cpu_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: The study names the tiny compare run below creates.
+TINY_STUDIES = ("digits-N50-seed0/l2-sp/deelbo", "digits-N50-seed0/l2-sp/tpe")
+
+
+@pytest.fixture(scope="session")
+def tiny_compare_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SQLite URL of a real ``optuna-deelbo compare`` run: digits N = 50, deelbo (4 trials) + tpe (2), 10 steps.
+
+    ``compare`` saves its figures and notes into the studies when optuna-dashboard is installed.
+    Treat the storage as read-only (several test modules share it).
+    """
+    from optuna_deelbo.cli import main
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('tiny-compare') / 'deelbo.db'}"
+    argv = ["compare", "--storage", url, "--strategies", "deelbo,tpe", "--tpe-trials", "2", "--report", ""]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*argv, "--steps", "10", "--pretrain-steps", "10", "--n-train", "50", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    return url

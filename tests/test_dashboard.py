@@ -1,25 +1,26 @@
-"""optuna-dashboard, started for real on loopback, serves the studies with the learned user attrs."""
+"""optuna-dashboard, started for real on loopback, serves the studies, learned user attrs, saved figures and notes."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 
+import optuna
 import pytest
+from conftest import TINY_STUDIES
 
-from optuna_deelbo.cli import main
+from optuna_deelbo import MissingDependency
+from optuna_deelbo.dashboard import (
+    ACCURACY_GRAPH_ID,
+    TRAJECTORY_GRAPH_ID,
+    save_storage_to_dashboard,
+    serve_dashboard,
+    study_note,
+)
+from optuna_deelbo.report import load_comparisons
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+needs_dashboard = pytest.mark.skipif(shutil.which("optuna-dashboard") is None, reason="optuna-dashboard not installed")
 
 
 def _get(url: str) -> dict:
@@ -27,35 +28,41 @@ def _get(url: str) -> dict:
         return json.loads(resp.read())
 
 
-@pytest.mark.skipif(shutil.which("optuna-dashboard") is None, reason="optuna-dashboard is not installed")
-def test_dashboard_shows_learned_user_attrs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'deelbo.db'}"
-    argv = ["compare", "--storage", url, "--strategies", "deelbo", "--report", "", "--no-progress"]
-    assert main([*argv, "--steps", "10", "--pretrain-steps", "10", "--n-train", "50"]) == 0
-    port = _free_port()
-    exe = shutil.which("optuna-dashboard")
-    assert exe is not None
-    server = subprocess.Popen(
-        [exe, url, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                studies = _get(f"{base}/api/studies")["study_summaries"]
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        assert [s["study_name"] for s in studies] == ["digits-N50-seed0/l2-sp/deelbo"]
-        detail = _get(f"{base}/api/studies/{studies[0]['study_id']}?after=0")
-        assert len(detail["trials"]) == 4
-        keys = {a["key"] for t in detail["trials"] for a in t["user_attrs"]}
-        assert {"learned:weight_decay", "learned:lambda", "learned:tau", "learned:sigma", "mode"} <= keys
-        study_keys = {a["key"] for a in detail["user_attrs"]}
-        assert {"time:total_s", "test:accuracy", "description"} <= study_keys
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+@needs_dashboard
+def test_dashboard_api_serves_learned_attrs_figures_and_notes(tiny_compare_url: str) -> None:
+    with serve_dashboard(tiny_compare_url) as base:
+        studies = {s["study_name"]: s for s in _get(f"{base}/api/studies")["study_summaries"]}
+        assert set(studies) == set(TINY_STUDIES)
+        deelbo = _get(f"{base}/api/studies/{studies[TINY_STUDIES[0]]['study_id']}?after=0")
+        tpe = _get(f"{base}/api/studies/{studies[TINY_STUDIES[1]]['study_id']}?after=0")
+    assert len(deelbo["trials"]) == 4
+    keys = {a["key"] for t in deelbo["trials"] for a in t["user_attrs"]}
+    assert {"learned:weight_decay", "learned:lambda", "learned:tau", "learned:sigma", "learned:trace", "mode"} <= keys
+    assert {"time:total_s", "test:accuracy", "description"} <= {a["key"] for a in deelbo["user_attrs"]}
+    # compare saved the figures (DE-ELBo: accuracy vs time + learned trajectories; TPE: accuracy only) and notes
+    assert {g["id"] for g in deelbo["plotly_graph_objects"]} == {ACCURACY_GRAPH_ID, TRAJECTORY_GRAPH_ID}
+    assert {g["id"] for g in tpe["plotly_graph_objects"]} == {ACCURACY_GRAPH_ID}
+    figure = json.loads(next(g["graph_object"] for g in deelbo["plotly_graph_objects"] if g["id"] == ACCURACY_GRAPH_ID))
+    assert sorted(trace["name"] for trace in figure["data"]) == ["deelbo", "tpe"]
+    assert "What this study is" in deelbo["note"]["body"] and "validation NLL" in tpe["note"]["body"]
+
+
+def test_study_note_says_what_the_study_is_and_the_verdict(tiny_compare_url: str) -> None:
+    storage = optuna.storages.RDBStorage(tiny_compare_url)
+    (results,) = load_comparisons(storage).values()
+    study = optuna.load_study(study_name=TINY_STUDIES[0], storage=storage)
+    note = study_note(study, results)
+    assert "## deelbo on digits-N50-seed0" in note
+    assert "N = 50 training examples, prior `l2-sp`, 10 SGD steps" in note
+    assert "final training DE-ELBo loss" in note and "learned:trace" in note
+    assert "**Verdict on this task:** DE-ELBo" in note and "tpe" in note
+
+
+def test_saving_without_optuna_dashboard_says_how_to_install(
+    tiny_compare_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # makes `import optuna_dashboard` fail
+    with pytest.raises(MissingDependency, match=r"pip install 'optuna-deelbo\[dashboard\]'"):
+        save_storage_to_dashboard(optuna.storages.RDBStorage(tiny_compare_url))

@@ -398,3 +398,45 @@ def test_equivalent_weight_decay_matches_map_penalty() -> None:
     kl_without_mean = prior.kl(prior.mean.clone(), sigma, lam) / (objective.kappa * objective.n_train)
     map_penalty = wd / 2 * prior.mahalanobis(theta)
     torch.testing.assert_close(kl_per_example - kl_without_mean, map_penalty, rtol=1e-10, atol=0)
+
+
+# --- numerical safety: lambda, tau and sigma stay positive and finite in float32 and bfloat16 -----
+
+
+@pytest.mark.parametrize("precision", ["float32+autocast", "bfloat16"])
+@pytest.mark.parametrize("sigma_mode", ["scalar", "parameter"])
+@pytest.mark.parametrize("rho", [-1e4, -200.0, -30.0, 5.0])
+@pytest.mark.parametrize("kind", ["isotropic", "lowrank"])
+def test_deelbo_stays_finite_at_theta_equal_mu_and_extreme_sigma(
+    precision: str, sigma_mode: str, rho: float, kind: str
+) -> None:
+    """theta = mu (a fresh L2-SP-style prior) with sigma from the floor (1e-12) to ~5, in low precision.
+
+    Without the sigma floor, rho <= -104 makes sigma 0 in float32 / bfloat16 and lambda* = 0,
+    KL = NaN; with it lambda*, tau*, the loss and every gradient are finite, lambda* and tau* > 0.
+    """
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    torch.manual_seed(0)
+    net = Net().to(dtype)
+    groups = ParameterGroups.split(net, ("head.",))
+    body = groups.flat(dict(net.named_parameters()), "body").detach().clone()
+    if kind == "isotropic":
+        prior: GaussianPrior = IsotropicGaussian(body)
+    else:
+        gen = torch.Generator().manual_seed(3)
+        prior = LowRankGaussian(
+            body, 0.5 + torch.rand(D_BODY, generator=gen), 0.3 * torch.randn(D_BODY, 2, generator=gen)
+        )
+    objective = DEELBoObjective(net, groups, prior, n_train=12, sigma_mode=sigma_mode)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for r in objective.extra_parameters():
+            r.fill_(rho)
+    x, y = batch()
+    record = objective(x.to(dtype), y, amp=precision != "bfloat16")
+    for value in (record.lam, record.tau):
+        assert value is not None and value.dtype == dtype
+        assert bool(torch.isfinite(value)) and float(value) > 0
+    assert bool(torch.isfinite(record.loss)) and bool(torch.isfinite(record.penalty))
+    record.loss.backward()
+    for p in [*net.parameters(), *objective.extra_parameters()]:
+        assert p.grad is not None and bool(torch.all(torch.isfinite(p.grad)))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterior
+from optuna_deelbo.posterior import SIGMA_FLOOR, SIGMA_MODES, ParameterGroups, WeightPosterior
 
 F64 = torch.float64
 BODY = ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")
@@ -415,3 +415,58 @@ def test_predict_proba_negative_samples_raises() -> None:
     _, _, post = make_posterior()
     with pytest.raises(ConfigError, match="samples"):
         post.predict_proba(inputs(4), samples=-1)
+
+
+# --- numerical safety: sigma stays positive and finite in float32 and bfloat16 ------------------
+
+
+def test_init_sigma_below_the_floor_raises() -> None:
+    net = make_net()
+    with pytest.raises(ConfigError, match=r"init_sigma must be >= the posterior std floor 1e-12"):
+        WeightPosterior(net, ParameterGroups.split(net), init_sigma=1e-13)
+    WeightPosterior(net, ParameterGroups.split(net), init_sigma=SIGMA_FLOOR)  # the floor itself is fine
+
+
+#: rho values from "sigma underflows to 0" (softplus(-104) == 0 in float32) to "sigma is huge".
+EXTREME_RHOS = (-1e4, -200.0, -104.0, -95.0, -30.0, 0.0, 30.0, 1e4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", SIGMA_MODES)
+@pytest.mark.parametrize("rho", EXTREME_RHOS)
+def test_sigma_positive_finite_with_finite_log_gradient(dtype: torch.dtype, mode: str, rho: float) -> None:
+    """sigma = max(softplus(rho), 1e-12): never 0 or NaN, and d log(sigma) / d rho is finite (0/0 without the floor)."""
+    net = make_net().to(dtype)
+    post = WeightPosterior(net, ParameterGroups.split(net, ("head.",)), sigma_mode=mode)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for r in post.sigma_parameters():
+            r.fill_(rho)
+    expected = max(float(nn.functional.softplus(torch.tensor(rho, dtype=dtype))), SIGMA_FLOOR)
+    for group in ("body", "head"):
+        sigma = post.flat_sigma(group)  # type: ignore[arg-type]
+        assert sigma.dtype == dtype
+        assert bool(torch.all(torch.isfinite(sigma))) and bool(torch.all(sigma >= SIGMA_FLOOR * (1 - 1e-2)))
+        torch.testing.assert_close(sigma.float(), torch.full_like(sigma.float(), expected), rtol=1e-2, atol=0.0)
+    assert math.isfinite(post.mean_sigma()) and post.mean_sigma() > 0
+    assert post.max_sigma() == pytest.approx(expected, rel=1e-2)
+    log_var = sum(torch.log(s).sum() for s in post.sigmas().values())
+    grads = torch.autograd.grad(log_var, list(post.sigma_parameters()))
+    assert all(bool(torch.all(torch.isfinite(g))) for g in grads)
+
+
+def test_floor_changes_nothing_in_the_normal_range() -> None:
+    _, _, post = make_posterior("parameter", init_sigma=0.05)
+    with torch.no_grad():
+        for k, r in enumerate(post.sigma_parameters()):
+            r.copy_(torch.linspace(-20.0, 5.0, r.numel(), dtype=F64).reshape(r.shape) + k)
+    for name, sigma in post.sigmas().items():
+        rho = post.rho[name.replace(".", "/")]
+        assert torch.equal(sigma, nn.functional.softplus(rho))
+
+
+def test_max_sigma_is_the_largest_over_all_weights() -> None:
+    _, _, post = make_posterior("parameter", init_sigma=0.05)
+    with torch.no_grad():
+        post.rho["body/1/weight"][3] = math.log(math.expm1(0.7))
+    assert post.max_sigma() == pytest.approx(0.7, rel=1e-12)
+    assert post.mean_sigma() < 0.1

@@ -487,3 +487,225 @@ def test_low_rank_precomputation_is_the_same_across_row_chunks(monkeypatch: pyte
         torch.testing.assert_close(prior.mahalanobis(theta), d @ precision @ d)
         torch.testing.assert_close(prior.precision_diagonal(), torch.diagonal(precision))
         torch.testing.assert_close(prior.logdet_covariance(), torch.logdet(dense))
+
+
+# --------------------------------------------------------------------------------------------
+# 9. more properties: KL = 0 only at q = p, brute-force argmin, invariances
+# --------------------------------------------------------------------------------------------
+@SETTINGS
+@given(seed=seeds, dim=dims, zero_mean=st.booleans(), factor=st.floats(0.2, 5.0).filter(lambda f: abs(f - 1) > 0.05))
+def test_kl_positive_when_only_sigma_differs_from_the_prior(
+    seed: int, dim: int, zero_mean: bool, factor: float
+) -> None:
+    """theta = mu but sigma != sqrt(lam): q != p, so KL > 0 (the equality case needs both to match)."""
+    gen = torch.Generator().manual_seed(seed)
+    lam = torch.exp(_uniform(gen, (), -2.0, 2.0))
+    prior = (
+        IsotropicGaussian.zero(dim, dtype=F64)
+        if zero_mean
+        else IsotropicGaussian(torch.randn(dim, generator=gen, dtype=F64))
+    )
+    theta = prior.mean.clone()
+    assert float(prior.kl(theta, torch.sqrt(lam), lam)) == pytest.approx(0.0, abs=1e-10)
+    kl = float(prior.kl(theta, factor * torch.sqrt(lam), lam))
+    # closed form for this case: D/2 (f^2 - 1 - log f^2) > 0 for f != 1
+    assert kl == pytest.approx(dim / 2 * (factor**2 - 1 - math.log(factor**2)), rel=1e-9)
+    assert kl > 0.0
+
+
+@SETTINGS
+@given(seed=seeds, dim=st.integers(2, 6), rank=st.integers(1, 3), per_param=per_params)
+def test_kl_positive_for_any_diagonal_q_under_a_correlated_prior(
+    seed: int, dim: int, rank: int, per_param: bool
+) -> None:
+    """A diagonal q cannot equal N(mu, lam (diag(a) + U U^T)) with U != 0: KL > 0 even at theta = mu, lam*."""
+    case = make_case("lowrank", seed, dim, rank, per_param)
+    assert isinstance(case.prior, LowRankGaussian) and float(case.prior.factor.abs().sum()) > 0.0
+    theta = case.mean.clone()
+    lam_star = case.prior.optimal_variance(theta, case.sigma)
+    assert float(case.prior.kl(theta, case.sigma, lam_star)) > 0.0
+
+
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=st.integers(1, 4), rank=ranks, per_param=per_params)
+def test_optimal_variance_is_the_dense_brute_force_argmin(
+    kind: str, seed: int, dim: int, rank: int, per_param: bool
+) -> None:
+    """Scan lam on a fine log grid with torch's dense KL (none of our closed forms): the best point is next to lam*."""
+    case = make_case(kind, seed, dim, rank, per_param)
+    lam_star = float(case.prior.optimal_variance(case.theta, case.sigma))
+    step = 0.01
+    log_grid = torch.arange(-300, 301, dtype=F64) * step + math.log(lam_star)
+    covariances = torch.exp(log_grid)[:, None, None] * case.dense  # (G, D, D): one batched dense KL
+    q = MultivariateNormal(
+        case.theta.expand(len(log_grid), dim),
+        covariance_matrix=dense_posterior_cov(case.sigma, dim).expand_as(covariances),
+    )
+    kls = kl_divergence(q, MultivariateNormal(case.mean.expand(len(log_grid), dim), covariance_matrix=covariances))
+    best = int(torch.argmin(kls))
+    assert abs(float(log_grid[best]) - math.log(lam_star)) <= step + 1e-12
+    assert float(kls.min()) == pytest.approx(float(case.prior.kl(case.theta, case.sigma, lam_star)), rel=1e-9, abs=1e-9)
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, per_param=per_params)
+def test_isotropic_prior_is_invariant_to_permuting_coordinates(seed: int, dim: int, per_param: bool) -> None:
+    case = make_case("isotropic", seed, dim, 0, per_param)
+    perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed + 1))
+    permuted = IsotropicGaussian(case.mean[perm].clone())
+    sigma_p = case.sigma[perm] if per_param else case.sigma
+    close(permuted.kl(case.theta[perm], sigma_p, case.lam), case.prior.kl(case.theta, case.sigma, case.lam))
+    close(permuted.optimal_variance(case.theta[perm], sigma_p), case.prior.optimal_variance(case.theta, case.sigma))
+    close(permuted.log_prob(case.theta[perm], case.lam), case.prior.log_prob(case.theta, case.lam))
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_lowrank_prior_is_invariant_to_permuting_coordinates(seed: int, dim: int, rank: int, per_param: bool) -> None:
+    case = make_case("lowrank", seed, dim, rank, per_param)
+    prior = case.prior
+    assert isinstance(prior, LowRankGaussian)
+    perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed + 1))
+    permuted = LowRankGaussian(case.mean[perm].clone(), prior.diagonal[perm].clone(), prior.factor[perm].clone())
+    sigma_p = case.sigma[perm] if per_param else case.sigma
+    close(permuted.kl(case.theta[perm], sigma_p, case.lam), prior.kl(case.theta, case.sigma, case.lam))
+    close(permuted.optimal_variance(case.theta[perm], sigma_p), prior.optimal_variance(case.theta, case.sigma))
+    close(permuted.precision_diagonal(), prior.precision_diagonal()[perm])
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, rank=st.integers(1, 3), per_param=per_params)
+def test_lowrank_prior_is_invariant_to_rotating_the_factor(seed: int, dim: int, rank: int, per_param: bool) -> None:
+    """U U^T = (U Q)(U Q)^T for orthogonal Q: the prior, its KL and lam* are unchanged."""
+    case = make_case("lowrank", seed, dim, rank, per_param)
+    prior = case.prior
+    assert isinstance(prior, LowRankGaussian)
+    q, _ = torch.linalg.qr(torch.randn(rank, rank, generator=torch.Generator().manual_seed(seed + 2), dtype=F64))
+    rotated = LowRankGaussian(prior.mean.clone(), prior.diagonal.clone(), prior.factor @ q)
+    close(rotated.kl(case.theta, case.sigma, case.lam), prior.kl(case.theta, case.sigma, case.lam))
+    close(rotated.optimal_variance(case.theta, case.sigma), prior.optimal_variance(case.theta, case.sigma))
+    close(rotated.log_prob(case.theta, case.lam), prior.log_prob(case.theta, case.lam))
+    close(rotated.logdet_covariance(), prior.logdet_covariance())
+    close(rotated.precision_diagonal(), prior.precision_diagonal())
+
+
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_kl_and_lambda_are_invariant_to_shifting_theta_and_mu_together(
+    kind: str, seed: int, dim: int, rank: int, per_param: bool
+) -> None:
+    case = make_case(kind, seed, dim, rank, per_param)
+    shift = 3.0 * torch.randn(dim, generator=torch.Generator().manual_seed(seed + 3), dtype=F64)
+    prior = case.prior
+    if isinstance(prior, LowRankGaussian):
+        moved: GaussianPrior = LowRankGaussian(prior.mean + shift, prior.diagonal.clone(), prior.factor.clone())
+    else:
+        moved = IsotropicGaussian(prior.mean + shift)
+    close(moved.kl(case.theta + shift, case.sigma, case.lam), prior.kl(case.theta, case.sigma, case.lam), rtol=1e-8)
+    close(
+        moved.optimal_variance(case.theta + shift, case.sigma),
+        prior.optimal_variance(case.theta, case.sigma),
+        rtol=1e-8,
+    )
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, rank=ranks, per_param=per_params, log_c=st.floats(-5.0, 5.0))
+def test_scaling_sigma_is_absorbed_by_lambda(seed: int, dim: int, rank: int, per_param: bool, log_c: float) -> None:
+    """Sigma -> c Sigma (a -> c a, U -> sqrt(c) U) gives lam* -> lam* / c and the same KL at the optimum."""
+    case = make_case("lowrank", seed, dim, rank, per_param)
+    prior = case.prior
+    assert isinstance(prior, LowRankGaussian)
+    c = math.exp(log_c)
+    scaled = LowRankGaussian(prior.mean.clone(), c * prior.diagonal, math.sqrt(c) * prior.factor)
+    kl, lam = prior.kl_at_optimum(case.theta, case.sigma)
+    kl_scaled, lam_scaled = scaled.kl_at_optimum(case.theta, case.sigma)
+    close(lam_scaled, lam / c, rtol=1e-8)
+    close(kl_scaled, kl, rtol=1e-8, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# 10. numerical safety: lam* stays positive and finite in float32 and bfloat16
+# --------------------------------------------------------------------------------------------
+LOW_PRECISION = (torch.float32, torch.bfloat16)
+
+
+def _prior_in(kind: str, dtype: torch.dtype, dim: int = 64) -> GaussianPrior:
+    gen = torch.Generator().manual_seed(0)
+    prior, _, _ = make_prior(kind, gen, dim, 2)
+    return prior.to(dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sigma", [0.0, 1e-45, 1e-30, 1e-20, 1e-12, 1e-3])
+def test_lambda_positive_and_finite_at_theta_equal_mu_and_tiny_sigma(
+    kind: str, dtype: torch.dtype, sigma: float
+) -> None:
+    """theta = mu, sigma -> 0: the quadratic underflows to 0, lam* is floored at finfo.tiny (not 0, not NaN)."""
+    prior = _prior_in(kind, dtype)
+    theta = prior.mean.clone()
+    sigma_t = torch.tensor(sigma, dtype=dtype)
+    tiny = torch.finfo(dtype).tiny
+    for lam in (prior.optimal_variance(theta, sigma_t), prior.kl_at_optimum(theta, sigma_t)[1]):
+        assert lam.dtype == dtype and lam.ndim == 0
+        assert bool(torch.isfinite(lam)) and float(lam) >= tiny
+    kl, _ = prior.kl_at_optimum(theta, sigma_t)
+    if float(sigma_t) > 0:
+        assert bool(torch.isfinite(kl)), float(kl)
+    else:  # a point-mass q (sigma = 0 in this dtype) is infinitely far from any Gaussian: +inf, never NaN
+        assert float(kl) == math.inf
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("deviation", [1e3, 1e10, 1e18, 1e30])
+def test_lambda_positive_and_finite_for_huge_deviations(kind: str, dtype: torch.dtype, deviation: float) -> None:
+    """When |theta - mu|^2 overflows the dtype, lam* is clamped to finfo.max and the KL is +inf (never NaN)."""
+    prior = _prior_in(kind, dtype)
+    theta = prior.mean + deviation
+    sigma = torch.tensor(1e-3, dtype=dtype)
+    lam = prior.optimal_variance(theta, sigma)
+    kl, lam_opt = prior.kl_at_optimum(theta, sigma)
+    for value in (lam, lam_opt):
+        assert bool(torch.isfinite(value)) and float(value) > 0
+    assert not bool(torch.isnan(kl))
+    if bool(torch.isfinite(prior.mahalanobis(theta))):
+        assert bool(torch.isfinite(kl))
+        assert float(lam) == pytest.approx(float(prior.mahalanobis(theta)) / prior.dim, rel=0.02)
+    else:
+        assert float(kl) == math.inf and float(lam) == torch.finfo(dtype).max
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=kinds,
+    seed=seeds,
+    dtype=st.sampled_from(LOW_PRECISION),
+    log_dev=st.floats(-40.0, 40.0),
+    log_sigma=st.floats(-40.0, 5.0),
+    per_param=per_params,
+)
+def test_lambda_always_positive_and_finite_in_low_precision(
+    kind: str, seed: int, dtype: torch.dtype, log_dev: float, log_sigma: float, per_param: bool
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    prior, mean, _ = make_prior(kind, gen, 16, 2)
+    prior = prior.to(dtype=dtype)
+    theta = (mean + 10.0**log_dev * torch.randn(16, generator=gen, dtype=F64)).to(dtype)
+    sigma = (10.0**log_sigma * torch.exp(_uniform(gen, (16,) if per_param else (), -1.0, 1.0))).to(dtype)
+    lam = prior.optimal_variance(theta, sigma)
+    kl, lam_opt = prior.kl_at_optimum(theta, sigma)
+    for value in (lam, lam_opt):
+        assert bool(torch.isfinite(value)) and float(value) > 0.0
+    assert not bool(torch.isnan(kl))
+
+
+@pytest.mark.parametrize("variance", [0.0, -1.0, math.nan, math.inf])
+def test_error_non_positive_python_variance(variance: float) -> None:
+    _, prior = _small_prior("isotropic")
+    theta = prior.mean.clone()
+    with pytest.raises(ConfigError, match="prior variance must be a positive finite number"):
+        prior.kl(theta, torch.tensor(0.5, dtype=F64), variance)
+    with pytest.raises(ConfigError, match="prior variance must be a positive finite number"):
+        prior.log_prob(theta, variance)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
 from optuna_deelbo.data import digits_transfer
+from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.fit import fit_deelbo
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective
 from optuna_deelbo.posterior import ParameterGroups
@@ -307,15 +308,21 @@ def test_deelbo_learns_finite_positive_lambda_that_depends_on_n() -> None:
 @pytest.mark.parametrize("log_every", [1, 4])
 def test_huge_learning_rate_diverges_with_step_in_message(log_every: int) -> None:
     x, y = blobs(30)
+    only_non_finite = DivergenceRule(max_sigma=None, nll_factor=None)  # the NLL rule would stop it sooner
     with pytest.raises(TrainingDiverged) as info:
-        train(map_objective(weight_decay=1.0), x, y, config(lr=1e6, clip_norm=None, steps=60, log_every=log_every))
+        train(
+            map_objective(weight_decay=1.0),
+            x,
+            y,
+            config(lr=1e6, clip_norm=None, steps=60, log_every=log_every, divergence=only_non_finite),
+        )
     message = str(info.value)
     match = re.search(r"at step (\d+)", message)
     assert match is not None, message
     step = int(match.group(1))
     assert 1 <= step < 60
     assert step % log_every == 0  # detected at a host synchronisation
-    assert "loss" in message
+    assert message.startswith("non-finite ") and "loss" in message
     assert "lr=1e+06" in message
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_deelbo.fit import RetrainResult, fit, retrain
 from optuna_deelbo.task import TaskSpec
+from optuna_deelbo.trial_queue import PlannedStudy, plan_study, queue_progress, run_queue
 
 __all__ = [
     "LEARNING_RATES",
@@ -79,7 +80,12 @@ def reporting_overhead_s(trials: Sequence[FrozenTrial], best: FrozenTrial) -> fl
 
 
 class Strategy(ABC):
-    """A way to choose hyperparameters: it builds a sampler; the runner does the rest."""
+    """A way to choose hyperparameters: it builds a sampler and plans its trials; the runner does the rest.
+
+    A study is created with every planned trial enqueued (:meth:`create_study`), worked off by
+    one process (:meth:`run`) or by many (``optuna-deelbo worker``), then :meth:`finish` picks
+    the winner, retrains it if needed and writes the study's user attrs.
+    """
 
     name: str
     description: str
@@ -98,6 +104,14 @@ class Strategy(ABC):
     def n_trials(self) -> int:
         """How many trials the search runs."""
 
+    def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
+        """The trials enqueued at creation: fixed parameters per trial; ``{}`` lets the sampler choose.
+
+        By default :meth:`n_trials` free slots (TPE fills each when a worker takes it); grid
+        strategies list their grid points.
+        """
+        return [{} for _ in range(self.n_trials())]
+
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         """The study's objective; by default the user objective of :func:`task_objective`."""
         return task_objective(task)
@@ -106,15 +120,19 @@ class Strategy(ABC):
         """Retrain the chosen configuration on all ``N`` (only if :attr:`retrain_winner`)."""
         return retrain(task, best.params["lr"], best.params["weight_decay"])
 
-    def run(
+    def create_study(
         self,
         task: TaskSpec,
         storage: optuna.storages.BaseStorage,
         study_name: str,
         *,
-        show_progress_bar: bool = False,
-    ) -> StrategyResult:
-        """Run the search as its own study in ``storage`` (replacing one of the same name)."""
+        attrs: Mapping[str, Any] | None = None,
+    ) -> optuna.Study:
+        """Create the study (replacing one of the same name) with every planned trial enqueued.
+
+        Args:
+            attrs: extra study user attrs (e.g. the recipe a worker rebuilds the task from).
+        """
         if study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             optuna.delete_study(study_name=study_name, storage=storage)
         study = optuna.create_study(
@@ -130,9 +148,31 @@ class Strategy(ABC):
         study.set_user_attr("strategy", self.name)
         study.set_user_attr("description", self.description)
         study.set_user_attr("task", {"name": task.name, "N": task.n_train, "prior": task.prior, "steps": task.steps})
+        for key, value in (attrs or {}).items():
+            study.set_user_attr(key, value)
+        plan_study(study, self.planned_params(task))
+        return study
+
+    def run(
+        self,
+        task: TaskSpec,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+        *,
+        show_progress_bar: bool = False,
+    ) -> StrategyResult:
+        """Run the search in this process as its own study in ``storage`` (replacing one of the same name)."""
+        study = self.create_study(task, storage, study_name)
         start = time.perf_counter()
-        study.optimize(self.objective(task), n_trials=self.n_trials(), show_progress_bar=show_progress_bar)
-        tuning_s = time.perf_counter() - start
+        run_queue([(PlannedStudy.of(study), self.objective(task))], show_progress_bar=show_progress_bar)
+        return self.finish(task, study, time.perf_counter() - start)
+
+    def finish(self, task: TaskSpec, study: optuna.Study, tuning_s: float) -> StrategyResult:
+        """Pick the winner of a worked-off study, retrain it if needed, write the study's user attrs.
+
+        Args:
+            tuning_s: wall-clock of the search (s), measured by whoever ran it.
+        """
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
             raise RuntimeError(f"strategy {self.name!r}: every trial failed or was pruned; see the study's user attrs")
@@ -150,8 +190,8 @@ class Strategy(ABC):
             nll = float(best.user_attrs.get("test:nll", float("nan")))
         result = StrategyResult(
             strategy=self.name,
-            study_name=study_name,
-            n_trials=len(study.trials),
+            study_name=study.study_name,
+            n_trials=queue_progress(study).finished,
             tuning_s=tuning_s,
             retrain_s=retrain_s,
             total_s=tuning_s + retrain_s,

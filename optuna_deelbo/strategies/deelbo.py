@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 
 from optuna_deelbo.sampler import DEELBoSampler
@@ -25,3 +27,6 @@ class DEELBoStrategy(Strategy):
 
     def n_trials(self) -> int:
         return len(LEARNING_RATES)
+
+    def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
+        return [{"lr": lr} for lr in LEARNING_RATES]

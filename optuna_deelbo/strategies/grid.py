@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import optuna
 
 from optuna_deelbo.strategies._base import LEARNING_RATES, WEIGHT_DECAYS, Strategy
@@ -23,3 +26,6 @@ class GridStrategy(Strategy):
 
     def n_trials(self) -> int:
         return len(LEARNING_RATES) * len(WEIGHT_DECAYS)
+
+    def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
+        return [{"lr": lr, "weight_decay": wd} for lr, wd in itertools.product(LEARNING_RATES, WEIGHT_DECAYS)]

@@ -9,6 +9,7 @@ it produced during tuning, since there is no validation set left to drive it).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -37,6 +38,9 @@ class _ScheduledStrategy(Strategy):
 
     def n_trials(self) -> int:
         return len(LEARNING_RATES)
+
+    def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
+        return [{"lr": lr} for lr in LEARNING_RATES]
 
     def schedule(self, task: TaskSpec) -> StepSchedule | AdaptiveFeedback:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,0 +1,107 @@
+"""What every results file states: machine, date, commit, the exact command and the CPU load.
+
+Each benchmark calls :meth:`RunRecord.start` first thing (so the commit is the code that runs,
+even if HEAD moves during a long run) and puts :meth:`RunRecord.header` at the top of its
+markdown file. The load averages (``os.getloadavg``: 1, 5 and 15 minutes) are read at the
+start and when the header is written: the project's machines are shared, and a load above the
+core count means other jobs competed for the CPU, which inflates wall-clock numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+__all__ = ["RESULTS", "RunRecord", "commit", "machine"]
+
+#: benchmarks/results/, where every table and figure goes.
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Set by benchmarks/regenerate.py so each results file also names the one command that made it.
+REGENERATE_ENV = "OPTUNA_DEELBO_REGENERATE"
+
+
+def machine() -> str:
+    """CPU model, core count, accelerator and library versions, in one line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU run)"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, optuna {optuna.__version__}, torch threads {torch.get_num_threads()}"
+    )
+
+
+def commit() -> str:
+    """The checked-out commit, flagged when tracked files differ from it (call it when the run starts)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def _load() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unavailable"
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def _utc(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass
+class RunRecord:
+    """Provenance of one benchmark run, taken when it starts."""
+
+    revision: str
+    command: str
+    started: dt.datetime
+    load_start: str
+    parent: str | None = field(default=None)
+
+    @classmethod
+    def start(cls) -> RunRecord:
+        """Record the commit, the command line, the time and the load average now."""
+        return cls(
+            revision=commit(),
+            command="python " + shlex.join(sys.argv),
+            started=dt.datetime.now(dt.timezone.utc),
+            load_start=_load(),
+            parent=os.environ.get(REGENERATE_ENV),
+        )
+
+    def header(self, device: str | None = None) -> str:
+        """Markdown bullet lines: machine, device, date, commit, command, load averages (start / end)."""
+        lines = [f"- machine: {machine()}"]
+        if device is not None:
+            lines.append(f"- device: {device}")
+        ended = dt.datetime.now(dt.timezone.utc)
+        lines += [
+            f"- date: {_utc(self.started)} to {_utc(ended)}; commit: {self.revision}",
+            f"- command: `{self.command}`" + (f" (run by `{self.parent}`)" if self.parent else ""),
+            f"- load average (1 / 5 / 15 min) at start {self.load_start}, at end {_load()}, on {os.cpu_count()} cores:"
+            " other jobs share this machine, so wall-clock numbers can be inflated when the load exceeds the cores",
+        ]
+        return "\n".join(lines)

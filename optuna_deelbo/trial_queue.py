@@ -1,0 +1,197 @@
+"""Planned studies: every trial is enqueued when the study is created; workers only take them.
+
+A strategy's configurations (a grid's points, or ``n`` free slots that TPE fills when a worker
+takes one) are enqueued as WAITING trials when its study is created (:func:`plan_study`).
+:class:`PlannedStudy` is an ``optuna.Study`` whose ``ask()`` only pops a WAITING trial (the
+storage flips WAITING -> RUNNING under a row lock, so two workers never get the same one) and
+never creates a new trial; :func:`run_queue` drives Optuna's own ``optimize`` loop (heartbeat
+thread, ``fail_stale_trials``, ``tell``, callbacks) until the queue is empty. Hence with any
+number of processes every planned trial runs exactly once; a trial whose process died is failed
+by the heartbeat check and queued again by ``RetryHeartbeatStaleTrialCallback`` (system attrs
+``failed_trial``, ``retry_history``), which replaces it rather than adding a configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_deelbo._errors import ConfigError
+
+__all__ = [
+    "PLANNED_ATTR",
+    "PlannedStudy",
+    "QueueEmpty",
+    "QueueProgress",
+    "plan_study",
+    "queue_progress",
+    "retried_numbers",
+    "run_queue",
+]
+
+#: Study user attr: how many trials were planned (enqueued) when the study was created.
+PLANNED_ATTR = "planned_trials"
+
+Objective = Callable[[optuna.trial.Trial], float]
+
+
+class QueueEmpty(Exception):
+    """``PlannedStudy.ask()`` found no WAITING trial left to take."""
+
+
+class PlannedStudy(optuna.Study):
+    """A study whose :meth:`ask` only takes enqueued (WAITING) trials and never creates one.
+
+    Build it like ``optuna.Study(study_name=..., storage=..., sampler=..., pruner=...)`` on an
+    existing study; ``optimize`` then raises :class:`QueueEmpty` once the queue is drained.
+    """
+
+    def ask(self, fixed_distributions: dict[str, BaseDistribution] | None = None) -> optuna.Trial:
+        """Take the oldest WAITING trial (atomically), or raise :class:`QueueEmpty`."""
+        if fixed_distributions:
+            raise ConfigError("a planned study's trials carry their own parameters; fixed_distributions is not used")
+        self._thread_local.cached_all_trials = None  # as Study.ask: see other workers' trials
+        trial_id = self._pop_waiting_trial_id()
+        if trial_id is None:
+            raise QueueEmpty(self.study_name)
+        if is_heartbeat_enabled(self._storage):
+            # Beat at once: a trial with no heartbeat at all is never taken for dead.
+            self._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        return optuna.Trial(self, trial_id)
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> PlannedStudy:
+        """The same study (name, storage, sampler, pruner) as a :class:`PlannedStudy`."""
+        return cls(study_name=study.study_name, storage=study._storage, sampler=study.sampler, pruner=study.pruner)
+
+
+def plan_study(study: optuna.Study, planned: Sequence[Mapping[str, Any]]) -> None:
+    """Enqueue ``planned`` (one dict of fixed parameters per trial; ``{}`` = a free slot the sampler fills)."""
+    if not planned:
+        raise ConfigError(f"study {study.study_name!r}: no trial planned")
+    for params in planned:
+        study.enqueue_trial(dict(params))
+    study.set_user_attr(PLANNED_ATTR, len(planned))
+
+
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials some later trial retries (their failure is replaced, not counted)."""
+    numbers: set[int] = set()
+    for trial in trials:
+        numbers.update(int(n) for n in trial.system_attrs.get("retry_history", ()))
+        if "failed_trial" in trial.system_attrs:
+            numbers.add(int(trial.system_attrs["failed_trial"]))
+    return numbers
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    """Where a planned study stands.
+
+    Attributes:
+        planned: trials enqueued at creation. waiting / running: not yet finished.
+        complete, pruned: finished trials. failed: failed and not retried.
+        retried: failed trials (process died) that a later trial replaces.
+    """
+
+    planned: int
+    waiting: int
+    running: int
+    complete: int
+    pruned: int
+    failed: int
+    retried: int
+
+    @property
+    def finished(self) -> int:
+        """Planned configurations that have an outcome (complete, pruned or failed for good)."""
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def done(self) -> bool:
+        """Nothing waiting or running: no worker will change this study any more."""
+        return self.waiting == 0 and self.running == 0
+
+
+def queue_progress(study: optuna.Study) -> QueueProgress:
+    """Count a planned study's trials by state (see :class:`QueueProgress`)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+
+    def count(state: TrialState) -> int:
+        return sum(t.state == state for t in trials)
+
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    return QueueProgress(
+        planned=int(study.user_attrs.get(PLANNED_ATTR, 0)),
+        waiting=count(TrialState.WAITING),
+        running=count(TrialState.RUNNING),
+        complete=count(TrialState.COMPLETE),
+        pruned=count(TrialState.PRUNED),
+        failed=sum(t.number not in retried for t in failed),
+        retried=sum(t.number in retried for t in failed),
+    )
+
+
+def run_queue(
+    jobs: Sequence[tuple[PlannedStudy, Objective]],
+    *,
+    wait_for_running: bool = True,
+    poll_s: float = 1.0,
+    show_progress_bar: bool = False,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> int:
+    """Work through the queues of ``jobs`` in order until none has anything left to run.
+
+    Each study's queue is drained before the next one's; then, if any study still has
+    RUNNING trials on a storage with heartbeats (their process may die and the trial come
+    back as a retry), the worker polls every ``poll_s`` seconds (each poll fails stale trials
+    and takes their retries) until every study is done. Exceptions from an objective
+    propagate, as from ``optimize`` (the trial is marked failed first).
+
+    Args:
+        jobs: ``(study, objective)`` pairs.
+        wait_for_running: poll for retries while other processes run trials (see above).
+        show_progress_bar: Optuna's bar over each study's queue.
+        on_trial: called after every trial this process finished.
+
+    Returns:
+        The number of trials this process ran.
+    """
+    ran = 0
+
+    def count(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+        if on_trial is not None:
+            on_trial(study, trial)
+
+    while True:
+        before = ran
+        for study, objective in jobs:
+            while True:
+                waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                try:
+                    study.optimize(
+                        objective,
+                        n_trials=waiting if show_progress_bar and waiting else None,
+                        callbacks=[count],
+                        show_progress_bar=show_progress_bar and waiting > 0,
+                    )
+                except QueueEmpty:
+                    break
+        if ran > before:
+            continue  # a pass that ran something: look again (retries may have been queued meanwhile)
+        heartbeats = all(is_heartbeat_enabled(study._storage) for study, _ in jobs)
+        if not (wait_for_running and heartbeats):
+            return ran
+        if all(queue_progress(study).running == 0 for study, _ in jobs):
+            return ran
+        time.sleep(poll_s)
