@@ -4,6 +4,8 @@ Usage:  python benchmarks/paper.py --task digits                     (CPU: N = 5
         python benchmarks/paper.py --task split-cifar                (CPU: N = 50 x 3 seeds, short runs)
         python benchmarks/paper.py --task split-cifar --device cuda  (GPU: N = 50,500,5000 x 3 seeds, paper budget)
 
+(benchmarks/regenerate.py runs it for both tasks, with ``--threads 1`` on a CPU.)
+
 One set of runs in one Optuna storage (default benchmarks/results/paper-<task>-<device>.db, not
 committed) feeds every table and the figure; studies already in the storage with the same
 task and steps are reused, so a rerun (or split_cifar.py with the same storage and settings)
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 import time
@@ -47,7 +50,7 @@ from optuna_deelbo.report import result_from_study, write_storage_report
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
 
-__all__ = ["main"]
+__all__ = ["DEBIAN_CHROMIUM", "main", "use_debian_chromium"]
 
 STRATEGIES = ("deelbo", "grid", "tpe")
 DUEL = "tpe-budget"
@@ -71,6 +74,21 @@ SEARCH_SIZES = {
     "tpe": ("continuous", "continuous"),
     DUEL: ("continuous", "continuous"),
 }
+
+
+#: Debian's Chromium (apt-get install chromium), which kaleido drives to write the PNG.
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+
+
+def use_debian_chromium(chromium: Path = DEBIAN_CHROMIUM) -> str | None:
+    """Point kaleido at Debian's Chromium: set ``BROWSER_PATH`` when it is unset and ``chromium`` exists.
+
+    kaleido (through choreographer) reads ``BROWSER_PATH`` before searching ``PATH`` and its own
+    downloads, so the PNG never depends on a downloaded browser. Returns the value now in effect.
+    """
+    if not os.environ.get("BROWSER_PATH") and chromium.exists():
+        os.environ["BROWSER_PATH"] = str(chromium)
+    return os.environ.get("BROWSER_PATH")
 
 
 def _ints(text: str) -> list[int]:
@@ -274,6 +292,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     curves: dict[int, dict[str, list[list[CurvePoint]]]] = {}
     pretrain_total = 0.0
+    reused: list[str] = []  # studies an earlier run trained: their seconds are from that run
     started = time.perf_counter()
     for seed in seeds:
         for n in ns:
@@ -298,6 +317,8 @@ def main() -> None:
                 if found is None:
                     od.get_strategy(name).run(task, storage, study_name)
                     found = optuna.load_study(study_name=study_name, storage=storage)
+                else:
+                    reused.append(study_name)
                 studies[name] = found
             _retrain_trials(task, studies["grid"], [t.number for t in _complete(studies["grid"])])
             tpe_order = sorted(studies["tpe"].get_trials(deepcopy=False), key=lambda t: t.number)
@@ -307,6 +328,8 @@ def main() -> None:
             duel = _finished(storage, study_name_for(task, DUEL), task)
             if duel is None or abs(float(duel.user_attrs.get("budget_s", -1)) - budget) > 1e-6:
                 duel = _duel(task, storage, budget)
+            else:
+                reused.append(duel.study_name)
             studies[DUEL] = duel
             for name, study in studies.items():
                 r = result_from_study(study)
@@ -340,9 +363,9 @@ def main() -> None:
 
     # --- CSVs -------------------------------------------------------------------------------
     with stem.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        table = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        table.writeheader()
+        table.writerows(rows)
     mean_curves = {n: {label: _mean_curve(cs) for label, cs in by.items()} for n, by in curves.items()}
     fig2 = Path(f"{stem}-figure2")
     with fig2.with_suffix(".csv").open("w", newline="") as fh:
@@ -421,6 +444,7 @@ def main() -> None:
     )
     figure.write_html(fig2.with_suffix(".html"), include_plotlyjs="cdn")
     png_error = None
+    use_debian_chromium()
     try:
         figure.write_image(fig2.with_suffix(".png"), scale=2)
     except Exception as exc:  # kaleido missing, or no Chromium for it to drive
@@ -446,6 +470,8 @@ def main() -> None:
 - {setting}; prior {args.prior}; {steps} SGD steps x batch {batch_size} per configuration;
   N = {", ".join(map(str, ns))}; training sets (seeds) {", ".join(map(str, seeds))};
   torch threads {torch.get_num_threads()}
+- studies reused from the storage (trained and timed by an earlier run, possibly under another
+  load): {", ".join(f"`{r}`" for r in reused) or "none"}
 - source pretraining: {pretrain_total:.0f} s in all (0 for a cache hit), shared by every strategy and not counted
 - everything below, including Figure 2's retraining: {wall / 60:.1f} min
 

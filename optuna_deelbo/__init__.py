@@ -5,7 +5,7 @@ Public API only; see the README for a tour.
 
 from __future__ import annotations
 
-from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
+from optuna_deelbo._errors import CheckpointError, ConfigError, MissingDependency, StorageError, TrainingDiverged
 from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
 from optuna_deelbo.cifar import (
     CIFAR10_CLASSES,
@@ -24,6 +24,7 @@ from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, 
 from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
 from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterior
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.regularization import Regularization, suggest_regularization
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
 from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
@@ -41,6 +42,7 @@ from optuna_deelbo.swag import SWAGCollector, SWAGMoments
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
 from optuna_deelbo.training import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, train
+from optuna_deelbo.worker import finish_planned_study, plan_strategy_study, run_worker
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,7 @@ __all__ = [
     "AdaptiveFeedback",
     "Backbone",
     "BatchMixing",
+    "CheckpointError",
     "CifarResNet",
     "ConfigError",
     "DEELBoObjective",
@@ -86,6 +89,7 @@ __all__ = [
     "StorageError",
     "Strategy",
     "StrategyResult",
+    "TaskRecipe",
     "TaskSpec",
     "TrainConfig",
     "TrainResult",
@@ -100,6 +104,7 @@ __all__ = [
     "digits_task",
     "digits_transfer",
     "evaluate",
+    "finish_planned_study",
     "fit",
     "fit_deelbo",
     "fit_map",
@@ -111,6 +116,7 @@ __all__ = [
     "mixup",
     "one_hot_targets",
     "open_storage",
+    "plan_strategy_study",
     "pretrain",
     "pull_down",
     "pull_up",
@@ -118,6 +124,7 @@ __all__ = [
     "resolve_device",
     "retrain",
     "retrain_steps",
+    "run_worker",
     "set_head_dropout",
     "set_stochastic_depth",
     "split_cifar_task",

@@ -118,6 +118,16 @@ def to_bytes(state: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def _load_failure(exc: BaseException) -> str:
+    """The useful part of a ``torch.load`` error: its unpickler reason, not the weights_only advice around it."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    if not text:
+        return f"{type(exc).__name__} (no data)" if isinstance(exc, EOFError) else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0]
+
+
 def from_bytes(data: bytes, *, source: str) -> dict[str, Any]:
     """Read a checkpoint written by :func:`to_bytes`.
 
@@ -128,8 +138,10 @@ def from_bytes(data: bytes, *, source: str) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {source} is unreadable ({len(data)} bytes): {reason}") from exc
+        raise CheckpointError(
+            f"checkpoint {source} is unreadable ({len(data)} bytes; corrupt, truncated or not written by "
+            f"torch.save): {_load_failure(exc)}"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {source} is not an {CHECKPOINT_FORMAT} file (found {found!r})")

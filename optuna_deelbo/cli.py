@@ -1,26 +1,40 @@
-"""``optuna-deelbo`` console script: ``compare`` runs every strategy on one task; ``report`` rebuilds the report."""
+"""``optuna-deelbo`` console script: ``compare`` runs every strategy on one task; ``report`` rebuilds the report;
+``compare --plan-only`` / ``worker`` / ``finish`` split one search over many processes."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import optuna
+import torch
 
 from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
 from optuna_deelbo.backbones import BACKBONE_NAMES
-from optuna_deelbo.compare import parse_strategies, run_compare
+from optuna_deelbo.checkpoint import default_artifacts_dir
+from optuna_deelbo.compare import parse_strategies, run_compare, study_name_for
 from optuna_deelbo.dashboard import dashboard_available, save_storage_to_dashboard, save_to_dashboard
 from optuna_deelbo.priors import PRIOR_NAMES
+from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.report import results_table, write_html_report, write_storage_report
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
+from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy
 from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
+from optuna_deelbo.tasks import DATASET_NAMES
 from optuna_deelbo.training import resolve_device
+from optuna_deelbo.worker import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_S,
+    finish_planned_study,
+    plan_strategy_study,
+    run_worker,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -68,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--report", default="deelbo-report.html", help="plotly HTML report path ('' to skip)")
     cmp.add_argument("--compile", action="store_true", help="torch.compile each model (pays off on long GPU runs)")
     cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cmp.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="create each strategy's study with its trials queued and the task recipe stored, train nothing; "
+        "then run `optuna-deelbo worker` (any number) and `optuna-deelbo finish`",
+    )
+    cmp.add_argument(
+        "--checkpoint-every", type=_positive_int, default=50, help="with --plan-only: steps between checkpoints"
+    )
+    cmp.add_argument(
+        "--artifacts", default=None, help="with --plan-only: checkpoint directory (default: next to a SQLite file)"
+    )
     rep = sub.add_parser(
         "report",
         help="rebuild the HTML report from a storage alone (no training)",
@@ -79,34 +105,76 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--dashboard", action="store_true", help="also save the figures and a note into each study (optuna-dashboard)"
     )
+    wrk = sub.add_parser(
+        "worker",
+        help="work off the queue of a study planned by `compare --plan-only` (run any number, on any machine)",
+        description="Join a planned study in a shared storage, rebuild its task from the stored recipe and run "
+        "queued trials until none is waiting or running. Heartbeats mark a trial whose worker died as failed; "
+        "it is queued again and resumes from its last checkpoint.",
+    )
+    wrk.add_argument("--storage", required=True, help="the shared SQLAlchemy URL (PostgreSQL for many machines)")
+    wrk.add_argument("--study", action="append", required=True, help="study name (repeat for several, in order)")
+    wrk.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    wrk.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default %(default)s)")
+    wrk.add_argument("--heartbeat-interval", type=_positive_int, default=DEFAULT_HEARTBEAT_S, help="s")
+    wrk.add_argument(
+        "--grace-period", type=_positive_int, default=DEFAULT_GRACE_PERIOD_S, help="s without heartbeat = dead"
+    )
+    wrk.add_argument("--max-retry", type=int, default=3, help="retries of one configuration after a crash")
+    wrk.add_argument("--artifacts", default=None, help="checkpoint directory if mounted elsewhere than planned")
+    fin = sub.add_parser(
+        "finish",
+        help="once the workers have left: pick a planned study's winner, retrain it, store the results",
+    )
+    fin.add_argument("--storage", required=True, help="the shared SQLAlchemy URL")
+    fin.add_argument("--study", action="append", required=True, help="study name (repeat for several)")
+    fin.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     return parser
 
 
-def _build_task(args: argparse.Namespace, device: str) -> tuple[TaskSpec, float]:
-    common = {"seed": args.seed, "prior": args.prior, "steps": args.steps, "batch_size": args.batch_size}
-    if args.dataset == "digits":
-        return digits_task(
-            100 if args.n_train is None else args.n_train,
-            pretrain_steps=args.pretrain_steps or 400,
-            device=device,
-            **common,
-        )
-    if args.data_dir is None:
-        raise ConfigError(f"--dataset {args.dataset} needs --data-dir (e.g. ../shared/data for cifar10-jpeg)")
-    return split_cifar_task(
-        50 if args.n_train is None else args.n_train,
+def _recipe(args: argparse.Namespace, *, artifacts: str | None = None) -> TaskRecipe:
+    return TaskRecipe(
+        dataset=args.dataset,
+        n_train=args.n_train,
+        seed=args.seed,
+        prior=args.prior,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        pretrain_steps=args.pretrain_steps,
         data_dir=args.data_dir,
-        source="jpeg" if args.dataset == "cifar10-jpeg" else "torchvision",
         backbone=args.backbone,
-        pretrain_steps=args.pretrain_steps or 2000,
         cache_dir=args.cache_dir,
-        device=device,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        **common,
+        checkpoint_every=args.checkpoint_every if artifacts is not None else None,
+        artifacts=artifacts,
     )
 
 
+def _build_task(args: argparse.Namespace, device: str) -> tuple[TaskSpec, float]:
+    return _recipe(args).build(device, progress=not args.no_progress and sys.stderr.isatty())
+
+
+def _plan(args: argparse.Namespace) -> int:
+    strategies = [get_strategy(n, tpe_trials=args.tpe_trials) for n in parse_strategies(args.strategies)]
+    storage = open_storage(args.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else str(default_artifacts_dir(args.storage))
+    recipe = _recipe(args, artifacts=artifacts)
+    task, _ = recipe.build(str(resolve_device(args.device)))
+    names = []
+    for strategy in strategies:
+        study = plan_strategy_study(strategy, recipe, storage, study_name_for(task, strategy.name), task=task)
+        names.append(study.study_name)
+        print(f"planned {study.study_name}: {len(study.trials)} trials queued", flush=True)
+    studies = " ".join(f"--study {shlex.quote(n)}" for n in names)
+    print(f"checkpoints: {artifacts}")
+    print(f"workers (any number):  optuna-deelbo worker --storage {shlex.quote(args.storage)} {studies}")
+    print(f"after they have left:  optuna-deelbo finish --storage {shlex.quote(args.storage)} {studies}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
+    if args.plan_only:
+        return _plan(args)
     strategies = parse_strategies(args.strategies)
     device = resolve_device(args.device)
     storage = open_storage(args.storage)
@@ -158,6 +226,33 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = str(resolve_device(args.device))
+    ran = run_worker(
+        args.storage,
+        args.study,
+        device=device,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        max_retry=args.max_retry,
+        artifacts=args.artifacts,
+    )
+    print(f"worker {os.getpid()}: ran {ran} trials; nothing left waiting or running in {', '.join(args.study)}")
+    return 0
+
+
+def _finish(args: argparse.Namespace) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = str(resolve_device(args.device))
+    results = [finish_planned_study(args.storage, name, device=device) for name in args.study]
+    print(results_table(results))
+    for r in results:
+        print(f"{r.strategy}: best {r.best_params}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
@@ -167,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "finish":
+            return _finish(args)
     except (ConfigError, MissingDependency, StorageError, TrainingDiverged) as exc:
         print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
         return 2

@@ -240,6 +240,10 @@ def fit(
         optuna.TrialPruned: pruned by the study's pruner, or training diverged (reason in the
             ``failure:reason`` user attr).
     """
+    if not isinstance(trial, optuna.trial.BaseTrial):
+        raise ConfigError(f"trial must be the objective's optuna trial, got {type(trial).__name__}")
+    if not isinstance(task, TaskSpec):
+        raise ConfigError(f"task must be an optuna_deelbo.TaskSpec, got {type(task).__name__}")
     require_minimize(trial, "optuna_deelbo.fit")
     start = time.perf_counter()
     attrs: dict[str, Any] = {}

@@ -68,8 +68,12 @@ class DEELBoSampler(BaseSampler):
         if not names or not all(isinstance(n, str) and n for n in names):
             raise ConfigError(f"learned must be a non-empty sequence of parameter names, got {learned!r}")
         if isinstance(base_sampler, GridSampler):
+            grid = getattr(base_sampler, "_search_space", {})
+            empty = sorted(name for name, values in grid.items() if len(values) == 0)
+            if empty:
+                raise ConfigError(f"the base GridSampler's grid has no values for {empty}; list at least one each")
             # A grid that still lists a learned name would repeat every other point once per value.
-            in_grid = sorted(set(names) & set(getattr(base_sampler, "_search_space", {})))
+            in_grid = sorted(set(names) & set(grid))
             if in_grid:
                 raise ConfigError(
                     f"the base GridSampler's grid lists learned parameter(s) {in_grid}; "

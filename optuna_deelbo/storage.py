@@ -10,12 +10,16 @@ import optuna
 from optuna_deelbo._errors import ConfigError, StorageError
 from optuna_deelbo._validation import positive_int
 
-__all__ = ["DEFAULT_STORAGE", "SQLITE_TIMEOUT_S", "open_storage"]
+__all__ = ["DEFAULT_STORAGE", "POSTGRES_CONNECT_TIMEOUT_S", "SQLITE_TIMEOUT_S", "open_storage"]
 
 #: Where ``optuna-deelbo compare`` writes when no ``--storage`` is given.
 DEFAULT_STORAGE = "sqlite:///deelbo.db"
 #: How long a SQLite writer waits for another process's lock before failing (s; sqlite3's default is 5).
 SQLITE_TIMEOUT_S = 60
+#: How long connecting to a PostgreSQL server may take before the storage counts as unreachable (s);
+#: a ``connect_timeout=`` in the URL's query wins. Without it an unroutable host hangs for minutes.
+POSTGRES_CONNECT_TIMEOUT_S = 10
+_LIBPQ_DIALECTS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # take libpq's connect_timeout
 
 
 def open_storage(
@@ -63,6 +67,8 @@ def open_storage(
         kwargs = {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": retry}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    elif url.split("://")[0] in _LIBPQ_DIALECTS and "connect_timeout" not in url:
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

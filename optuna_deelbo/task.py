@@ -61,7 +61,8 @@ class TaskSpec:
 
     The factory's model is run once on two training examples (after ``eval_transform``, else
     ``train_transform``) when the spec is built, so inputs of the wrong shape or dtype and
-    labels beyond the model's outputs fail here with a :class:`ConfigError`.
+    labels beyond the model's outputs fail here with a :class:`ConfigError`, as do NaN or infinite
+    inputs and a ``prior_covariance`` whose shapes do not fit the model's body.
     """
 
     name: str
@@ -91,6 +92,14 @@ class TaskSpec:
     _body_dim: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
+        for what, split in (("train", self.train), ("test", self.test)):
+            if split is None and what == "test":
+                continue
+            if not isinstance(split, Split):
+                raise ConfigError(f"{what} must be a Split(x, y), got {type(split).__name__}")
+            if split.x.is_floating_point() and not bool(torch.isfinite(split.x).all()):
+                bad = int((~torch.isfinite(split.x)).sum())
+                raise ConfigError(f"{what} inputs x hold {bad} NaN or infinite value(s); clean or impute them first")
         if len(self.train) == 0:
             raise ConfigError("the training set is empty (N = 0)")
         if self.prior not in PRIOR_NAMES:
@@ -115,6 +124,21 @@ class TaskSpec:
                 f"prior mean has shape {tuple(self.prior_mean.shape)} but the model body has "
                 f"{self._body_dim} weights (head prefixes {self.head_prefixes})"
             )
+        if self.prior == "ptyl":
+            self._check_covariance(model)
+
+    def _check_covariance(self, model: nn.Module) -> None:
+        """``prior_covariance`` must be ``(diagonal (D,), factor (D, K))`` for the model's ``D`` body weights."""
+        cov, dim = self.prior_covariance, self._body_dim
+        if not (isinstance(cov, (tuple, list)) and len(cov) == 2 and all(isinstance(t, Tensor) for t in cov)):
+            raise ConfigError(f"prior_covariance must be a pair of tensors (diagonal, factor), got {cov!r:.80}")
+        diagonal, factor = cov
+        if tuple(diagonal.shape) != (dim,) or factor.ndim != 2 or factor.shape[0] != dim:
+            raise ConfigError(
+                f"prior_covariance has shapes {tuple(diagonal.shape)} and {tuple(factor.shape)} but the model "
+                f"body has {dim} weights: expected ({dim},) and ({dim}, K)"
+            )
+        self.body_prior(model)  # finiteness and positivity, with LowRankGaussian's messages
 
     @torch.no_grad()
     def _check_model_runs(self, model: nn.Module) -> None:

@@ -1,5 +1,6 @@
 """Shared test settings: where the real CIFAR-10 JPEG archives are (tests needing them skip when absent),
-one CPU thread for small workloads, and one tiny ``compare`` run shared by the dashboard and report tests."""
+one CPU thread for small workloads, one tiny ``compare`` run shared by the dashboard and report tests,
+and a real PostgreSQL server (Debian's binaries) with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -51,3 +52,36 @@ def tiny_compare_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     finally:
         torch.set_num_threads(previous)
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server started for this session in a temp dir (see tests/_postgres.py).
+
+    Skips when Debian's PostgreSQL binaries are absent, unless ``$CI`` is set: CI installs
+    them (``.ci/run``), so there a missing server is an error, not a skip.
+    """
+    from _postgres import find_bin_dir, postgres_server
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    with postgres_server(bin_dir) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str, request: pytest.FixtureRequest) -> str:
+    """``postgresql+psycopg://`` URL of a new, empty database on :func:`postgres_server_url`, one per test."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{os.getpid()}"
+    server = postgres_server_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server_url.rsplit("/", 1)[0] + f"/{name}"

@@ -6,6 +6,7 @@ failures shrink to a small, reproducible case. All maths is float64 unless a tes
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -709,3 +710,86 @@ def test_error_non_positive_python_variance(variance: float) -> None:
         prior.kl(theta, torch.tensor(0.5, dtype=F64), variance)
     with pytest.raises(ConfigError, match="prior variance must be a positive finite number"):
         prior.log_prob(theta, variance)
+
+
+# --------------------------------------------------------------------------------------------
+# 11. properties on hypothesis-drawn values (not seeds): shrinking reaches exact zeros and extremes
+# --------------------------------------------------------------------------------------------
+_offsets = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+_log_scales = st.floats(-8.0, 3.0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), lowrank=st.booleans(), dim=st.integers(1, 5), rank=st.integers(0, 2), log_lam=st.floats(-10, 10))
+def test_kl_non_negative_and_lambda_star_positive_minimiser_on_drawn_values(
+    data: st.DataObject, lowrank: bool, dim: int, rank: int, log_lam: float
+) -> None:
+    """For any q and prior drawn value by value: KL(lam) >= 0, 0 < lam* < inf, KL(lam*) <= KL(lam)."""
+    vec = st.lists(_offsets, min_size=dim, max_size=dim)
+    mean = torch.tensor(data.draw(vec), dtype=F64)
+    theta = mean + torch.tensor(data.draw(vec), dtype=F64)
+    sigma = torch.exp(torch.tensor(data.draw(st.lists(_log_scales, min_size=dim, max_size=dim)), dtype=F64))
+    prior: GaussianPrior = IsotropicGaussian(mean)
+    if lowrank:
+        diagonal = torch.exp(torch.tensor(data.draw(st.lists(st.floats(-3, 3), min_size=dim, max_size=dim)), dtype=F64))
+        entries = data.draw(st.lists(st.floats(-3, 3), min_size=dim * rank, max_size=dim * rank))
+        prior = LowRankGaussian(mean, diagonal, torch.tensor(entries, dtype=F64).reshape(dim, rank))
+    lam = math.exp(log_lam)
+    lam_star = prior.optimal_variance(theta, sigma)
+    assert bool(torch.isfinite(lam_star)) and float(lam_star) > 0.0
+    kl, kl_star = prior.kl(theta, sigma, lam), prior.kl(theta, sigma, lam_star)
+    # the KL is a difference of terms that can be ~1e12 here: compare against their size
+    quad = prior.trace_term(sigma) + prior.mahalanobis(theta)
+    size = 1.0 + float(quad / lam) + dim * (1 + abs(log_lam)) + abs(float(prior.logdet_covariance()))
+    size += float(torch.log(sigma**2).abs().sum())
+    tol = 1e-9 * size
+    assert float(kl) >= -tol and float(kl_star) >= -tol
+    assert float(kl_star) <= float(kl) + tol
+
+
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_kl_decreases_then_increases_in_lambda(kind: str, seed: int, dim: int, rank: int, per_param: bool) -> None:
+    """KL(lam) is unimodal: strictly decreasing below lam*, strictly increasing above (a grid in log lam)."""
+    case = make_case(kind, seed, dim, rank, per_param)
+    lam_star = float(case.prior.optimal_variance(case.theta, case.sigma))
+    below = [lam_star * math.exp(-t) for t in (4.0, 2.0, 1.0, 0.5, 0.1, 0.02)]
+    above = [lam_star * math.exp(t) for t in (0.02, 0.1, 0.5, 1.0, 2.0, 4.0)]
+    kl_below = [float(case.prior.kl(case.theta, case.sigma, v)) for v in below]
+    kl_above = [float(case.prior.kl(case.theta, case.sigma, v)) for v in above]
+    assert all(a > b for a, b in itertools.pairwise(kl_below))
+    assert all(a < b for a, b in itertools.pairwise(kl_above))
+
+
+@SETTINGS
+@given(kind=kinds, seed=seeds, dim=dims, rank=ranks, per_param=per_params)
+def test_duplicating_every_coordinate_keeps_lambda_star_and_doubles_the_kl(
+    kind: str, seed: int, dim: int, rank: int, per_param: bool
+) -> None:
+    """lam* is a per-weight average and the KL at lam* is additive over independent copies of the problem."""
+    case = make_case(kind, seed, dim, rank, per_param)
+    prior = case.prior
+    mean2 = torch.cat([prior.mean, prior.mean])
+    if isinstance(prior, LowRankGaussian):
+        twice: GaussianPrior = LowRankGaussian(
+            mean2, torch.cat([prior.diagonal, prior.diagonal]), torch.block_diag(prior.factor, prior.factor)
+        )
+    else:
+        twice = IsotropicGaussian(mean2)
+    sigma2 = torch.cat([case.sigma, case.sigma]) if per_param else case.sigma
+    kl, lam = prior.kl_at_optimum(case.theta, case.sigma)
+    kl2, lam2 = twice.kl_at_optimum(torch.cat([case.theta, case.theta]), sigma2)
+    close(lam2, lam, rtol=1e-10)
+    close(kl2, 2 * kl, rtol=1e-9, atol=1e-9)
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, signs=st.lists(st.sampled_from((-1.0, 1.0)), min_size=3, max_size=3))
+def test_lowrank_prior_is_invariant_to_flipping_factor_column_signs(seed: int, dim: int, signs: list[float]) -> None:
+    """U -> U diag(+-1) (a reflection, V -> V Q with Q diagonal) leaves U U^T, the KL and lam* unchanged."""
+    case = make_case("lowrank", seed, dim, 3, per_param=True)
+    prior = case.prior
+    assert isinstance(prior, LowRankGaussian)
+    flipped = LowRankGaussian(prior.mean.clone(), prior.diagonal.clone(), prior.factor * torch.tensor(signs, dtype=F64))
+    close(flipped.kl(case.theta, case.sigma, case.lam), prior.kl(case.theta, case.sigma, case.lam))
+    close(flipped.optimal_variance(case.theta, case.sigma), prior.optimal_variance(case.theta, case.sigma))

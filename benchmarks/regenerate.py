@@ -1,0 +1,221 @@
+"""Regenerate every table and figure in benchmarks/results/ with one command.
+
+Usage:  python benchmarks/regenerate.py                      (CPU: embedded digits task, Split-CIFAR at small N)
+        python benchmarks/regenerate.py --device cuda        (GPU: the paper's N values and budgets)
+        python benchmarks/regenerate.py --only paper-digits,dashboard
+        python benchmarks/regenerate.py --list               (the steps, their commands and outputs; runs nothing)
+
+Runs the benchmark scripts one after another (never in parallel: they time themselves), each
+as its own process with ``OPTUNA_DEELBO_REGENERATE`` set, so every results file names both its
+own exact command and this one. Storages go to benchmarks/results/*.db (git-ignored); reruns
+reuse the finished studies there where a script supports it (paper.py). Split-CIFAR reads the
+CIFAR-10 JPEG archives from ``--data-dir`` (default ../shared/data). Stops at the first step that
+fails (``--keep-going`` runs the rest) and prints each step's wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import REGENERATE_ENV, RESULTS
+
+#: benchmarks/, where the scripts are.
+HERE = Path(__file__).resolve().parent
+
+__all__ = ["STEPS", "Step", "commands", "main", "uncovered_scripts"]
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One benchmark script run: its name, arguments per device and the results files it writes.
+
+    ``args`` maps a device (``cpu``/``cuda``) to the script's arguments; ``{results}``,
+    ``{device}`` and ``{data_dir}`` in them are filled in by :func:`commands`. ``outputs`` are
+    file names under benchmarks/results/ (``{device}`` filled in too).
+    """
+
+    name: str
+    script: str
+    args: dict[str, tuple[str, ...]]
+    outputs: tuple[str, ...]
+
+
+#: paper-digits' storage, which the dashboard screenshot opens when it exists or is about to.
+PAPER_DIGITS_DB = "paper-digits-{device}.db"
+#: The dashboard's storage otherwise (dashboard_screenshot.py makes a tiny compare run into it).
+DASHBOARD_DB = "dashboard.db"
+
+#: paper.py on a CPU: one intra-op thread (small models on a small shared CPU run faster so, and every
+#: strategy gets the same); on a GPU torch's default.
+CPU_THREADS: dict[str, tuple[str, ...]] = {"cpu": ("--threads", "1"), "cuda": ()}
+
+_SPLIT_CPU = (
+    "--n",
+    "50,500,5000",
+    "--seeds",
+    "0,1,2",
+    "--steps",
+    "100",
+    "--batch-size",
+    "32",
+    "--pretrain-steps",
+    "500",
+)
+
+#: Every benchmark, in the order it runs. The dashboard screenshot reads paper-digits' storage.
+STEPS: tuple[Step, ...] = (
+    Step(
+        "compare-digits",
+        "compare_digits.py",
+        {d: ("--storage", "sqlite:///{results}/compare-digits-{device}.db") for d in DEVICES},
+        ("compare-digits.md", "compare-digits.csv"),
+    ),
+    Step(
+        "overhead",
+        "overhead.py",
+        {"cpu": ("--device", "cpu"), "cuda": ("--device", "cuda", "--batch-size", "128", "--steps", "30")},
+        ("overhead-{device}.md",),
+    ),
+    Step(
+        "split-cifar",
+        "split_cifar.py",
+        {
+            d: (
+                *(_SPLIT_CPU if d == "cpu" else ()),
+                *("--device", d, "--data-dir", "{data_dir}"),
+                *("--storage", "sqlite:///{results}/split-cifar-{device}.db"),
+            )
+            for d in DEVICES
+        },
+        ("split-cifar-{device}.md", "split-cifar-{device}.csv"),
+    ),
+    Step(
+        "paper-digits",
+        "paper.py",
+        {d: ("--task", "digits", "--device", d, *CPU_THREADS[d]) for d in DEVICES},
+        tuple(f"paper-digits-{{device}}{s}" for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png")),
+    ),
+    Step(
+        "paper-split-cifar",
+        "paper.py",
+        {d: ("--task", "split-cifar", "--device", d, "--data-dir", "{data_dir}", *CPU_THREADS[d]) for d in DEVICES},
+        tuple(
+            f"paper-split-cifar-{{device}}{s}" for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png")
+        ),
+    ),
+    Step(
+        "dashboard",
+        "dashboard_screenshot.py",
+        {
+            d: ("--storage", "sqlite:///{results}/" + PAPER_DIGITS_DB, "--study", "digits-N50-seed0/l2-sp/deelbo")
+            for d in DEVICES
+        },
+        ("dashboard.md", "dashboard.png", "dashboard-trial.png"),
+    ),
+    Step(
+        "schedules-vs-fixed",
+        "schedules_vs_fixed.py",
+        {d: ("--storage", "sqlite:///{results}/schedules-vs-fixed.db") for d in DEVICES},
+        ("schedules-vs-fixed.md", "schedules-vs-fixed.csv"),
+    ),
+    Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
+    Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
+)
+
+#: Scripts under benchmarks/ that are helpers, not benchmarks.
+NOT_BENCHMARKS = frozenset({"_record.py", "regenerate.py"})
+
+
+def uncovered_scripts(folder: Path = HERE) -> list[str]:
+    """Benchmark scripts in ``folder`` that no step runs (each new benchmark must be added to :data:`STEPS`)."""
+    covered = {s.script for s in STEPS}
+    return sorted(p.name for p in folder.glob("*.py") if p.name not in NOT_BENCHMARKS | covered)
+
+
+def commands(device: str, only: list[str] | None = None, data_dir: str | None = None) -> list[tuple[Step, list[str]]]:
+    """The steps to run for ``device`` (all, or those named in ``only``, in :data:`STEPS` order) and their argv.
+
+    Raises:
+        ValueError: an unknown device or step name.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    names = [s.name for s in STEPS]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown}; choose from {names}")
+    fill = {
+        "results": str(RESULTS),
+        "device": device,
+        "data_dir": data_dir or str(HERE.parents[1] / "shared" / "data"),
+    }
+    plan = [step for step in STEPS if not only or step.name in only]
+    paper_digits = any(s.name == "paper-digits" for s in plan) or (RESULTS / PAPER_DIGITS_DB.format(**fill)).exists()
+    out = []
+    for step in plan:
+        args = step.args[device]
+        if step.name == "dashboard" and not paper_digits:  # never put a tiny run into paper-digits' storage
+            args = ("--storage", "sqlite:///{results}/" + DASHBOARD_DB)
+        out.append((step, [sys.executable, str(HERE / step.script), *(a.format(**fill) for a in args)]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=DEVICES, default=None, help="default: cuda when torch sees a GPU")
+    parser.add_argument("--only", default=None, help="comma-separated step names (see --list)")
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 JPEG archives (default ../shared/data)")
+    parser.add_argument("--list", action="store_true", help="print the steps and their commands; run nothing")
+    parser.add_argument("--keep-going", action="store_true", help="run the remaining steps after a failure")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    try:
+        plan = commands(device, only, args.data_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+    missing = uncovered_scripts()
+    if missing:
+        print(f"warning: no step runs {missing}; add them to STEPS in {Path(__file__).name}", file=sys.stderr)
+    if args.list:
+        for step, argv_ in plan:
+            outputs = ", ".join(o.format(device=device) for o in step.outputs)
+            print(f"{step.name}: {shlex.join(argv_)}\n    -> benchmarks/results/{{{outputs}}}")
+        return 0
+
+    env = dict(os.environ, **{REGENERATE_ENV: "python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])])})
+    failed: list[str] = []
+    timings: list[str] = []
+    for step, argv_ in plan:
+        print(f"== {step.name}: {shlex.join(argv_)}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.run(argv_, env=env, check=False).returncode
+        timings.append(f"{step.name}: {time.perf_counter() - start:.0f} s" + ("" if rc == 0 else f" (exit {rc})"))
+        if rc != 0:
+            failed.append(step.name)
+            if not args.keep_going:
+                break
+    print("\n".join(["== wall-clock per step", *timings]))
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""A throw-away PostgreSQL server in a temp directory, from Debian's binaries (tests and benchmarks).
+
+``initdb`` refuses to run as root, so as root every server command runs as the ``postgres``
+user (``runuser -u postgres --``) on a directory that user owns. The server listens on
+127.0.0.1 at a free port with ``trust`` authentication and its unix socket in the temp dir;
+``fsync`` is off (a test server: speed over durability). Nothing outside the temp dir changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["find_bin_dir", "postgres_server"]
+
+
+def find_bin_dir() -> Path | None:
+    """Debian's PostgreSQL binaries (version 15 preferred, else the newest), or ``None`` if absent."""
+    preferred = Path("/usr/lib/postgresql/15/bin")
+    if (preferred / "initdb").is_file():
+        return preferred
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_server(bin_dir: Path, *, max_connections: int = 200) -> Iterator[str]:
+    """Start a server; yield its ``postgresql+psycopg://`` URL (database ``postgres``); stop it and delete it.
+
+    Raises:
+        RuntimeError: initdb or pg_ctl failed (the message holds their output and the server log).
+    """
+    base = Path(tempfile.mkdtemp(prefix="deelbo-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = base / "data", base / "server.log"
+    port = _free_port()
+
+    def run(*argv: str) -> None:
+        done = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            server_log = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}\n{server_log}")
+
+    started = False
+    try:
+        run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        options = (
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections={max_connections} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        started = True
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)

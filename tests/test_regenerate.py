@@ -1,0 +1,69 @@
+"""benchmarks/regenerate.py: it covers every benchmark script, picks steps and devices, never mixes storages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import regenerate
+from regenerate import STEPS, commands, main, uncovered_scripts
+
+
+def test_every_benchmark_script_is_run_by_some_step() -> None:
+    assert uncovered_scripts() == [], "add the new benchmark to STEPS in benchmarks/regenerate.py"
+    assert all((regenerate.HERE / s.script).exists() for s in STEPS)
+
+
+def test_a_script_no_step_runs_is_reported(tmp_path: Path) -> None:
+    for name in ("_record.py", "regenerate.py", "paper.py", "new_benchmark.py"):
+        (tmp_path / name).write_text("")
+    assert uncovered_scripts(tmp_path) == ["new_benchmark.py"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_step_runs_on_both_devices_with_its_storage_under_results(device: str) -> None:
+    plan = commands(device, data_dir="/data")
+    assert [s.name for s, _ in plan] == [s.name for s in STEPS]
+    for step, argv in plan:
+        assert argv[0] == sys.executable
+        assert argv[1].endswith(step.script)
+        assert not any("{" in a for a in argv), argv  # every placeholder filled
+        for url in (argv[i + 1] for i, a in enumerate(argv) if a == "--storage"):
+            assert url.startswith(f"sqlite:///{regenerate.RESULTS}/")
+    by_name = {s.name: argv for s, argv in plan}
+    assert by_name["paper-split-cifar"][by_name["paper-split-cifar"].index("--data-dir") + 1] == "/data"
+    assert ("--threads" in by_name["paper-digits"]) == (device == "cpu")
+    if device == "cuda":  # the paper's N values are paper.py's GPU defaults: no --n cuts them
+        assert "--n" not in by_name["paper-split-cifar"] and "--n" not in by_name["split-cifar"]
+
+
+def test_only_picks_steps_in_order_and_rejects_unknown_names() -> None:
+    assert [s.name for s, _ in commands("cpu", ["dashboard", "paper-digits"])] == ["paper-digits", "dashboard"]
+    with pytest.raises(ValueError, match="unknown step"):
+        commands("cpu", ["paper"])
+    with pytest.raises(ValueError, match="device must be"):
+        commands("tpu")
+
+
+def test_dashboard_never_puts_its_tiny_run_into_a_missing_paper_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(regenerate, "RESULTS", tmp_path)
+    alone = commands("cpu", ["dashboard"])[0][1]
+    assert alone[alone.index("--storage") + 1] == f"sqlite:///{tmp_path}/dashboard.db"
+    argv = commands("cpu", ["paper-digits", "dashboard"])[1][1]
+    assert argv[argv.index("--storage") + 1] == f"sqlite:///{tmp_path}/paper-digits-cpu.db"
+    (tmp_path / "paper-digits-cpu.db").write_bytes(b"")
+    alone = commands("cpu", ["dashboard"])[0][1]
+    assert alone[alone.index("--storage") + 1] == f"sqlite:///{tmp_path}/paper-digits-cpu.db"
+
+
+def test_list_prints_commands_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list", "--device", "cpu", "--only", "overhead"]) == 0
+    out = capsys.readouterr().out
+    assert "overhead.py --device cpu" in out
+    assert "overhead-cpu.md" in out
+    assert "paper.py" not in out

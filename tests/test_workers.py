@@ -1,0 +1,173 @@
+"""Many worker processes on one planned study: every trial once, the single-process result, crash recovery.
+
+The workers are real ``python -m optuna_deelbo.cli worker`` processes (one torch thread each);
+the multi-worker test uses a real PostgreSQL server (see ``postgres_url`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.checkpoint import ATTR_RESUMED_STEP, ATTR_RESUMED_TRIAL, ATTR_STEP
+from optuna_deelbo.cli import main
+from optuna_deelbo.recipe import RECIPE_ATTR, TaskRecipe
+from optuna_deelbo.storage import open_storage
+from optuna_deelbo.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
+from optuna_deelbo.trial_queue import queue_progress
+from optuna_deelbo.worker import plan_strategy_study
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+#: The tiny embedded-digits task every test here plans (the CLI flags and the recipe agree).
+TASK_FLAGS = ["--n-train", "50", "--pretrain-steps", "20", "--batch-size", "16", "--seed", "0"]
+
+
+def _worker(url: str, study: str, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "optuna_deelbo.cli", "worker", "--storage", url, "--study", study, *extra]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait(procs: list[subprocess.Popen[str]], timeout_s: float) -> list[str]:
+    outputs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise
+        assert proc.returncode == 0, out
+        outputs.append(out)
+    return outputs
+
+
+def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_process(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps = ["--steps", "40", "--checkpoint-every", "10", "--artifacts", str(tmp_path / "artifacts")]
+    plan = ["compare", "--plan-only", "--storage", postgres_url, "--strategies", "grid", *TASK_FLAGS, *steps]
+    assert main([*plan, "--device", "cpu"]) == 0
+    name = "digits-N50-seed0/l2-sp/grid"
+    assert f"optuna-deelbo worker --storage {postgres_url} --study {name}" in capsys.readouterr().out
+
+    procs = [_worker(postgres_url, name, "--device", "cpu") for _ in range(8)]
+    # The reference meanwhile: the same strategy and recipe in this one process (checkpoints off).
+    recipe = TaskRecipe.from_json(optuna.load_study(study_name=name, storage=postgres_url).user_attrs[RECIPE_ATTR])
+    task, _ = recipe.build("cpu")
+    reference_storage = optuna.storages.InMemoryStorage()
+    reference = get_strategy("grid").run(task, reference_storage, "reference")
+    outputs = _wait(procs, timeout_s=240)
+
+    ran = [int(out.split(": ran ")[1].split()[0]) for out in outputs]
+    planned = len(LEARNING_RATES) * len(WEIGHT_DECAYS)
+    assert sum(ran) == planned and sum(n > 0 for n in ran) >= 2, ran  # shared out, each trial run by one worker
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    trials = study.get_trials()
+    assert len(trials) == planned and all(t.state == TrialState.COMPLETE for t in trials)
+    params = [(t.params["lr"], t.params["weight_decay"]) for t in trials]
+    assert sorted(params) == sorted((lr, wd) for lr in LEARNING_RATES for wd in WEIGHT_DECAYS)  # none lost/doubled
+    assert all(t.user_attrs[ATTR_STEP] == 30 for t in trials)  # the workers checkpointed (every 10 of 40 steps)
+    reference_study = optuna.load_study(study_name="reference", storage=reference_storage)
+    expected = {(t.params["lr"], t.params["weight_decay"]): t.value for t in reference_study.trials}
+    assert {p: t.value for p, t in zip(params, trials, strict=True)} == expected  # bit for bit, trial by trial
+
+    assert main(["finish", "--storage", postgres_url, "--study", name, "--device", "cpu"]) == 0
+    finished = optuna.load_study(study_name=name, storage=postgres_url).user_attrs
+    assert finished["best_params"] == reference.best_params
+    assert finished["best_trial"] == reference_study.user_attrs["best_trial"]
+    assert finished["test:accuracy"] == reference.test_accuracy  # the retrained winner, too
+    assert queue_progress(study).done
+
+
+def test_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    recipe = TaskRecipe(
+        n_train=50, pretrain_steps=20, batch_size=16, steps=150, checkpoint_every=15, artifacts=str(tmp_path / "art")
+    )
+    task, _ = recipe.build("cpu")
+    name = "crash/deelbo"
+    plan_strategy_study(get_strategy("deelbo"), recipe, open_storage(url), name, task=task)
+    beats = ["--device", "cpu", "--heartbeat-interval", "1", "--grace-period", "3"]
+
+    doomed = _worker(url, name, *beats)
+    storage = open_storage(url)
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+        victim = next((t for t in running if t.user_attrs.get(ATTR_STEP, 0) > 0), None)
+        time.sleep(0.05)
+    assert victim is not None, "no trial wrote a checkpoint"
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=30)
+    assert doomed.returncode == -signal.SIGKILL
+
+    rescuer = _worker(url, name, *beats)
+    _wait([rescuer], timeout_s=240)
+    study = optuna.load_study(study_name=name, storage=storage)
+    killed = study.trials[victim.number]
+    checkpoint_step = killed.user_attrs[ATTR_STEP]  # the newest checkpoint it wrote before it died
+    assert killed.state == TrialState.FAIL and 0 < checkpoint_step < 150
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs[ATTR_RESUMED_STEP] == checkpoint_step and retry.user_attrs[ATTR_RESUMED_TRIAL] == 0
+    progress = queue_progress(study)
+    assert progress.done and progress.complete == progress.planned == 4 and progress.failed == 0
+    assert progress.retried == 1
+
+    # The resumed trial ends exactly where an uninterrupted run of its configuration ends.
+    uninterrupted = optuna.create_study(sampler=get_strategy("deelbo").sampler(task))
+    uninterrupted.enqueue_trial(killed.params)
+    uninterrupted.optimize(get_strategy("deelbo").objective(task), n_trials=1)
+    assert retry.value == uninterrupted.trials[0].value
+
+
+def test_worker_and_finish_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'errors.db'}"
+    optuna.create_study(storage=url, study_name="plain")
+    assert main(["worker", "--storage", url, "--study", "missing"]) == 2
+    assert "study 'missing' does not exist in this storage (studies there: 'plain')" in capsys.readouterr().err
+    assert main(["worker", "--storage", url, "--study", "plain"]) == 2
+    assert "study 'plain' has no task recipe" in capsys.readouterr().err
+    assert main(["finish", "--storage", url, "--study", "plain"]) == 2
+    assert "has no task recipe" in capsys.readouterr().err
+
+    with __import__("socket").socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["worker", "--storage", f"postgresql+psycopg://u@127.0.0.1:{port}/db", "--study", "x"]) == 2
+    assert "cannot open storage" in capsys.readouterr().err
+
+    plan = ["compare", "--plan-only", "--storage", url, "--strategies", "deelbo", *TASK_FLAGS, "--steps", "5"]
+    assert main([*plan, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["finish", "--storage", url, "--study", "digits-N50-seed0/l2-sp/deelbo"]) == 2
+    assert "is not worked off yet (4 waiting, 0 running)" in capsys.readouterr().err
+
+
+def test_recipe_round_trips_and_refuses_bad_json() -> None:
+    recipe = TaskRecipe(n_train=50, steps=7, checkpoint_every=5, artifacts="/tmp/x")
+    assert TaskRecipe.from_json(recipe.to_json()) == recipe
+    with pytest.raises(ConfigError, match="version None is not supported"):
+        TaskRecipe.from_json({"dataset": "digits"})
+    with pytest.raises(ConfigError, match=r"unknown keys \['epochs'\]"):
+        TaskRecipe.from_json({**recipe.to_json(), "epochs": 3})
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        TaskRecipe.from_json("digits")
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'"):
+        TaskRecipe(dataset="mnist")
+    with pytest.raises(ConfigError, match="checkpoint_every needs an artifacts directory"):
+        TaskRecipe(checkpoint_every=10)
+    with pytest.raises(ConfigError, match="steps must be a positive integer"):
+        TaskRecipe(steps=0)
