@@ -21,7 +21,7 @@ from optuna_deelbo.mixing import BatchMixing
 from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
 from optuna_deelbo.structural import check_probability, set_head_dropout, set_stochastic_depth
 
-__all__ = ["RETRAIN_RULES", "Regularization", "suggest_regularization"]
+__all__ = ["RETRAIN_RULES", "SEARCHABLE", "Regularization", "suggest_regularization"]
 
 #: How an early-stopped MAP winner is retrained on train + val (Goodfellow et al. Alg. 7.2 / 7.3).
 RETRAIN_RULES: tuple[str, ...] = ("steps", "continue")
@@ -35,6 +35,8 @@ _FLOAT_SPACE: dict[str, tuple[float, float]] = {
     "cutmix_alpha": (0.0, 1.0),
     "erasing_p": (0.0, 0.5),
 }
+#: Every name :func:`suggest_regularization` can search.
+SEARCHABLE: tuple[str, ...] = ("penalty", *_FLOAT_SPACE, "cutout_size", "restart_period")
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,9 @@ def suggest_regularization(trial: optuna.trial.BaseTrial, names: tuple[str, ...]
     ``mixup_alpha``, ``cutmix_alpha`` in [0, 1]; ``cutout_size`` in {0, ..., 16};
     ``erasing_p`` in [0, 0.5]; ``restart_period`` in {none, 25, 50, 100} steps.
     """
-    known = ("penalty", *_FLOAT_SPACE, "cutout_size", "restart_period")
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in SEARCHABLE]
     if unknown:
-        raise ConfigError(f"unknown regularizer(s) {unknown}; searchable: {known}")
+        raise ConfigError(f"unknown regularizer(s) {unknown}; searchable: {SEARCHABLE}")
     values: dict[str, object] = {}
     if "penalty" in names:
         kind = trial.suggest_categorical("penalty", ["none", *PENALTY_NAMES])

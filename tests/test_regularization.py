@@ -8,6 +8,7 @@ test_early_stopping); this one checks that the training loop, the objectives, ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import re
@@ -30,6 +31,7 @@ from optuna_deelbo.priors import IsotropicGaussian
 from optuna_deelbo.regularization import Regularization, suggest_regularization
 from optuna_deelbo.schedules import AdaptiveFeedback, pull_down
 from optuna_deelbo.strategies.schedules import replay_schedule
+from optuna_deelbo.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy
 from optuna_deelbo.structural import residual_blocks, set_head_dropout, set_stochastic_depth
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.training import TrainConfig, evaluate, train
@@ -324,12 +326,14 @@ def test_retrain_rules_after_early_stopping(rule: str) -> None:
 def test_compare_runs_the_schedule_strategies(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     out = io.StringIO()
-    args = ["compare", "--storage", url, "--report", "", "--strategies", "deelbo,pulldown,pullup,adaptive"]
+    args = ["compare", "--storage", url, "--report", "", "--strategies", "deelbo,tpe-reg,pulldown,pullup,adaptive"]
     with contextlib.redirect_stdout(out):
-        status = main([*args, "--steps", "20", "--pretrain-steps", "20", "--n-train", "50", "--no-progress"])
+        status = main(
+            [*args, "--steps", "20", "--pretrain-steps", "20", "--n-train", "50", "--tpe-trials", "3", "--no-progress"]
+        )
     assert status == 0
-    rows = {m.group(1) for m in re.finditer(r"^\| (\w+) \| (\d+) \|", out.getvalue(), re.M)}
-    assert rows == {"deelbo", "pulldown", "pullup", "adaptive"}
+    rows = {m.group(1) for m in re.finditer(r"^\| ([\w-]+) \| (\d+) \|", out.getvalue(), re.M)}
+    assert rows == {"deelbo", "tpe-reg", "pulldown", "pullup", "adaptive"}
     storage = optuna.storages.RDBStorage(url)
     for name in ("pulldown", "pullup", "adaptive"):
         study = optuna.load_study(study_name=f"digits-N50-seed0/l2-sp/{name}", storage=storage)
@@ -340,3 +344,34 @@ def test_compare_runs_the_schedule_strategies(tmp_path: Path) -> None:
     down = optuna.load_study(study_name="digits-N50-seed0/l2-sp/pulldown", storage=storage).trials[0]
     values = [v for _, v in down.user_attrs["lambda:trajectory"]]
     assert values == sorted(values, reverse=True) and len(values) > 1
+
+
+def test_tpe_reg_searches_the_regularizers_and_retrains_the_winner_with_them() -> None:
+    task = _task()
+    strategy = TPERegStrategy(trials=4)
+    storage = optuna.storages.InMemoryStorage()
+    result = strategy.run(task, storage, "reg")
+    study = optuna.load_study(study_name="reg", storage=storage)
+    assert len(study.trials) == 4
+    for trial in study.trials:
+        assert {"lr", "weight_decay", *SEARCHED_REGULARIZERS} <= set(trial.params)
+    best = study.trials[study.user_attrs["best_trial"]]
+    chosen = strategy.regularization_of(best.params)
+    assert chosen.dropout == best.params["dropout"] and chosen.label_smoothing == best.params["label_smoothing"]
+    assert chosen.mixup_alpha == best.params["mixup_alpha"]
+    assert chosen.restart_period == (best.params["restart_period"] or None)
+    assert result.best_params == best.params
+    # the retrain is the winner's configuration with its regularizers (CPU runs are deterministic) ...
+    lr, wd = best.params["lr"], best.params["weight_decay"]
+    with_reg = retrain(dataclasses.replace(task, regularization=chosen), lr, wd)
+    assert with_reg.test is not None and result.test_nll == pytest.approx(with_reg.test.nll, rel=1e-6)
+    # ... and not the plain one
+    plain = retrain(task, lr, wd)
+    assert plain.test is not None and plain.test.nll != pytest.approx(with_reg.test.nll, rel=1e-6)
+
+
+def test_tpe_reg_refuses_an_unknown_or_empty_search() -> None:
+    with pytest.raises(ConfigError, match=r"unknown: \['l0'\]"):
+        TPERegStrategy(regularizers=("dropout", "l0"))
+    with pytest.raises(ConfigError, match="non-empty subset"):
+        TPERegStrategy(regularizers=())

@@ -15,12 +15,13 @@ from optuna_deelbo.strategies._base import (
 from optuna_deelbo.strategies.deelbo import DEELBoStrategy
 from optuna_deelbo.strategies.grid import GridStrategy
 from optuna_deelbo.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
-from optuna_deelbo.strategies.tpe import TPEStrategy
+from optuna_deelbo.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, TPEStrategy
 
 __all__ = [
     "DEFAULT_STRATEGIES",
     "LEARNING_RATES",
     "LR_RANGE",
+    "SEARCHED_REGULARIZERS",
     "STRATEGY_NAMES",
     "WEIGHT_DECAYS",
     "WEIGHT_DECAY_RANGE",
@@ -31,13 +32,14 @@ __all__ = [
     "PullUpStrategy",
     "Strategy",
     "StrategyResult",
+    "TPERegStrategy",
     "TPEStrategy",
     "get_strategy",
     "task_objective",
 ]
 
 #: Strategy names accepted by :func:`get_strategy` and ``optuna-deelbo compare --strategies``.
-STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe", "pulldown", "pullup", "adaptive")
+STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe", "tpe-reg", "pulldown", "pullup", "adaptive")
 #: What ``optuna-deelbo compare`` runs when ``--strategies`` is not given.
 DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
 
@@ -50,6 +52,8 @@ def get_strategy(name: str, *, tpe_trials: int | None = None) -> Strategy:
         return GridStrategy()
     if name == "tpe":
         return TPEStrategy(tpe_trials)
+    if name == "tpe-reg":
+        return TPERegStrategy(tpe_trials)
     if name == "pulldown":
         return PullDownStrategy()
     if name == "pullup":
