@@ -254,6 +254,15 @@ def _write(
             f"{crash['complete']}.",
         ]
     )
+    cores = os.cpu_count() or 1
+    best = max(r["trials_per_min_busy"] / base for r in rows)
+    caveat = (
+        f"\n\nThe best speed-up measured, {best:.2f}x, is above the {cores} cores' limit: the one-worker run went"
+        "\nslower than its share (other work on the machine, the first run's cold caches), so read the"
+        f"\nspeed-ups as uncertain by about {best / cores - 1:.0%}."
+        if best > cores
+        else ""
+    )
     server = "a given PostgreSQL server" if url_given else "a PostgreSQL 15 server started for the run (fsync off)"
     text = f"""# Reliability: workers vs throughput, faults survived
 
@@ -264,13 +273,13 @@ def _write(
 
 ## Workers vs throughput
 
-This machine has **2 CPU cores** (shared with other jobs: see the load average above), so at most
-about 2x over one worker is possible; the rows with 4 and 8 workers measure what oversubscribing
+This machine has **{cores} CPU cores** (shared with other jobs: see the load average above), so at most
+about {cores}x over one worker is possible; the rows with more workers measure what oversubscribing
 the cores costs (queue and heartbeat traffic, context switches, each worker's start-up), not a
 speed-up. On more machines or cores the same commands add throughput per worker until the
 database or the trial length limits them.
 
-{chr(10).join(table)}
+{chr(10).join(table)}{caveat}
 
 "busy" runs from the first trial's start to the last trial's end; "wall" adds the workers'
 start-up (Python and torch imports, source pretraining: each worker pretrains once).
