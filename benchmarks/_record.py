@@ -48,11 +48,21 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The checked-out commit, flagged when tracked files differ from it (call it when the run starts)."""
+    """The checked-out commit, flagged when tracked files differ from it (call it when the run starts).
+
+    benchmarks/results/ is left out of the check: it holds what the runs write, and a run of
+    regenerate.py rewrites it step after step.
+    """
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS
+        )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks/results"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=RESULTS,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
