@@ -258,7 +258,8 @@ def _write(
     best = max(r["trials_per_min_busy"] / base for r in rows)
     caveat = (
         f"\n\nThe best speed-up measured, {best:.2f}x, is above the {cores} cores' limit: the one-worker run went"
-        "\nslower than its share (other work on the machine, the first run's cold caches), so read the"
+        "\nslower than its share (causes not separated here: database round trips a second worker overlaps,"
+        "\nother work on the machine, cold caches in the first run), so read the"
         f"\nspeed-ups as uncertain by about {best / cores - 1:.0%}."
         if best > cores
         else ""
