@@ -26,14 +26,15 @@ __all__ = ["RETRAIN_RULES", "SEARCHABLE", "Regularization", "suggest_regularizat
 #: How an early-stopped MAP winner is retrained on train + val (Goodfellow et al. Alg. 7.2 / 7.3).
 RETRAIN_RULES: tuple[str, ...] = ("steps", "continue")
 
-#: Ranges :func:`suggest_regularization` searches for the probability-like settings.
+#: Ranges :func:`suggest_regularization` searches for the continuous settings once switched on
+#: (each has its own on/off parameter ``use_<name>``, so "off" is a point TPE can find exactly).
 _FLOAT_SPACE: dict[str, tuple[float, float]] = {
-    "dropout": (0.0, 0.5),
-    "stochastic_depth": (0.0, 0.5),
-    "label_smoothing": (0.0, 0.3),
-    "mixup_alpha": (0.0, 1.0),
-    "cutmix_alpha": (0.0, 1.0),
-    "erasing_p": (0.0, 0.5),
+    "dropout": (0.05, 0.5),
+    "stochastic_depth": (0.05, 0.5),
+    "label_smoothing": (0.01, 0.3),
+    "mixup_alpha": (0.1, 1.0),
+    "cutmix_alpha": (0.1, 1.0),
+    "erasing_p": (0.05, 0.5),
 }
 #: Every name :func:`suggest_regularization` can search.
 SEARCHABLE: tuple[str, ...] = ("penalty", *_FLOAT_SPACE, "cutout_size", "restart_period")
@@ -118,9 +119,11 @@ def suggest_regularization(trial: optuna.trial.BaseTrial, names: tuple[str, ...]
     """Let a (TPE) trial choose the regularizers listed in ``names`` (the others stay off).
 
     Search space: ``penalty`` in {none, l1, l2, l-half} with log-uniform strength in
-    [1e-7, 1e-2]; ``dropout``, ``stochastic_depth`` in [0, 0.5]; ``label_smoothing`` in [0, 0.3];
-    ``mixup_alpha``, ``cutmix_alpha`` in [0, 1]; ``cutout_size`` in {0, ..., 16};
-    ``erasing_p`` in [0, 0.5]; ``restart_period`` in {none, 25, 50, 100} steps.
+    [1e-7, 1e-2]; each continuous setting has a switch ``use_<name>`` in {False, True} and,
+    when on, ``dropout``, ``stochastic_depth`` in [0.05, 0.5], ``label_smoothing`` in
+    [0.01, 0.3], ``mixup_alpha``, ``cutmix_alpha`` in [0.1, 1], ``erasing_p`` in [0.05, 0.5];
+    ``cutout_size`` in {0, ..., 16}; ``restart_period`` in {none, 25, 50, 100} steps. Every
+    regularizer can thus be exactly off, as in the plain search.
     """
     unknown = [n for n in names if n not in SEARCHABLE]
     if unknown:
@@ -132,7 +135,7 @@ def suggest_regularization(trial: optuna.trial.BaseTrial, names: tuple[str, ...]
             values["penalty"] = kind
             values["penalty_strength"] = trial.suggest_float("penalty_strength", 1e-7, 1e-2, log=True)
     for name, (low, high) in _FLOAT_SPACE.items():
-        if name in names:
+        if name in names and trial.suggest_categorical(f"use_{name}", [False, True]):
             values[name] = trial.suggest_float(name, low, high)
     if "cutout_size" in names:
         values["cutout_size"] = trial.suggest_int("cutout_size", 0, 16)

@@ -31,7 +31,7 @@ from optuna_deelbo.priors import IsotropicGaussian
 from optuna_deelbo.regularization import Regularization, suggest_regularization
 from optuna_deelbo.schedules import AdaptiveFeedback, pull_down
 from optuna_deelbo.strategies.schedules import replay_schedule
-from optuna_deelbo.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy
+from optuna_deelbo.strategies.tpe import TPERegStrategy
 from optuna_deelbo.structural import residual_blocks, set_head_dropout, set_stochastic_depth
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.training import TrainConfig, evaluate, train
@@ -93,7 +93,15 @@ def test_regularization_is_off_by_default() -> None:
 
 def test_suggest_regularization_takes_the_trials_values() -> None:
     trial = optuna.trial.FixedTrial(
-        {"penalty": "l-half", "penalty_strength": 1e-4, "dropout": 0.2, "mixup_alpha": 0.4, "restart_period": 25}
+        {
+            "penalty": "l-half",
+            "penalty_strength": 1e-4,
+            "use_dropout": True,
+            "dropout": 0.2,
+            "use_mixup_alpha": True,
+            "mixup_alpha": 0.4,
+            "restart_period": 25,
+        }
     )
     reg = suggest_regularization(trial, ("penalty", "dropout", "mixup_alpha", "restart_period"))
     assert reg == Regularization(
@@ -101,9 +109,12 @@ def test_suggest_regularization_takes_the_trials_values() -> None:
     )
     assert reg.penalty_fn == Penalty("l-half", 1e-4)
     off = suggest_regularization(
-        optuna.trial.FixedTrial({"penalty": "none", "restart_period": 0}), ("penalty", "restart_period")
+        optuna.trial.FixedTrial(
+            {"penalty": "none", "restart_period": 0, "use_dropout": False, "use_mixup_alpha": False}
+        ),
+        ("penalty", "dropout", "mixup_alpha", "restart_period"),
     )
-    assert off == Regularization()
+    assert off == Regularization()  # every regularizer exactly off: the plain search is inside the space
     with pytest.raises(ConfigError, match="unknown regularizer"):
         suggest_regularization(trial, ("dropout", "weight_noise"))
 
@@ -353,13 +364,17 @@ def test_tpe_reg_searches_the_regularizers_and_retrains_the_winner_with_them() -
     result = strategy.run(task, storage, "reg")
     study = optuna.load_study(study_name="reg", storage=storage)
     assert len(study.trials) == 4
+    switched = ("dropout", "label_smoothing", "mixup_alpha", "cutmix_alpha")
     for trial in study.trials:
-        assert {"lr", "weight_decay", *SEARCHED_REGULARIZERS} <= set(trial.params)
+        assert {"lr", "weight_decay", "penalty", "restart_period", *(f"use_{n}" for n in switched)} <= set(trial.params)
+        for name in switched:  # a value exactly when switched on
+            assert (name in trial.params) == trial.params[f"use_{name}"]
     best = study.trials[study.user_attrs["best_trial"]]
     chosen = strategy.regularization_of(best.params)
-    assert chosen.dropout == best.params["dropout"] and chosen.label_smoothing == best.params["label_smoothing"]
-    assert chosen.mixup_alpha == best.params["mixup_alpha"]
+    for name in switched:
+        assert getattr(chosen, name) == best.params.get(name, 0.0)
     assert chosen.restart_period == (best.params["restart_period"] or None)
+    assert chosen != Regularization(), "seed 0's winner uses a regularizer, so the retrain comparison below bites"
     assert result.best_params == best.params
     # the retrain is the winner's configuration with its regularizers (CPU runs are deterministic) ...
     lr, wd = best.params["lr"], best.params["weight_decay"]

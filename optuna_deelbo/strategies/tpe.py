@@ -92,8 +92,7 @@ class TPERegStrategy(TPEStrategy):
 
     def regularization_of(self, params: Mapping[str, Any]) -> Regularization:
         """The regularizers a trial with these ``params`` (a finished trial's) trained with."""
-        names = tuple(n for n in self.regularizers if n in params)
-        return suggest_regularization(optuna.trial.FixedTrial(dict(params)), names)
+        return suggest_regularization(optuna.trial.FixedTrial(dict(params)), self.regularizers)
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         def objective(trial: optuna.trial.Trial) -> float:
