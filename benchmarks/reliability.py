@@ -44,7 +44,7 @@ from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.sampler import DEELBoSampler
 from optuna_deelbo.strategies import get_strategy
 from optuna_deelbo.trial_queue import queue_progress
-from optuna_deelbo.worker import plan_strategy_study
+from optuna_deelbo.worker import plan_strategy_study, search_seconds
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -68,13 +68,6 @@ def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
             raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}")
 
 
-def _busy_s(study: optuna.Study) -> float:
-    trials = [t for t in study.trials if t.datetime_start is not None and t.datetime_complete is not None]
-    start = min(t.datetime_start for t in trials if t.datetime_start is not None)
-    end = max(t.datetime_complete for t in trials if t.datetime_complete is not None)
-    return (end - start).total_seconds()
-
-
 def throughput(url: str, recipe: TaskRecipe, task: od.TaskSpec, counts: list[int]) -> list[dict[str, float]]:
     """Plan the grid study afresh for each worker count and time W workers on it."""
     storage = od.open_storage(url)
@@ -88,7 +81,7 @@ def throughput(url: str, recipe: TaskRecipe, task: od.TaskSpec, counts: list[int
         study = optuna.load_study(study_name=name, storage=storage)
         progress = queue_progress(study)
         assert progress.done and progress.complete == progress.planned, progress
-        busy = _busy_s(study)
+        busy = search_seconds(study)
         rows.append(
             {
                 "workers": n,

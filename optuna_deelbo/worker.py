@@ -40,6 +40,7 @@ __all__ = [
     "load_planned_job",
     "plan_strategy_study",
     "run_worker",
+    "search_seconds",
 ]
 
 #: A worker's default heartbeat interval (s).
@@ -172,7 +173,7 @@ def run_worker(
     return run_queue(jobs, poll_s=poll_s, on_trial=on_trial)
 
 
-def _search_seconds(study: optuna.Study) -> float:
+def search_seconds(study: optuna.Study) -> float:
     """Wall-clock of a worked-off search: first trial start to last trial end (s), over all workers."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     if not trials:
@@ -206,4 +207,4 @@ def finish_planned_study(storage_url: str, study_name: str, *, device: str | Non
             f"study {study_name!r}: none of its {progress.finished} trials completed "
             f"({progress.pruned} pruned, {progress.failed} failed); see the trials' failure:reason user attrs"
         )
-    return job.strategy.finish(job.task, study, _search_seconds(study))
+    return job.strategy.finish(job.task, study, search_seconds(study))
