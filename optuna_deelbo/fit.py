@@ -25,7 +25,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from torch import nn
 
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
 from optuna_deelbo._validation import nonnegative_finite, positive_finite, require_minimize
+from optuna_deelbo.batchnorm import recalibrate_batchnorm
 from optuna_deelbo.checkpoint import (
     ATTR_RESUME_ERROR,
     ATTR_RESUMED_ARTIFACT,
@@ -46,10 +47,11 @@ from optuna_deelbo.early_stopping import continue_until
 from optuna_deelbo.objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, learned_names
 from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule
+from optuna_deelbo.selection import selection_scores
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.training import Metrics, TrainResult, evaluate, train
 
-__all__ = ["RetrainResult", "fit", "fit_deelbo", "fit_map", "retrain"]
+__all__ = ["RetrainResult", "fit", "fit_deelbo", "fit_map", "retrain", "score_deelbo_run"]
 
 _TRACE_POINTS = 100
 
@@ -119,9 +121,14 @@ def fit_deelbo(
 ) -> tuple[DEELBoObjective, TrainResult]:
     """DE-ELBo training on all ``N`` examples; returns the objective (model + posterior) and log.
 
-    ``checkpoint`` and ``resume``: see :func:`~optuna_deelbo.training.train`.
+    The task's :class:`~optuna_deelbo.deelbo_recipe.DEELBoRecipe` sets the posterior, the
+    prior structure, clipping and sigma's optimiser; with ``bn_recalibration`` the BatchNorm
+    statistics are recomputed with the mean weights after training (inside the timed loop's
+    result: ``result.seconds`` includes it). ``checkpoint`` and ``resume``: see
+    :func:`~optuna_deelbo.training.train`.
     """
     _check_hparams(lr, None)
+    recipe = task.deelbo_recipe
     model = task.build_model()
     objective = DEELBoObjective(
         model,
@@ -129,15 +136,17 @@ def fit_deelbo(
         task.body_prior(model),
         n_train=task.n_train,
         kappa=task.kappa,
-        sigma_mode=task.sigma_mode,
-        init_sigma=task.init_sigma,
+        sigma_mode=recipe.sigma_mode,
+        init_sigma=recipe.init_sigma,
         penalty=task.regularization.penalty_fn,
+        share_head_sigma=recipe.share_head_sigma,
+        prior_structure=recipe.prior_structure,
     )
     result = train(
         objective,
         task.train.x,
         task.train.y,
-        task.train_config(lr),
+        task.deelbo_train_config(lr),
         trial=trial,
         desc=f"deelbo lr={lr:.2g}",
         transform=task.train_transform,
@@ -145,7 +154,32 @@ def fit_deelbo(
         checkpoint=checkpoint,
         resume=resume,
     )
+    if recipe.bn_recalibration:
+        start = time.perf_counter()
+        recalibrate_batchnorm(model, task.train.x, transform=task.eval_transform)
+        result.seconds += time.perf_counter() - start
     return objective, result
+
+
+def score_deelbo_run(
+    task: TaskSpec, objective: DEELBoObjective, result: TrainResult, rules: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Selection scores of a finished :func:`fit_deelbo` run (nats per example, lower is better).
+
+    Args:
+        rules: names from ``SELECTION_RULES``; ``None`` = the task recipe's own rule only.
+    """
+    recipe = task.deelbo_recipe
+    return selection_scores(
+        objective,
+        task.train.x,
+        task.train.y,
+        train_loss=result.final_loss,
+        rules=(recipe.selection,) if rules is None else rules,
+        samples=recipe.selection_samples,
+        transform=task.eval_transform,
+        seed=task.seed,
+    )
 
 
 def _trace(history: list[dict[str, float]]) -> list[list[float]]:
@@ -267,12 +301,18 @@ def fit(
             attrs[LEARNED_ATTR_PREFIX + "sigma"] = last["sigma"]
             attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
             attrs["kappa"] = objective.kappa
+            if objective.prior_structure == "layer":
+                attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = objective.layer_variances()
+            select_start = time.perf_counter()
+            rule = task.deelbo_recipe.selection
+            attrs["select:rule"] = rule
+            attrs["select:" + rule] = value = score_deelbo_run(task, objective, result)[rule]
+            attrs["time:select_s"] = time.perf_counter() - select_start
             eval_start = time.perf_counter()
             test = _test_metrics(task, objective.model)
             if test is not None:
                 attrs["test:nll"], attrs["test:accuracy"] = test.nll, test.accuracy
                 attrs["time:test_eval_s"] = time.perf_counter() - eval_start
-            value = result.final_loss
         else:
             train_split, val_split = task.train_val
             model, result = _resumable(

@@ -158,6 +158,10 @@ class DEELBoObjective(Objective):
         kappa: likelihood emphasis; ``None`` means ``D / N`` with ``D`` all trainable weights.
         sigma_mode: posterior std parametrisation, see :class:`WeightPosterior`.
         init_sigma: initial posterior std (weight units).
+        share_head_sigma: scalar mode: one sigma for body and head (see :class:`WeightPosterior`).
+        prior_structure: ``"shared"`` (one body lambda) or ``"layer"`` (one lambda per body
+            parameter tensor, each in closed form; isotropic body priors only). The logged
+            ``lam`` is then their size-weighted mean, :meth:`layer_variances` gives each.
     """
 
     name = "deelbo"
@@ -173,14 +177,28 @@ class DEELBoObjective(Objective):
         sigma_mode: SigmaMode = "scalar",
         init_sigma: float = 1e-3,
         penalty: Penalty | None = None,
+        share_head_sigma: bool = False,
+        prior_structure: str = "shared",
     ) -> None:
         super().__init__(model, groups, body_prior, head_prior, penalty)
+        if prior_structure not in ("shared", "layer"):
+            raise ConfigError(f"unknown prior_structure {prior_structure!r}; choose 'shared' or 'layer'")
+        if prior_structure == "layer" and not isinstance(self.body_prior, IsotropicGaussian):
+            raise ConfigError(
+                "prior_structure='layer' has a closed form only for isotropic body priors (l2-zero, l2-sp), "
+                f"not {type(self.body_prior).__name__}"
+            )
+        params = dict(model.named_parameters())
+        self.prior_structure = prior_structure
+        self.block_sizes = tuple(params[n].numel() for n in groups.body)
         self.n_train = positive_int(n_train, "n_train (N)")
         self.num_weights = groups.numel(model, "body") + (groups.numel(model, "head") if groups.head else 0)
         if kappa is None:
             kappa = self.num_weights / self.n_train
         self.kappa = positive_finite(kappa, "kappa")
-        self.posterior = WeightPosterior(model, groups, sigma_mode=sigma_mode, init_sigma=init_sigma)
+        self.posterior = WeightPosterior(
+            model, groups, sigma_mode=sigma_mode, init_sigma=init_sigma, share_head_sigma=share_head_sigma
+        )
 
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         return self.posterior.sigma_parameters()
@@ -188,12 +206,34 @@ class DEELBoObjective(Objective):
     def kl_terms(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(KL, lam*, tau*)``: the total KL in nats with both variances at their (detached) optimum."""
         post = self.posterior
-        kl, lam = self.body_prior.kl_at_optimum(post.flat_mean("body"), post.flat_sigma("body"))
+        body_mean, body_sigma = post.flat_mean("body"), post.flat_sigma("body")
+        if self.prior_structure == "layer":
+            assert isinstance(self.body_prior, IsotropicGaussian)
+            kl, lams = self.body_prior.kl_at_optimum_blocks(body_mean, body_sigma, self.block_sizes)
+            sizes = torch.tensor(self.block_sizes, dtype=lams.dtype, device=lams.device)
+            lam = (lams * sizes).sum() / sizes.sum()
+        else:
+            kl, lam = self.body_prior.kl_at_optimum(body_mean, body_sigma)
         tau = None
         if self.head_prior is not None:
             kl_head, tau = self.head_prior.kl_at_optimum(post.flat_mean("head"), post.flat_sigma("head"))
             kl = kl + kl_head
         return kl, lam, tau
+
+    @torch.no_grad()
+    def layer_variances(self) -> dict[str, float]:
+        """``lam*`` per body parameter tensor (weight units squared), by parameter name.
+
+        With ``prior_structure="shared"`` every tensor reports the one shared ``lam*``.
+        """
+        post = self.posterior
+        mean, sigma = post.flat_mean("body"), post.flat_sigma("body")
+        if self.prior_structure == "layer":
+            assert isinstance(self.body_prior, IsotropicGaussian)
+            _, lams = self.body_prior.kl_at_optimum_blocks(mean, sigma, self.block_sizes)
+            return {name: float(v) for name, v in zip(self.groups.body, lams, strict=True)}
+        lam = float(self.body_prior.optimal_variance(mean, sigma))
+        return dict.fromkeys(self.groups.body, lam)
 
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
         with _autocast(x, amp):

@@ -94,6 +94,7 @@ class WeightPosterior(nn.Module):
         sigma_mode: ``"scalar"`` (one sigma for the body, one for the head), ``"layer"`` (one
             per parameter tensor) or ``"parameter"`` (one per weight).
         init_sigma: initial standard deviation (weight units), >= :data:`SIGMA_FLOOR`.
+        share_head_sigma: scalar mode only: one sigma for body and head together.
     """
 
     def __init__(
@@ -102,12 +103,16 @@ class WeightPosterior(nn.Module):
         groups: ParameterGroups,
         sigma_mode: SigmaMode = "scalar",
         init_sigma: float = 1e-3,
+        share_head_sigma: bool = False,
     ) -> None:
         super().__init__()
         if sigma_mode not in SIGMA_MODES:
             raise ConfigError(f"unknown sigma_mode {sigma_mode!r}; choose one of {SIGMA_MODES}")
         if positive_finite(init_sigma, "init_sigma") < SIGMA_FLOOR:
             raise ConfigError(f"init_sigma must be >= the posterior std floor {SIGMA_FLOOR:g}, got {init_sigma!r}")
+        if share_head_sigma and sigma_mode != "scalar":
+            raise ConfigError(f"share_head_sigma needs sigma_mode='scalar', got {sigma_mode!r}")
+        self.share_head_sigma = share_head_sigma
         self.model = model
         self.groups = groups
         self.sigma_mode = sigma_mode
@@ -115,7 +120,7 @@ class WeightPosterior(nn.Module):
         rho0 = _inverse_softplus(init_sigma)
         self.rho = nn.ParameterDict()
         if sigma_mode == "scalar":
-            for group in ("body", "head"):
+            for group in ("body",) if share_head_sigma else ("body", "head"):
                 if getattr(groups, group):
                     ref = params[getattr(groups, group)[0]]
                     self.rho[group] = nn.Parameter(torch.full((), rho0, dtype=ref.dtype, device=ref.device))
@@ -129,10 +134,13 @@ class WeightPosterior(nn.Module):
     def _key(name: str) -> str:
         return name.replace(".", "/")
 
+    def _scalar_key(self, group: str) -> str:
+        return "body" if self.share_head_sigma else group
+
     def _sigma_of(self, name: str) -> Tensor:
         if self.sigma_mode == "scalar":
             group = "head" if name in self.groups.head else "body"
-            return _sigma_from_rho(self.rho[group])
+            return _sigma_from_rho(self.rho[self._scalar_key(group)])
         return _sigma_from_rho(self.rho[self._key(name)])
 
     def means(self) -> dict[str, Tensor]:
@@ -147,7 +155,7 @@ class WeightPosterior(nn.Module):
     def flat_sigma(self, group: Literal["body", "head"]) -> Tensor:
         """The group's sigma as the priors take it: shape ``()`` (scalar mode) or ``(D,)``."""
         if self.sigma_mode == "scalar":
-            return _sigma_from_rho(self.rho[group])
+            return _sigma_from_rho(self.rho[self._scalar_key(group)])
         means = self.means()
         names = self.groups.body if group == "body" else self.groups.head
         return torch.cat([self._sigma_of(n).expand_as(means[n]).reshape(-1) for n in names])

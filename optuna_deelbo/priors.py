@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -215,6 +216,34 @@ class IsotropicGaussian(GaussianPrior):
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> IsotropicGaussian:
         return IsotropicGaussian(self.mean.to(device=device, dtype=dtype))
+
+    def kl_at_optimum_blocks(self, theta: Tensor, sigma: Tensor, sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Per-block prior variances: ``p = prod_b N(mu_b, lam_b I)`` over consecutive blocks of ``sizes``.
+
+        Each ``lam_b* = (sum_{j in b} sigma_j^2 + |theta_b - mu_b|^2) / D_b`` minimises its own
+        term, and the KL at the optimum is ``0.5 * sum_b [D_b log lam_b* - sum_{j in b} log sigma_j^2]``.
+
+        Args:
+            theta: posterior mean ``(D,)``; sigma: ``()`` or ``(D,)``.
+            sizes: block lengths (e.g. one per parameter tensor), summing to ``D``.
+
+        Returns:
+            ``(KL in nats, lam* of shape (len(sizes),), detached)``.
+        """
+        theta = _as_vector(theta, self.dim, "theta")
+        if not sizes or any(int(s) <= 0 for s in sizes) or sum(int(s) for s in sizes) != self.dim:
+            raise ConfigError(f"block sizes must be positive and sum to the prior's {self.dim} weights, got {sizes}")
+        diff2 = (theta - self.mean.to(theta.dtype)) ** 2
+        var = (
+            sigma.reshape(()).expand_as(theta) ** 2 if sigma.numel() == 1 else _as_vector(sigma, self.dim, "sigma") ** 2
+        )
+        counts = torch.tensor([int(s) for s in sizes], device=theta.device)
+        index = torch.repeat_interleave(torch.arange(len(sizes), device=theta.device), counts)
+        quad = torch.zeros(len(sizes), dtype=theta.dtype, device=theta.device).index_add_(0, index, diff2 + var)
+        dims = counts.to(theta.dtype)
+        lam = _clamp_variance(quad / dims).detach()
+        kl = 0.5 * ((quad / lam - dims + dims * torch.log(lam)).sum() - torch.log(var).sum())
+        return kl, lam
 
 
 class LowRankGaussian(GaussianPrior):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,9 +14,10 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite
 from optuna_deelbo.checkpoint import Checkpointing
 from optuna_deelbo.data import Split, train_val_split
+from optuna_deelbo.deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.mixing import BatchMixing
-from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, SigmaMode
+from optuna_deelbo.posterior import ParameterGroups
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.regularization import Regularization
 from optuna_deelbo.training import TrainConfig, resolve_device
@@ -41,7 +43,9 @@ class TaskSpec:
         prior_covariance: ``(diagonal (D,), factor (D, K))`` of ``Sigma`` for ``ptyl``.
         steps, batch_size: training budget per configuration (the same for every strategy).
         kappa: DE-ELBo likelihood emphasis; ``None`` = ``D / N``.
-        sigma_mode, init_sigma: posterior std parametrisation and initial value.
+        recipe: how DE-ELBo runs train and choose their learning rate: a
+            :class:`~optuna_deelbo.deelbo_recipe.DEELBoRecipe` or a name from ``RECIPES``
+            (``"default"``, ``"paper"``); stored as the recipe object. MAP runs ignore it.
         val_fraction: held-out fraction for MAP tuning (paper: 0.2).
         seed: seeds the head initialisation, minibatch order, posterior samples and splits.
         device: ``None`` = CUDA when present, else CPU.
@@ -76,8 +80,7 @@ class TaskSpec:
     steps: int = 300
     batch_size: int = 64
     kappa: float | None = None
-    sigma_mode: SigmaMode = "scalar"
-    init_sigma: float = 1e-3
+    recipe: DEELBoRecipe | str = "default"
     val_fraction: float = 0.2
     seed: int = 0
     device: str | None = None
@@ -104,11 +107,9 @@ class TaskSpec:
             raise ConfigError("the training set is empty (N = 0)")
         if self.prior not in PRIOR_NAMES:
             raise ConfigError(f"unknown prior {self.prior!r}; choose one of {PRIOR_NAMES}")
-        if self.sigma_mode not in SIGMA_MODES:
-            raise ConfigError(f"unknown sigma_mode {self.sigma_mode!r}; choose one of {SIGMA_MODES}")
+        self.recipe = resolve_recipe(self.recipe)
         if self.kappa is not None:
             positive_finite(self.kappa, "kappa")
-        positive_finite(self.init_sigma, "init_sigma")
         if isinstance(self.head_prefixes, str):
             self.head_prefixes = (self.head_prefixes,)
         if self.prior == "ptyl" and self.prior_covariance is None:
@@ -126,6 +127,8 @@ class TaskSpec:
             )
         if self.prior == "ptyl":
             self._check_covariance(model)
+            if self.recipe.prior_structure == "layer":
+                raise ConfigError("prior_structure='layer' needs an isotropic prior (l2-zero, l2-sp), not ptyl")
 
     def _check_covariance(self, model: nn.Module) -> None:
         """``prior_covariance`` must be ``(diagonal (D,), factor (D, K))`` for the model's ``D`` body weights."""
@@ -213,6 +216,22 @@ class TaskSpec:
             diagonal, factor = self.prior_covariance
             return LowRankGaussian(mean, diagonal.to(mean), factor.to(mean))
         return IsotropicGaussian(mean)
+
+    @property
+    def deelbo_recipe(self) -> DEELBoRecipe:
+        """:attr:`recipe` as the resolved object (typed)."""
+        assert isinstance(self.recipe, DEELBoRecipe)  # __post_init__
+        return self.recipe
+
+    def deelbo_train_config(self, lr: float) -> TrainConfig:
+        """The loop settings of a DE-ELBo run: :meth:`train_config` with the recipe's clipping and sigma optimiser."""
+        recipe = self.deelbo_recipe
+        return dataclasses.replace(
+            self.train_config(lr),
+            clip_norm=recipe.clip_norm,
+            sigma_optimizer=recipe.sigma_optimizer,
+            sigma_lr=recipe.sigma_lr,
+        )
 
     def train_config(self, lr: float, steps: int | None = None) -> TrainConfig:
         """The loop settings for one configuration with learning rate ``lr``."""

@@ -63,6 +63,10 @@ class TrainConfig:
             ``patience`` evaluations (every ``eval_every`` steps) and restore the best weights;
             needs ``val``. ``None`` = train all ``steps``.
         clip_norm: max global gradient norm, or ``None`` for no clipping.
+        sigma_optimizer: how the objective's extra parameters (the posterior's ``rho``) train:
+            ``"sgd"`` in the weights' SGD with learning rate ``sigma_lr`` (``None`` = ``lr``,
+            cosine-decayed with it), or ``"adam"``: their own Adam at a constant ``sigma_lr``.
+        sigma_lr: see ``sigma_optimizer``.
         log_every: steps between host synchronisations (history rows, bar, finiteness check).
         eval_every: steps between validation passes / ``trial.report`` calls.
         device: ``None`` picks CUDA when present, else CPU.
@@ -89,6 +93,8 @@ class TrainConfig:
     restart_period: int | None = None
     patience: int | None = None
     clip_norm: float | None = 10.0
+    sigma_optimizer: str = "sgd"
+    sigma_lr: float | None = None
     log_every: int = 10
     eval_every: int = 50
     device: str | None = None
@@ -118,6 +124,12 @@ class TrainConfig:
             raise ConfigError("restart_period needs cosine=True (warm restarts of the cosine schedule)")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+        if self.sigma_optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"unknown sigma_optimizer {self.sigma_optimizer!r}; choose 'sgd' or 'adam'")
+        if self.sigma_lr is not None:
+            positive_finite(self.sigma_lr, "sigma_lr")
+        elif self.sigma_optimizer == "adam":
+            raise ConfigError("sigma_optimizer='adam' needs a sigma_lr")
         if not isinstance(self.divergence, DivergenceRule):
             raise ConfigError(f"divergence must be a DivergenceRule, got {type(self.divergence).__name__}")
 
@@ -212,6 +224,8 @@ def run_fingerprint(objective: Objective, config: TrainConfig, n: int) -> dict[s
         "cosine": bool(config.cosine),
         "restart_period": config.restart_period,
         "patience": config.patience,
+        "sigma_optimizer": config.sigma_optimizer,
+        "sigma_lr": config.sigma_lr,
     }
 
 
@@ -299,8 +313,17 @@ def train(
     best_state: dict[str, Tensor] | None = None
     probe = x[: min(n, 1024)], y[: min(n, 1024)]  # fixed training examples for the adaptive rule
 
-    params = [p for p in objective.model.parameters() if p.requires_grad] + list(objective.extra_parameters())
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    weights = [p for p in objective.model.parameters() if p.requires_grad]
+    extra = list(objective.extra_parameters())
+    params = weights + extra
+    param_groups: list[dict[str, Any]] = [{"params": weights}]
+    sigma_optimizer: torch.optim.Optimizer | None = None
+    if extra and config.sigma_optimizer == "adam":
+        assert config.sigma_lr is not None  # TrainConfig.__post_init__
+        sigma_optimizer = torch.optim.Adam(extra, lr=config.sigma_lr)
+    elif extra:
+        param_groups.append({"params": extra, "lr": config.sigma_lr or config.lr})
+    optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     if config.cosine and config.restart_period is not None:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_period, T_mult=2)
@@ -326,6 +349,7 @@ def train(
             "step": step,
             "objective": {k: v.detach().to(cpu) for k, v in objective.state_dict().items()},
             "optimizer": optimizer.state_dict(),
+            "sigma_optimizer": sigma_optimizer.state_dict() if sigma_optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": {**rng_state(device), "perm": perm_gen.get_state().to(cpu)},
             "order": order.to(cpu),
@@ -347,6 +371,8 @@ def train(
         try:
             objective.load_state_dict(resume["objective"])
             optimizer.load_state_dict(resume["optimizer"])
+            if sigma_optimizer is not None:
+                sigma_optimizer.load_state_dict(resume["sigma_optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(resume["scheduler"])
             set_rng_state(resume["rng"], device)
@@ -396,10 +422,14 @@ def train(
                 scheduled.weight_decay = weight_decay_schedule.value
             record = objective(xb, yb, amp=amp)
             optimizer.zero_grad(set_to_none=True)
+            if sigma_optimizer is not None:
+                sigma_optimizer.zero_grad(set_to_none=True)
             record.loss.backward()
             if config.clip_norm is not None:
                 nn.utils.clip_grad_norm_(params, config.clip_norm)
             optimizer.step()
+            if sigma_optimizer is not None:
+                sigma_optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             if on_step is not None:

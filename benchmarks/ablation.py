@@ -1,0 +1,311 @@
+"""Ablation of the DE-ELBo recipe: each choice toggled against the default, per learning rate.
+
+Usage:  python benchmarks/ablation.py                       # digits N=50/100/200 + Split-CIFAR N=50/500, 3 seeds
+        python benchmarks/ablation.py --tasks digits:50 --seeds 0 --variants default,adam
+        python benchmarks/ablation.py --aggregate-only      # rebuild the tables from the run files
+
+Every (task, N, seed, variant, learning rate) is one ``fit_deelbo`` run on all N examples,
+scored by every selection rule (``train-loss``, ``full-pass``, ``elbo``, ``laplace``) and
+evaluated on the test set; the same run is then evaluated again after BatchNorm
+recalibration with the mean weights (the ``bn`` rows cost no extra training). One CSV row
+per run goes to benchmarks/results/ablation-runs.csv as soon as it ends (a rerun skips the
+rows it finds, so an interrupted run continues), and the tables are rebuilt from that file:
+
+* ablation.md / ablation.csv: per (task, N, variant, rule), mean over seeds of the chosen
+  learning rate's test accuracy, the best learning rate's, the regret (best - chosen), test
+  NLL, lambda, tau and sigma of the chosen run;
+* ablation-per-lr.csv: test accuracy per learning rate (to see which ones train at all).
+
+Regret uses the test set only to *report* how good a choice was; no rule sees it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import optuna_deelbo as od
+from optuna_deelbo.batchnorm import recalibrate_batchnorm
+from optuna_deelbo.deelbo_recipe import RECIPES, SELECTION_RULES, DEELBoRecipe
+from optuna_deelbo.fit import fit_deelbo, score_deelbo_run
+from optuna_deelbo.strategies import LEARNING_RATES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import RESULTS, RunRecord
+
+#: variant name -> (recipe changes against the v0.1 recipe, budget multiplier). ``default`` and
+#: ``paper`` are the named recipes as they stand; the BatchNorm-recalibrated rows (``+bn``) are post-hoc.
+VARIANTS: dict[str, tuple[dict[str, Any], float]] = {
+    "v0.1": ({}, 1.0),
+    "init-1e-4": ({"init_sigma": 1e-4}, 1.0),
+    "shared-sigma": ({"share_head_sigma": True}, 1.0),
+    "clip-1": ({"clip_norm": 1.0}, 1.0),
+    "mode-layer": ({"sigma_mode": "layer"}, 1.0),
+    "mode-parameter": ({"sigma_mode": "parameter"}, 1.0),
+    "mode-parameter-adam": ({"sigma_mode": "parameter", "sigma_optimizer": "adam", "sigma_lr": 0.05}, 1.0),
+    "sigma-adam": ({"sigma_optimizer": "adam", "sigma_lr": 0.05}, 1.0),
+    "per-layer-lambda": ({"prior_structure": "layer"}, 1.0),
+    "steps-x2": ({}, 2.0),
+    "paper": ({"__recipe__": "paper"}, 1.0),
+    "default": ({"__recipe__": "default"}, 1.0),
+}
+DEFAULT_VARIANTS = tuple(VARIANTS)
+RUNS_GLOB = "ablation-runs*.csv"
+FIELDS = [
+    "task", "n", "seed", "variant", "bn", "lr", "steps", "accuracy", "nll", "lambda", "tau", "sigma", "train_s",
+    *(f"score:{r}" for r in SELECTION_RULES),
+]  # fmt: skip
+
+
+def variant_recipe(name: str) -> DEELBoRecipe:
+    """The recipe a variant trains with (the default with the variant's changes)."""
+    changes, _ = VARIANTS[name]
+    if "__recipe__" in changes:
+        return RECIPES[changes["__recipe__"]]
+    return RECIPES["v0.1"].replace(**changes)
+
+
+def build_task(kind: str, n: int, seed: int, args: argparse.Namespace) -> od.TaskSpec:
+    """The benchmark task (the package's CPU budgets: digits 300 x 64, Split-CIFAR 100 x 32)."""
+    if kind == "digits":
+        task, _ = od.digits_task(n, seed=seed, steps=args.digits_steps)
+    else:
+        task, _ = od.split_cifar_task(
+            n,
+            data_dir=args.data_dir,
+            seed=seed,
+            steps=args.cifar_steps,
+            batch_size=args.cifar_batch_size,
+            pretrain_steps=args.pretrain_steps,
+            cache_dir=args.cache_dir,
+        )
+    return task
+
+
+def _done(path: Path) -> set[tuple[str, ...]]:
+    if not path.is_file():
+        return set()
+    with path.open() as f:
+        return {(r["task"], r["n"], r["seed"], r["variant"], r["bn"], r["lr"]) for r in csv.DictReader(f)}
+
+
+def _metrics_row(task: od.TaskSpec, objective: od.DEELBoObjective, result: od.TrainResult) -> dict[str, float]:
+    test = od.evaluate(objective.model, task.test.x, task.test.y, transform=task.eval_transform)  # type: ignore[union-attr]
+    scores = score_deelbo_run(task, objective, result, rules=SELECTION_RULES)
+    last = result.history[-1]
+    return {
+        "accuracy": test.accuracy,
+        "nll": test.nll,
+        "lambda": last["lambda"],
+        "tau": last.get("tau", math.nan),
+        "sigma": objective.posterior.mean_sigma(),
+        **{f"score:{r}": v for r, v in scores.items()},
+    }
+
+
+def run_all(args: argparse.Namespace, write: Callable[[dict[str, Any]], None], done: set[tuple[str, ...]]) -> None:
+    for spec in args.tasks:
+        kind, n_text = spec.split(":")
+        n = int(n_text)
+        for seed in args.seeds:
+            base = build_task(kind, n, seed, args)
+            for variant in args.variants:
+                _, budget = VARIANTS[variant]
+                task = dataclasses.replace(base, recipe=variant_recipe(variant), steps=round(base.steps * budget))
+                for lr in args.lrs:
+                    key = (kind, str(n), str(seed), variant, "0", repr(lr))
+                    if key in done:
+                        continue
+                    torch.manual_seed(seed)
+                    start = time.perf_counter()
+                    try:
+                        objective, result = fit_deelbo(task, lr)
+                    except od.TrainingDiverged as exc:
+                        print(f"{kind} N={n} seed={seed} {variant} lr={lr}: diverged ({exc})", flush=True)
+                        continue
+                    seconds = time.perf_counter() - start
+                    common = {"task": kind, "n": n, "seed": seed, "variant": variant, "lr": repr(lr)}
+                    common |= {"steps": task.steps, "train_s": seconds}
+                    row = {**common, "bn": 0, **_metrics_row(task, objective, result)}
+                    write(row)
+                    if not task.deelbo_recipe.bn_recalibration:
+                        recalibrate_batchnorm(objective.model, task.train.x, transform=task.eval_transform)
+                        write({**common, "bn": 1, **_metrics_row(task, objective, result)})
+                    print(
+                        f"{kind} N={n} seed={seed} {variant:>16} lr={lr:<7g} acc={row['accuracy']:.3f} "
+                        f"sigma={row['sigma']:.2g} lam={row['lambda']:.2g} {seconds:.1f}s",
+                        flush=True,
+                    )
+
+
+def aggregate(rows: list[dict[str, str]], variants: list[str]) -> list[dict[str, Any]]:
+    """One table row per (task, N, variant, bn, rule): means over seeds of the chosen run's numbers."""
+    runs: dict[tuple[str, int, str, int], dict[int, list[dict[str, str]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        runs[(r["task"], int(r["n"]), r["variant"], int(r["bn"]))][int(r["seed"])].append(r)
+    out: list[dict[str, Any]] = []
+    for (kind, n, variant, bn), by_seed in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3])):
+        if variant not in variants:
+            continue
+        for rule in SELECTION_RULES:
+            chosen, best = [], []
+            for seed_rows in by_seed.values():
+                pick = min(seed_rows, key=lambda r: float(r[f"score:{rule}"]))
+                chosen.append(pick)
+                best.append(max(float(r["accuracy"]) for r in seed_rows))
+            acc = [float(r["accuracy"]) for r in chosen]
+
+            def mean(key: str, picked: list[dict[str, str]] = chosen) -> float:
+                return statistics.fmean(float(r[key]) for r in picked)
+
+            out.append(
+                {
+                    "task": kind,
+                    "n": n,
+                    "variant": variant + ("+bn" if bn else ""),
+                    "rule": rule,
+                    "seeds": len(by_seed),
+                    "chosen_lr": "/".join(f"{float(r['lr']):g}" for r in chosen),
+                    "accuracy": 100 * statistics.fmean(acc),
+                    "best_lr_accuracy": 100 * statistics.fmean(best),
+                    "regret": 100 * statistics.fmean(b - a for a, b in zip(acc, best, strict=True)),
+                    "nll": mean("nll"),
+                    "lambda": mean("lambda"),
+                    "tau": mean("tau"),
+                    "sigma": mean("sigma"),
+                }
+            )
+    return out
+
+
+def per_lr(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Mean test accuracy per (task, N, variant, bn, lr) over seeds."""
+    groups: dict[tuple[str, int, str, int, float], list[float]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], int(r["n"]), r["variant"], int(r["bn"]), float(r["lr"]))].append(float(r["accuracy"]))
+    return [
+        {
+            "task": k[0],
+            "n": k[1],
+            "variant": k[2] + ("+bn" if k[3] else ""),
+            "lr": k[4],
+            "accuracy": 100 * statistics.fmean(v),
+            "seeds": len(v),
+        }
+        for k, v in sorted(groups.items())
+    ]
+
+
+def write_tables(record: RunRecord, args: argparse.Namespace) -> None:
+    files = sorted(RESULTS.glob(RUNS_GLOB))
+    rows = []
+    for path in files:
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
+    table = aggregate(rows, list(VARIANTS))
+    with (RESULTS / "ablation.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    lr_rows = per_lr(rows)
+    with (RESULTS / "ablation-per-lr.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(lr_rows[0]))
+        writer.writeheader()
+        writer.writerows(lr_rows)
+    default_rule = RECIPES["default"].selection
+    lines = [
+        "# DE-ELBo recipe ablation",
+        "",
+        record.header(),
+        f"- runs: {len(rows)} rows of {', '.join(p.name for p in files)} (one per task, N, seed, variant, lr, "
+        "BatchNorm recalibration)",
+        f"- learning rates {', '.join(f'{lr:g}' for lr in args.lrs)}; digits {args.digits_steps} steps x 64, "
+        f"Split-CIFAR (cifar-resnet20, CIFAR-10 JPEG) {args.cifar_steps} steps x {args.cifar_batch_size}, "
+        f"pretraining {args.pretrain_steps} steps; L2-SP prior",
+        "- accuracy: test accuracy (%) of the learning rate the rule chose, mean over seeds; best lr: of the best "
+        "learning rate in hindsight; regret = best lr - chosen (points); NLL, lambda, tau, sigma of the chosen run",
+        "",
+        f"## Each variant with the default selection rule ({default_rule})",
+        "",
+        "| task | N | variant | chosen lr (per seed) | accuracy % | best lr % | regret | test NLL | lambda | tau "
+        "| sigma |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = "| {task} | {n} | {variant} | {chosen_lr} | {accuracy:.1f} | {best_lr_accuracy:.1f} | {regret:.1f} | {nll:.3f} | {lambda:.2g} | {tau:.2g} | {sigma:.2g} |"  # noqa: E501
+    lines += [fmt.format(**r) for r in table if r["rule"] == default_rule]
+    lines += [
+        "",
+        "## Selection rules (every rule on the same runs)",
+        "",
+        "| task | N | variant | rule | chosen lr (per seed) | accuracy % | best lr % | regret |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = "| {task} | {n} | {variant} | {rule} | {chosen_lr} | {accuracy:.1f} | {best_lr_accuracy:.1f} | {regret:.1f} |"
+    lines += [
+        fmt.format(**r)
+        for r in table
+        if r["variant"] in ("v0.1", "v0.1+bn", "default", "default+bn", "paper", "sigma-adam")
+    ]
+    (RESULTS / "ablation.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'ablation.md'} ({len(table)} table rows)")
+
+
+def _list(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    return lambda text: [cast(t) for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    record = RunRecord.start()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--tasks", type=_list(str), default=["digits:50", "digits:100", "digits:200", "cifar:50", "cifar:500"]
+    )
+    parser.add_argument("--seeds", type=_list(int), default=[0, 1, 2])
+    parser.add_argument("--variants", type=_list(str), default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--lrs", type=_list(float), default=list(LEARNING_RATES))
+    parser.add_argument("--digits-steps", type=int, default=300)
+    parser.add_argument("--cifar-steps", type=int, default=100)
+    parser.add_argument("--cifar-batch-size", type=int, default=32)
+    parser.add_argument("--pretrain-steps", type=int, default=500)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default="ablation-runs.csv", help="run file in benchmarks/results/ (appended to)")
+    parser.add_argument("--aggregate-only", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    torch.set_num_threads(args.threads)
+    if not args.aggregate_only:
+        runs_file = RESULTS / args.runs
+        if not runs_file.match(RUNS_GLOB):
+            parser.error(f"--runs must match {RUNS_GLOB}")
+        done = _done(runs_file)
+        new = not runs_file.is_file()
+        with runs_file.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+
+            def write(row: dict[str, Any]) -> None:
+                writer.writerow(row)
+                f.flush()
+
+            run_all(args, write, done)
+    write_tables(record, args)
+
+
+if __name__ == "__main__":
+    main()
