@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from optuna_deelbo._errors import CheckpointError, ConfigError, MissingDependency, StorageError, TrainingDiverged
 from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
+from optuna_deelbo.batchnorm import recalibrate_batchnorm
 from optuna_deelbo.cifar import (
     CIFAR10_CLASSES,
     DeviceAugment,
@@ -15,9 +16,10 @@ from optuna_deelbo.cifar import (
     split_classes,
 )
 from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
+from optuna_deelbo.deelbo_recipe import RECIPE_NAMES, RECIPES, SELECTION_RULES, DEELBoRecipe
 from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping, continue_until, retrain_steps
-from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain
+from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
 from optuna_deelbo.mixing import BatchMixing, cutmix, cutout, mixup, one_hot_targets, random_erasing
 from optuna_deelbo.models import Pretrained, SmallCNN, pretrain, with_new_head
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
@@ -28,6 +30,7 @@ from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.regularization import Regularization, suggest_regularization
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
 from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
+from optuna_deelbo.selection import expected_nll, laplace_neg_log_evidence, selection_scores
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
 from optuna_deelbo.strategies import (
     DEFAULT_STRATEGIES,
@@ -55,6 +58,9 @@ __all__ = [
     "LEARNED_ATTR_PREFIX",
     "PENALTY_NAMES",
     "PRIOR_NAMES",
+    "RECIPES",
+    "RECIPE_NAMES",
+    "SELECTION_RULES",
     "SIGMA_MODES",
     "STRATEGY_NAMES",
     "AdaptiveFeedback",
@@ -64,6 +70,7 @@ __all__ = [
     "CifarResNet",
     "ConfigError",
     "DEELBoObjective",
+    "DEELBoRecipe",
     "DEELBoSampler",
     "DeviceAugment",
     "DivergenceRule",
@@ -104,11 +111,13 @@ __all__ = [
     "digits_task",
     "digits_transfer",
     "evaluate",
+    "expected_nll",
     "finish_planned_study",
     "fit",
     "fit_deelbo",
     "fit_map",
     "get_strategy",
+    "laplace_neg_log_evidence",
     "learned_names",
     "load_checkpoint",
     "load_cifar10_jpeg",
@@ -121,10 +130,13 @@ __all__ = [
     "pull_down",
     "pull_up",
     "random_erasing",
+    "recalibrate_batchnorm",
     "resolve_device",
     "retrain",
     "retrain_steps",
     "run_worker",
+    "score_deelbo_run",
+    "selection_scores",
     "set_head_dropout",
     "set_stochastic_depth",
     "split_cifar_task",

@@ -200,7 +200,41 @@ CASES = [
     pytest.param(lambda c: parse_strategies(" , "), od.ConfigError, r"no strategy given", id="strategy-list-empty"),
     pytest.param(lambda c: _task(prior="l3"), od.ConfigError, r"unknown prior 'l3'", id="prior-unknown"),
     pytest.param(
-        lambda c: _task(sigma_mode="full"), od.ConfigError, r"unknown sigma_mode 'full'", id="sigma-mode-unknown"
+        lambda c: od.DEELBoRecipe(sigma_mode="full"),  # type: ignore[arg-type]
+        od.ConfigError,
+        r"unknown sigma_mode 'full'",
+        id="sigma-mode-unknown",
+    ),
+    pytest.param(lambda c: _task(recipe="fast"), od.ConfigError, r"unknown DE-ELBo recipe 'fast'", id="recipe-unknown"),
+    pytest.param(
+        lambda c: od.DEELBoRecipe(selection="val-nll"),  # type: ignore[arg-type]
+        od.ConfigError,
+        r"unknown selection rule 'val-nll'",
+        id="selection-rule-unknown",
+    ),
+    pytest.param(
+        lambda c: od.DEELBoRecipe(sigma_optimizer="adam"),
+        od.ConfigError,
+        r"sigma_optimizer='adam' needs a sigma_lr",
+        id="sigma-adam-without-lr",
+    ),
+    pytest.param(
+        lambda c: od.DEELBoRecipe(sigma_mode="layer", share_head_sigma=True),
+        od.ConfigError,
+        r"share_head_sigma needs sigma_mode='scalar', got 'layer'",
+        id="shared-head-sigma-layer-mode",
+    ),
+    pytest.param(
+        lambda c: od.DEELBoRecipe().replace(sigma_learning_rate=0.1),
+        od.ConfigError,
+        r"unknown recipe settings \['sigma_learning_rate'\]",
+        id="recipe-setting-unknown",
+    ),
+    pytest.param(
+        lambda c: od.IsotropicGaussian(torch.zeros(5)).kl_at_optimum_blocks(torch.ones(5), torch.tensor(0.1), [2, 2]),
+        od.ConfigError,
+        r"block sizes must be positive and sum to the prior's 5 weights, got \[2, 2\]",
+        id="per-layer-blocks-mismatch",
     ),
     pytest.param(
         lambda c: od.build_backbone("vgg16", 5), od.ConfigError, r"unknown backbone 'vgg16'", id="backbone-unknown"
@@ -424,7 +458,7 @@ CASES = [
         id="kappa-nan",
     ),
     pytest.param(
-        lambda c: _task(init_sigma=0.0),
+        lambda c: od.DEELBoRecipe(init_sigma=0.0),
         od.ConfigError,
         r"init_sigma must be a positive finite number, got 0\.0",
         id="init-sigma-zero",
