@@ -45,9 +45,10 @@ ACCURACY_GRAPH_ID = "deelbo-accuracy-vs-time"
 TRAJECTORY_GRAPH_ID = "deelbo-trajectories"
 
 _HOW_TO_READ = {
-    "train_deelbo_loss": (
-        "Each trial trains on all N with the DE-ELBo; its **value is the final training DE-ELBo loss** "
-        "(lower wins; no validation split). The weight decay is not searched: it is learned, see the "
+    "selection_score": (
+        "Each trial trains on all N with the DE-ELBo; its **value is the score of the selection rule** named "
+        "in the `select:rule` user attr (by default `train-loss`, the final training DE-ELBo loss; lower wins; "
+        "no validation split). The weight decay is not searched: it is learned, see the "
         "`learned:lambda`, `learned:tau`, `learned:sigma`, `learned:weight_decay` user attrs and "
         "`learned:trace` (`[[step, lambda, tau, sigma], ...]`). `test:accuracy` per trial is reporting only."
     ),

@@ -2,7 +2,8 @@
 
 The same user objective runs under any sampler. Under :class:`DEELBoSampler` with
 ``"weight_decay"`` learned, :func:`fit` trains with the DE-ELBo on all ``N`` examples and
-returns the final training DE-ELBo loss; otherwise it trains MAP with the suggested weight
+returns the score of the task recipe's selection rule (``train-loss`` by default: the final
+training DE-ELBo loss); otherwise it trains MAP with the suggested weight
 decay on the 80 % split and returns the validation NLL. Both are minimised.
 
 Trial user attrs written (all floats unless noted):
@@ -11,6 +12,8 @@ Trial user attrs written (all floats unless noted):
 * ``learned:weight_decay``, ``learned:lambda``, ``learned:tau``, ``learned:sigma`` (DE-ELBo)
 * ``learned:trace``: ``[[step, lambda, tau, sigma], ...]`` over training (DE-ELBo)
 * ``train:loss``, ``train:nll``: final-epoch means (nats per example)
+* ``select:rule`` (str) and ``select:<rule>``: the DE-ELBo selection rule and its score (the
+  trial's value), ``time:select_s``; ``learned:lambda_layers`` (dict) with per-layer lambda
 * ``val:nll``, ``val:accuracy`` (MAP); ``test:nll``, ``test:accuracy`` (DE-ELBo: trained on all N)
 * ``time:train_s`` (the training loop), ``time:trial_s`` (the whole call)
 * ``failure:reason`` (str) when training diverged and the trial was pruned
@@ -267,7 +270,8 @@ def fit(
             trajectory is stored as the ``lambda:trajectory`` user attr ``[[step, wd], ...]``.
 
     Returns:
-        DE-ELBo: the final training DE-ELBo loss. MAP: the validation NLL (nats per example).
+        DE-ELBo: the score of ``task.recipe.selection`` (default: the final training DE-ELBo
+        loss). MAP: the validation NLL. Both in nats per example.
 
     Raises:
         ConfigError: bad arguments, or the trial's study maximises (``fit`` returns a loss).

@@ -793,3 +793,74 @@ def test_lowrank_prior_is_invariant_to_flipping_factor_column_signs(seed: int, d
     flipped = LowRankGaussian(prior.mean.clone(), prior.diagonal.clone(), prior.factor * torch.tensor(signs, dtype=F64))
     close(flipped.kl(case.theta, case.sigma, case.lam), prior.kl(case.theta, case.sigma, case.lam))
     close(flipped.optimal_variance(case.theta, case.sigma), prior.optimal_variance(case.theta, case.sigma))
+
+
+# --- per-layer prior variances (one lam per block) -------------------------------------------------
+
+
+def _dense_blockwise_kl(theta: Tensor, mean: Tensor, sigma: Tensor, sizes: list[int], lams: Tensor) -> Tensor:
+    """``KL(N(theta, diag sigma^2) || N(mean, diag(lam_b per weight)))`` by torch.distributions (dense)."""
+    var = torch.repeat_interleave(lams, torch.tensor(sizes))
+    q = MultivariateNormal(theta, covariance_matrix=torch.diag(sigma**2))
+    p = MultivariateNormal(mean, covariance_matrix=torch.diag(var))
+    return kl_divergence(q, p)
+
+
+@SETTINGS
+@given(seed=seeds, sizes=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=4), per=per_params)
+def test_blockwise_kl_and_variances_match_brute_force(seed: int, sizes: list[int], per: bool) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    dim = sum(sizes)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    theta = mean + torch.randn(dim, generator=gen, dtype=F64) * _uniform(gen, (1,), 0.01, 2.0)
+    sigma = _uniform(gen, (dim,), 0.05, 1.0) if per else _uniform(gen, (), 0.05, 1.0)
+    kl, lams = IsotropicGaussian(mean).kl_at_optimum_blocks(theta, sigma, sizes)
+    full_sigma = sigma.expand(dim) if sigma.ndim == 0 else sigma
+    assert lams.shape == (len(sizes),)
+    assert float(kl) == pytest.approx(
+        float(_dense_blockwise_kl(theta, mean, full_sigma, sizes, lams)), rel=1e-9, abs=1e-9
+    )
+    # each lam_b is the 1-d minimiser of the dense KL with the other blocks held fixed
+    for b in range(len(sizes)):
+
+        def kl_at(log_lam: float, b: int = b) -> float:
+            trial = lams.clone()
+            trial[b] = math.exp(log_lam)
+            return float(_dense_blockwise_kl(theta, mean, full_sigma, sizes, trial))
+
+        found = minimize_scalar(kl_at, bracket=(math.log(float(lams[b])) - 1, math.log(float(lams[b])) + 1), tol=1e-12)
+        assert math.exp(found.x) == pytest.approx(float(lams[b]), rel=1e-4)
+
+
+@SETTINGS
+@given(seed=seeds, dim=dims, per=per_params)
+def test_one_block_equals_the_shared_closed_form(seed: int, dim: int, per: bool) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    theta = torch.randn(dim, generator=gen, dtype=F64)
+    sigma = _uniform(gen, (dim,), 0.05, 1.0) if per else _uniform(gen, (), 0.05, 1.0)
+    prior = IsotropicGaussian(mean)
+    kl_blocks, lams = prior.kl_at_optimum_blocks(theta, sigma, [dim])
+    kl, lam = prior.kl_at_optimum(theta, sigma)
+    assert float(kl_blocks) == pytest.approx(float(kl), rel=1e-12, abs=1e-12)
+    assert float(lams[0]) == pytest.approx(float(lam), rel=1e-12)
+
+
+def test_blockwise_kl_gradient_matches_total_derivative() -> None:
+    """lam_b* is detached: by the envelope theorem the gradient still equals that of the dense KL at lam*."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = [2, 3, 1]
+    mean = torch.randn(6, generator=gen, dtype=F64)
+    theta = torch.randn(6, generator=gen, dtype=F64, requires_grad=True)
+    sigma = _uniform(gen, (6,), 0.1, 0.5).requires_grad_(True)
+    kl, _ = IsotropicGaussian(mean).kl_at_optimum_blocks(theta, sigma, sizes)
+    got = torch.autograd.grad(kl, (theta, sigma))
+
+    def profile(t: Tensor, s: Tensor) -> Tensor:  # lam_b* recomputed differentiably
+        parts = torch.split((t - mean) ** 2 + s**2, sizes)
+        lams = torch.stack([p.mean() for p in parts])
+        return _dense_blockwise_kl(t, mean, s, sizes, lams)
+
+    want = torch.autograd.grad(profile(theta, sigma), (theta, sigma))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)

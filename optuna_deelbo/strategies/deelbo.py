@@ -1,4 +1,4 @@
-"""DE-ELBo: grid over 4 learning rates; weight decay learned in-loop; pick by training loss."""
+"""DE-ELBo: grid over 4 learning rates; weight decay learned in-loop; pick by the recipe's selection rule."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ __all__ = ["DEELBoStrategy"]
 
 
 class DEELBoStrategy(Strategy):
-    """Four DE-ELBo runs on all N; the lowest final training DE-ELBo loss wins (no validation set)."""
+    """Four DE-ELBo runs on all N; the lowest score of the task recipe's selection rule wins (no validation set).
+
+    The trial value is that score (``select:<rule>`` user attr; ``train-loss`` by default: the
+    final training DE-ELBo loss), see :mod:`optuna_deelbo.selection`.
+    """
 
     name = "deelbo"
-    description = "DE-ELBo: lr grid (4), weight decay learned in-loop, chosen by final training loss"
-    metric_name = "train_deelbo_loss"
+    description = "DE-ELBo: lr grid (4), weight decay learned in-loop, chosen by the selection rule (no validation set)"
+    metric_name = "selection_score"
     retrain_winner = False
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
