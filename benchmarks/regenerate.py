@@ -130,6 +130,12 @@ STEPS: tuple[Step, ...] = (
     ),
     Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
+    Step(
+        "ablation",
+        "ablation.py",
+        {d: ("--data-dir", "{data_dir}") for d in DEVICES},
+        ("ablation.md", "ablation.csv", "ablation-per-lr.csv"),
+    ),
 )
 
 #: Scripts under benchmarks/ that are helpers, not benchmarks.

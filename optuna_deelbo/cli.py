@@ -20,6 +20,7 @@ from optuna_deelbo.backbones import BACKBONE_NAMES
 from optuna_deelbo.checkpoint import default_artifacts_dir
 from optuna_deelbo.compare import parse_strategies, run_compare, study_name_for
 from optuna_deelbo.dashboard import dashboard_available, save_storage_to_dashboard, save_to_dashboard
+from optuna_deelbo.deelbo_recipe import RECIPE_NAMES
 from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.report import results_table, write_html_report, write_storage_report
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--cache-dir", default=None, help="decoded images + pretrained checkpoints (CIFAR tasks)")
     cmp.add_argument("--n-train", type=int, default=None, help="target training-set size N (digits 100, CIFAR 50)")
     cmp.add_argument("--prior", default="l2-sp", choices=PRIOR_NAMES)
+    cmp.add_argument(
+        "--recipe",
+        default="default",
+        choices=RECIPE_NAMES,
+        help="how DE-ELBo trains and picks its learning rate (README: 'Which recipe choices matter')",
+    )
     cmp.add_argument("--steps", type=_positive_int, default=300, help="SGD steps per configuration")
     cmp.add_argument("--batch-size", type=_positive_int, default=64)
     cmp.add_argument("--pretrain-steps", type=_positive_int, default=None, help="digits 400, CIFAR 2000")
@@ -146,6 +153,7 @@ def _recipe(args: argparse.Namespace, *, artifacts: str | None = None) -> TaskRe
         cache_dir=args.cache_dir,
         checkpoint_every=args.checkpoint_every if artifacts is not None else None,
         artifacts=artifacts,
+        deelbo=args.recipe,
     )
 
 

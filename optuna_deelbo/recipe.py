@@ -18,6 +18,7 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_int
 from optuna_deelbo.backbones import BACKBONE_NAMES
 from optuna_deelbo.checkpoint import Checkpointing
+from optuna_deelbo.deelbo_recipe import DEELBoRecipe
 from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
@@ -43,6 +44,7 @@ class TaskRecipe:
         checkpoint_every: steps between two checkpoints of a worker's trial (``None`` = none).
         artifacts: the checkpoint directory every worker shares (a worker may override it
             with ``--artifacts`` when the same store is mounted elsewhere).
+        deelbo: the DE-ELBo recipe: a name from ``RECIPES`` or a :meth:`DEELBoRecipe.to_json` dict.
     """
 
     dataset: str = "digits"
@@ -57,8 +59,10 @@ class TaskRecipe:
     cache_dir: str | None = None
     checkpoint_every: int | None = None
     artifacts: str | None = None
+    deelbo: str | dict[str, Any] = "default"
 
     def __post_init__(self) -> None:
+        DEELBoRecipe.from_json(self.deelbo)  # checked here, before any pretraining
         if self.dataset not in DATASET_NAMES:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
         if self.prior not in PRIOR_NAMES:
@@ -122,6 +126,7 @@ class TaskRecipe:
             "steps": self.steps,
             "batch_size": self.batch_size,
             "device": device,
+            "recipe": DEELBoRecipe.from_json(self.deelbo),
         }
         if self.dataset == "digits":
             return digits_task(

@@ -27,6 +27,7 @@ from optuna_deelbo.cifar import (
     split_classes,
 )
 from optuna_deelbo.data import Split, digits_transfer, stratified_indices
+from optuna_deelbo.deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.models import SmallCNN, pretrain, with_new_head
 from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.swag import SWAGMoments
@@ -105,15 +106,18 @@ def digits_task(
     swag_rank: int = 10,
     device: str | None = None,
     progress: bool = False,
+    recipe: DEELBoRecipe | str = "default",
 ) -> tuple[TaskSpec, float]:
     """The embedded default: pretrain a :class:`SmallCNN` on digits 0-4, fine-tune on 5-9.
 
     SWAG moments (``swag_rank`` columns) are collected during pretraining only for ``prior="ptyl"``.
+    ``recipe``: how DE-ELBo runs train and select (:class:`DEELBoRecipe` or ``"default"`` / ``"paper"``).
 
     Returns:
         The task and the pretraining wall-clock in seconds.
     """
     _check_prior(prior, swag_rank)
+    resolve_recipe(recipe)
     data = digits_transfer(n_train, seed=seed)
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -145,6 +149,7 @@ def digits_task(
         seed=seed,
         device=device,
         progress=progress,
+        recipe=recipe,
         **_ptyl_fields(prior, done.swag),  # type: ignore[arg-type]
     )
     return task, pretrain_s
@@ -167,6 +172,7 @@ def split_cifar_task(
     cache_dir: str | Path | None = None,
     device: str | None = None,
     progress: bool = False,
+    recipe: DEELBoRecipe | str = "default",
 ) -> tuple[TaskSpec, float]:
     """Split-CIFAR, the offline stand-in for ImageNet pretraining.
 
@@ -184,10 +190,12 @@ def split_cifar_task(
         seed: draws the N training images and seeds the new head and training.
         pretrain_seed: seeds source pretraining; fixed across ``seed`` by default, as one
             published checkpoint is shared by every fine-tuning run.
+        recipe: how DE-ELBo runs train and select (see :func:`digits_task`).
     """
     if backbone not in BACKBONE_NAMES:
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONE_NAMES}")
     _check_prior(prior, swag_rank)
+    resolve_recipe(recipe)
     if source == "jpeg":
         train_x, train_y = load_cifar10_jpeg(data_dir, "train", cache_dir=cache_dir)
         test_x, test_y = load_cifar10_jpeg(data_dir, "test", cache_dir=cache_dir)
@@ -263,6 +271,7 @@ def split_cifar_task(
         progress=progress,
         train_transform=DeviceAugment(train=True),
         eval_transform=DeviceAugment(train=False),
+        recipe=recipe,
         **_ptyl_fields(prior, swag),  # type: ignore[arg-type]
     )
     return task, pretrain_s

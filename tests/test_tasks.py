@@ -270,8 +270,12 @@ def cifar_first(cifar_cache: Path) -> tuple[TaskSpec, float]:
 
 
 def _fingerprints(images: Tensor) -> Tensor:
-    """A float64 projection of each flattened image that tells distinct images apart."""
-    weights = torch.from_numpy(np.random.default_rng(0).normal(size=images[0].numel()))
+    """A float64 projection of each flattened image that tells distinct images apart.
+
+    The weights are integers below 2^20, so every product and partial sum (< 2^40) is exact in
+    float64 and the result does not depend on the summation order (batch size, BLAS, threads).
+    """
+    weights = torch.from_numpy(np.random.default_rng(0).integers(-(2**20), 2**20, size=images[0].numel())).double()
     return images.reshape(images.shape[0], -1).double() @ weights
 
 
