@@ -47,7 +47,9 @@ class DEELBoRecipe:
 
     Attributes:
         init_sigma: initial posterior std (weight units), >= the posterior's floor (1e-12).
-        sigma_mode: ``"scalar"``, ``"layer"`` or ``"parameter"`` (see :class:`WeightPosterior`).
+        sigma_mode: ``"scalar"``, ``"layer"`` or ``"parameter"`` (see :class:`WeightPosterior`);
+            ``"parameter"`` needs ``sigma_optimizer="adam"``: under SGD each weight's ``rho`` gets a
+            gradient about ``1/D`` of a shared sigma's and never leaves its initial value.
         share_head_sigma: scalar mode only: one sigma for body and head (the reference code)
             instead of one each.
         clip_norm: max global gradient norm of DE-ELBo runs, or ``None`` (MAP keeps 10).
@@ -90,6 +92,12 @@ class DEELBoRecipe:
         elif self.sigma_optimizer == "adam":
             raise ConfigError("sigma_optimizer='adam' needs a sigma_lr (e.g. 0.01)")
         positive_int(self.selection_samples, "selection_samples")
+        if self.sigma_mode == "parameter" and self.sigma_optimizer == "sgd":
+            raise ConfigError(
+                "sigma_mode='parameter' does not learn with sigma_optimizer='sgd' (each weight's rho gets a "
+                "gradient about 1/D of a shared sigma's, so sigma stays at init_sigma); use "
+                "sigma_optimizer='adam' with a sigma_lr (e.g. 0.05)"
+            )
 
     def replace(self, **changes: Any) -> DEELBoRecipe:
         """A copy with ``changes`` applied (and checked)."""

@@ -213,6 +213,12 @@ CASES = [
         id="selection-rule-unknown",
     ),
     pytest.param(
+        lambda c: od.DEELBoRecipe(sigma_mode="parameter"),
+        od.ConfigError,
+        r"sigma_mode='parameter' does not learn with sigma_optimizer='sgd'",
+        id="sigma-parameter-with-sgd",
+    ),
+    pytest.param(
         lambda c: od.DEELBoRecipe(sigma_optimizer="adam"),
         od.ConfigError,
         r"sigma_optimizer='adam' needs a sigma_lr",
@@ -764,6 +770,12 @@ CASES = [
         CliFailed,
         r"argument --prior: invalid choice: 'gaussian'",
         id="cli-prior-unknown",
+    ),
+    pytest.param(
+        cli("compare", "--recipe", "fast"),
+        CliFailed,
+        r"argument --recipe: invalid choice: 'fast'",
+        id="cli-recipe-unknown",
     ),
     pytest.param(
         cli("compare", "--dataset", "mnist"),
