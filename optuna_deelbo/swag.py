@@ -118,6 +118,18 @@ class SWAGMoments:
             return diagonal, self.deviations.new_zeros((self.dim, 0))
         return diagonal, self.deviations * math.sqrt(scale / (2.0 * (rank - 1)))
 
+    def unit_trace_scale(self, min_variance: float = 1e-8) -> float:
+        """The ``scale`` at which ``Tr(scale * Sigma_SWAG) / D = 1`` (mean prior variance 1 weight^2 at ``lam = 1``).
+
+        SWAG's covariance is tiny (weights move little late in pretraining), so at scale 1 the
+        MAP weight decays of a usual grid (1e-7 .. 1e-2) are all far too strong for PTYL; at unit
+        trace they mean what they mean for the isotropic priors. The DE-ELBo's learned ``lam``
+        absorbs any scale, so its runs do not change.
+        """
+        diagonal, factor = self.covariance_factors(min_variance=min_variance)
+        trace = float(diagonal.double().sum() + (factor.double() ** 2).sum())
+        return self.dim / trace
+
     def to_prior(self, scale: float = 1.0, min_variance: float = 1e-8) -> LowRankGaussian:
         """The PTYL prior ``N(mean, lam * scale * Sigma_SWAG)`` (``lam`` chosen later).
 

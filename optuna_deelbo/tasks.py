@@ -92,7 +92,8 @@ def _ptyl_fields(prior: str, swag: SWAGMoments | None) -> dict[str, object]:
         return {}
     if swag is None:
         raise ConfigError("the ptyl prior needs SWAG moments from pretraining (swag_rank > 0)")
-    return {"prior_mean": swag.mean, "prior_covariance": swag.covariance_factors()}
+    # unit mean variance, so the MAP baselines' weight-decay grid fits PTYL too (SWAGMoments.unit_trace_scale)
+    return {"prior_mean": swag.mean, "prior_covariance": swag.covariance_factors(scale=swag.unit_trace_scale())}
 
 
 def digits_task(

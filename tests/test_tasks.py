@@ -89,9 +89,14 @@ def test_digits_ptyl_prior_is_the_swag_low_rank_gaussian(monkeypatch: pytest.Mon
     prior = task.body_prior(model)
     assert isinstance(prior, LowRankGaussian)
     assert torch.equal(prior.mean, swag.mean)
-    want_diagonal, want_factor = swag.covariance_factors()
+    want_diagonal, want_factor = swag.covariance_factors(scale=swag.unit_trace_scale())
     assert torch.equal(prior.diagonal, want_diagonal)
     assert torch.equal(prior.factor, want_factor)
+    # scaled to a mean prior variance of 1 (at lam = 1), so MAP weight decays mean what they do for l2-sp
+    trace = float(prior.diagonal.double().sum() + (prior.factor.double() ** 2).sum())
+    assert trace / dim == pytest.approx(1.0, rel=1e-5)
+    raw_diagonal, _ = swag.covariance_factors()
+    assert float(raw_diagonal.double().mean()) < 1e-2  # SWAG's own scale is far from 1
     # PTYL centres on the SWA average, not on the last pretraining iterate (the l2-sp mean).
     assert not torch.allclose(prior.mean, _body(task, model))
 
