@@ -57,7 +57,8 @@ class DEELBoRecipe:
         sigma_lr: learning rate of ``rho`` (``adam``: required; ``sgd``: ``None`` = the weights' lr).
         prior_structure: one of :data:`PRIOR_STRUCTURES` (``"layer"`` needs an isotropic prior).
         bn_recalibration: after training, recompute BatchNorm running statistics with the mean
-            weights on the (unaugmented) training set, as the mean weights are what predicts.
+            weights (what predicts) on the training set, through the training augmentation
+            (:func:`~optuna_deelbo.fit.recalibrate_for_mean_weights`).
         selection: how the learning rate is chosen, one of :data:`SELECTION_RULES`.
         selection_samples: posterior samples per example for ``full-pass`` and ``elbo``.
     """

@@ -66,3 +66,24 @@ def test_bad_input() -> None:
         od.recalibrate_batchnorm(_net(), torch.zeros(0, 1, 6, 6))
     with pytest.raises(od.ConfigError, match="batch_size must be a positive integer"):
         od.recalibrate_batchnorm(_net(), torch.zeros(2, 1, 6, 6), batch_size=0)
+
+
+def test_recalibration_uses_the_training_augmentation() -> None:
+    """The weights were trained on augmented inputs; their statistics are what the mean weights need."""
+    from optuna_deelbo.fit import recalibrate_for_mean_weights
+
+    x = torch.randn(16, 1, 6, 6)
+    task = od.TaskSpec(
+        name="bn",
+        model_factory=_net,
+        train=od.Split(x, torch.arange(16) % 2),
+        head_prefixes=("4.",),
+        train_transform=lambda t: t * 3 + 1,
+        eval_transform=lambda t: t,
+        progress=False,
+    )
+    model, direct = task.build_model(), task.build_model()
+    assert recalibrate_for_mean_weights(task, model) == 1
+    od.recalibrate_batchnorm(direct, x, transform=lambda t: t * 3 + 1)
+    torch.testing.assert_close(model[1].running_mean, direct[1].running_mean)
+    torch.testing.assert_close(model[1].running_var, direct[1].running_var)
