@@ -272,6 +272,36 @@ def _test_metrics(task: TaskSpec, model: nn.Module) -> Metrics | None:
     return evaluate(model, task.test.x, task.test.y, transform=task.eval_transform)
 
 
+def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainResult, attrs: dict[str, Any]) -> float:
+    """Fill ``attrs`` with a finished DE-ELBo run's learned values, selection score and test metrics.
+
+    Returns:
+        The trial's value: the score of the task recipe's selection rule.
+    """
+    last = result.history[-1]
+    attrs["mode"] = "deelbo"
+    attrs[LEARNED_ATTR_PREFIX + "lambda"] = last["lambda"]
+    attrs[LEARNED_ATTR_PREFIX + "weight_decay"] = objective.equivalent_weight_decay(last["lambda"])
+    if "tau" in last:
+        attrs[LEARNED_ATTR_PREFIX + "tau"] = last["tau"]
+    attrs[LEARNED_ATTR_PREFIX + "sigma"] = last["sigma"]
+    attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
+    attrs["kappa"] = objective.kappa
+    if objective.prior_structure == "layer":
+        attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = objective.layer_variances()
+    start = time.perf_counter()
+    rule = task.deelbo_recipe.selection
+    attrs["select:rule"] = rule
+    attrs["select:" + rule] = value = score_deelbo_run(task, objective, result)[rule]
+    attrs["time:select_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    test = _test_metrics(task, objective.model)
+    if test is not None:
+        attrs["test:nll"], attrs["test:accuracy"] = test.nll, test.accuracy
+        attrs["time:test_eval_s"] = time.perf_counter() - start
+    return value
+
+
 def fit(
     trial: optuna.trial.BaseTrial,
     task: TaskSpec,
@@ -317,27 +347,7 @@ def fit(
                 lambda hook, state: fit_deelbo(task, lr, trial=live_trial, checkpoint=hook, resume=state),
                 attrs,
             )
-            last = result.history[-1]
-            attrs["mode"] = "deelbo"
-            attrs[LEARNED_ATTR_PREFIX + "lambda"] = last["lambda"]
-            attrs[LEARNED_ATTR_PREFIX + "weight_decay"] = objective.equivalent_weight_decay(last["lambda"])
-            if "tau" in last:
-                attrs[LEARNED_ATTR_PREFIX + "tau"] = last["tau"]
-            attrs[LEARNED_ATTR_PREFIX + "sigma"] = last["sigma"]
-            attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
-            attrs["kappa"] = objective.kappa
-            if objective.prior_structure == "layer":
-                attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = objective.layer_variances()
-            select_start = time.perf_counter()
-            rule = task.deelbo_recipe.selection
-            attrs["select:rule"] = rule
-            attrs["select:" + rule] = value = score_deelbo_run(task, objective, result)[rule]
-            attrs["time:select_s"] = time.perf_counter() - select_start
-            eval_start = time.perf_counter()
-            test = _test_metrics(task, objective.model)
-            if test is not None:
-                attrs["test:nll"], attrs["test:accuracy"] = test.nll, test.accuracy
-                attrs["time:test_eval_s"] = time.perf_counter() - eval_start
+            value = _deelbo_outcome(task, objective, result, attrs)
         else:
             train_split, val_split = task.train_val
             model, result = _resumable(
