@@ -131,6 +131,18 @@ STEPS: tuple[Step, ...] = (
     Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(
+        "heldout-digits",
+        "compare_digits.py",
+        {
+            d: (
+                *("--n-train", "150", "--seed", "7", "--out", "{results}/heldout-digits-N150-seed7"),
+                *("--storage", "sqlite:///{results}/heldout-digits-{device}.db"),
+            )
+            for d in DEVICES
+        },
+        ("heldout-digits-N150-seed7.md", "heldout-digits-N150-seed7.csv"),
+    ),
+    Step(
         "ablation",
         "ablation.py",
         {d: ("--data-dir", "{data_dir}") for d in DEVICES},
