@@ -44,7 +44,8 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
     """Seconds per step of each kind in :data:`KINDS`, ``args.repeats`` timed runs of ``args.steps`` steps.
 
     The kinds are interleaved (MAP, iso, PTYL, MAP, ...) so that drift in the machine's speed
-    hits all three alike; each kind trains its own copy of the same initial model.
+    hits all three alike; each kind trains its own copy of the same initial model. With
+    ``args.compile`` (optional) each model is compiled during its warm-up steps.
     """
     built = od.build_backbone(backbone, 5, seed=0)
     device = od.resolve_device(args.device)
@@ -63,7 +64,13 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
 
     def run(kind: str, steps: int) -> float:
         config = od.TrainConfig(
-            lr=1e-3, steps=steps, batch_size=args.batch_size, device=str(device), progress=False, log_every=10
+            lr=1e-3,
+            steps=steps,
+            batch_size=args.batch_size,
+            device=str(device),
+            progress=False,
+            log_every=10,
+            compile=getattr(args, "compile", False),
         )
         return od.train(objectives[kind], x, y, config, transform=augment).seconds / steps
 

@@ -142,6 +142,12 @@ STEPS: tuple[Step, ...] = (
         },
         ("heldout-digits-N150-seed7.md", "heldout-digits-N150-seed7.csv"),
     ),
+    Step(  # on a CPU only the smoke run (into a temporary folder): the measured file comes from a GPU
+        "gpu-check",
+        "gpu_check.py",
+        {"cpu": ("--smoke", "--data-dir", "{data_dir}"), "cuda": ("--data-dir", "{data_dir}")},
+        ("gpu-check.md", "gpu-check.csv"),
+    ),
     Step(
         "ablation",
         "ablation.py",

@@ -1,0 +1,226 @@
+"""The one GPU run that fits a lent H100/H200 (under 8 minutes, data decode and pretraining included).
+
+Usage:  python benchmarks/gpu_check.py            # on the GPU machine: writes benchmarks/results/gpu-check.{md,csv}
+        python benchmarks/gpu_check.py --smoke    # the same code paths on the CPU at tiny size (< 1 minute)
+
+1. Step time of MAP vs DE-ELBo (isotropic and PTYL prior) for cifar-resnet20, resnet18 and
+   resnet50 at batch 128, bf16 autocast and channels_last (the CUDA defaults of ``TrainConfig``),
+   without and with ``torch.compile``; the loop synchronises CUDA before it reads the clock.
+   Ratios against the goals 1.03 (iso) and 1.08 (PTYL); peak GPU memory per row.
+2. One Split-CIFAR comparison (cifar-resnet20, CIFAR-10 JPEG from ``--data-dir``): DE-ELBo with
+   the default recipe vs grid search over the same learning rates, one seed, at ``--n`` (the
+   largest N the budget allows), with each strategy's wall-clock and test accuracy.
+
+Everything is made on the machine from the JPEG archives and the package: no download. With
+``--smoke`` the sizes shrink (batch 8, 2 timed steps, N = 50, 5 fine-tuning and pretraining
+steps, 500 test images, cifar-resnet20 only, no ``torch.compile``: inductor alone needs
+minutes on a CPU) and the files go to ``--out-dir`` (default a temporary folder), so a smoke run
+never overwrites the measured results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+import optuna_deelbo as od
+from optuna_deelbo.compare import run_compare
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import RESULTS, RunRecord
+from overhead import KINDS, time_steps
+
+GOALS = {"deelbo-iso": 1.03, "deelbo-ptyl": 1.08}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Every size the check uses; :meth:`smoke` shrinks them for a CPU."""
+
+    backbones: tuple[str, ...] = ("cifar-resnet20", "resnet18", "resnet50")
+    batch_size: int = 128
+    steps: int = 20
+    warmup: int = 5
+    repeats: int = 3
+    compile_modes: tuple[bool, ...] = (False, True)
+    n_train: int = 5000
+    finetune_steps: int = 500
+    finetune_batch: int = 128
+    pretrain_steps: int = 2000
+    test_images: int = 5000
+
+    @classmethod
+    def smoke(cls) -> Sizes:
+        return cls(
+            backbones=("cifar-resnet20",),
+            batch_size=8,
+            steps=2,
+            warmup=1,
+            repeats=1,
+            compile_modes=(False,),
+            n_train=50,
+            finetune_steps=5,
+            finetune_batch=16,
+            pretrain_steps=5,
+            test_images=500,
+        )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+
+
+def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
+    """One row per (backbone, compile): median ms per step of each kind, ratios and peak memory."""
+    rows = []
+    for backbone in sizes.backbones:
+        for compiled in sizes.compile_modes:
+            args = argparse.Namespace(
+                device=str(device),
+                batch_size=sizes.batch_size,
+                steps=sizes.steps,
+                warmup=sizes.warmup,
+                repeats=sizes.repeats,
+                rank=10,
+                channels_last=device.type == "cuda",
+                compile=compiled,
+            )
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            times = time_steps(backbone, args)
+            med = {kind: statistics.median(ts) for kind, ts in times.items()}
+            row: dict[str, Any] = {"backbone": backbone, "compile": compiled}
+            row |= {f"{kind}_ms": 1e3 * med[kind] for kind in KINDS}
+            row |= {f"{kind}/map": med[kind] / med["map"] for kind in GOALS}
+            row |= {"peak_mb": _peak_memory_mb(device), "wall_s": time.perf_counter() - start}
+            rows.append(row)
+            print(
+                f"{backbone} compile={compiled}: map {row['map_ms']:.2f} ms, iso x{row['deelbo-iso/map']:.3f}, "
+                f"ptyl x{row['deelbo-ptyl/map']:.3f}, peak {row['peak_mb']:.0f} MB",
+                flush=True,
+            )
+    return rows
+
+
+def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """DE-ELBo (default recipe) vs grid search on Split-CIFAR at ``sizes.n_train``, one seed."""
+    start = time.perf_counter()
+    task, pretrain_s = od.split_cifar_task(
+        sizes.n_train,
+        data_dir=args.data_dir,
+        steps=sizes.finetune_steps,
+        batch_size=sizes.finetune_batch,
+        pretrain_steps=sizes.pretrain_steps,
+        cache_dir=args.cache_dir,
+        device=str(device),
+    )
+    assert task.test is not None
+    if sizes.test_images < len(task.test):
+        keep = od.stratified_indices(task.test.y, sizes.test_images, seed=12345)
+        task = dataclasses.replace(task, test=od.Split(task.test.x[keep], task.test.y[keep]))
+    print(f"Split-CIFAR N={sizes.n_train}: data + pretraining {time.perf_counter() - start:.0f} s", flush=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.InMemoryStorage()
+    rows = []
+    for r in run_compare(task, ["deelbo", "grid"], storage):
+        rows.append(
+            {
+                "strategy": r.strategy,
+                "n_train": sizes.n_train,
+                "trials": r.n_trials,
+                "total_s": r.total_s,
+                "test_accuracy": r.test_accuracy,
+                "test_nll": r.test_nll,
+                "best_params": r.best_params,
+                "pretrain_s": pretrain_s,
+            }
+        )
+        print(f"  {r.strategy}: {r.total_s:.1f} s, {100 * r.test_accuracy:.1f} %", flush=True)
+    return rows
+
+
+def _device_line(device: torch.device) -> str:
+    cuda = torch.version.cuda or "none"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run)"
+    return f"{name}; torch {torch.__version__}, CUDA {cuda}"
+
+
+def write_results(
+    out: Path,
+    record: RunRecord,
+    device: torch.device,
+    sizes: Sizes,
+    steps: list[dict[str, Any]],
+    cifar: list[dict[str, Any]],
+) -> None:
+    """gpu-check.md (tables, goals, sizes) and gpu-check.csv (every row of both parts)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "gpu-check.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        for part, rows in (("step-time", steps), ("split-cifar", cifar)):
+            writer.writerow(["part", *rows[0]])
+            writer.writerows([part, *row.values()] for row in rows)
+    lines = [
+        "# GPU check: DE-ELBo step-time overhead and one Split-CIFAR comparison",
+        "",
+        record.header(_device_line(device)),
+        f"- sizes: {dataclasses.asdict(sizes)}",
+        "",
+        "| backbone | compile | MAP ms/step | iso ms/step | PTYL ms/step | iso / MAP (goal 1.03) | PTYL / MAP "
+        "(goal 1.08) | peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in steps:
+        iso, ptyl = r["deelbo-iso/map"], r["deelbo-ptyl/map"]
+        lines.append(
+            f"| {r['backbone']} | {r['compile']} | {r['map_ms']:.2f} | {r['deelbo-iso_ms']:.2f} | "
+            f"{r['deelbo-ptyl_ms']:.2f} | {iso:.3f} {'met' if iso <= GOALS['deelbo-iso'] else 'NOT met'} | "
+            f"{ptyl:.3f} {'met' if ptyl <= GOALS['deelbo-ptyl'] else 'NOT met'} | {r['peak_mb']:.0f} |"
+        )
+    lines += ["", "| strategy | N | trials | total s | test accuracy % | test NLL |", "|---|---|---|---|---|---|"]
+    for r in cifar:
+        lines.append(
+            f"| {r['strategy']} | {r['n_train']} | {r['trials']} | {r['total_s']:.1f} | "
+            f"{100 * r['test_accuracy']:.1f} | {r['test_nll']:.3f} |"
+        )
+    (out / "gpu-check.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'gpu-check.md'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    record = RunRecord.start()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU; files to --out-dir")
+    parser.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
+    parser.add_argument("--n", type=int, default=None, help="Split-CIFAR N (default 5000; smoke 50)")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out-dir", default=None, help="default: benchmarks/results (smoke: a temporary folder)")
+    args = parser.parse_args(argv)
+    sizes = Sizes.smoke() if args.smoke else Sizes()
+    if args.n is not None:
+        if args.n <= 0:
+            parser.error(f"--n must be a positive integer, got {args.n}")
+        sizes = dataclasses.replace(sizes, n_train=args.n)
+    device = od.resolve_device(args.device or ("cpu" if args.smoke else "cuda"))
+    if args.smoke:
+        torch.set_num_threads(1)
+    out = Path(args.out_dir) if args.out_dir else (Path(tempfile.mkdtemp()) if args.smoke else RESULTS)
+    steps = step_time_rows(sizes, device)
+    cifar = split_cifar_rows(sizes, device, args)
+    write_results(out, record, device, sizes, steps, cifar)
+
+
+if __name__ == "__main__":
+    main()
