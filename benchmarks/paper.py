@@ -290,6 +290,7 @@ def main() -> None:
     storage = od.open_storage(url)
 
     rows: list[dict[str, Any]] = []
+    per_lr: list[tuple[int, int, str, float, float]] = []  # (N, seed, "map"/"deelbo", lr, test accuracy on all N)
     curves: dict[int, dict[str, list[list[CurvePoint]]]] = {}
     pretrain_total = 0.0
     reused: list[str] = []  # studies an earlier run trained: their seconds are from that run
@@ -320,7 +321,11 @@ def main() -> None:
                 else:
                     reused.append(study_name)
                 studies[name] = found
-            _retrain_trials(task, studies["grid"], [t.number for t in _complete(studies["grid"])])
+            grid_retrained = _retrain_trials(task, studies["grid"], [t.number for t in _complete(studies["grid"])])
+            for trial in _complete(studies["grid"]):
+                per_lr.append((n, seed, "map", trial.params["lr"], grid_retrained[trial.number][0]))
+            for trial in _complete(studies["deelbo"]):
+                per_lr.append((n, seed, "deelbo", trial.params["lr"], trial.user_attrs["test:accuracy"]))
             tpe_order = sorted(studies["tpe"].get_trials(deepcopy=False), key=lambda t: t.number)
             scores = [t.value if t.state == TrialState.COMPLETE else None for t in tpe_order]
             _retrain_trials(task, studies["tpe"], [tpe_order[i].number for i in incumbents(scores)])
@@ -422,6 +427,28 @@ def main() -> None:
             f"{_range(d)} | {_range(t)} | DE-ELBo {_verdict(d, t, 'TPE-budget')} |"
         )
 
+    lr_rows = [
+        "| N | learning rate | MAP: best weight decay's test acc % | DE-ELBo test acc % |",
+        "|---|---|---|---|",
+    ]
+    within: list[str] = []
+    for n in ns:
+        lr_values = sorted({lr for m, _, _, lr, _ in per_lr if m == n}, reverse=True)
+        acc_by: dict[str, dict[float, float]] = {"map": {}, "deelbo": {}}
+        for mode, by_lr in acc_by.items():
+            for lr in lr_values:
+                # per training set the best run at this lr (MAP: over its weight decays), then the mean over sets
+                best = [
+                    max(a for m, sd, k, r, a in per_lr if (m, sd, k, r) == (n, s, mode, lr))
+                    for s in seeds
+                    if any((m, sd, k, r) == (n, s, mode, lr) for m, sd, k, r, _ in per_lr)
+                ]
+                by_lr[lr] = 100 * statistics.mean(best) if best else float("nan")
+        for lr in lr_values:
+            lr_rows.append(f"| {n} | {lr:g} | {acc_by['map'][lr]:.1f} | {acc_by['deelbo'][lr]:.1f} |")
+        counts = {mode: sum(v >= max(by_lr.values()) - 5 for v in by_lr.values()) for mode, by_lr in acc_by.items()}
+        within.append(f"N = {n}: MAP {counts['map']}, DE-ELBo {counts['deelbo']} of {len(lr_values)}")
+
     # --- Figure 2 ---------------------------------------------------------------------------
     points = {
         f"N = {n}": {
@@ -494,6 +521,12 @@ winner on all N (DE-ELBo trains on all N already). Total = tuning + retrain.
 TPE runs with Optuna's `timeout` set to DE-ELBo's measured total on the same training set; Optuna
 starts no trial after the timeout but finishes the one running, and the winner's retraining comes
 on top, so TPE's total is somewhat **above** DE-ELBo's (the duel favours TPE slightly).
+
+## Which learning rates train: test accuracy per learning rate (mean over training sets)
+
+{chr(10).join(lr_rows)}
+
+Learning rates within 5 points of the best: {"; ".join(within)}.
 
 ## Figure 2: accuracy vs compute
 
