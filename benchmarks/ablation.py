@@ -174,11 +174,12 @@ def aggregate(rows: list[dict[str, str]], variants: list[str]) -> list[dict[str,
     for (kind, n, variant, bn), by_seed in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3])):
         if variant not in variants:
             continue
+        by_seed = dict(sorted(by_seed.items()))
         for rule in SELECTION_RULES:
             if any(math.isnan(float(r[f"score:{rule}"])) for seed_rows in by_seed.values() for r in seed_rows):
                 continue
             chosen, best = [], []
-            for seed_rows in by_seed.values():
+            for seed_rows in by_seed.values():  # in seed order (sorted below)
                 pick = min(seed_rows, key=lambda r: float(r[f"score:{rule}"]))
                 chosen.append(pick)
                 best.append(max(float(r["accuracy"]) for r in seed_rows))
@@ -202,6 +203,7 @@ def aggregate(rows: list[dict[str, str]], variants: list[str]) -> list[dict[str,
                     "lambda": mean("lambda"),
                     "tau": mean("tau"),
                     "sigma": mean("sigma"),
+                    "per_seed": dict(zip(by_seed, acc, strict=True)),  # seed -> accuracy (not in the CSV)
                 }
             )
     return out
@@ -225,6 +227,68 @@ def per_lr(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
+#: (row label, variant, rule) of the compact matrix against the default (v0.1 + BatchNorm recalibration).
+TOGGLES: tuple[tuple[str, str, str | None], ...] = (
+    ("no BatchNorm recalibration (v0.1)", "v0.1", None),
+    ("init sigma 1e-4", "init-1e-4+bn", None),
+    ("one sigma for body + head", "shared-sigma+bn", None),
+    ("clipping 1 (not 10)", "clip-1+bn", None),
+    ("sigma per layer", "mode-layer+bn", None),
+    ("sigma per weight (Adam)", "mode-parameter-adam+bn", None),
+    ("sigma by its own Adam (0.05)", "sigma-adam+bn", None),
+    ("lambda per layer", "per-layer-lambda+bn", None),
+    ("2x the steps", "steps-x2+bn", None),
+    ("recipe paper (no recalibration)", "paper", None),
+    ("selection full-pass (v0.1 runs)", "v0.1", "full-pass"),
+    ("selection elbo (v0.1 runs)", "v0.1", "elbo"),
+    ("selection laplace (v0.1 runs)", "v0.1", "laplace"),
+)
+
+
+def toggle_matrix(table: list[dict[str, Any]], default_rule: str) -> list[str]:
+    """Markdown: each choice's accuracy minus the default's (points; seeds paired by mean), per task and N.
+
+    Selection-rule rows compare against ``train-loss`` on the same (v0.1) runs.
+    """
+    cells = {(r["task"], r["n"], r["variant"], r["rule"]): r for r in table}
+    columns = sorted({(r["task"], r["n"]) for r in table}, key=lambda c: (c[0] != "digits", c[1]))
+    head = "| choice | " + " | ".join(f"{t} N={n}" for t, n in columns) + " |"
+    lines = [
+        "## Each choice against the default (points of test accuracy at the chosen learning rate, mean over seeds)",
+        "",
+        f"Default = v0.1 + BatchNorm recalibration, rule {default_rule}; its accuracy in the first row. A cell shows "
+        "the variant's accuracy minus the default's on the same training sets (seeds; their number in brackets "
+        "when fewer than the default's); selection-rule rows compare with train-loss on the same runs and add the "
+        "regret.",
+        "",
+        head,
+        "|---|" + "---|" * len(columns),
+    ]
+    base_row = ["default (v0.1 + BatchNorm recalibration)"]
+    for t, n in columns:
+        base = cells.get((t, n, "v0.1+bn", default_rule))
+        base_row.append(f"{base['accuracy']:.1f}" if base else "-")
+    lines.append("| " + " | ".join(base_row) + " |")
+    for label, variant, rule in TOGGLES:
+        row = [label]
+        for t, n in columns:
+            reference = cells.get((t, n, "v0.1" if rule else "v0.1+bn", default_rule))
+            cell = cells.get((t, n, variant, rule or default_rule))
+            if reference is None or cell is None:
+                row.append("-")
+                continue
+            shared = sorted(set(cell["per_seed"]) & set(reference["per_seed"]))
+            diff = statistics.fmean(100 * (cell["per_seed"][sd] - reference["per_seed"][sd]) for sd in shared)
+            text = f"{diff:+.1f}"
+            if len(shared) < reference["seeds"]:
+                text += f" ({len(shared)} seeds)"
+            if rule:
+                text += f", regret {cell['regret']:.1f}"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def write_tables(record: RunRecord, args: argparse.Namespace) -> None:
     files = sorted(RESULTS.glob(RUNS_GLOB))
     rows = []
@@ -233,7 +297,7 @@ def write_tables(record: RunRecord, args: argparse.Namespace) -> None:
             rows += list(csv.DictReader(f))
     table = aggregate(rows, sorted({r["variant"] for r in rows}))
     with (RESULTS / "ablation.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer = csv.DictWriter(f, fieldnames=[k for k in table[0] if k != "per_seed"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
     lr_rows = per_lr(rows)
@@ -263,6 +327,7 @@ def write_tables(record: RunRecord, args: argparse.Namespace) -> None:
     ]
     fmt = "| {task} | {n} | {variant} | {seeds} | {chosen_lr} | {accuracy:.1f} | {best_lr_accuracy:.1f} | {regret:.1f} | {nll:.3f} | {lambda:.2g} | {tau:.2g} | {sigma:.2g} |"  # noqa: E501
     lines += [fmt.format(**r) for r in table if r["rule"] == default_rule]
+    lines += ["", *toggle_matrix(table, default_rule)]
     lines += [
         "",
         "## Selection rules (every rule on the same runs)",
