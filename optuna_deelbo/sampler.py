@@ -50,7 +50,7 @@ class DEELBoSampler(BaseSampler):
     Example:
         .. code-block:: python
 
-            sampler = DEELBoSampler(optuna.samplers.GridSampler({"lr": [1e-1, 1e-2, 1e-3, 1e-4]}))
+            sampler = DEELBoSampler(optuna.samplers.GridSampler({"lr": [1e-1, 3e-2, 1e-2, 3e-3]}))
             study = optuna.create_study(sampler=sampler)
             study.optimize(objective, n_trials=4)
 

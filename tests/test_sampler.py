@@ -24,7 +24,7 @@ from optuna.trial import FixedTrial, FrozenTrial, Trial, TrialState
 
 from optuna_deelbo import ConfigError
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
-from optuna_deelbo.strategies import task_objective
+from optuna_deelbo.strategies import LEARNING_RATES, task_objective
 from optuna_deelbo.strategies._base import LR_RANGE, WEIGHT_DECAY_RANGE
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.tasks import digits_task
@@ -37,7 +37,7 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LAYERS_LOW, LAYERS_HIGH = 2, 5
 ALL_NAMES = frozenset({"lr", "weight_decay", "optimizer", "layers"})
 PLACEHOLDERS: dict[str, Any] = {"weight_decay": WD_LOW, "optimizer": OPTIMIZERS[0], "layers": LAYERS_LOW}
-LR_GRID = [1e-1, 1e-2, 1e-3, 1e-4]
+LR_GRID = list(LEARNING_RATES)
 
 
 # --------------------------------------------------------------------------------------------
