@@ -1,6 +1,6 @@
 """Measure `compare` on the embedded digits task and write benchmarks/results/compare-digits.{md,csv}.
 
-Usage: python benchmarks/compare_digits.py [--n-train 100] [--seed 0] [--storage sqlite:///bench.db]
+Usage: python benchmarks/compare_digits.py [--n-train 100] [--seed 0] [--storage sqlite:///bench.db] [--strategies ...]
 
 Calls the public API only. The markdown file records the machine, date, commit and command.
 """
@@ -32,13 +32,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", default="sqlite:///bench-compare.db")
     parser.add_argument("--out", default=str(RESULTS / "compare-digits"))
+    parser.add_argument("--strategies", default=",".join(od.STRATEGY_NAMES), help="default: all of them")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
     task, pretrain_s = od.digits_task(args.n_train, seed=args.seed)
     start = time.perf_counter()
-    results = run_compare(task, od.STRATEGY_NAMES, storage)
+    results = run_compare(task, args.strategies.split(","), storage)
     wall = time.perf_counter() - start
     table = results_table(results)
     print(table)
