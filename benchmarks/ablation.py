@@ -95,10 +95,7 @@ def build_task(kind: str, n: int, seed: int, args: argparse.Namespace) -> od.Tas
             pretrain_steps=args.pretrain_steps,
             cache_dir=args.cache_dir,
         )
-        assert task.test is not None
-        if args.cifar_test_subset < len(task.test):
-            keep = od.stratified_indices(task.test.y, args.cifar_test_subset, seed=12345)
-            task = dataclasses.replace(task, test=od.Split(task.test.x[keep], task.test.y[keep]))
+        task = task.with_test_subset(args.cifar_test_subset)
     return task
 
 

@@ -125,10 +125,7 @@ def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespac
         cache_dir=args.cache_dir,
         device=str(device),
     )
-    assert task.test is not None
-    if sizes.test_images < len(task.test):
-        keep = od.stratified_indices(task.test.y, sizes.test_images, seed=12345)
-        task = dataclasses.replace(task, test=od.Split(task.test.x[keep], task.test.y[keep]))
+    task = task.with_test_subset(sizes.test_images)
     print(f"Split-CIFAR N={sizes.n_train}: data + pretraining {time.perf_counter() - start:.0f} s", flush=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_finite
+from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.checkpoint import Checkpointing
-from optuna_deelbo.data import Split, train_val_split
+from optuna_deelbo.data import Split, stratified_indices, train_val_split
 from optuna_deelbo.deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.mixing import BatchMixing
@@ -247,6 +247,19 @@ class TaskSpec:
             restart_period=self.regularization.restart_period,
             divergence=self.divergence,
         )
+
+    def with_test_subset(self, n: int, seed: int = 12345) -> TaskSpec:
+        """A copy tested on a fixed stratified subset of ``n`` of its test examples (all of them if fewer).
+
+        For quicker reporting-only evaluations (benchmarks); the same ``seed`` gives the same subset.
+        """
+        if self.test is None:
+            raise ConfigError("the task has no test set to take a subset of")
+        positive_int(n, "test subset size")
+        if n >= len(self.test):
+            return self
+        keep = stratified_indices(self.test.y, n, seed=seed)
+        return dataclasses.replace(self, test=Split(self.test.x[keep], self.test.y[keep]))
 
     @cached_property
     def train_val(self) -> tuple[Split, Split]:

@@ -7,6 +7,7 @@ and the first :func:`split_cifar_task` call is made once (:func:`cifar_first`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -400,3 +401,22 @@ def test_split_cifar_cache_key_and_corrupt_cache(cifar_first: tuple[TaskSpec, fl
         rebuilt, seconds = split_cifar_task(data_dir=DATA_DIR, cache_dir=cifar_cache, **other)
     assert seconds > 0
     assert torch.load(newest, map_location="cpu", weights_only=True).keys() == rebuilt.build_model().state_dict().keys()
+
+
+def test_with_test_subset_is_stratified_fixed_and_refuses_bad_sizes() -> None:
+    task, _ = digits_task(n_train=50, steps=5, pretrain_steps=5)
+    assert task.test is not None
+    small = task.with_test_subset(100)
+    again = task.with_test_subset(100)
+    assert small.test is not None and again.test is not None and len(small.test) == 100
+    assert torch.equal(small.test.x, again.test.x)  # same seed, same images
+    full = torch.bincount(task.test.y).double() / len(task.test)
+    sub = torch.bincount(small.test.y, minlength=full.numel()).double() / 100
+    assert float((full - sub).abs().max()) <= 0.011  # class proportions kept (stratified)
+    assert task.with_test_subset(len(task.test) + 5) is task
+    assert torch.equal(small.train.x, task.train.x)
+    with pytest.raises(ConfigError, match="test subset size must be a positive integer"):
+        task.with_test_subset(0)
+    no_test = dataclasses.replace(task, test=None)
+    with pytest.raises(ConfigError, match="no test set"):
+        no_test.with_test_subset(10)
