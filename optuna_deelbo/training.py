@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
 from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.checkpoint import CheckpointHook, check_fingerprint, rng_state, set_rng_state
+from optuna_deelbo.deelbo_recipe import SIGMA_OPTIMIZERS
 from optuna_deelbo.divergence import DivergenceMonitor, DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping
 from optuna_deelbo.objectives import MAPObjective, Objective
@@ -124,8 +125,8 @@ class TrainConfig:
             raise ConfigError("restart_period needs cosine=True (warm restarts of the cosine schedule)")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
-        if self.sigma_optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"unknown sigma_optimizer {self.sigma_optimizer!r}; choose 'sgd' or 'adam'")
+        if self.sigma_optimizer not in SIGMA_OPTIMIZERS:
+            raise ConfigError(f"unknown sigma_optimizer {self.sigma_optimizer!r}; choose one of {SIGMA_OPTIMIZERS}")
         if self.sigma_lr is not None:
             positive_finite(self.sigma_lr, "sigma_lr")
         elif self.sigma_optimizer == "adam":
