@@ -59,7 +59,7 @@ RETRAIN_ATTR = "paper:retrain"
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("digits", "cpu"): {"n": [50, 100, 200], "seeds": [0, 1, 2], "steps": 300, "batch_size": 64, "pretrain": 400},
     ("digits", "cuda"): {"n": [50, 100, 200], "seeds": [0, 1, 2], "steps": 300, "batch_size": 64, "pretrain": 400},
-    ("split-cifar", "cpu"): {"n": [50], "seeds": [0, 1, 2], "steps": 50, "batch_size": 32, "pretrain": 500},
+    ("split-cifar", "cpu"): {"n": [50, 500], "seeds": [0, 1, 2], "steps": 200, "batch_size": 32, "pretrain": 500},
     ("split-cifar", "cuda"): {
         "n": [50, 500, 5000],
         "seeds": [0, 1, 2],
