@@ -16,10 +16,12 @@ from optuna_deelbo.cifar import (
     split_classes,
 )
 from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
+from optuna_deelbo.deelbo import PRIOR_STRUCTURES, DEELBo
 from optuna_deelbo.deelbo_recipe import RECIPE_NAMES, RECIPES, SELECTION_RULES, DEELBoRecipe
 from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping, continue_until, retrain_steps
 from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
+from optuna_deelbo.minibatches import Minibatches
 from optuna_deelbo.mixing import BatchMixing, cutmix, cutout, mixup, one_hot_targets, random_erasing
 from optuna_deelbo.models import Pretrained, SmallCNN, pretrain, with_new_head
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
@@ -28,7 +30,13 @@ from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterio
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.regularization import Regularization, suggest_regularization
-from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
+from optuna_deelbo.sampler import (
+    LEARNED_ATTR_PREFIX,
+    DEELBoSampler,
+    PlaceholderWarning,
+    learned_names,
+    without_learned,
+)
 from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
 from optuna_deelbo.selection import expected_nll, laplace_neg_log_evidence, selection_scores
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
@@ -58,6 +66,7 @@ __all__ = [
     "LEARNED_ATTR_PREFIX",
     "PENALTY_NAMES",
     "PRIOR_NAMES",
+    "PRIOR_STRUCTURES",
     "RECIPES",
     "RECIPE_NAMES",
     "SELECTION_RULES",
@@ -69,6 +78,7 @@ __all__ = [
     "CheckpointError",
     "CifarResNet",
     "ConfigError",
+    "DEELBo",
     "DEELBoObjective",
     "DEELBoRecipe",
     "DEELBoSampler",
@@ -81,10 +91,12 @@ __all__ = [
     "LowRankGaussian",
     "MAPObjective",
     "Metrics",
+    "Minibatches",
     "MissingDependency",
     "Objective",
     "ParameterGroups",
     "Penalty",
+    "PlaceholderWarning",
     "Pretrained",
     "Regularization",
     "RetrainResult",

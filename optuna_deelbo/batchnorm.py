@@ -10,7 +10,8 @@ batch sizes) and ``running_var`` the mean of the per-batch unbiased variances.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Iterable[Any],
     *,
     transform: Callable[[Tensor], Tensor] | None = None,
     batch_size: int = 256,
@@ -38,7 +39,9 @@ def recalibrate_batchnorm(
     """Recompute every BatchNorm layer's running statistics of ``model`` (its current weights) on ``x``.
 
     Args:
-        x: inputs ``(N, ...)``, moved to the model's device batch by batch.
+        x: inputs ``(N, ...)``, moved to the model's device batch by batch; or an iterable of
+            batches (a ``DataLoader``: each batch is an input tensor or a ``(x, y, ...)`` tuple
+            whose first element is the input), used as they come (``batch_size`` is then unused).
         transform: applied to each batch first (the unaugmented evaluation transform).
         batch_size: examples per forward pass (> 0).
         amp: bf16 autocast for the forward passes.
@@ -47,7 +50,7 @@ def recalibrate_batchnorm(
         The number of BatchNorm layers recalibrated (0: the model has none; nothing changes).
     """
     positive_int(batch_size, "batch_size")
-    if x.shape[0] == 0:
+    if isinstance(x, Tensor) and x.shape[0] == 0:
         raise ConfigError("cannot recalibrate BatchNorm on an empty data set")
     layers = batchnorm_layers(model)
     if not layers:
@@ -59,9 +62,11 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    seen = 0
     try:
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(device)
+        for xb in _input_batches(x, batch_size):
+            xb = xb.to(device)
+            seen += int(xb.shape[0])
             if transform is not None:
                 xb = transform(xb)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -70,4 +75,19 @@ def recalibrate_batchnorm(
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)
+    if seen == 0:
+        raise ConfigError("cannot recalibrate BatchNorm on an empty data set (the iterable gave no batches)")
     return len(layers)
+
+
+def _input_batches(x: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
+    """Input batches of a tensor (slices of ``batch_size``) or of an iterable of batches."""
+    if isinstance(x, Tensor):
+        for start in range(0, x.shape[0], batch_size):
+            yield x[start : start + batch_size]
+        return
+    for batch in x:
+        xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(xb, Tensor):
+            raise ConfigError(f"a batch must be a tensor or a (x, y, ...) tuple of tensors, got {type(xb).__name__}")
+        yield xb

@@ -55,6 +55,7 @@ __all__ = [
     "Checkpointing",
     "Resume",
     "check_fingerprint",
+    "copy_tensors",
     "default_artifacts_dir",
     "from_bytes",
     "rng_state",
@@ -85,6 +86,16 @@ class CheckpointHook:
 
     def __post_init__(self) -> None:
         positive_int(self.every, "checkpoint interval (steps)")
+
+
+def copy_tensors(value: Any, device: torch.device | str) -> Any:
+    """A copy of ``value`` (a state_dict, possibly with nested dicts such as a module's extra state)
+    with every tensor detached and copied to ``device``; other values are kept as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, copy=True)
+    if isinstance(value, Mapping):
+        return {k: copy_tensors(v, device) for k, v in value.items()}
+    return value
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

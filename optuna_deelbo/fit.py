@@ -278,17 +278,8 @@ def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainRes
     Returns:
         The trial's value: the score of the task recipe's selection rule.
     """
-    last = result.history[-1]
-    attrs["mode"] = "deelbo"
-    attrs[LEARNED_ATTR_PREFIX + "lambda"] = last["lambda"]
-    attrs[LEARNED_ATTR_PREFIX + "weight_decay"] = objective.equivalent_weight_decay(last["lambda"])
-    if "tau" in last:
-        attrs[LEARNED_ATTR_PREFIX + "tau"] = last["tau"]
-    attrs[LEARNED_ATTR_PREFIX + "sigma"] = last["sigma"]
+    attrs.update(objective.deelbo.learned_attrs())  # the values at the final weights, as DEELBo.report writes
     attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
-    attrs["kappa"] = objective.kappa
-    if objective.prior_structure == "layer":
-        attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = objective.layer_variances()
     start = time.perf_counter()
     rule = task.deelbo_recipe.selection
     attrs["select:rule"] = rule

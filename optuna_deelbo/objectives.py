@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import nonnegative_finite, positive_finite, positive_int
+from optuna_deelbo._validation import nonnegative_finite
+from optuna_deelbo.deelbo import DEELBo
 from optuna_deelbo.penalties import Penalty
 from optuna_deelbo.posterior import ParameterGroups, SigmaMode, WeightPosterior
 from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian
@@ -77,7 +78,7 @@ class Objective(nn.Module):
     ) -> None:
         super().__init__()
         self.penalty = penalty
-        self.model = model
+        self._attach_model(model)
         self.groups = groups
         ref = next(model.parameters())
         _check_prior(body_prior, groups.numel(model, "body"), "body")
@@ -88,6 +89,10 @@ class Objective(nn.Module):
             head_prior = head_prior or IsotropicGaussian.zero(dim, dtype=ref.dtype, device=ref.device)
             _check_prior(head_prior, dim, "head")
             self.head_prior = head_prior.to(device=ref.device, dtype=ref.dtype)
+
+    def _attach_model(self, model: nn.Module) -> None:
+        """Register ``model`` as this objective's ``model`` submodule (its state_dict prefix ``model.``)."""
+        self.model = model
 
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters besides the model's own (e.g. the posterior's sigma)."""
@@ -151,7 +156,11 @@ class MAPObjective(Objective):
 
 
 class DEELBoObjective(Objective):
-    """The data-emphasized ELBo with closed-form ``lam*`` (body) and ``tau*`` (head) every step.
+    """The data-emphasized ELBo for the training loop: cross-entropy through :class:`~optuna_deelbo.deelbo.DEELBo`.
+
+    The DE-ELBo step itself (sampled forward, closed-form ``lam*`` / ``tau*``, the KL term) is
+    :class:`~optuna_deelbo.deelbo.DEELBo`'s, held as :attr:`deelbo`; this class adds the
+    classification likelihood, bf16 autocast and the optional :class:`Penalty`.
 
     Args:
         n_train: ``N``, the number of training examples (> 0).
@@ -181,76 +190,80 @@ class DEELBoObjective(Objective):
         prior_structure: str = "shared",
     ) -> None:
         super().__init__(model, groups, body_prior, head_prior, penalty)
-        if prior_structure not in ("shared", "layer"):
-            raise ConfigError(f"unknown prior_structure {prior_structure!r}; choose 'shared' or 'layer'")
-        if prior_structure == "layer" and not isinstance(self.body_prior, IsotropicGaussian):
-            raise ConfigError(
-                "prior_structure='layer' has a closed form only for isotropic body priors (l2-zero, l2-sp), "
-                f"not {type(self.body_prior).__name__}"
-            )
-        params = dict(model.named_parameters())
-        self.prior_structure = prior_structure
-        self.block_sizes = tuple(params[n].numel() for n in groups.body)
-        self.n_train = positive_int(n_train, "n_train (N)")
-        self.num_weights = groups.numel(model, "body") + (groups.numel(model, "head") if groups.head else 0)
-        if kappa is None:
-            kappa = self.num_weights / self.n_train
-        self.kappa = positive_finite(kappa, "kappa")
-        self.posterior = WeightPosterior(
-            model, groups, sigma_mode=sigma_mode, init_sigma=init_sigma, share_head_sigma=share_head_sigma
+        self.deelbo = DEELBo(
+            model,
+            n_train,
+            self.body_prior,
+            head=groups,
+            head_prior=self.head_prior,
+            kappa=kappa,
+            sigma_mode=sigma_mode,
+            init_sigma=init_sigma,
+            share_head_sigma=share_head_sigma,
+            prior_structure=prior_structure,
         )
 
+    def _attach_model(self, model: nn.Module) -> None:
+        """The model is :attr:`deelbo`'s (registered there once)."""
+
+    @property
+    def model(self) -> nn.Module:  # type: ignore[override]
+        """The trained module (the posterior means), owned by :attr:`deelbo`."""
+        return self.deelbo.model
+
+    @property
+    def posterior(self) -> WeightPosterior:
+        """The diagonal Gaussian posterior (``rho`` parameters)."""
+        return self.deelbo.posterior
+
+    @property
+    def n_train(self) -> int:
+        """``N``."""
+        return self.deelbo.n_train
+
+    @property
+    def kappa(self) -> float:
+        """The likelihood emphasis ``kappa``."""
+        return self.deelbo.kappa
+
+    @property
+    def num_weights(self) -> int:
+        """``D``, all trainable weights (body and head)."""
+        return self.deelbo.num_weights
+
+    @property
+    def prior_structure(self) -> str:
+        """``"shared"`` or ``"layer"``."""
+        return self.deelbo.prior_structure
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Sizes of the body's parameter tensors (per-layer lambda blocks)."""
+        return self.deelbo.block_sizes
+
     def extra_parameters(self) -> Iterator[nn.Parameter]:
-        return self.posterior.sigma_parameters()
+        return self.deelbo.sigma_parameters()
 
     def kl_terms(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(KL, lam*, tau*)``: the total KL in nats with both variances at their (detached) optimum."""
-        post = self.posterior
-        body_mean, body_sigma = post.flat_mean("body"), post.flat_sigma("body")
-        if self.prior_structure == "layer":
-            assert isinstance(self.body_prior, IsotropicGaussian)
-            kl, lams = self.body_prior.kl_at_optimum_blocks(body_mean, body_sigma, self.block_sizes)
-            sizes = torch.tensor(self.block_sizes, dtype=lams.dtype, device=lams.device)
-            lam = (lams * sizes).sum() / sizes.sum()
-        else:
-            kl, lam = self.body_prior.kl_at_optimum(body_mean, body_sigma)
-        tau = None
-        if self.head_prior is not None:
-            kl_head, tau = self.head_prior.kl_at_optimum(post.flat_mean("head"), post.flat_sigma("head"))
-            kl = kl + kl_head
-        return kl, lam, tau
+        """``(KL, lam*, tau*)``: see :meth:`DEELBo.kl_terms`."""
+        return self.deelbo.kl_terms()
 
-    @torch.no_grad()
     def layer_variances(self) -> dict[str, float]:
-        """``lam*`` per body parameter tensor (weight units squared), by parameter name.
-
-        With ``prior_structure="shared"`` every tensor reports the one shared ``lam*``.
-        """
-        post = self.posterior
-        mean, sigma = post.flat_mean("body"), post.flat_sigma("body")
-        if self.prior_structure == "layer":
-            assert isinstance(self.body_prior, IsotropicGaussian)
-            _, lams = self.body_prior.kl_at_optimum_blocks(mean, sigma, self.block_sizes)
-            return {name: float(v) for name, v in zip(self.groups.body, lams, strict=True)}
-        lam = float(self.body_prior.optimal_variance(mean, sigma))
-        return dict.fromkeys(self.groups.body, lam)
+        """``lam*`` per body parameter tensor: see :meth:`DEELBo.layer_variances`."""
+        return self.deelbo.layer_variances()
 
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
         with _autocast(x, amp):
-            logits = self.posterior.forward_sample(x)
+            logits = self.deelbo(x)
         nll = nn.functional.cross_entropy(logits.float(), y)
-        kl, lam, tau = self.kl_terms()
-        loss = nll + kl / (self.kappa * self.n_train)
+        loss = self.deelbo.loss(nll)
+        terms = self.deelbo.last_terms
         if self.penalty is not None:
             post = self.posterior
             head = post.flat_mean("head") if self.groups.head else None
             loss = loss + self.extra_penalty(post.flat_mean("body"), head)
-        return LossRecord(loss=loss, nll=nll, penalty=kl, lam=lam, tau=tau)
+        return LossRecord(loss=loss, nll=nll, penalty=terms["kl"], lam=terms["lambda"], tau=terms.get("tau"))
 
     def equivalent_weight_decay(self, variance: float) -> float:
-        """The ``weight_decay`` a MAP run would need to match a learned prior variance.
-
-        The DE-ELBo's per-example loss holds ``|theta - mu|^2 / (2 lam kappa N)``, the MAP
-        loss ``weight_decay/2 * |theta - mu|^2``; so ``weight_decay = 1 / (lam * kappa * N)``.
-        """
-        return 1.0 / (variance * self.kappa * self.n_train)
+        """The ``weight_decay`` a MAP run would need to match a learned prior variance (``1 / (lam kappa N)``)."""
+        return self.deelbo.equivalent_weight_decay(variance)

@@ -97,6 +97,8 @@ class WeightPosterior(nn.Module):
         share_head_sigma: scalar mode only: one sigma for body and head together.
     """
 
+    model: nn.Module
+
     def __init__(
         self,
         model: nn.Module,
@@ -113,7 +115,9 @@ class WeightPosterior(nn.Module):
         if share_head_sigma and sigma_mode != "scalar":
             raise ConfigError(f"share_head_sigma needs sigma_mode='scalar', got {sigma_mode!r}")
         self.share_head_sigma = share_head_sigma
-        self.model = model
+        # Held, not registered: the owner (DEELBo) registers the model once, so its state_dict
+        # and parameters() hold the weights once and only ``rho`` is this module's own.
+        object.__setattr__(self, "model", model)
         self.groups = groups
         self.sigma_mode = sigma_mode
         params = dict(model.named_parameters())

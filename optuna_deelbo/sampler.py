@@ -6,6 +6,7 @@ to a base sampler except the *learned* parameters, which the base sampler never 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-__all__ = ["LEARNED_ATTR_PREFIX", "DEELBoSampler", "learned_names", "without_learned"]
+__all__ = ["LEARNED_ATTR_PREFIX", "DEELBoSampler", "PlaceholderWarning", "learned_names", "without_learned"]
 
 #: User-attr prefix under which a trial stores each learned value (``learned:weight_decay``).
 LEARNED_ATTR_PREFIX = "learned:"
@@ -116,7 +117,35 @@ class DEELBoSampler(BaseSampler):
         self._base_sampler.before_trial(study, trial)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        _warn_if_placeholder_only(trial, state, self._learned)
         self._base_sampler.after_trial(study, trial, state, values)
+
+
+class PlaceholderWarning(UserWarning):
+    """A trial under :class:`DEELBoSampler` finished without recording learned values.
+
+    Its objective trained with the placeholder (the distribution's lower bound) instead of
+    learning the value: plain MAP with the smallest weight decay, which nothing else reports.
+    """
+
+
+def _warn_if_placeholder_only(trial: FrozenTrial, state: TrialState, learned: frozenset[str]) -> None:
+    """Warn (:class:`PlaceholderWarning`): a COMPLETE trial asked for a learned name, recorded no ``learned:`` attr."""
+    from optuna.trial import TrialState
+
+    if state != TrialState.COMPLETE:
+        return
+    asked = sorted(learned & set(trial.params))
+    if not asked or any(key.startswith(LEARNED_ATTR_PREFIX) for key in trial.user_attrs):
+        return
+    placeholders = ", ".join(f"{name}={trial.params[name]!r}" for name in asked)
+    warnings.warn(
+        f"trial {trial.number} ran under DEELBoSampler but recorded no learned values: its objective "
+        f"trained with the placeholder {placeholders} (plain MAP). Train through "
+        "optuna_deelbo.fit(trial, task, ...) or call optuna_deelbo.DEELBo(...).report(trial) before returning.",
+        PlaceholderWarning,
+        stacklevel=2,
+    )
 
 
 def learned_names(trial: BaseTrial) -> frozenset[str]:

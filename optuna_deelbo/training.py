@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
 from optuna_deelbo._validation import positive_finite, positive_int
-from optuna_deelbo.checkpoint import CheckpointHook, check_fingerprint, rng_state, set_rng_state
+from optuna_deelbo.checkpoint import CheckpointHook, check_fingerprint, copy_tensors, rng_state, set_rng_state
 from optuna_deelbo.deelbo_recipe import SIGMA_OPTIMIZERS
 from optuna_deelbo.divergence import DivergenceMonitor, DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping
+from optuna_deelbo.minibatches import Minibatches
 from optuna_deelbo.objectives import MAPObjective, Objective
 from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule
 
@@ -308,10 +309,9 @@ def train(
     if isinstance(weight_decay_schedule, AdaptiveFeedback) and val is None:
         raise ConfigError("the adaptive weight-decay rule compares train and validation accuracy: pass val")
     torch.manual_seed(config.seed)
-    perm_gen = torch.Generator(device=device).manual_seed(config.seed)
     stopper = EarlyStopping(config.patience) if config.patience is not None else None
     monitor = DivergenceMonitor(config.divergence, config.lr)
-    best_state: dict[str, Tensor] | None = None
+    best_state: dict[str, Any] | None = None
     probe = x[: min(n, 1024)], y[: min(n, 1024)]  # fixed training examples for the adaptive rule
 
     weights = [p for p in objective.model.parameters() if p.requires_grad]
@@ -331,37 +331,35 @@ def train(
     elif config.cosine:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
 
-    batch = min(config.batch_size, n)
-    per_epoch = n // batch  # drop the ragged last batch: every step sees `batch` examples
-    tail: deque[tuple[Tensor, Tensor]] = deque(maxlen=min(per_epoch, config.steps))  # last epoch's (loss, nll)
+    batches = Minibatches(n, config.batch_size, seed=config.seed, device=device)
+    tail: deque[tuple[Tensor, Tensor]] = deque(maxlen=min(batches.per_epoch, config.steps))  # last epoch's (loss, nll)
     sums: dict[str, Tensor] = {}
     since_log = 0
     result = TrainResult(final_loss=math.nan, final_nll=math.nan)
     objective.train()
-    order = torch.randperm(n, generator=perm_gen, device=device)
-    cursor = 0
     first_step = 1
     fingerprint = run_fingerprint(objective, config, n) if checkpoint is not None or resume is not None else {}
 
     def snapshot(step: int) -> dict[str, Any]:
         cpu = torch.device("cpu")
+        batch_state = batches.state_dict()
         return {
             "fingerprint": fingerprint,
             "step": step,
-            "objective": {k: v.detach().to(cpu) for k, v in objective.state_dict().items()},
+            "objective": copy_tensors(objective.state_dict(), cpu),
             "optimizer": optimizer.state_dict(),
             "sigma_optimizer": sigma_optimizer.state_dict() if sigma_optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": {**rng_state(device), "perm": perm_gen.get_state().to(cpu)},
-            "order": order.to(cpu),
-            "cursor": cursor,
+            "rng": {**rng_state(device), "perm": batch_state["perm"]},
+            "order": batch_state["order"],
+            "cursor": batch_state["cursor"],
             "tail": [(loss.to(cpu), nll.to(cpu)) for loss, nll in tail],
             "sums": {k: v.to(cpu) for k, v in sums.items()},
             "since_log": since_log,
             "history": [dict(row) for row in result.history],
             "val_history": [list(row) for row in result.val_history],
             "stopper": stopper.state_dict() if stopper is not None else None,
-            "best_state": {k: v.to(cpu) for k, v in best_state.items()} if best_state is not None else None,
+            "best_state": copy_tensors(best_state, cpu) if best_state is not None else None,
             "schedule": weight_decay_schedule.state_dict()
             if isinstance(weight_decay_schedule, AdaptiveFeedback)
             else None,
@@ -377,8 +375,9 @@ def train(
             if scheduler is not None:
                 scheduler.load_state_dict(resume["scheduler"])
             set_rng_state(resume["rng"], device)
-            perm_gen.set_state(resume["rng"]["perm"])
-            order, cursor = resume["order"].to(device), int(resume["cursor"])
+            batches.load_state_dict(
+                {"perm": resume["rng"]["perm"], "order": resume["order"], "cursor": resume["cursor"]}
+            )
             tail.extend((loss.to(device), nll.to(device)) for loss, nll in resume["tail"])
             sums = {k: v.to(device) for k, v in resume["sums"].items()}
             since_log = int(resume["since_log"])
@@ -387,7 +386,7 @@ def train(
             if stopper is not None and resume["stopper"] is not None:
                 stopper.load_state_dict(resume["stopper"])
             if resume["best_state"] is not None:
-                best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
+                best_state = copy_tensors(resume["best_state"], device)
             if isinstance(weight_decay_schedule, AdaptiveFeedback) and resume["schedule"] is not None:
                 weight_decay_schedule.load_state_dict(resume["schedule"])
             first_step = int(resume["step"]) + 1
@@ -406,11 +405,7 @@ def train(
     )
     try:
         for step in range(first_step, config.steps + 1):
-            if cursor + batch > n:
-                order = torch.randperm(n, generator=perm_gen, device=device)
-                cursor = 0
-            idx = order[cursor : cursor + batch]
-            cursor += batch
+            idx = batches.next()
             xb = x[idx] if transform is None else transform(x[idx])
             yb: Tensor = y[idx]
             if mixing is not None:
@@ -482,7 +477,7 @@ def train(
                     running = result.history[-1]["loss"] if result.history else float(detached["loss"])
                     stop = stopper.update(step, value, running)
                     if stopper.best_step == step:
-                        best_state = {k: v.detach().clone() for k, v in objective.state_dict().items()}
+                        best_state = copy_tensors(objective.state_dict(), device)
                     if stop:
                         bar.update(1)
                         break

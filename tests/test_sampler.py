@@ -388,7 +388,10 @@ def _check_deelbo_trial(trial: FrozenTrial, task: TaskSpec) -> None:
     steps = [row[0] for row in trace]
     assert steps == sorted(set(steps))
     assert steps[-1] == task.steps
-    assert trace[-1][1:] == [attrs["learned:lambda"], attrs["learned:tau"], attrs["learned:sigma"]]
+    # learned:* are the values at the final weights (DEELBo.learned_attrs); the trace's last row
+    # averages the last log_every steps (lambda still grows there: up to ~30 % apart on this short run).
+    final = [attrs["learned:lambda"], attrs["learned:tau"], attrs["learned:sigma"]]
+    assert trace[-1][1:] == pytest.approx(final, rel=0.5)  # same quantities and units (a sigma-for-lambda mix-up fails)
     assert trial.value is not None and math.isfinite(trial.value)
     assert trial.value == attrs["train:loss"]
     assert 0.0 <= attrs["test:accuracy"] <= 1.0
