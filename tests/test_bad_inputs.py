@@ -194,7 +194,67 @@ _MEM = "sqlite:///:memory:"
 _NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 #: (callable, exception type, message regex, id): every bad input the package promises to name.
+
+
+def _deelbo_loss(nll: object, forward: bool = True) -> object:
+    reg = od.DEELBo(Tiny(), n_train=8, head=("head.",))
+    if forward:
+        reg(torch.zeros(2, 4))
+    return reg.loss(nll)  # type: ignore[arg-type]
+
+
 CASES = [
+    # --- od.DEELBo (own training loop) ----------------------------------------------------------
+    pytest.param(
+        lambda c: od.DEELBo(Tiny().requires_grad_(False), n_train=4),
+        od.ConfigError,
+        r"no trainable parameters",
+        id="deelbo-no-trainable-parameters",
+    ),
+    pytest.param(
+        lambda c: od.DEELBo(Tiny(), n_train=4, head=("fc.",)),
+        od.ConfigError,
+        r"no parameter name starts with any head prefix \('fc.',\)",
+        id="deelbo-head-prefix-matches-nothing",
+    ),
+    pytest.param(lambda c: od.DEELBo(Tiny(), n_train=0), od.ConfigError, r"n_train \(N\)", id="deelbo-n-train-zero"),
+    pytest.param(lambda c: od.DEELBo(Tiny(), n_train=-3), od.ConfigError, r"got -3", id="deelbo-n-train-negative"),
+    pytest.param(lambda c: od.DEELBo(Tiny(), n_train=2.5), od.ConfigError, r"got 2.5", id="deelbo-n-train-fraction"),
+    pytest.param(lambda c: od.DEELBo(Tiny(), n_train=4, prior="l3"), od.ConfigError, r"l3", id="deelbo-prior-unknown"),
+    pytest.param(
+        lambda c: od.DEELBo(Tiny(), n_train=4, prior="ptyl"), od.ConfigError, r"SWAG moments", id="deelbo-ptyl-by-name"
+    ),
+    pytest.param(
+        lambda c: od.DEELBo(Tiny(), n_train=4, prior=od.IsotropicGaussian(torch.zeros(3))),
+        od.ConfigError,
+        r"covers 3 weights but the model's body has 51",
+        id="deelbo-prior-size",
+    ),
+    pytest.param(
+        lambda c: od.DEELBo(Tiny(), n_train=4, head_prior=od.IsotropicGaussian(torch.zeros(3))),
+        od.ConfigError,
+        r"head_prior given but no head",
+        id="deelbo-head-prior-without-head",
+    ),
+    pytest.param(
+        lambda c: od.DEELBo("model", n_train=4),  # type: ignore[arg-type]
+        od.ConfigError,
+        r"must be a torch.nn.Module, got str",
+        id="deelbo-model-not-a-module",
+    ),
+    pytest.param(
+        lambda c: _deelbo_loss(torch.ones(2)),
+        od.ConfigError,
+        r"0-d float tensor, got \(2,\); reduce it with .mean\(\)",
+        id="deelbo-loss-not-scalar",
+    ),
+    pytest.param(lambda c: _deelbo_loss(0.5), od.ConfigError, r"got float", id="deelbo-loss-python-number"),
+    pytest.param(
+        lambda c: _deelbo_loss(torch.tensor(1.0), forward=False),
+        od.ConfigError,
+        r"loss\(\) before a sampled forward: call reg\(x\)",
+        id="deelbo-loss-before-forward",
+    ),
     # --- unknown names ---------------------------------------------------------------------------
     pytest.param(lambda c: od.get_strategy("nope"), od.ConfigError, r"unknown strategy 'nope'", id="strategy-unknown"),
     pytest.param(lambda c: parse_strategies(" , "), od.ConfigError, r"no strategy given", id="strategy-list-empty"),

@@ -39,6 +39,9 @@ ALL_NAMES = frozenset({"lr", "weight_decay", "optimizer", "layers"})
 PLACEHOLDERS: dict[str, Any] = {"weight_decay": WD_LOW, "optimizer": OPTIMIZERS[0], "layers": LAYERS_LOW}
 LR_GRID = list(LEARNING_RATES)
 
+# Most objectives here are toys that never report learned values: the placeholder warning is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna_deelbo.PlaceholderWarning")
+
 
 # --------------------------------------------------------------------------------------------
 # Spy samplers

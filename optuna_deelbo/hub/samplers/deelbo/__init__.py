@@ -1,0 +1,7 @@
+"""optunahub package ``samplers/deelbo``: :class:`optuna_deelbo.DEELBoSampler`, re-exported."""
+
+from __future__ import annotations
+
+from optuna_deelbo import DEELBo, DEELBoSampler, fit, without_learned
+
+__all__ = ["DEELBo", "DEELBoSampler", "fit", "without_learned"]

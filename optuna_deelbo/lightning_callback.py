@@ -1,0 +1,146 @@
+"""``DEELBoCallback``: turn any LightningModule's training into DE-ELBo training (extra ``[lightning]``).
+
+The module stays as it is. At ``fit`` start the callback wraps the module in a
+:class:`~optuna_deelbo.deelbo.DEELBo` (body prior from the weights at that moment: the
+pretrained ones for L2-SP), adds the posterior std to the optimizer, and runs every
+``training_step`` with one posterior draw of the weights, adding ``KL / (kappa N)`` to the loss it
+returns. After training it recomputes BatchNorm statistics with the mean weights (one pass
+over the training loader), logs ``deelbo/lambda``, ``deelbo/sigma`` (and ``deelbo/tau``) every
+step, and writes the learned values to the Optuna trial, if one is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+import torch
+from torch import Tensor
+
+from optuna_deelbo._errors import ConfigError, MissingDependency
+from optuna_deelbo.deelbo import DEELBo
+from optuna_deelbo.priors import GaussianPrior
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependency(
+        "optuna_deelbo.lightning_callback needs the lightning package: pip install 'optuna-deelbo[lightning]'"
+    ) from exc
+
+__all__ = ["DEELBoCallback"]
+
+
+def _first_element(batch: Any) -> Tensor:
+    """A batch's input: the batch itself if a tensor, else its first element (``(x, y, ...)``)."""
+    return batch if isinstance(batch, Tensor) else batch[0]
+
+
+class DEELBoCallback(pl.Callback):
+    """DE-ELBo for a LightningModule whose ``training_step`` returns the batch's mean NLL.
+
+    Args:
+        n_train: ``N``, the number of training examples.
+        prior: ``"l2-sp"``, ``"l2-zero"`` or a :class:`~optuna_deelbo.priors.GaussianPrior` (see :class:`DEELBo`).
+        head: parameter-name prefixes of a new head, as the LightningModule names them (``"net.fc."``).
+        trial: Optuna trial that gets the ``learned:*`` user attrs after training (optional).
+        recalibrate_batchnorm: recompute BatchNorm statistics with the mean weights after training,
+            from the training loader's batches through ``module(batch_input(batch))``.
+        batch_input: a batch's model input (default: the batch, or its first element).
+        deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...).
+
+    The posterior std joins the module's (single) optimizer as a new parameter group at the
+    optimizer's first learning rate; learning-rate schedulers built before that leave it constant.
+    Gradient accumulation and manual optimisation are refused (the KL term is added once per step).
+    """
+
+    def __init__(
+        self,
+        n_train: int,
+        prior: str | GaussianPrior = "l2-sp",
+        *,
+        head: Sequence[str] = (),
+        trial: optuna.trial.BaseTrial | None = None,
+        recalibrate_batchnorm: bool = True,
+        batch_input: Callable[[Any], Tensor] = _first_element,
+        **deelbo_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if trial is not None and not isinstance(trial, optuna.trial.BaseTrial):
+            raise ConfigError(f"trial must be an optuna trial or None, got {type(trial).__name__}")
+        self.n_train = n_train
+        self.prior = prior
+        self.head = tuple(head)
+        self.trial = trial
+        self.recalibrate = recalibrate_batchnorm
+        self.batch_input = batch_input
+        self.deelbo_kwargs = deelbo_kwargs
+        self.deelbo: DEELBo | None = None
+        self._restored: dict[str, Any] | None = None  # a checkpoint's posterior, loaded before fit start
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            raise ConfigError("DEELBoCallback needs automatic optimisation (training_step returns the loss)")
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError("DEELBoCallback adds the KL once per optimizer step: use accumulate_grad_batches=1")
+        if len(trainer.optimizers) != 1:
+            raise ConfigError(f"DEELBoCallback needs exactly one optimizer, the module has {len(trainer.optimizers)}")
+        self.deelbo = deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **self.deelbo_kwargs)
+        if self._restored is not None:
+            deelbo.posterior.load_state_dict(self._restored)
+            self._restored = None
+        optimizer = trainer.optimizers[0]
+        optimizer.add_param_group({"params": list(deelbo.sigma_parameters()), "lr": optimizer.param_groups[0]["lr"]})
+        original = pl_module.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            out = deelbo.call_sampled(original, *args, **kwargs)
+            if isinstance(out, Tensor):
+                return deelbo.loss(out)
+            if isinstance(out, Mapping) and isinstance(out.get("loss"), Tensor):
+                return {**out, "loss": deelbo.loss(out["loss"])}
+            raise ConfigError("training_step must return the loss tensor or a dict with a 'loss' tensor")
+
+        pl_module.training_step = training_step  # type: ignore[method-assign]
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.deelbo is None:
+            return
+        for name, value in self.deelbo.last_terms.items():
+            if name != "kl":
+                pl_module.log(f"deelbo/{name}", value, on_step=True, on_epoch=False)
+        pl_module.log("deelbo/sigma", self.deelbo.sigma, on_step=True, on_epoch=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore(pl_module)
+        if self.deelbo is None:
+            return
+        loader = trainer.train_dataloader
+        if self.recalibrate and loader is not None:
+            with torch.no_grad():
+                self.deelbo.recalibrate_batchnorm(self.batch_input(batch) for batch in loader)
+        if self.trial is not None:
+            self.deelbo.report(self.trial)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore(pl_module)
+
+    @staticmethod
+    def _restore(pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__.pop("training_step", None)  # the class's own method again
+
+    def state_dict(self) -> dict[str, Any]:
+        """The posterior std (``rho``) for Lightning checkpoints; the weights are the module's."""
+        return {"posterior": self.deelbo.posterior.state_dict()} if self.deelbo is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the posterior std (applied at fit start, when Lightning restores callbacks first)."""
+        if "posterior" not in state_dict:
+            return
+        if self.deelbo is not None:
+            self.deelbo.posterior.load_state_dict(state_dict["posterior"])
+        else:
+            self._restored = state_dict["posterior"]
