@@ -39,7 +39,7 @@ def main() -> None:
     storage = od.open_storage(args.storage)
     task, pretrain_s = od.digits_task(args.n_train, seed=args.seed)
     start = time.perf_counter()
-    results = run_compare(task, args.strategies.split(","), storage)
+    results = run_compare(task, args.strategies.split(","), storage, if_exists="overwrite")  # our own results DB
     wall = time.perf_counter() - start
     table = results_table(results)
     print(table)

@@ -130,7 +130,7 @@ def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespac
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()
     rows = []
-    for r in run_compare(task, ["deelbo", "grid"], storage):
+    for r in run_compare(task, ["deelbo", "grid"], storage, if_exists="overwrite"):
         rows.append(
             {
                 "strategy": r.strategy,

@@ -45,7 +45,7 @@ import optuna_deelbo as od
 from optuna_deelbo.budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
 from optuna_deelbo.compare import study_name_for
 from optuna_deelbo.figures import accuracy_vs_compute_figure
-from optuna_deelbo.report import result_from_study, write_storage_report
+from optuna_deelbo.report import write_storage_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
@@ -316,7 +316,7 @@ def main() -> None:
                 study_name = study_name_for(task, name)
                 found = _finished(storage, study_name, task)
                 if found is None:
-                    od.get_strategy(name).run(task, storage, study_name)
+                    od.get_strategy(name).run(task, storage, study_name, if_exists="overwrite")  # not finished: redo
                     found = optuna.load_study(study_name=study_name, storage=storage)
                 else:
                     reused.append(study_name)
@@ -337,7 +337,7 @@ def main() -> None:
                 reused.append(duel.study_name)
             studies[DUEL] = duel
             for name, study in studies.items():
-                r = result_from_study(study)
+                r = od.StrategyResult.from_study(study)
                 trials = study.get_trials(deepcopy=False)
                 rows.append(
                     {

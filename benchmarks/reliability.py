@@ -74,7 +74,7 @@ def throughput(url: str, recipe: TaskRecipe, task: od.TaskSpec, counts: list[int
     rows: list[dict[str, float]] = []
     for n in counts:
         name = f"reliability/grid/w{n}"
-        plan_strategy_study(get_strategy("grid"), recipe, storage, name, task=task)
+        plan_strategy_study(get_strategy("grid"), recipe, storage, name, task=task, if_exists="overwrite")
         start = time.perf_counter()
         _wait([_worker(url, name) for _ in range(n)])
         wall = time.perf_counter() - start
@@ -100,7 +100,7 @@ def sigkill(url: str, recipe: TaskRecipe, task: od.TaskSpec) -> dict[str, object
     """Kill a worker mid-trial, let two fresh ones finish, report the retry."""
     storage = od.open_storage(url)
     name = "reliability/deelbo/sigkill"
-    plan_strategy_study(get_strategy("deelbo"), recipe, storage, name, task=task)
+    plan_strategy_study(get_strategy("deelbo"), recipe, storage, name, task=task, if_exists="overwrite")
     beats = ["--heartbeat-interval", "1", "--grace-period", "3"]
     doomed = _worker(url, name, *beats)
     victim = None

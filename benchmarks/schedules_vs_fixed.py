@@ -84,7 +84,7 @@ def main() -> None:
     for width in args.widths:
         for seed in args.seeds:
             task = scratch_task(width, args.n_train, seed, args.steps, args.batch_size)
-            for r in run_compare(task, STRATEGIES, storage):
+            for r in run_compare(task, STRATEGIES, storage, if_exists="overwrite"):
                 rows.append(
                     {
                         "width": width,

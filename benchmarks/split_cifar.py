@@ -68,7 +68,7 @@ def main() -> None:
                 device=str(device),
             )
             pretrain_total += pretrain_s
-            for r in run_compare(task, args.strategies.split(","), storage):
+            for r in run_compare(task, args.strategies.split(","), storage, if_exists="overwrite"):
                 records.append(
                     {
                         "N": n,

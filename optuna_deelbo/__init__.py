@@ -5,7 +5,14 @@ Public API only; see the README for a tour.
 
 from __future__ import annotations
 
-from optuna_deelbo._errors import CheckpointError, ConfigError, MissingDependency, StorageError, TrainingDiverged
+from optuna_deelbo._errors import (
+    CheckpointError,
+    ConfigError,
+    MissingDependency,
+    StorageError,
+    StudyExists,
+    TrainingDiverged,
+)
 from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
 from optuna_deelbo.batchnorm import recalibrate_batchnorm
 from optuna_deelbo.cifar import (
@@ -108,6 +115,7 @@ __all__ = [
     "StorageError",
     "Strategy",
     "StrategyResult",
+    "StudyExists",
     "TaskRecipe",
     "TaskSpec",
     "TrainConfig",

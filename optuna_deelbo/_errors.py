@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "MissingDependency", "StorageError", "TrainingDiverged"]
+__all__ = ["CheckpointError", "ConfigError", "MissingDependency", "StorageError", "StudyExists", "TrainingDiverged"]
 
 
 class CheckpointError(RuntimeError):
@@ -11,6 +11,10 @@ class CheckpointError(RuntimeError):
 
 class ConfigError(ValueError):
     """A bad argument or setting, caught before any work starts; the message names it."""
+
+
+class StudyExists(ConfigError):
+    """A study of that name is already in the storage: resume it, overwrite it, or choose another name."""
 
 
 class MissingDependency(ImportError):

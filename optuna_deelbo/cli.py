@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import os
 import shlex
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -25,7 +28,7 @@ from optuna_deelbo.priors import PRIOR_NAMES
 from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.report import results_table, write_html_report, write_storage_report
 from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy
+from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy, refuse_existing
 from optuna_deelbo.task import TaskSpec
 from optuna_deelbo.tasks import DATASET_NAMES
 from optuna_deelbo.training import resolve_device
@@ -95,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="create each strategy's study with its trials queued and the task recipe stored, train nothing; "
         "then run `optuna-deelbo worker` (any number) and `optuna-deelbo finish`",
     )
+    existing = cmp.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the studies of an earlier, interrupted run with the same settings: only what is missing runs",
+    )
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete studies of the same names in the storage and start again (default: refuse)",
+    )
     cmp.add_argument(
         "--checkpoint-every", type=_positive_int, default=50, help="with --plan-only: steps between checkpoints"
     )
@@ -139,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _if_exists(args: argparse.Namespace) -> str:
+    return "resume" if args.resume else "overwrite" if args.overwrite else "error"
+
+
 def _recipe(args: argparse.Namespace, *, artifacts: str | None = None) -> TaskRecipe:
     return TaskRecipe(
         dataset=args.dataset,
@@ -169,8 +187,12 @@ def _plan(args: argparse.Namespace) -> int:
     recipe = _recipe(args, artifacts=artifacts)
     task, _ = recipe.build(str(resolve_device(args.device)))
     names = []
+    if not (args.resume or args.overwrite):
+        refuse_existing(storage, [study_name_for(task, s.name) for s in strategies])
     for strategy in strategies:
-        study = plan_strategy_study(strategy, recipe, storage, study_name_for(task, strategy.name), task=task)
+        study = plan_strategy_study(
+            strategy, recipe, storage, study_name_for(task, strategy.name), task=task, if_exists=_if_exists(args)
+        )
         names.append(study.study_name)
         print(f"planned {study.study_name}: {len(study.trials)} trials queued", flush=True)
     studies = " ".join(f"--study {shlex.quote(n)}" for n in names)
@@ -203,6 +225,7 @@ def _compare(args: argparse.Namespace) -> int:
         storage,
         tpe_trials=args.tpe_trials,
         show_progress_bar=not args.no_progress and sys.stderr.isatty(),
+        if_exists=_if_exists(args),
     )
     print()
     print(results_table(results))
@@ -261,13 +284,45 @@ def _finish(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoInterruptTraceback(logging.Filter):
+    """Drop Optuna's "trial failed" record (with traceback) for an interrupt: the CLI says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM (``kill``, a stopping container) ends the run as Ctrl-C does: Optuna marks the running trial failed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    handlers = logging.getLogger("optuna").handlers
+    quiet = _NoInterruptTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
-            return _compare(args)
+            with _interruptible():
+                return _compare(args)
         if args.command == "report":
             return _report(args)
         if args.command == "worker":
@@ -277,6 +332,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, MissingDependency, StorageError, TrainingDiverged) as exc:
         print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command != "compare":
+            raise
+        words = [w for w in (sys.argv[1:] if argv is None else argv) if w not in ("--resume", "--overwrite")]
+        print(
+            "optuna-deelbo: interrupted; a running trial was marked failed, the finished ones are kept. "
+            f"Continue with: {shlex.join(['optuna-deelbo', *words, '--resume'])}",
+            file=sys.stderr,
+        )
+        return 130
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects first
     return 2  # pragma: no cover
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import optuna
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.strategies import STRATEGY_NAMES, StrategyResult, get_strategy
+from optuna_deelbo.strategies import IF_EXISTS, STRATEGY_NAMES, StrategyResult, get_strategy, refuse_existing
 from optuna_deelbo.task import TaskSpec
 
 __all__ = ["parse_strategies", "run_compare", "study_name_for"]
@@ -37,11 +37,22 @@ def run_compare(
     *,
     tpe_trials: int | None = None,
     show_progress_bar: bool = False,
+    if_exists: str = "error",
 ) -> list[StrategyResult]:
-    """Run each strategy as its own study in ``storage``; return their results in order."""
+    """Run each strategy as its own study in ``storage``; return their results in order.
+
+    ``if_exists``: what to do with a study of the same name (see :meth:`Strategy.create_study`):
+    ``"error"`` (default) refuses before anything runs, ``"resume"`` continues, ``"overwrite"`` replaces.
+    """
     names = parse_strategies(strategies)
     built = [get_strategy(n, tpe_trials=tpe_trials) for n in names]  # fail fast on bad options
+    if if_exists not in IF_EXISTS:
+        raise ConfigError(f"unknown if_exists {if_exists!r}; choose one of {IF_EXISTS}")
+    if if_exists == "error":  # refuse before the first strategy trains, not after it
+        refuse_existing(storage, [study_name_for(task, s.name) for s in built])
     return [
-        strategy.run(task, storage, study_name_for(task, strategy.name), show_progress_bar=show_progress_bar)
+        strategy.run(
+            task, storage, study_name_for(task, strategy.name), show_progress_bar=show_progress_bar, if_exists=if_exists
+        )
         for strategy in built
     ]

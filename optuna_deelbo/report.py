@@ -26,7 +26,6 @@ __all__ = [
     "comparison_key",
     "deelbo_verdict",
     "load_comparisons",
-    "result_from_study",
     "results_table",
     "trials_table_html",
     "write_html_report",
@@ -84,35 +83,6 @@ def comparison_key(study_name: str) -> str:
     return study_name.rsplit("/", 1)[0] if "/" in study_name else study_name
 
 
-def result_from_study(study: optuna.study.Study) -> StrategyResult:
-    """The :class:`StrategyResult` that :meth:`Strategy.run` returned, rebuilt from the study's user attrs.
-
-    Raises:
-        ConfigError: the study was not written by a finished strategy run.
-    """
-    attrs = study.user_attrs
-    missing = [k for k in ("strategy", "time:total_s", "test:accuracy") if k not in attrs]
-    if missing:
-        raise ConfigError(f"study {study.study_name!r} is not a finished strategy run (missing {', '.join(missing)})")
-    learned: dict[str, float] = {}
-    best_number = attrs.get("best_trial")
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number == best_number:
-            learned = {k: v for k, v in trial.user_attrs.items() if k.startswith("learned:") and isinstance(v, float)}
-    return StrategyResult(
-        strategy=str(attrs["strategy"]),
-        study_name=study.study_name,
-        n_trials=len(study.get_trials(deepcopy=False)),
-        tuning_s=float(attrs.get("time:tuning_s", math.nan)),
-        retrain_s=float(attrs.get("time:retrain_s", math.nan)),
-        total_s=float(attrs["time:total_s"]),
-        test_accuracy=float(attrs["test:accuracy"]),
-        test_nll=float(attrs.get("test:nll", math.nan)),
-        best_params=dict(attrs.get("best_params") or {}),
-        learned=learned,
-    )
-
-
 def load_comparisons(storage: optuna.storages.BaseStorage) -> dict[str, list[StrategyResult]]:
     """Every finished strategy study in ``storage``, grouped by :func:`comparison_key`, in creation order.
 
@@ -123,7 +93,7 @@ def load_comparisons(storage: optuna.storages.BaseStorage) -> dict[str, list[Str
         if "strategy" not in summary.user_attrs or "time:total_s" not in summary.user_attrs:
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        groups.setdefault(comparison_key(summary.study_name), []).append(result_from_study(study))
+        groups.setdefault(comparison_key(summary.study_name), []).append(StrategyResult.from_study(study))
     return groups
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -216,6 +217,25 @@ class TaskSpec:
             diagonal, factor = self.prior_covariance
             return LowRankGaussian(mean, diagonal.to(mean), factor.to(mean))
         return IsotropicGaussian(mean)
+
+    def signature(self) -> dict[str, Any]:
+        """What a study of this task must have been planned with to be resumed (JSON-safe).
+
+        Name (data set, N, seed), prior, budget, the DE-ELBo recipe, kappa, the validation
+        fraction and the classic regularizers; not the device or the progress bar.
+        """
+        return {
+            "name": self.name,
+            "N": self.n_train,
+            "seed": self.seed,
+            "prior": self.prior,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "kappa": self.kappa,
+            "val_fraction": self.val_fraction,
+            "deelbo_recipe": dataclasses.asdict(self.deelbo_recipe),
+            "regularization": repr(self.regularization),
+        }
 
     @property
     def deelbo_recipe(self) -> DEELBoRecipe:

@@ -32,6 +32,7 @@ __all__ = [
     "QueueProgress",
     "plan_study",
     "queue_progress",
+    "requeue_interrupted",
     "retried_numbers",
     "run_queue",
 ]
@@ -66,6 +67,21 @@ class PlannedStudy(optuna.Study):
             self._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
         return optuna.Trial(self, trial_id)
 
+    def _pop_waiting_trial_id(self) -> int | None:
+        """The oldest WAITING retry (``failed_trial`` system attr) first, then the oldest WAITING trial.
+
+        A retry takes the place of the trial it replaces: run first, it leaves the trials after it
+        seeing the finished trials they would have seen without the interruption.
+        """
+        waiting = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for trial in sorted(waiting, key=lambda t: ("failed_trial" not in t.system_attrs, t.number)):
+            try:
+                if self._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                    return trial._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
     @classmethod
     def of(cls, study: optuna.Study) -> PlannedStudy:
         """The same study (name, storage, sampler, pruner) as a :class:`PlannedStudy`."""
@@ -89,6 +105,38 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
         if "failed_trial" in trial.system_attrs:
             numbers.add(int(trial.system_attrs["failed_trial"]))
     return numbers
+
+
+def requeue_interrupted(study: optuna.Study, *, fail_running: bool = True) -> int:
+    """Continue a study whose process is gone: fail its RUNNING trials, queue a retry of each failed one.
+
+    For a study no other process is working on (``optuna-deelbo compare --resume``), with
+    ``fail_running``: a trial left RUNNING by a killed process is marked FAIL. Then every FAIL
+    trial that no later trial retries gets a WAITING retry with its parameters and the system attrs ``failed_trial`` /
+    ``retry_history`` that Optuna's ``RetryFailedTrialCallback`` writes, so
+    :func:`queue_progress` counts it as replaced. Returns the number of retries queued.
+    """
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if fail_running else ():
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    queued = 0
+    for trial in trials:
+        if trial.state != TrialState.FAIL or trial.number in retried:
+            continue
+        system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                system_attrs=system_attrs,
+            )
+        )
+        queued += 1
+    return queued
 
 
 @dataclass(frozen=True)

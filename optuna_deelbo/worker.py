@@ -56,15 +56,19 @@ def plan_strategy_study(
     study_name: str,
     *,
     task: TaskSpec | None = None,
+    if_exists: str = "error",
 ) -> optuna.Study:
-    """Create ``strategy``'s study (replacing one of the same name) with its trials queued and the recipe stored.
+    """Create ``strategy``'s study with its trials queued and the recipe stored.
 
     Args:
         task: the recipe's task when the caller has built it already (else it is built here:
             the strategy's sampler and plan may depend on it).
+        if_exists: a study of that name already there: ``"error"`` (refuse), ``"resume"`` (keep it,
+            its interrupted trials queued again), ``"overwrite"`` (replace it); see
+            :meth:`~optuna_deelbo.strategies.Strategy.create_study`.
     """
     built = task if task is not None else recipe.build()[0]
-    return strategy.create_study(built, storage, study_name, attrs={RECIPE_ATTR: recipe.to_json()})
+    return strategy.create_study(built, storage, study_name, attrs={RECIPE_ATTR: recipe.to_json()}, if_exists=if_exists)
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,20 @@ def test_compare_writes_html_report_with_both_figures(compare_run: tuple[Path, s
         assert f"<td>{name}</td>" in html
 
 
-def test_rerun_replaces_studies_instead_of_mixing_trials(tmp_path: Path) -> None:
+def test_rerun_refuses_resumes_or_overwrites_never_mixes_trials(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     args = ["compare", "--storage", url, "--strategies", "deelbo", "--report", "", *TINY]
+    name = "digits-N50-seed0/l2-sp/deelbo"
     assert main(args) == 0
-    assert main(args) == 0
-    study = optuna.load_study(study_name="digits-N50-seed0/l2-sp/deelbo", storage=url)
-    assert len(study.trials) == 4
+    first = optuna.load_study(study_name=name, storage=url).trials
+    assert main(args) == 2  # refused: the study is there
+    assert main([*args, "--resume"]) == 0  # finished: reused, nothing trained
+    assert [t.datetime_start for t in optuna.load_study(study_name=name, storage=url).trials] == [
+        t.datetime_start for t in first
+    ]
+    assert main([*args, "--overwrite"]) == 0  # asked: replaced
+    again = optuna.load_study(study_name=name, storage=url).trials
+    assert len(again) == 4 and again[0].datetime_start != first[0].datetime_start
 
 
 def test_console_script_is_installed() -> None:

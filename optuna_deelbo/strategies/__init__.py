@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.strategies._base import (
+    IF_EXISTS,
     LEARNING_RATES,
     LR_RANGE,
     WEIGHT_DECAY_RANGE,
     WEIGHT_DECAYS,
     Strategy,
     StrategyResult,
+    refuse_existing,
     task_objective,
 )
 from optuna_deelbo.strategies.deelbo import DEELBoStrategy
@@ -19,6 +21,7 @@ from optuna_deelbo.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, 
 
 __all__ = [
     "DEFAULT_STRATEGIES",
+    "IF_EXISTS",
     "LEARNING_RATES",
     "LR_RANGE",
     "SEARCHED_REGULARIZERS",
@@ -35,6 +38,7 @@ __all__ = [
     "TPERegStrategy",
     "TPEStrategy",
     "get_strategy",
+    "refuse_existing",
     "task_objective",
 ]
 

@@ -20,7 +20,7 @@ from optuna_deelbo.regularization import SEARCHABLE, Regularization, suggest_reg
 from optuna_deelbo.strategies._base import LEARNING_RATES, LR_RANGE, WEIGHT_DECAY_RANGE, WEIGHT_DECAYS, Strategy
 from optuna_deelbo.task import TaskSpec
 
-__all__ = ["SEARCHED_REGULARIZERS", "TPERegStrategy", "TPEStrategy"]
+__all__ = ["SEARCHED_REGULARIZERS", "TPERegStrategy", "TPEStrategy", "TrialSeededTPESampler"]
 
 #: What ``tpe-reg`` searches besides lr and weight decay (see :func:`suggest_regularization`).
 SEARCHED_REGULARIZERS: tuple[str, ...] = (
@@ -31,6 +31,27 @@ SEARCHED_REGULARIZERS: tuple[str, ...] = (
     "cutmix_alpha",
     "restart_period",
 )
+
+
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE whose random draws for trial ``k`` depend only on ``(seed, k)``.
+
+    A plain seeded ``TPESampler`` draws from one stream across trials, so after an interruption a
+    fresh sampler would propose other values than the uninterrupted run did. Reseeding per trial
+    number makes trial ``k``'s proposal a function of the seed, ``k`` and the finished trials, so
+    ``optuna-deelbo compare --resume`` (where a retried trial runs first, see
+    :class:`~optuna_deelbo.trial_queue.PlannedStudy`) ends with the trials of an uninterrupted run.
+    """
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = int(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial_seed = (self._base_seed * 1_000_003 + trial.number) % 2**32
+        self._rng.rng.seed(trial_seed)
+        self._random_sampler._rng.rng.seed(trial_seed)
+        super().before_trial(study, trial)
 
 
 class TPEStrategy(Strategy):
@@ -52,7 +73,7 @@ class TPEStrategy(Strategy):
         self._trials = trials or len(LEARNING_RATES) * len(WEIGHT_DECAYS)
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=task.seed)
+        return TrialSeededTPESampler(seed=task.seed)
 
     def pruner(self) -> optuna.pruners.BasePruner:
         """Optuna's default median pruner on the validation NLL, as an Optuna user would run TPE."""

@@ -1,0 +1,149 @@
+"""Never lose a user's study: name clashes are refused, interrupted runs resume to the uninterrupted result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import optuna_deelbo as od
+from optuna_deelbo.cli import main
+from optuna_deelbo.compare import run_compare, study_name_for
+from optuna_deelbo.trial_queue import queue_progress
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: A small real compare: digits N = 50, 60 steps per trial (long enough to interrupt mid-trial).
+COMPARE = [
+    "compare",
+    "--n-train",
+    "50",
+    "--steps",
+    "60",
+    "--pretrain-steps",
+    "60",
+    "--strategies",
+    "deelbo,grid,tpe",
+    "--tpe-trials",
+    "8",
+    "--report",
+    "",
+    "--no-progress",
+]
+STRATEGIES = ("deelbo", "grid", "tpe")
+
+
+@pytest.fixture(scope="module")
+def task() -> od.TaskSpec:
+    return od.digits_task(n_train=30, steps=8, pretrain_steps=20, progress=False)[0]
+
+
+def _user_study(url: str, name: str) -> optuna.Study:
+    study = optuna.create_study(storage=url, study_name=name)
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={"x": 1.0}, distributions={"x": _dist()}))
+    return study
+
+
+def _dist() -> optuna.distributions.FloatDistribution:
+    return optuna.distributions.FloatDistribution(0.0, 2.0)
+
+
+def test_a_name_clash_is_refused_and_the_users_study_kept(tmp_path: Path, task: od.TaskSpec) -> None:
+    url = f"sqlite:///{tmp_path / 'user.db'}"
+    name = study_name_for(task, "grid")
+    _user_study(url, name)
+    storage = od.open_storage(url)
+    with pytest.raises(od.StudyExists, match=r"already exists .*--resume .*--overwrite"):
+        run_compare(task, ["deelbo", "grid"], storage)
+    assert optuna.get_all_study_names(storage) == [name]  # refused before DE-ELBo's study was made
+    kept = optuna.load_study(study_name=name, storage=storage)
+    assert [t.params for t in kept.trials] == [{"x": 1.0}]
+    with pytest.raises(od.StudyExists, match="not planned by optuna-deelbo"):
+        run_compare(task, ["grid"], storage, if_exists="resume")
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 1
+    result = run_compare(task, ["grid"], storage, if_exists="overwrite")[0]  # asked: replaced
+    assert result.n_trials == 24 and "x" not in result.best_params
+    with pytest.raises(od.StudyExists, match=r"another recipe \(task\.steps: 8 -> 9"):
+        run_compare(od.digits_task(n_train=30, steps=9, pretrain_steps=20)[0], ["grid"], storage, if_exists="resume")
+    finished = run_compare(task, ["grid"], storage, if_exists="resume")[0]  # finished: its result, nothing trained
+    assert finished.test_accuracy == result.test_accuracy and finished.total_s == result.total_s
+
+
+def test_cli_refuses_a_clash_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'user.db'}"
+    args = [*COMPARE, "--storage", url, "--strategies", "grid", "--steps", "5"]
+    task_name = od.digits_task(n_train=50, steps=5, pretrain_steps=60)[0]
+    _user_study(url, study_name_for(task_name, "grid"))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0], err
+    assert main([*args, "--plan-only"]) == 2  # planning refuses too
+    assert "already exists" in capsys.readouterr().err
+
+
+def _snapshot(url: str) -> dict[str, object]:
+    """What must be identical between an uninterrupted and an interrupted-then-resumed run."""
+    storage = od.open_storage(url)
+    out: dict[str, object] = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        finished = sorted(
+            (sorted(t.params.items()), t.state.name, t.value, t.user_attrs.get("learned:lambda"))
+            for t in study.trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        )
+        result = od.StrategyResult.from_study(study)
+        out[summary.study_name] = (finished, result.n_trials, result.test_accuracy, result.best_params)
+    return out
+
+
+def _interrupt(args: list[str], url: str, study: str, sig: int, after: int) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process; once ``study`` has ``after`` finished trials and one running, signal it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "optuna_deelbo.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+        except (KeyError, Exception):  # not created yet, or the file is being written
+            time.sleep(0.05)
+            continue
+        if sum(t.state.is_finished() for t in trials) >= after and any(t.state == TrialState.RUNNING for t in trials):
+            child.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, err = child.communicate(timeout=240)
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+
+def test_interrupted_compare_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    reference = f"sqlite:///{tmp_path / 'reference.db'}"
+    assert main([*COMPARE, "--storage", reference]) == 0
+    url = f"sqlite:///{tmp_path / 'interrupted.db'}"
+    args = [*COMPARE, "--storage", url]
+    names = {s: f"digits-N50-seed0/l2-sp/{s}" for s in STRATEGIES}
+    for study, sig, after in ((names["grid"], signal.SIGINT, 5), (names["tpe"], signal.SIGTERM, 3)):
+        stopped = _interrupt(args + (["--resume"] if sig == signal.SIGTERM else []), url, study, sig, after)
+        assert stopped.returncode == 130, stopped.stderr[-2000:]
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert "interrupted" in last and last.endswith("--resume") and "Traceback" not in stopped.stderr, last
+        states = [t.state for t in optuna.load_study(study_name=study, storage=url).trials]
+        assert TrialState.RUNNING not in states  # marked failed, not left running
+        assert states.count(TrialState.FAIL) == 1
+    assert main([*args, "--resume"]) == 0
+    assert _snapshot(url) == _snapshot(reference)
+    for study in names.values():
+        progress = queue_progress(optuna.load_study(study_name=study, storage=url))
+        assert progress.failed == 0 and progress.done  # every interrupted trial was replaced by its retry
