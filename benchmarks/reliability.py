@@ -180,7 +180,8 @@ def _storage_url(given: str | None) -> Iterator[str]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise SystemExit("PostgreSQL binaries not found (apt-get install postgresql) and no --storage given")
-    with postgres_server(bin_dir) as url:
+    with postgres_server(bin_dir) as server:
+        url = server.url
         yield url
 
 

@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from optuna_deelbo._errors import ConfigError, StorageError
 from optuna_deelbo._validation import positive_int
@@ -67,12 +68,38 @@ def open_storage(
         kwargs = {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": retry}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    elif url.split("://")[0] in _LIBPQ_DIALECTS and "connect_timeout" not in url:
-        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}}
+    elif url.split("://")[0] in _LIBPQ_DIALECTS:
+        # pre-ping: after a server restart, dead pooled connections are replaced instead of failing a call
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+        if "connect_timeout" not in url:
+            kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **kwargs)
+            storage = optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # SQLAlchemy raises many types (ArgumentError, OperationalError, ImportError...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {url!r}: {reason}") from exc
+    if url.startswith("sqlite"):
+        _serialise_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Start every SQLite transaction with ``BEGIN IMMEDIATE`` (the write lock, waited for up to the timeout).
+
+    Python's sqlite3 driver opens a transaction only at the first write, so two processes could
+    both read a trial as WAITING and both mark it RUNNING (one trial run twice). Taking the write
+    lock at BEGIN makes Optuna's read-then-update atomic across processes: several workers can share
+    one SQLite file on one machine (PostgreSQL remains the choice for many machines).
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks (schema set-up) are replaced by hooked ones

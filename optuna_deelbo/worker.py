@@ -18,14 +18,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial
 
-from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._errors import ConfigError, StorageError
 from optuna_deelbo.recipe import RECIPE_ATTR, TaskRecipe
 from optuna_deelbo.storage import open_storage
 from optuna_deelbo.strategies import Strategy, StrategyResult, get_strategy
@@ -35,6 +39,7 @@ from optuna_deelbo.trial_queue import PlannedStudy, queue_progress, run_queue
 __all__ = [
     "DEFAULT_GRACE_PERIOD_S",
     "DEFAULT_HEARTBEAT_S",
+    "RECONNECT_PAUSES_S",
     "PlannedJob",
     "finish_planned_study",
     "load_planned_job",
@@ -47,6 +52,27 @@ __all__ = [
 DEFAULT_HEARTBEAT_S = 10
 #: A worker's default grace period (s) before a trial without heartbeat counts as dead.
 DEFAULT_GRACE_PERIOD_S = 30
+#: Pauses (s) of a worker whose storage stopped answering (a database restart, a network blip)
+#: before each new attempt: about 5 minutes in all, then it exits with a StorageError and can be
+#: started again. The budget starts afresh once a trial finishes.
+RECONNECT_PAUSES_S: tuple[float, ...] = (1, 2, 4, 8, 15, *(30,) * 9)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the database being unreachable or busy, not a bad request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc.__cause__ or exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def plan_strategy_study(
@@ -174,7 +200,54 @@ def run_worker(
             study_name=name, storage=storage, sampler=job.strategy.sampler(job.task), pruner=job.strategy.pruner()
         )
         jobs.append((study, job.strategy.objective(job.task)))
-    return run_queue(jobs, poll_s=poll_s, on_trial=on_trial)
+    return _run_surviving_outages(jobs, storage_url, poll_s=poll_s, on_trial=on_trial)
+
+
+def _run_surviving_outages(
+    jobs: Sequence[tuple[PlannedStudy, Callable[[optuna.Trial], float]]],
+    storage_url: str,
+    *,
+    poll_s: float,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None,
+) -> int:
+    """:func:`run_queue` again after each storage outage (see :data:`RECONNECT_PAUSES_S`); trials run here.
+
+    A trial cut off by the outage is left RUNNING without heartbeats; once the storage is back, a
+    worker fails it as stale and its retry runs (from its checkpoint), so each planned trial still
+    completes once. A trial this worker finished after others had already taken it for dead
+    (``UpdateFinishedTrialError`` on its result) is dropped: its retry counts instead.
+    """
+    ran = 0
+    pauses = iter(RECONNECT_PAUSES_S)
+
+    def count(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal ran, pauses
+        ran += 1
+        pauses = iter(RECONNECT_PAUSES_S)
+        if on_trial is not None:
+            on_trial(study, trial)
+
+    while True:
+        try:
+            run_queue(jobs, poll_s=poll_s, on_trial=count)
+            return ran
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            print(f"worker {os.getpid()}: dropped a result, its trial was retried elsewhere ({exc})", file=sys.stderr)
+        except Exception as exc:
+            if not _connection_lost(exc):
+                raise
+            pause = next(pauses, None)
+            if pause is None:
+                raise StorageError(
+                    f"storage {storage_url!r} unreachable for {sum(RECONNECT_PAUSES_S):g} s ({_reason(exc)}); "
+                    "start the worker again once it is back: planned trials are not lost"
+                ) from exc
+            print(
+                f"worker {os.getpid()}: storage unreachable ({_reason(exc)}); trying again in {pause:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(pause)
 
 
 def search_seconds(study: optuna.Study) -> float:

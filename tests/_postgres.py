@@ -16,10 +16,20 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["find_bin_dir", "postgres_server"]
+__all__ = ["PostgresServer", "find_bin_dir", "postgres_server"]
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A running test server: its URL, and ``stop()`` / ``start()`` to take it down and up again."""
+
+    url: str
+    stop: Callable[[], None]
+    start: Callable[[], None]
 
 
 def find_bin_dir() -> Path | None:
@@ -38,8 +48,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def postgres_server(bin_dir: Path, *, max_connections: int = 200) -> Iterator[str]:
-    """Start a server; yield its ``postgresql+psycopg://`` URL (database ``postgres``); stop it and delete it.
+def postgres_server(bin_dir: Path, *, max_connections: int = 200) -> Iterator[PostgresServer]:
+    """Start a server; yield it (``url``: ``postgresql+psycopg://``, database ``postgres``); stop it and delete it.
 
     Raises:
         RuntimeError: initdb or pg_ctl failed (the message holds their output and the server log).
@@ -66,9 +76,17 @@ def postgres_server(bin_dir: Path, *, max_connections: int = 200) -> Iterator[st
             f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections={max_connections} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        pg_ctl = str(bin_dir / "pg_ctl")
+
+        def start() -> None:
+            run(pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+
+        def stop() -> None:
+            run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
+
+        start()
         started = True
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield PostgresServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", stop, start)
     finally:
         if started:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

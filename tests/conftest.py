@@ -68,8 +68,8 @@ def postgres_server_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("CI is set but PostgreSQL is not installed (apt-get install postgresql)")
         pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-    with postgres_server(bin_dir) as url:
-        yield url
+    with postgres_server(bin_dir) as server:
+        yield server.url
 
 
 @pytest.fixture
