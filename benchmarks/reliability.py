@@ -15,6 +15,10 @@ server is started from Debian's binaries (tests/_postgres.py). Three parts:
 3. Numerical faults in one study (in this process): a NaN/inf loss (lr = 1e30), an exploding
    posterior std (DE-ELBo, ``max_sigma`` = 1, lr = 1) and a runaway NLL (MAP, lr = 1e4) each
    end their trial as pruned with ``failure:reason``, and the study goes on to a normal trial.
+4. Data safety (``--parts safety`` runs only this and rewrites only its section of the .md):
+   a name clash with a user's study, a compare interrupted by SIGINT mid-trial and resumed
+   against an uninterrupted one, 4 workers through a 10 s PostgreSQL restart, and every CLI
+   option given each of tests/_safety.py's bad values.
 """
 
 from __future__ import annotations
@@ -42,15 +46,16 @@ from optuna_deelbo.checkpoint import ATTR_RESUMED_STEP, ATTR_STEP
 from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.sampler import DEELBoSampler
-from optuna_deelbo.strategies import get_strategy
+from optuna_deelbo.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 from optuna_deelbo.trial_queue import queue_progress
 from optuna_deelbo.worker import plan_strategy_study, search_seconds
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _postgres import find_bin_dir, postgres_server  # noqa: E402
+from _postgres import PostgresServer, find_bin_dir, postgres_server  # noqa: E402
 from _record import RESULTS, RunRecord  # noqa: E402
+from _safety import BAD_VALUES, interrupt_cli, run_cli, snapshot, value_options  # noqa: E402
 
 __all__ = ["main"]
 
@@ -173,16 +178,111 @@ def numerical_faults(task: od.TaskSpec) -> list[tuple[str, str, str]]:
 
 
 @contextlib.contextmanager
-def _storage_url(given: str | None) -> Iterator[str]:
-    if given is not None:
-        yield given
-        return
+def _server() -> Iterator[PostgresServer]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise SystemExit("PostgreSQL binaries not found (apt-get install postgresql) and no --storage given")
     with postgres_server(bin_dir) as server:
-        url = server.url
-        yield url
+        yield server
+
+
+@contextlib.contextmanager
+def _storage_url(given: str | None) -> Iterator[str]:
+    if given is not None:
+        yield given
+        return
+    with _server() as server:
+        yield server.url
+
+
+SAFETY_COMPARE = ["compare", "--n-train", "50", "--steps", "60", "--pretrain-steps", "60", "--tpe-trials", "8"]
+SAFETY_COMPARE += ["--strategies", "deelbo,grid,tpe", "--report", "", "--no-progress", "--device", "cpu"]
+GRID_STUDY = "digits-N50-seed0/l2-sp/grid"
+
+
+def name_clash(tmp: Path) -> dict[str, object]:
+    """``compare`` on a storage that holds a user's study of the same name as one of ours."""
+    url = f"sqlite:///{tmp / 'clash.db'}"
+    user = optuna.create_study(storage=url, study_name=GRID_STUDY)
+    user.add_trial(optuna.trial.create_trial(value=0.5, params={"x": 1.0}, distributions={"x": _x()}))
+    code, err = run_cli([*SAFETY_COMPARE, "--storage", url])
+    after = optuna.load_study(study_name=GRID_STUDY, storage=url).trials
+    return {
+        "exit": code,
+        "message": err.strip().splitlines()[-1],
+        "user_trials_kept": len(after) == 1 and after[0].params == {"x": 1.0},
+        "studies_after": len(optuna.get_all_study_names(url)),
+    }
+
+
+def _x() -> optuna.distributions.FloatDistribution:
+    return optuna.distributions.FloatDistribution(0.0, 2.0)
+
+
+def interrupted_and_resumed(tmp: Path) -> dict[str, object]:
+    """SIGINT mid-trial during the grid search, then ``--resume``, against an uninterrupted run."""
+    reference, url = f"sqlite:///{tmp / 'reference.db'}", f"sqlite:///{tmp / 'interrupted.db'}"
+    assert run_cli([*SAFETY_COMPARE, "--storage", reference])[0] == 0
+    stopped = interrupt_cli([*SAFETY_COMPARE, "--storage", url], url, GRID_STUDY, signal.SIGINT, after=5)
+    states = [t.state for t in optuna.load_study(study_name=GRID_STUDY, storage=url).trials]
+    code, _ = run_cli([*SAFETY_COMPARE, "--storage", url, "--resume"])
+    return {
+        "interrupted_exit": stopped.returncode,
+        "failed_at_interrupt": states.count(TrialState.FAIL),
+        "running_at_interrupt": states.count(TrialState.RUNNING),
+        "resume_exit": code,
+        "identical": snapshot(url) == snapshot(reference),
+    }
+
+
+def database_restart(server: PostgresServer, down_s: float = 10.0) -> dict[str, object]:
+    """4 workers on a grid study; the server is stopped for ``down_s`` once 4 trials are complete."""
+    url = server.url
+    plan = [*SAFETY_COMPARE[:7], "--strategies", "grid", "--device", "cpu", "--storage", url, "--plan-only"]
+    assert run_cli(plan)[0] == 0
+    beats = ("--heartbeat-interval", "1", "--grace-period", "3", "--device", "cpu")
+    procs = [_worker(url, GRID_STUDY, *beats) for _ in range(4)]
+    while sum(t.state == TrialState.COMPLETE for t in optuna.load_study(study_name=GRID_STUDY, storage=url).trials) < 4:
+        time.sleep(0.2)
+    server.stop()
+    time.sleep(down_s)
+    server.start()
+    _wait(procs)
+    trials = optuna.load_study(study_name=GRID_STUDY, storage=url).trials
+    complete = [(t.params["lr"], t.params["weight_decay"]) for t in trials if t.state == TrialState.COMPLETE]
+    planned = len(LEARNING_RATES) * len(WEIGHT_DECAYS)
+    return {
+        "planned": planned,
+        "completed": len(set(complete)),
+        "lost": planned - len(set(complete)),
+        "duplicated": len(complete) - len(set(complete)),
+        "retried": sum(t.state == TrialState.FAIL for t in trials),
+        "down_s": down_s,
+        "workers_exit_0": all(p.returncode == 0 for p in procs),
+    }
+
+
+def cli_fuzz(tmp: Path) -> dict[str, int]:
+    """Every value option of every subcommand with every bad value, each on a fresh storage."""
+    counts = {"cases": 0, "exit_0": 0, "exit_2": 0, "other_exit": 0, "tracebacks": 0, "multi_line_errors": 0}
+    tiny = ["--n-train", "25", "--steps", "1", "--pretrain-steps", "1", "--strategies", "deelbo", "--report", ""]
+    bases = {
+        "compare": ["compare", *tiny, "--no-progress", "--device", "cpu"],
+        "report": ["report", "--out", str(tmp / "r.html")],
+        "worker": ["worker", "--study", "no-such-study", "--device", "cpu"],
+        "finish": ["finish", "--study", "no-such-study", "--device", "cpu"],
+    }
+    for command, base in bases.items():
+        for option in value_options(command):
+            for value in BAD_VALUES:
+                url = "sqlite:///" + str(tmp / f"fuzz-{counts['cases']}.db")
+                code, err = run_cli([*base, "--storage", url, option, value])
+                counts["cases"] += 1
+                counts["exit_0" if code == 0 else "exit_2" if code == 2 else "other_exit"] += 1
+                counts["tracebacks"] += "Traceback" in err
+                errors = sum(line.startswith("optuna-deelbo") for line in err.splitlines())
+                counts["multi_line_errors"] += code == 2 and errors != 1
+    return counts
 
 
 def main() -> None:
@@ -193,9 +293,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--storage", default=None, help="a PostgreSQL URL (default: start a temporary server)")
     parser.add_argument("--out", default=str(RESULTS / "reliability"))
+    parser.add_argument("--parts", choices=("all", "safety"), default="all", help="safety: only part 4")
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
     torch.set_num_threads(1)
+    if args.parts == "safety":
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        with tempfile.TemporaryDirectory(prefix="reliability-safety-") as tmp, _server() as server:
+            results = {
+                "clash": name_clash(Path(tmp)),
+                "resume": interrupted_and_resumed(Path(tmp)),
+                "restart": database_restart(server),
+                "fuzz": cli_fuzz(Path(tmp)),
+            }
+        print(results, flush=True)
+        _write_safety(Path(args.out).with_suffix(".md"), record, results)
+        return
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     artifacts = tempfile.mkdtemp(prefix="reliability-artifacts-")  # shared by the workers on this machine
     recipe = TaskRecipe(n_train=args.n_train, steps=args.steps, checkpoint_every=25, artifacts=artifacts)
@@ -294,8 +407,52 @@ corrupt checkpoints, unreachable storage, ...) and their messages is tests/test_
 tests/test_workers.py adds the worker's: a study that does not exist, a study without a task
 recipe, an unreachable PostgreSQL server, finishing a study that is still being worked off.
 """
-    out.with_suffix(".md").write_text(text)
+    previous = out.with_suffix(".md").read_text() if out.with_suffix(".md").exists() else ""
+    safety = previous[previous.find(SAFETY_START) :] if SAFETY_START in previous else ""
+    out.with_suffix(".md").write_text(text + ("\n" + safety if safety else ""))
     print(text)
+
+
+SAFETY_START = "<!-- data-safety -->"
+
+
+def _write_safety(md: Path, record: RunRecord, r: dict[str, dict[str, object]]) -> None:
+    """Replace (or add) the data-safety section at the end of reliability.md; the rest stays as measured."""
+    clash, resume, restart, fuzz = r["clash"], r["resume"], r["restart"], r["fuzz"]
+    rows = [
+        "| name clash: `compare` on a storage holding a user's study named like ours | "
+        f"exit {clash['exit']}, the user's study kept: {clash['user_trials_kept']}, studies in the storage "
+        f"after: {clash['studies_after']}; message: `{clash['message']}` |",
+        "| `compare` (deelbo, grid, tpe; digits N = 50) interrupted by SIGINT mid-trial, then `--resume` | "
+        f"interrupted run exit {resume['interrupted_exit']}, trials left failed / running: "
+        f"{resume['failed_at_interrupt']} / {resume['running_at_interrupt']}; resume exit {resume['resume_exit']}; "
+        "every finished trial, trial count, test accuracy and best parameters identical to an uninterrupted "
+        f"run: {resume['identical']} |",
+        f"| PostgreSQL 15 stopped for {restart['down_s']:g} s while 4 workers run a 24-trial grid study "
+        f"(heartbeat 1 s, grace 3 s) | planned {restart['planned']}, completed {restart['completed']}, "
+        f"**lost {restart['lost']}, duplicated {restart['duplicated']}**; trials cut off and retried: "
+        f"{restart['retried']}; every worker exited 0: {restart['workers_exit_0']} |",
+        f"| CLI fuzz: every value option of compare / report / worker / finish x {len(BAD_VALUES)} bad values, "
+        f"fresh storage each | {fuzz['cases']} cases: exit 0 {fuzz['exit_0']}, exit 2 {fuzz['exit_2']}, other "
+        f"exit {fuzz['other_exit']}, tracebacks {fuzz['tracebacks']}, errors longer than one line "
+        f"{fuzz['multi_line_errors']} |",
+    ]
+    section = f"""{SAFETY_START}
+## Data safety (`python benchmarks/reliability.py --parts safety`)
+
+{record.header()}
+
+| check | outcome |
+|---|---|
+{chr(10).join(rows)}
+
+tests/test_resume.py, tests/test_outages.py and tests/test_cli_fuzz.py check the same on every CI run
+(the fuzz there draws 150 random cases with hypothesis).
+"""
+    previous = md.read_text() if md.exists() else ""
+    kept = previous[: previous.find(SAFETY_START)] if SAFETY_START in previous else previous
+    md.write_text(kept.rstrip() + "\n\n" + section)
+    print(section)
 
 
 if __name__ == "__main__":

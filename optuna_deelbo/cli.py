@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import optuna
 import torch
@@ -43,19 +44,45 @@ from optuna_deelbo.worker import (
 __all__ = ["build_parser", "main"]
 
 
-def _positive_int(text: str) -> int:
+#: Upper bound of every count option (steps, batch size, trials, threads, seconds...): larger values
+#: are typos, not budgets, and would run for days before anything failed.
+MAX_COUNT = 10_000_000
+#: Seeds are 32-bit (NumPy's generators refuse others).
+MAX_SEED = 2**32 - 1
+
+
+def _integer(text: str, low: int, high: int, what: str) -> int:
     try:
-        value = int(text)
+        value = int(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1, MAX_COUNT, f"an integer from 1 to {MAX_COUNT:,}")
+
+
+def _seed(text: str) -> int:
+    return _integer(text, 0, MAX_SEED, f"a seed from 0 to {MAX_SEED}")
+
+
+def _retries(text: str) -> int:
+    return _integer(text, 0, 1000, "a retry count from 0 to 1000")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``optuna-deelbo compare: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="optuna-deelbo", description=__doc__)
+    parser = _Parser(prog="optuna-deelbo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser(
         "compare",
@@ -75,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--backbone", default="cifar-resnet20", choices=BACKBONE_NAMES, help="CIFAR tasks only")
     cmp.add_argument("--cache-dir", default=None, help="decoded images + pretrained checkpoints (CIFAR tasks)")
-    cmp.add_argument("--n-train", type=int, default=None, help="target training-set size N (digits 100, CIFAR 50)")
+    cmp.add_argument(
+        "--n-train", type=_positive_int, default=None, help="target training-set size N (digits 100, CIFAR 50)"
+    )
     cmp.add_argument("--prior", default="l2-sp", choices=PRIOR_NAMES)
     cmp.add_argument(
         "--recipe",
@@ -87,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", type=_positive_int, default=64)
     cmp.add_argument("--pretrain-steps", type=_positive_int, default=None, help="digits 400, CIFAR 2000")
     cmp.add_argument("--tpe-trials", type=_positive_int, default=None, help="default: the grid's trial count")
-    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--seed", type=_seed, default=0, help="seeds data split, pretraining and training")
     cmp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     cmp.add_argument("--report", default="deelbo-report.html", help="plotly HTML report path ('' to skip)")
     cmp.add_argument("--compile", action="store_true", help="torch.compile each model (pays off on long GPU runs)")
@@ -141,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument(
         "--grace-period", type=_positive_int, default=DEFAULT_GRACE_PERIOD_S, help="s without heartbeat = dead"
     )
-    wrk.add_argument("--max-retry", type=int, default=3, help="retries of one configuration after a crash")
+    wrk.add_argument("--max-retry", type=_retries, default=3, help="retries of one configuration after a crash")
     wrk.add_argument("--artifacts", default=None, help="checkpoint directory if mounted elsewhere than planned")
     fin = sub.add_parser(
         "finish",
@@ -184,6 +213,7 @@ def _plan(args: argparse.Namespace) -> int:
     storage = open_storage(args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else str(default_artifacts_dir(args.storage))
+    _creatable_dir(artifacts, "checkpoint folder (--artifacts)")
     recipe = _recipe(args, artifacts=artifacts)
     task, _ = recipe.build(str(resolve_device(args.device)))
     names = []
@@ -202,7 +232,27 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_file(path: str, what: str) -> None:
+    """Refuse an output file whose folder does not exist or cannot be written, before any work starts."""
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {path!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{what} {path!r}: folder {str(folder)!r} is not writable")
+
+
+def _creatable_dir(path: str, what: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path!r} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{what} {path!r} is not writable")
+
+
 def _compare(args: argparse.Namespace) -> int:
+    if args.report:
+        _writable_file(args.report, "--report")
     if args.plan_only:
         return _plan(args)
     strategies = parse_strategies(args.strategies)
@@ -248,6 +298,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    _writable_file(args.out, "--out")
     storage = open_storage(args.storage)
     path = write_storage_report(args.out, storage)
     print(f"report: {path.resolve()}")

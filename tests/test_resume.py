@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
+from _safety import interrupt_cli, snapshot
 from optuna.trial import TrialState
 
 import optuna_deelbo as od
@@ -88,46 +85,6 @@ def test_cli_refuses_a_clash_in_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert "already exists" in capsys.readouterr().err
 
 
-def _snapshot(url: str) -> dict[str, object]:
-    """What must be identical between an uninterrupted and an interrupted-then-resumed run."""
-    storage = od.open_storage(url)
-    out: dict[str, object] = {}
-    for summary in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        finished = sorted(
-            (sorted(t.params.items()), t.state.name, t.value, t.user_attrs.get("learned:lambda"))
-            for t in study.trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        )
-        result = od.StrategyResult.from_study(study)
-        out[summary.study_name] = (finished, result.n_trials, result.test_accuracy, result.best_params)
-    return out
-
-
-def _interrupt(args: list[str], url: str, study: str, sig: int, after: int) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a child process; once ``study`` has ``after`` finished trials and one running, signal it."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "optuna_deelbo.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and child.poll() is None:
-        try:
-            trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
-        except (KeyError, Exception):  # not created yet, or the file is being written
-            time.sleep(0.05)
-            continue
-        if sum(t.state.is_finished() for t in trials) >= after and any(t.state == TrialState.RUNNING for t in trials):
-            child.send_signal(sig)
-            break
-        time.sleep(0.02)
-    out, err = child.communicate(timeout=240)
-    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
-
-
 def test_interrupted_compare_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     reference = f"sqlite:///{tmp_path / 'reference.db'}"
     assert main([*COMPARE, "--storage", reference]) == 0
@@ -135,7 +92,7 @@ def test_interrupted_compare_resumes_to_the_uninterrupted_result(tmp_path: Path)
     args = [*COMPARE, "--storage", url]
     names = {s: f"digits-N50-seed0/l2-sp/{s}" for s in STRATEGIES}
     for study, sig, after in ((names["grid"], signal.SIGINT, 5), (names["tpe"], signal.SIGTERM, 3)):
-        stopped = _interrupt(args + (["--resume"] if sig == signal.SIGTERM else []), url, study, sig, after)
+        stopped = interrupt_cli(args + (["--resume"] if sig == signal.SIGTERM else []), url, study, sig, after)
         assert stopped.returncode == 130, stopped.stderr[-2000:]
         last = stopped.stderr.strip().splitlines()[-1]
         assert "interrupted" in last and last.endswith("--resume") and "Traceback" not in stopped.stderr, last
@@ -143,7 +100,7 @@ def test_interrupted_compare_resumes_to_the_uninterrupted_result(tmp_path: Path)
         assert TrialState.RUNNING not in states  # marked failed, not left running
         assert states.count(TrialState.FAIL) == 1
     assert main([*args, "--resume"]) == 0
-    assert _snapshot(url) == _snapshot(reference)
+    assert snapshot(url) == snapshot(reference)
     for study in names.values():
         progress = queue_progress(optuna.load_study(study_name=study, storage=url))
         assert progress.failed == 0 and progress.done  # every interrupted trial was replaced by its retry

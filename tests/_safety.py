@@ -1,0 +1,110 @@
+"""Data-safety scenarios shared by the tests and benchmarks/reliability.py (like tests/_postgres.py).
+
+* :func:`interrupt_cli`: run ``optuna-deelbo`` in a child process and signal it mid-trial;
+* :func:`snapshot`: what an interrupted-then-resumed storage must share with an uninterrupted one;
+* :data:`BAD_VALUES`, :func:`value_options`, :func:`run_cli`: the CLI fuzz's values, options and runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+import optuna_deelbo as od
+from optuna_deelbo.cli import build_parser, main
+
+__all__ = ["BAD_VALUES", "interrupt_cli", "run_cli", "snapshot", "value_options"]
+
+#: Values that are wrong for most options: signs, zero, huge, NaN / inf, not numbers, empty,
+#: unicode, control characters, paths that do not exist or cannot be written.
+BAD_VALUES = [
+    "-1",
+    "0",
+    "-0",
+    "1.5",
+    "1e308",
+    "99999999999999999999",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "",
+    " ",
+    "abc",
+    "ü",
+    "☃ snow",
+    "0x10",
+    "--",
+    "\t",
+    "/nonexistent/dir/file",
+    "/proc/forbidden/file.html",
+    "sqlite:////nonexistent/dir/x.db",
+    "postgresql+psycopg://nobody@127.0.0.1:1/none",
+    "cuda:7",
+]
+
+
+def value_options(command: str) -> list[str]:
+    """The options of ``optuna-deelbo <command>`` that take a value (flags take none)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = sub.choices[command]._actions
+    return [a.option_strings[-1] for a in actions if a.option_strings and a.dest != "help" and a.nargs != 0]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """``optuna-deelbo argv`` in this process: exit status and everything written to stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, err.getvalue()
+
+
+def snapshot(url: str) -> dict[str, object]:
+    """Per study: its finished trials (params, state, value, learned lambda), trial count, accuracy, best params."""
+    storage = od.open_storage(url)
+    out: dict[str, object] = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        finished = sorted(
+            (sorted(t.params.items()), t.state.name, t.value, t.user_attrs.get("learned:lambda"))
+            for t in study.trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        )
+        result = od.StrategyResult.from_study(study)
+        out[summary.study_name] = (finished, result.n_trials, result.test_accuracy, result.best_params)
+    return out
+
+
+def interrupt_cli(args: list[str], url: str, study: str, sig: int, after: int) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process; once ``study`` has ``after`` finished trials and one running, signal it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "optuna_deelbo.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+        except Exception:  # not created yet, or the file is being written
+            time.sleep(0.05)
+            continue
+        if sum(t.state.is_finished() for t in trials) >= after and any(t.state == TrialState.RUNNING for t in trials):
+            child.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, err = child.communicate(timeout=240)
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
