@@ -1,6 +1,7 @@
 """Measure `compare` on the embedded digits task and write benchmarks/results/compare-digits.{md,csv}.
 
 Usage: python benchmarks/compare_digits.py [--n-train 100] [--seed 0] [--storage sqlite:///bench.db] [--strategies ...]
+       [--prior l2-sp|l2-zero|ptyl]
 
 Calls the public API only. The markdown file records the machine, date, commit and command.
 """
@@ -33,11 +34,12 @@ def main() -> None:
     parser.add_argument("--storage", default="sqlite:///bench-compare.db")
     parser.add_argument("--out", default=str(RESULTS / "compare-digits"))
     parser.add_argument("--strategies", default=",".join(od.STRATEGY_NAMES), help="default: all of them")
+    parser.add_argument("--prior", default="l2-sp", choices=od.PRIOR_NAMES)
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
-    task, pretrain_s = od.digits_task(args.n_train, seed=args.seed)
+    task, pretrain_s = od.digits_task(args.n_train, seed=args.seed, prior=args.prior)
     start = time.perf_counter()
     results = run_compare(task, args.strategies.split(","), storage, if_exists="overwrite")  # our own results DB
     wall = time.perf_counter() - start
