@@ -272,17 +272,22 @@ def cli_fuzz(tmp: Path) -> dict[str, int]:
         "worker": ["worker", "--study", "no-such-study", "--device", "cpu"],
         "finish": ["finish", "--study", "no-such-study", "--device", "cpu"],
     }
-    for command, base in bases.items():
-        for option in value_options(command):
-            for value in BAD_VALUES:
-                url = "sqlite:///" + str(tmp / f"fuzz-{counts['cases']}.db")
-                code, err = run_cli([*base, "--storage", url, option, value])
-                counts["cases"] += 1
-                counts["exit_0" if code == 0 else "exit_2" if code == 2 else "other_exit"] += 1
-                counts["tracebacks"] += "Traceback" in err
-                errors = sum(line.startswith("optuna-deelbo") for line in err.splitlines())
-                counts["multi_line_errors"] += code == 2 and errors != 1
+    with contextlib.chdir(tmp):  # relative paths among the values land in tmp, not in the checkout
+        for command, base in bases.items():
+            _fuzz_command(command, base, tmp, counts)
     return counts
+
+
+def _fuzz_command(command: str, base: list[str], tmp: Path, counts: dict[str, int]) -> None:
+    for option in value_options(command):
+        for value in BAD_VALUES:
+            url = "sqlite:///" + str(tmp / f"fuzz-{counts['cases']}.db")
+            code, err = run_cli([*base, "--storage", url, option, value])
+            counts["cases"] += 1
+            counts["exit_0" if code == 0 else "exit_2" if code == 2 else "other_exit"] += 1
+            counts["tracebacks"] += "Traceback" in err
+            errors = sum(line.startswith("optuna-deelbo") for line in err.splitlines())
+            counts["multi_line_errors"] += code == 2 and errors != 1
 
 
 def main() -> None:

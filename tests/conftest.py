@@ -16,6 +16,20 @@ _NEXT_TO_REPO = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_DATA_DIR = Path(os.environ.get("OPTUNA_DEELBO_DATA_DIR") or _NEXT_TO_REPO)
 
 
+_REPO = Path(__file__).resolve().parents[1]
+#: What a test run may leave in the checkout (caches, the build's metadata, the venv).
+_ALLOWED_LITTER = {".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache", "__pycache__", ".venv"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean() -> Iterator[None]:
+    """Fail the run if a test wrote files into the repository's top folder (relative paths must go to tmp)."""
+    before = {p.name for p in _REPO.iterdir()}
+    yield
+    new = sorted({p.name for p in _REPO.iterdir()} - before - _ALLOWED_LITTER)
+    assert not new, f"tests left files in the checkout: {new}"
+
+
 @pytest.fixture(scope="module")
 def one_cpu_thread() -> Iterator[None]:
     """Run a module's small CPU workloads on one intra-op thread, then restore the setting.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -31,8 +33,11 @@ def _base(command: str, tmp: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder that is also the working directory: relative paths among the values land there, not in the checkout."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    with contextlib.chdir(folder):
+        yield folder
 
 
 def test_every_option_is_fuzzed() -> None:
