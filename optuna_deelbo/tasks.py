@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.backbones import BACKBONE_NAMES, build_backbone, load_checkpoint
+from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, build_backbone, load_checkpoint
 from optuna_deelbo.cifar import (
     DeviceAugment,
     default_cache_dir,
@@ -156,6 +156,67 @@ def digits_task(
     return task, pretrain_s
 
 
+def _split_cifar_data(
+    data_dir: str | Path, source: str, cache_dir: str | Path | None, n_train: int, seed: int
+) -> tuple[Split, Split, Split]:
+    """CIFAR-10 as (source classes 0-4: all training images, N stratified target images of 5-9, their test images)."""
+    if source == "jpeg":
+        train_x, train_y = load_cifar10_jpeg(data_dir, "train", cache_dir=cache_dir)
+        test_x, test_y = load_cifar10_jpeg(data_dir, "test", cache_dir=cache_dir)
+    elif source == "torchvision":
+        train_x, train_y = load_cifar10_torchvision(data_dir, "train")
+        test_x, test_y = load_cifar10_torchvision(data_dir, "test")
+    else:
+        raise ConfigError(f"unknown CIFAR-10 source {source!r}; choose 'jpeg' or 'torchvision'")
+    source_split = Split(*split_classes(train_x, train_y, (0, 1, 2, 3, 4)))
+    pool_x, pool_y = split_classes(train_x, train_y, (5, 6, 7, 8, 9))
+    target_test = Split(*split_classes(test_x, test_y, (5, 6, 7, 8, 9)))
+    idx = stratified_indices(pool_y, n_train, seed)
+    return source_split, Split(pool_x[idx], pool_y[idx]), target_test
+
+
+def _pretrained_backbone(
+    stem: Path,
+    backbone: str,
+    source: Split,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    swag_rank: int,
+    device: str | None,
+    progress: bool,
+) -> tuple[Backbone, SWAGMoments | None, float]:
+    """The source-pretrained backbone and its SWAG moments from the cache ``stem``, else pretrained and cached.
+
+    Returns the backbone, the moments and the pretraining seconds (0 for a cache hit).
+    """
+    built = build_backbone(backbone, 5, seed=seed)
+    hit, swag = _load_pretrained(built.model, stem, swag_rank)
+    if hit:
+        return built, swag, 0.0
+    built = build_backbone(backbone, 5, seed=seed)  # a failed load may have overwritten some weights
+    start = time.perf_counter()
+    done = pretrain(
+        built.model,
+        source,
+        steps=steps,
+        lr=PRETRAIN_LR,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        head_prefixes=built.head_prefixes,
+        transform=DeviceAugment(train=True),
+        swag_rank=swag_rank,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    state = {k: v.cpu() for k, v in built.model.state_dict().items()}
+    if done.swag is not None:
+        _save_atomic(stem.with_suffix(".swag"), done.swag.save)
+    _save_atomic(stem.with_suffix(".pt"), lambda tmp: torch.save(state, tmp))
+    return built, done.swag, seconds
+
+
 def split_cifar_task(
     n_train: int = 50,
     *,
@@ -197,20 +258,7 @@ def split_cifar_task(
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONE_NAMES}")
     _check_prior(prior, swag_rank)
     resolve_recipe(recipe)
-    if source == "jpeg":
-        train_x, train_y = load_cifar10_jpeg(data_dir, "train", cache_dir=cache_dir)
-        test_x, test_y = load_cifar10_jpeg(data_dir, "test", cache_dir=cache_dir)
-    elif source == "torchvision":
-        train_x, train_y = load_cifar10_torchvision(data_dir, "train")
-        test_x, test_y = load_cifar10_torchvision(data_dir, "test")
-    else:
-        raise ConfigError(f"unknown CIFAR-10 source {source!r}; choose 'jpeg' or 'torchvision'")
-    source_x, source_y = split_classes(train_x, train_y, (0, 1, 2, 3, 4))
-    pool_x, pool_y = split_classes(train_x, train_y, (5, 6, 7, 8, 9))
-    target_test = Split(*split_classes(test_x, test_y, (5, 6, 7, 8, 9)))
-    idx = stratified_indices(pool_y, n_train, seed)
-    target_train = Split(pool_x[idx], pool_y[idx])
-
+    source_split, target_train, target_test = _split_cifar_data(data_dir, source, cache_dir, n_train, seed)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     settings: dict[str, object] = {
@@ -224,31 +272,9 @@ def split_cifar_task(
         "classes": [0, 1, 2, 3, 4],
     }
     stem = _pretrain_stem(cache, backbone, pretrain_seed, settings)
-    built = build_backbone(backbone, 5, seed=pretrain_seed)
-    pretrain_s = 0.0
-    hit, swag = _load_pretrained(built.model, stem, swag_rank)
-    if not hit:
-        built = build_backbone(backbone, 5, seed=pretrain_seed)  # a failed load may have overwritten some weights
-        start = time.perf_counter()
-        done = pretrain(
-            built.model,
-            Split(source_x, source_y),
-            steps=pretrain_steps,
-            lr=PRETRAIN_LR,
-            batch_size=pretrain_batch_size,
-            seed=pretrain_seed,
-            device=device,
-            head_prefixes=built.head_prefixes,
-            transform=DeviceAugment(train=True),
-            swag_rank=swag_rank,
-            progress=progress,
-        )
-        pretrain_s = time.perf_counter() - start
-        state = {k: v.cpu() for k, v in built.model.state_dict().items()}
-        swag = done.swag
-        if swag is not None:
-            _save_atomic(stem.with_suffix(".swag"), swag.save)
-        _save_atomic(stem.with_suffix(".pt"), lambda tmp: torch.save(state, tmp))
+    built, swag, pretrain_s = _pretrained_backbone(
+        stem, backbone, source_split, pretrain_steps, pretrain_batch_size, pretrain_seed, swag_rank, device, progress
+    )
     source_model = built.model.cpu()
 
     def factory() -> nn.Module:
