@@ -235,10 +235,11 @@ def interrupted_and_resumed(tmp: Path) -> dict[str, object]:
     }
 
 
-def database_restart(server: PostgresServer, down_s: float = 10.0) -> dict[str, object]:
+def database_restart(server: PostgresServer, tmp: Path, down_s: float = 10.0) -> dict[str, object]:
     """4 workers on a grid study; the server is stopped for ``down_s`` once 4 trials are complete."""
     url = server.url
     plan = [*SAFETY_COMPARE[:7], "--strategies", "grid", "--device", "cpu", "--storage", url, "--plan-only"]
+    plan += ["--artifacts", str(tmp / "artifacts")]
     assert run_cli(plan)[0] == 0
     beats = ("--heartbeat-interval", "1", "--grace-period", "3", "--device", "cpu")
     procs = [_worker(url, GRID_STUDY, *beats) for _ in range(4)]
@@ -308,7 +309,7 @@ def main() -> None:
             results = {
                 "clash": name_clash(Path(tmp)),
                 "resume": interrupted_and_resumed(Path(tmp)),
-                "restart": database_restart(server),
+                "restart": database_restart(server, Path(tmp)),
                 "fuzz": cli_fuzz(Path(tmp)),
             }
         print(results, flush=True)

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,6 +95,8 @@ def interrupt_cli(args: list[str], url: str, study: str, sig: int, after: int) -
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # A shell's background job ignores SIGINT, and a Python started with it ignored keeps ignoring it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:

@@ -80,10 +80,11 @@ def own_postgres() -> Iterator[object]:
         yield server
 
 
-def test_four_workers_survive_a_postgres_restart_mid_study(own_postgres: object) -> None:
+def test_four_workers_survive_a_postgres_restart_mid_study(own_postgres: object, tmp_path: Path) -> None:
     server = own_postgres
     url = server.url  # type: ignore[attr-defined]
-    assert main(["compare", "--plan-only", "--storage", url, "--strategies", "grid", *TASK_FLAGS, "--steps", "60"]) == 0
+    plan = ["compare", "--plan-only", "--storage", url, "--strategies", "grid", *TASK_FLAGS, "--steps", "60"]
+    assert main([*plan, "--artifacts", str(tmp_path / "artifacts")]) == 0
     procs = _workers(url, 4)
     _wait_for_complete(url, 4)
     server.stop()  # type: ignore[attr-defined]
