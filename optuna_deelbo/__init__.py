@@ -24,7 +24,7 @@ from optuna_deelbo.cifar import (
 )
 from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
 from optuna_deelbo.deelbo import PRIOR_STRUCTURES, DEELBo
-from optuna_deelbo.deelbo_recipe import RECIPE_NAMES, RECIPES, SELECTION_RULES, DEELBoRecipe
+from optuna_deelbo.deelbo_recipe import RECIPE_NAMES, RECIPES, SELECTION_RULES, SIGMA_MODES, DEELBoRecipe
 from optuna_deelbo.divergence import DivergenceRule
 from optuna_deelbo.early_stopping import EarlyStopping, continue_until, retrain_steps
 from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
@@ -33,7 +33,7 @@ from optuna_deelbo.mixing import BatchMixing, cutmix, cutout, mixup, one_hot_tar
 from optuna_deelbo.models import Pretrained, SmallCNN, pretrain, with_new_head
 from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
 from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
-from optuna_deelbo.posterior import SIGMA_MODES, ParameterGroups, WeightPosterior
+from optuna_deelbo.posterior import ParameterGroups, WeightPosterior
 from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.recipe import TaskRecipe
 from optuna_deelbo.regularization import Regularization, suggest_regularization

@@ -30,6 +30,7 @@ from torch.func import functional_call
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.batchnorm import recalibrate_batchnorm
+from optuna_deelbo.deelbo_recipe import check_sigma_mode
 from optuna_deelbo.posterior import ParameterGroups, SigmaMode, WeightPosterior
 from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX
@@ -102,7 +103,7 @@ class DEELBo(nn.Module):
         head_prior: head prior; default zero-mean isotropic.
         kappa: likelihood emphasis; ``None`` = ``D / N`` with ``D`` all trainable weights
             (``kappa = 1`` is the plain ELBo).
-        sigma_mode: ``"scalar"``, ``"layer"`` or ``"parameter"`` (see :class:`WeightPosterior`).
+        sigma_mode: one of :data:`~optuna_deelbo.deelbo_recipe.SIGMA_MODES` (``"scalar"``, ``"layer"``).
         init_sigma: initial posterior std (weight units).
         share_head_sigma: scalar mode: one sigma for body and head.
         prior_structure: one of :data:`PRIOR_STRUCTURES`.
@@ -131,6 +132,7 @@ class DEELBo(nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         groups = head if isinstance(head, ParameterGroups) else ParameterGroups.split(model, head)
         self.n_train = positive_int(n_train, "n_train (N)")
+        check_sigma_mode(sigma_mode)
         if prior_structure not in PRIOR_STRUCTURES:
             raise ConfigError(f"unknown prior_structure {prior_structure!r}; choose one of {PRIOR_STRUCTURES}")
         self.model = model

@@ -24,11 +24,13 @@ from torch.func import functional_call
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite
 
-__all__ = ["SIGMA_FLOOR", "SIGMA_MODES", "ParameterGroups", "SigmaMode", "WeightPosterior"]
+__all__ = ["POSTERIOR_SIGMA_MODES", "SIGMA_FLOOR", "ParameterGroups", "SigmaMode", "WeightPosterior"]
 
 SigmaMode = Literal["scalar", "layer", "parameter"]
-#: ``scalar``: one sigma per group; ``layer``: one per parameter tensor; ``parameter``: one per weight.
-SIGMA_MODES: tuple[str, ...] = ("scalar", "layer", "parameter")
+#: What the posterior can hold. ``scalar``: one sigma per group; ``layer``: one per parameter tensor;
+#: ``parameter``: one per weight (for other objectives: the DE-ELBo refuses it, see
+#: :data:`optuna_deelbo.deelbo_recipe.SIGMA_MODES`).
+POSTERIOR_SIGMA_MODES: tuple[str, ...] = ("scalar", "layer", "parameter")
 #: Smallest posterior std (weight units): ``sigma = max(softplus(rho), SIGMA_FLOOR)``. Its square,
 #: 1e-24, is a normal number in float32 and bfloat16, so ``log sigma^2`` and ``lambda*`` stay finite.
 SIGMA_FLOOR = 1e-12
@@ -108,8 +110,8 @@ class WeightPosterior(nn.Module):
         share_head_sigma: bool = False,
     ) -> None:
         super().__init__()
-        if sigma_mode not in SIGMA_MODES:
-            raise ConfigError(f"unknown sigma_mode {sigma_mode!r}; choose one of {SIGMA_MODES}")
+        if sigma_mode not in POSTERIOR_SIGMA_MODES:
+            raise ConfigError(f"unknown sigma_mode {sigma_mode!r}; choose one of {POSTERIOR_SIGMA_MODES}")
         if positive_finite(init_sigma, "init_sigma") < SIGMA_FLOOR:
             raise ConfigError(f"init_sigma must be >= the posterior std floor {SIGMA_FLOOR:g}, got {init_sigma!r}")
         if share_head_sigma and sigma_mode != "scalar":

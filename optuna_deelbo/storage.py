@@ -80,9 +80,15 @@ def open_storage(
     except Exception as exc:  # SQLAlchemy raises many types (ArgumentError, OperationalError, ImportError...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {url!r}: {reason}") from exc
-    if url.startswith("sqlite"):
+    if url.startswith("sqlite") and not _in_memory(url):
         _serialise_sqlite_transactions(storage.engine)
     return storage
+
+
+def _in_memory(url: str) -> bool:
+    """A SQLite database that lives in one connection (``sqlite://``, ``:memory:``): no other process shares it."""
+    path = url.split("://", 1)[1]
+    return path in ("", "/") or ":memory:" in path or "mode=memory" in path
 
 
 def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:

@@ -273,10 +273,10 @@ CASES = [
         id="selection-rule-unknown",
     ),
     pytest.param(
-        lambda c: od.DEELBoRecipe(sigma_mode="parameter"),
+        lambda c: od.DEELBoRecipe(sigma_mode="parameter", sigma_optimizer="adam", sigma_lr=0.05),
         od.ConfigError,
-        r"sigma_mode='parameter' does not learn with sigma_optimizer='sgd'",
-        id="sigma-parameter-with-sgd",
+        r"sigma_mode='parameter' \(one posterior std per weight\) is not offered for the DE-ELBo",
+        id="sigma-parameter-removed",
     ),
     pytest.param(
         lambda c: od.DEELBoRecipe(sigma_optimizer="adam"),
@@ -852,23 +852,26 @@ CASES = [
     pytest.param(
         cli("compare", "--steps", "0"),
         CliFailed,
-        r"argument --steps: expected a positive integer, got 0",
+        r"argument --steps: expected an integer from 1 to 10,000,000, got 0",
         id="cli-steps-zero",
     ),
     pytest.param(
         cli("compare", "--batch-size", "-3"),
         CliFailed,
-        r"argument --batch-size: expected a positive integer, got -3",
+        r"argument --batch-size: expected an integer from 1 to 10,000,000, got -3",
         id="cli-batch-size-negative",
     ),
     pytest.param(
         cli("compare", "--n-train", "0", "--storage", _MEM),
         CliFailed,
-        r"n_train must be a positive integer, got 0",
+        r"argument --n-train: expected an integer from 1 to 10,000,000, got 0",
         id="cli-n-zero",
     ),
     pytest.param(
-        cli("compare", "--n-train", "ten"), CliFailed, r"argument --n-train: invalid int value: 'ten'", id="cli-n-text"
+        cli("compare", "--n-train", "ten"),
+        CliFailed,
+        r"argument --n-train: expected an integer from 1 to 10,000,000, got 'ten'",
+        id="cli-n-text",
     ),
     pytest.param(
         cli("compare", "--storage", "sqlite:////nonexistent-dir/sub/x.db"),
@@ -937,7 +940,7 @@ CASES = [
     pytest.param(
         cli("worker", "--storage", _MEM, "--study", "s", "--max-retry", "-1"),
         CliFailed,
-        r"max_retry must be an integer >= 0 or None, got -1",
+        r"argument --max-retry: expected a retry count from 0 to 1000, got -1",
         id="cli-worker-max-retry",
     ),
     pytest.param(cli("train"), CliFailed, r"argument command: invalid choice: 'train'", id="cli-command-unknown"),

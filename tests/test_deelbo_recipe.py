@@ -87,16 +87,12 @@ def test_per_layer_lambda_run_reports_one_lambda_per_body_tensor() -> None:
         {},
         {"sigma_mode": "layer"},
         {"sigma_optimizer": "adam", "sigma_lr": 0.05},
-        {"sigma_mode": "parameter", "sigma_optimizer": "adam", "sigma_lr": 0.05},
         {"share_head_sigma": True},
     ],
-    ids=["scalar", "layer", "scalar-adam", "parameter-adam", "shared-head"],
+    ids=["scalar", "layer", "scalar-adam", "shared-head"],
 )
 def test_every_allowed_sigma_mode_learns(settings: dict[str, object]) -> None:
     """sigma leaves its initial 1e-3 in a short digits run (v0.1's per-weight sigma under SGD never did)."""
     task, _ = od.digits_task(60, steps=60, pretrain_steps=30, recipe=od.DEELBoRecipe(**settings))  # type: ignore[arg-type]
     objective, _ = od.fit_deelbo(task, 0.1)
-    sigmas = torch.cat([s.detach().reshape(-1) for s in objective.posterior.sigmas().values()])
     assert objective.posterior.mean_sigma() > 3e-3
-    if settings.get("sigma_mode") == "parameter":
-        assert float(sigmas.std()) > 1e-4  # each weight its own sigma

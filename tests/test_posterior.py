@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.posterior import SIGMA_FLOOR, SIGMA_MODES, ParameterGroups, WeightPosterior
+from optuna_deelbo.posterior import POSTERIOR_SIGMA_MODES, SIGMA_FLOOR, ParameterGroups, WeightPosterior
 
 F64 = torch.float64
 BODY = ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")
@@ -172,7 +172,7 @@ def test_init_sigma_round_trips_through_softplus(init_sigma: float) -> None:
     assert post.mean_sigma() == pytest.approx(init_sigma, rel=1e-9)
 
 
-@pytest.mark.parametrize("mode", SIGMA_MODES)
+@pytest.mark.parametrize("mode", POSTERIOR_SIGMA_MODES)
 def test_flat_sigma_and_flat_mean(mode: str) -> None:
     net, _, post = make_posterior(mode, init_sigma=0.2)
     params = dict(net.named_parameters())
@@ -233,7 +233,7 @@ def test_bad_init_sigma_raises(init_sigma: float) -> None:
 # --- sampling -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", SIGMA_MODES)
+@pytest.mark.parametrize("mode", POSTERIOR_SIGMA_MODES)
 def test_sample_moments_match_mean_and_sigma(mode: str) -> None:
     _, _, post = make_posterior(mode, init_sigma=0.1)
     if mode != "scalar":
@@ -276,7 +276,7 @@ def test_sample_is_reproducible_with_a_generator_and_differs_without_reseeding()
         assert not torch.equal(a[name], c[name])
 
 
-@pytest.mark.parametrize("mode", SIGMA_MODES)
+@pytest.mark.parametrize("mode", POSTERIOR_SIGMA_MODES)
 def test_sample_gradients_reach_means_and_rho(mode: str) -> None:
     """Reparameterisation: d(sum w~)/d theta = 1, d(sum w~)/d rho = sum(eps * sigmoid(rho))."""
     net, _, post = make_posterior(mode, init_sigma=0.3)
@@ -432,7 +432,7 @@ EXTREME_RHOS = (-1e4, -200.0, -104.0, -95.0, -30.0, 0.0, 30.0, 1e4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mode", SIGMA_MODES)
+@pytest.mark.parametrize("mode", POSTERIOR_SIGMA_MODES)
 @pytest.mark.parametrize("rho", EXTREME_RHOS)
 def test_sigma_positive_finite_with_finite_log_gradient(dtype: torch.dtype, mode: str, rho: float) -> None:
     """sigma = max(softplus(rho), 1e-12): never 0 or NaN, and d log(sigma) / d rho is finite (0/0 without the floor)."""
