@@ -2,7 +2,8 @@
 
 * :func:`interrupt_cli`: run ``optuna-deelbo`` in a child process and signal it mid-trial;
 * :func:`snapshot`: what an interrupted-then-resumed storage must share with an uninterrupted one;
-* :data:`BAD_VALUES`, :func:`value_options`, :func:`run_cli`: the CLI fuzz's values, options and runner.
+* :data:`BAD_VALUES`, :func:`value_options`, :func:`run_cli`: the CLI fuzz's values, options and runner;
+* :func:`wait_all`: wait for worker processes, each must exit 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -22,7 +24,7 @@ from optuna.trial import TrialState
 import optuna_deelbo as od
 from optuna_deelbo.cli import build_parser, main
 
-__all__ = ["BAD_VALUES", "interrupt_cli", "run_cli", "snapshot", "value_options"]
+__all__ = ["BAD_VALUES", "interrupt_cli", "run_cli", "snapshot", "value_options", "wait_all"]
 
 #: Values that are wrong for most options: signs, zero, huge, NaN / inf, not numbers, empty,
 #: unicode, control characters, paths that do not exist or cannot be written.
@@ -111,3 +113,18 @@ def interrupt_cli(args: list[str], url: str, study: str, sig: int, after: int) -
         time.sleep(0.02)
     out, err = child.communicate(timeout=240)
     return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+
+def wait_all(procs: Sequence[subprocess.Popen[str]], timeout_s: float) -> list[str]:
+    """Each process's output once it has exited 0 (all are killed if one runs past ``timeout_s``)."""
+    outputs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise
+        assert proc.returncode == 0, out[-3000:]
+        outputs.append(out)
+    return outputs

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _safety import wait_all
 from optuna.trial import TrialState
 
 from optuna_deelbo.cli import main
@@ -31,20 +32,6 @@ def _workers(url: str, n: int) -> list[subprocess.Popen[str]]:
     argv += ["--device", "cpu"]
     out = subprocess.PIPE
     return [subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(n)]
-
-
-def _finish(procs: list[subprocess.Popen[str]], timeout_s: float = 300) -> list[str]:
-    outputs = []
-    for proc in procs:
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        assert proc.returncode == 0, out[-3000:]
-        outputs.append(out)
-    return outputs
 
 
 def _every_planned_trial_completed_once(url: str) -> optuna.Study:
@@ -90,7 +77,7 @@ def test_four_workers_survive_a_postgres_restart_mid_study(own_postgres: object,
     server.stop()  # type: ignore[attr-defined]
     time.sleep(10)
     server.start()  # type: ignore[attr-defined]
-    outputs = _finish(procs)
+    outputs = wait_all(procs, 300)
     assert any("storage unreachable" in out for out in outputs), [o[-500:] for o in outputs]
     study = _every_planned_trial_completed_once(url)
     assert len(study.trials) >= len(GRID)  # trials cut off by the outage were failed and retried
@@ -99,7 +86,7 @@ def test_four_workers_survive_a_postgres_restart_mid_study(own_postgres: object,
 def test_four_workers_share_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     assert main(["compare", "--plan-only", "--storage", url, "--strategies", "grid", *TASK_FLAGS, "--steps", "30"]) == 0
-    outputs = _finish(_workers(url, 4))
+    outputs = wait_all(_workers(url, 4), 300)
     ran = [int(out.split(": ran ")[1].split()[0]) for out in outputs]
     assert sum(ran) == len(GRID) and sum(n > 0 for n in ran) >= 2, ran  # shared out, no trial run twice
     study = _every_planned_trial_completed_once(url)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _safety import wait_all
 from optuna.trial import TrialState
 
 from optuna_deelbo._errors import ConfigError
@@ -38,20 +39,6 @@ def _worker(url: str, study: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _wait(procs: list[subprocess.Popen[str]], timeout_s: float) -> list[str]:
-    outputs = []
-    for proc in procs:
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        assert proc.returncode == 0, out
-        outputs.append(out)
-    return outputs
-
-
 def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_process(
     postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -67,7 +54,7 @@ def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_proce
     task, _ = recipe.build("cpu")
     reference_storage = optuna.storages.InMemoryStorage()
     reference = get_strategy("grid").run(task, reference_storage, "reference")
-    outputs = _wait(procs, timeout_s=240)
+    outputs = wait_all(procs, 240)
 
     ran = [int(out.split(": ran ")[1].split()[0]) for out in outputs]
     planned = len(LEARNING_RATES) * len(WEIGHT_DECAYS)
@@ -114,7 +101,7 @@ def test_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path) 
     assert doomed.returncode == -signal.SIGKILL
 
     rescuer = _worker(url, name, *beats)
-    _wait([rescuer], timeout_s=240)
+    wait_all([rescuer], 240)
     study = optuna.load_study(study_name=name, storage=storage)
     killed = study.trials[victim.number]
     checkpoint_step = killed.user_attrs[ATTR_STEP]  # the newest checkpoint it wrote before it died
