@@ -15,7 +15,8 @@ server is started from Debian's binaries (tests/_postgres.py). Three parts:
 3. Numerical faults in one study (in this process): a NaN/inf loss (lr = 1e30), an exploding
    posterior std (DE-ELBo, ``max_sigma`` = 1, lr = 1) and a runaway NLL (MAP, lr = 1e4) each
    end their trial as pruned with ``failure:reason``, and the study goes on to a normal trial.
-4. Data safety (``--parts safety`` runs only this and rewrites only its section of the .md):
+4. Data safety (``--parts safety`` runs only this and rewrites only its section of the .md;
+   ``--parts workers`` runs 1-3 and keeps it):
    a name clash with a user's study, a compare interrupted by SIGINT mid-trial and resumed
    against an uninterrupted one, 4 workers through a 10 s PostgreSQL restart, and every CLI
    option given each of tests/_safety.py's bad values.
@@ -299,23 +300,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--storage", default=None, help="a PostgreSQL URL (default: start a temporary server)")
     parser.add_argument("--out", default=str(RESULTS / "reliability"))
-    parser.add_argument("--parts", choices=("all", "safety"), default="all", help="safety: only part 4")
+    parser.add_argument(
+        "--parts", choices=("all", "workers", "safety"), default="all", help="workers: parts 1-3; safety: part 4"
+    )
     args = parser.parse_args()
-    counts = [int(c) for c in args.workers.split(",")]
     torch.set_num_threads(1)
-    if args.parts == "safety":
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        with tempfile.TemporaryDirectory(prefix="reliability-safety-") as tmp, _server() as server:
-            results = {
-                "clash": name_clash(Path(tmp)),
-                "resume": interrupted_and_resumed(Path(tmp)),
-                "restart": database_restart(server, Path(tmp)),
-                "fuzz": cli_fuzz(Path(tmp)),
-            }
-        print(results, flush=True)
-        _write_safety(Path(args.out).with_suffix(".md"), record, results)
-        return
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if args.parts in ("all", "workers"):
+        _workers_and_faults(args, record)
+    if args.parts in ("all", "safety"):
+        _data_safety(Path(args.out).with_suffix(".md"), RunRecord.start() if args.parts == "all" else record)
+
+
+def _workers_and_faults(args: argparse.Namespace, record: RunRecord) -> None:
+    """Parts 1-3: throughput per worker count, SIGKILL recovery, numerical faults (rewrites the file's top)."""
+    counts = [int(c) for c in args.workers.split(",")]
     artifacts = tempfile.mkdtemp(prefix="reliability-artifacts-")  # shared by the workers on this machine
     recipe = TaskRecipe(n_train=args.n_train, steps=args.steps, checkpoint_every=25, artifacts=artifacts)
     task, _ = recipe.build("cpu")
@@ -326,6 +325,19 @@ def main() -> None:
         print(crash, flush=True)
     faults = numerical_faults(dataclasses.replace(task, checkpointing=None))
     _write(Path(args.out), record, recipe, rows, crash, faults, url_given=args.storage is not None)
+
+
+def _data_safety(md: Path, record: RunRecord) -> None:
+    """Part 4 on a PostgreSQL server of its own (it is restarted mid-study); rewrites the file's last section."""
+    with tempfile.TemporaryDirectory(prefix="reliability-safety-") as tmp, _server() as server:
+        results = {
+            "clash": name_clash(Path(tmp)),
+            "resume": interrupted_and_resumed(Path(tmp)),
+            "restart": database_restart(server, Path(tmp)),
+            "fuzz": cli_fuzz(Path(tmp)),
+        }
+    print(results, flush=True)
+    _write_safety(md, record, results)
 
 
 def _write(
