@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.deelbo_recipe import RECIPES, SELECTION_RULES, DEELBoRecipe
-from optuna_deelbo.fit import fit_deelbo, recalibrate_for_mean_weights, score_deelbo_run
-from optuna_deelbo.strategies import LEARNING_RATES
+from optuna_deelbo.bayes._deelbo_recipe import RECIPES, SELECTION_RULES, DEELBoRecipe
+from optuna_deelbo.tuning._fit import fit_deelbo, recalibrate_for_mean_weights, score_deelbo_run
+from optuna_deelbo.tuning.strategies import LEARNING_RATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.strategies import LEARNING_RATES
+from optuna_deelbo.tuning.strategies import LEARNING_RATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_digits import commit, machine

@@ -42,10 +42,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 import optuna_deelbo as od
-from optuna_deelbo.budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
-from optuna_deelbo.compare import study_name_for
-from optuna_deelbo.figures import accuracy_vs_compute_figure
-from optuna_deelbo.report import write_storage_report
+from optuna_deelbo.report._budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
+from optuna_deelbo.report._figures import accuracy_vs_compute_figure
+from optuna_deelbo.report._tables import write_storage_report
+from optuna_deelbo.tuning._compare import study_name_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
@@ -479,7 +479,7 @@ def main() -> None:
     report = write_storage_report(
         f"{stem}-report.html", storage, title=f"paper benchmark: {label} ({device.type})", plotlyjs="cdn"
     )
-    from optuna_deelbo.dashboard import dashboard_available, save_storage_to_dashboard
+    from optuna_deelbo.report._dashboard import dashboard_available, save_storage_to_dashboard
 
     if dashboard_available():
         save_storage_to_dashboard(storage)

@@ -43,13 +43,13 @@ import torch
 from optuna.trial import TrialState
 
 import optuna_deelbo as od
-from optuna_deelbo.checkpoint import ATTR_RESUMED_STEP, ATTR_STEP
-from optuna_deelbo.divergence import DivergenceRule
-from optuna_deelbo.recipe import TaskRecipe
-from optuna_deelbo.sampler import DEELBoSampler
-from optuna_deelbo.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
-from optuna_deelbo.trial_queue import queue_progress
-from optuna_deelbo.worker import plan_strategy_study, search_seconds
+from optuna_deelbo.train._checkpoint import ATTR_RESUMED_STEP, ATTR_STEP
+from optuna_deelbo.train._divergence import DivergenceRule
+from optuna_deelbo.tuning._recipe import TaskRecipe
+from optuna_deelbo.tuning._sampler import DEELBoSampler
+from optuna_deelbo.tuning._trial_queue import queue_progress
+from optuna_deelbo.tuning._worker import plan_strategy_study, search_seconds
+from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.compare import run_compare
+from optuna_deelbo.tuning._compare import run_compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_digits import commit, machine
@@ -156,9 +156,9 @@ def main() -> None:
 - task: SmallCNN of width w (channels w, 2w, 2w) trained from scratch (prior `l2-zero`) on digits
   5-9, N = {args.n_train} training examples per seed (seeds {", ".join(map(str, args.seeds))}),
   {n_test} test images, {args.steps} SGD steps x batch {args.batch_size} for every run
-- protocol (the same for every row): 4 learning rates {od.strategies.LEARNING_RATES}, validation NLL on
+- protocol (the same for every row): 4 learning rates {od.tuning.strategies.LEARNING_RATES}, validation NLL on
   the 80/20 split picks the winner, which is retrained on all N for the same {args.steps} steps with its
-  weight decay (schedule). `grid` = the best *fixed* weight decay out of {od.strategies.WEIGHT_DECAYS}
+  weight decay (schedule). `grid` = the best *fixed* weight decay out of {od.tuning.strategies.WEIGHT_DECAYS}
   (24 runs); `pulldown` = weight decay stepped through those 6 values from 1e-2 down to 1e-7
   ({args.steps // 6} steps each); `pullup` = the reverse; `adaptive` = feedback rule (start 1e-4, every
   {args.steps // 10} steps x2 when train accuracy leads validation accuracy by > 5 points, /2 when within

@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.compare import run_compare
+from optuna_deelbo.tuning._compare import run_compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord

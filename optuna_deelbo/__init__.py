@@ -13,41 +13,54 @@ from optuna_deelbo._errors import (
     StudyExists,
     TrainingDiverged,
 )
-from optuna_deelbo.backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
-from optuna_deelbo.batchnorm import recalibrate_batchnorm
-from optuna_deelbo.cifar import (
+from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
+from optuna_deelbo.bayes._deelbo import DEELBo
+from optuna_deelbo.bayes._deelbo_recipe import (
+    PRIOR_STRUCTURES,
+    RECIPE_NAMES,
+    RECIPES,
+    SELECTION_RULES,
+    SIGMA_MODES,
+    DEELBoRecipe,
+)
+from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
+from optuna_deelbo.bayes._posterior import ParameterGroups, WeightPosterior
+from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.bayes._selection import expected_nll, laplace_neg_log_evidence, selection_scores
+from optuna_deelbo.bayes._swag import SWAGCollector, SWAGMoments
+from optuna_deelbo.data._backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
+from optuna_deelbo.data._cifar import (
     CIFAR10_CLASSES,
     DeviceAugment,
     load_cifar10_jpeg,
     load_cifar10_torchvision,
     split_classes,
 )
-from optuna_deelbo.data import Split, TransferData, digits_transfer, stratified_indices, train_val_split
-from optuna_deelbo.deelbo import PRIOR_STRUCTURES, DEELBo
-from optuna_deelbo.deelbo_recipe import RECIPE_NAMES, RECIPES, SELECTION_RULES, SIGMA_MODES, DEELBoRecipe
-from optuna_deelbo.divergence import DivergenceRule
-from optuna_deelbo.early_stopping import EarlyStopping, continue_until, retrain_steps
-from optuna_deelbo.fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
-from optuna_deelbo.minibatches import Minibatches
-from optuna_deelbo.mixing import BatchMixing, cutmix, cutout, mixup, one_hot_targets, random_erasing
-from optuna_deelbo.models import Pretrained, SmallCNN, pretrain, with_new_head
-from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
-from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
-from optuna_deelbo.posterior import ParameterGroups, WeightPosterior
-from optuna_deelbo.priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
-from optuna_deelbo.recipe import TaskRecipe
-from optuna_deelbo.regularization import Regularization, suggest_regularization
-from optuna_deelbo.sampler import (
+from optuna_deelbo.data._models import Pretrained, SmallCNN, pretrain, with_new_head
+from optuna_deelbo.data._splits import Split, TransferData, digits_transfer, stratified_indices, train_val_split
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.data._tasks import DATASET_NAMES, digits_task, split_cifar_task
+from optuna_deelbo.regularizers._mixing import BatchMixing, cutmix, cutout, mixup, one_hot_targets, random_erasing
+from optuna_deelbo.regularizers._penalties import PENALTY_NAMES, Penalty
+from optuna_deelbo.regularizers._regularization import Regularization, suggest_regularization
+from optuna_deelbo.regularizers._structural import set_head_dropout, set_stochastic_depth
+from optuna_deelbo.train._divergence import DivergenceRule
+from optuna_deelbo.train._early_stopping import EarlyStopping, continue_until, retrain_steps
+from optuna_deelbo.train._minibatches import Minibatches
+from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
+from optuna_deelbo.train._training import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, train
+from optuna_deelbo.tuning._fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
+from optuna_deelbo.tuning._recipe import TaskRecipe
+from optuna_deelbo.tuning._sampler import (
     LEARNED_ATTR_PREFIX,
     DEELBoSampler,
     PlaceholderWarning,
     learned_names,
     without_learned,
 )
-from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
-from optuna_deelbo.selection import expected_nll, laplace_neg_log_evidence, selection_scores
-from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.strategies import (
+from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
+from optuna_deelbo.tuning._worker import finish_planned_study, plan_strategy_study, run_worker
+from optuna_deelbo.tuning.strategies import (
     DEFAULT_STRATEGIES,
     STRATEGY_NAMES,
     Strategy,
@@ -55,12 +68,6 @@ from optuna_deelbo.strategies import (
     get_strategy,
     task_objective,
 )
-from optuna_deelbo.structural import set_head_dropout, set_stochastic_depth
-from optuna_deelbo.swag import SWAGCollector, SWAGMoments
-from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.tasks import DATASET_NAMES, digits_task, split_cifar_task
-from optuna_deelbo.training import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, train
-from optuna_deelbo.worker import finish_planned_study, plan_strategy_study, run_worker
 
 __version__ = "0.1.0"
 

@@ -20,26 +20,26 @@ import optuna
 import torch
 
 from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
-from optuna_deelbo.backbones import BACKBONE_NAMES
-from optuna_deelbo.checkpoint import default_artifacts_dir
-from optuna_deelbo.compare import parse_strategies, run_compare, study_name_for
-from optuna_deelbo.dashboard import dashboard_available, save_storage_to_dashboard, save_to_dashboard
-from optuna_deelbo.deelbo_recipe import RECIPE_NAMES
-from optuna_deelbo.priors import PRIOR_NAMES
-from optuna_deelbo.recipe import TaskRecipe
-from optuna_deelbo.report import results_table, write_html_report, write_storage_report
-from optuna_deelbo.storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy, refuse_existing
-from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.tasks import DATASET_NAMES
-from optuna_deelbo.training import resolve_device
-from optuna_deelbo.worker import (
+from optuna_deelbo.bayes._deelbo_recipe import RECIPE_NAMES
+from optuna_deelbo.bayes._priors import PRIOR_NAMES
+from optuna_deelbo.data._backbones import BACKBONE_NAMES
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.data._tasks import DATASET_NAMES
+from optuna_deelbo.report._dashboard import dashboard_available, save_storage_to_dashboard, save_to_dashboard
+from optuna_deelbo.report._tables import results_table, write_html_report, write_storage_report
+from optuna_deelbo.train._checkpoint import default_artifacts_dir
+from optuna_deelbo.train._training import resolve_device
+from optuna_deelbo.tuning._compare import parse_strategies, run_compare, study_name_for
+from optuna_deelbo.tuning._recipe import TaskRecipe
+from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
+from optuna_deelbo.tuning._worker import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_S,
     finish_planned_study,
     plan_strategy_study,
     run_worker,
 )
+from optuna_deelbo.tuning.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy, refuse_existing
 
 __all__ = ["build_parser", "main"]
 

@@ -1,7 +1,7 @@
 """``DEELBoCallback``: turn any LightningModule's training into DE-ELBo training (extra ``[lightning]``).
 
 The module stays as it is. At ``fit`` start the callback wraps the module in a
-:class:`~optuna_deelbo.deelbo.DEELBo` (body prior from the weights at that moment: the
+:class:`~optuna_deelbo.bayes.DEELBo` (body prior from the weights at that moment: the
 pretrained ones for L2-SP), adds the posterior std to the optimizer, and runs every
 ``training_step`` with one posterior draw of the weights, adding ``KL / (kappa N)`` to the loss it
 returns. After training it recomputes BatchNorm statistics with the mean weights (one pass
@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError, MissingDependency
-from optuna_deelbo.deelbo import DEELBo
-from optuna_deelbo.priors import GaussianPrior
+from optuna_deelbo.bayes._deelbo import DEELBo
+from optuna_deelbo.bayes._priors import GaussianPrior
 
 try:
     import lightning.pytorch as pl
@@ -42,7 +42,7 @@ class DEELBoCallback(pl.Callback):
 
     Args:
         n_train: ``N``, the number of training examples.
-        prior: ``"l2-sp"``, ``"l2-zero"`` or a :class:`~optuna_deelbo.priors.GaussianPrior` (see :class:`DEELBo`).
+        prior: ``"l2-sp"``, ``"l2-zero"`` or a :class:`~optuna_deelbo.bayes.GaussianPrior` (see :class:`DEELBo`).
         head: parameter-name prefixes of a new head, as the LightningModule names them (``"net.fc."``).
         trial: Optuna trial that gets the ``learned:*`` user attrs after training (optional).
         recalibrate_batchnorm: recompute BatchNorm statistics with the mean weights after training,

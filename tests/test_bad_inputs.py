@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 import optuna_deelbo as od
-from optuna_deelbo import storage as storage_module
-from optuna_deelbo.checkpoint import CheckpointHook, Checkpointing, from_bytes, to_bytes
 from optuna_deelbo.cli import main
-from optuna_deelbo.compare import parse_strategies
+from optuna_deelbo.train._checkpoint import CheckpointHook, Checkpointing, from_bytes, to_bytes
+from optuna_deelbo.tuning import _storage as storage_module
+from optuna_deelbo.tuning._compare import parse_strategies
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

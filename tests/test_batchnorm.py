@@ -71,7 +71,7 @@ def test_bad_input() -> None:
 
 def test_recalibration_uses_the_training_augmentation() -> None:
     """The weights were trained on augmented inputs; their statistics are what the mean weights need."""
-    from optuna_deelbo.fit import recalibrate_for_mean_weights
+    from optuna_deelbo.tuning._fit import recalibrate_for_mean_weights
 
     x = torch.randn(16, 1, 6, 6)
     task = od.TaskSpec(

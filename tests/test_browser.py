@@ -18,7 +18,7 @@ import optuna
 import pytest
 from conftest import TINY_STUDIES
 
-from optuna_deelbo.dashboard import serve_dashboard
+from optuna_deelbo.report._dashboard import serve_dashboard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dashboard_screenshot import CHROMIUM, capture

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
+from optuna_deelbo.report._budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
 
 # Three configurations: config 1 has the best score, config 0 the worst.
 SCORES = [0.3, 0.1, 0.2]

@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from optuna_deelbo._errors import CheckpointError
-from optuna_deelbo.checkpoint import (
+from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective, Objective
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.data._tasks import digits_task
+from optuna_deelbo.train._checkpoint import (
     ATTR_ARTIFACT,
     ATTR_RESUME_ERROR,
     ATTR_RESUMED_STEP,
@@ -25,13 +28,10 @@ from optuna_deelbo.checkpoint import (
     from_bytes,
     to_bytes,
 )
-from optuna_deelbo.fit import fit
-from optuna_deelbo.objectives import DEELBoObjective, MAPObjective, Objective
-from optuna_deelbo.sampler import DEELBoSampler
-from optuna_deelbo.schedules import AdaptiveFeedback
-from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.tasks import digits_task
-from optuna_deelbo.training import TrainConfig, TrainResult, train
+from optuna_deelbo.train._schedules import AdaptiveFeedback
+from optuna_deelbo.train._training import TrainConfig, TrainResult, train
+from optuna_deelbo.tuning._fit import fit
+from optuna_deelbo.tuning._sampler import DEELBoSampler
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -14,9 +14,9 @@ import torch
 from conftest import CIFAR_DATA_DIR
 from PIL import Image
 
-from optuna_deelbo import cifar
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.cifar import (
+from optuna_deelbo.data import _cifar as cifar
+from optuna_deelbo.data._cifar import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,

@@ -47,7 +47,7 @@ def test_compare_stores_one_study_per_strategy_with_learned_attrs(compare_run: t
     assert names == {f"digits-N50-seed0/l2-sp/{s}" for s in ("deelbo", "grid", "tpe")}
     deelbo = optuna.load_study(study_name="digits-N50-seed0/l2-sp/deelbo", storage=storage)
     lrs = sorted(t.params["lr"] for t in deelbo.trials)
-    assert lrs == sorted(od.strategies.LEARNING_RATES)
+    assert lrs == sorted(od.tuning.strategies.LEARNING_RATES)
     for trial in deelbo.trials:
         assert trial.user_attrs["mode"] == "deelbo"
         lam = trial.user_attrs["learned:lambda"]

@@ -11,14 +11,14 @@ import pytest
 from conftest import TINY_STUDIES
 
 from optuna_deelbo import MissingDependency
-from optuna_deelbo.dashboard import (
+from optuna_deelbo.report._dashboard import (
     ACCURACY_GRAPH_ID,
     TRAJECTORY_GRAPH_ID,
     save_storage_to_dashboard,
     serve_dashboard,
     study_note,
 )
-from optuna_deelbo.report import load_comparisons
+from optuna_deelbo.report._tables import load_comparisons
 
 needs_dashboard = pytest.mark.skipif(shutil.which("optuna-dashboard") is None, reason="optuna-dashboard not installed")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.recipe import TaskRecipe
+from optuna_deelbo.tuning._recipe import TaskRecipe
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

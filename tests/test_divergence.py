@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.divergence`: each failure mode ends a run (and a trial) with its reason.
+"""Tests for :mod:`optuna_deelbo.train._divergence`: each failure mode ends a run (and a trial) with its reason.
 
 A tiny body/head network on three separable 4-d blobs; every run takes well under a second.
 """
@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 import optuna_deelbo as od
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
-from optuna_deelbo.divergence import DIVERGENCE_KINDS, DivergenceMonitor, DivergenceRule
-from optuna_deelbo.objectives import DEELBoObjective, MAPObjective
-from optuna_deelbo.posterior import ParameterGroups, WeightPosterior
-from optuna_deelbo.priors import IsotropicGaussian
-from optuna_deelbo.training import TrainConfig, train
+from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
+from optuna_deelbo.bayes._posterior import ParameterGroups, WeightPosterior
+from optuna_deelbo.bayes._priors import IsotropicGaussian
+from optuna_deelbo.train._divergence import DIVERGENCE_KINDS, DivergenceMonitor, DivergenceRule
+from optuna_deelbo.train._training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

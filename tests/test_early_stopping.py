@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
-from optuna_deelbo.early_stopping import ContinueResult, EarlyStopping, continue_until, retrain_steps
+from optuna_deelbo.train._early_stopping import ContinueResult, EarlyStopping, continue_until, retrain_steps
 
 # Validation curve evaluated every 10 steps: falls, plateaus, has a NaN, bottoms out at step 70, rises.
 CURVE = [3.0, 2.0, 2.0, 1.5, math.nan, 1.2, 1.0, 1.0, 1.1, math.inf, 1.3, 1.4, 0.1]

@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.mixing`: targets, pixel bookkeeping, sampling statistics, bad input.
+"""Tests for :mod:`optuna_deelbo.regularizers._mixing`: targets, pixel bookkeeping, sampling statistics, bad input.
 
 Images where every example is a distinct nonzero constant make pasted and zeroed pixels detectable;
 one-hot targets of distinct classes reveal the pairing permutation a mix used.
@@ -18,7 +18,7 @@ from scipy import stats
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.mixing import (
+from optuna_deelbo.regularizers._mixing import (
     BatchMixing,
     cutmix,
     cutout,

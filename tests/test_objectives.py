@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.objectives`: MAP and DE-ELBo losses against hand computations.
+"""Tests for :mod:`optuna_deelbo.bayes._objectives`: MAP and DE-ELBo losses against hand computations.
 
 Everything runs in float64 on a tiny body/head network. Note that both objectives evaluate
 the cross-entropy on ``logits.float()``, so the NLL is float32-accurate (~1e-7 relative) even
@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective
-from optuna_deelbo.posterior import ParameterGroups
-from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective
+from optuna_deelbo.bayes._posterior import ParameterGroups
+from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
 
 F64 = torch.float64
 D_BODY = 32 + 8 + 8 + 8  # Linear(4, 8) + BatchNorm1d(8)

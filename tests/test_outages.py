@@ -15,8 +15,8 @@ from _safety import wait_all
 from optuna.trial import TrialState
 
 from optuna_deelbo.cli import main
-from optuna_deelbo.strategies import LEARNING_RATES, WEIGHT_DECAYS
-from optuna_deelbo.trial_queue import queue_progress
+from optuna_deelbo.tuning._trial_queue import queue_progress
+from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -95,8 +95,8 @@ def test_four_workers_share_one_sqlite_file(tmp_path: Path) -> None:
 
 _POP_ALL = """
 import sys, optuna
-from optuna_deelbo.storage import open_storage
-from optuna_deelbo.trial_queue import PlannedStudy
+from optuna_deelbo.tuning._storage import open_storage
+from optuna_deelbo.tuning._trial_queue import PlannedStudy
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = PlannedStudy(study_name="race", storage=open_storage(sys.argv[1]))
 while (trial_id := study._pop_waiting_trial_id()) is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from optuna_deelbo.budget import CurvePoint
+from optuna_deelbo.report._budget import CurvePoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from paper import _mean_curve, _range, _verdict, use_debian_chromium

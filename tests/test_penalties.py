@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.penalties`: values against brute force, bounds, gradients, bad input.
+"""Tests for :mod:`optuna_deelbo.regularizers._penalties`: values against brute force, bounds, gradients, bad input.
 
 Random vectors come from a hypothesis-drawn seed through ``torch.Generator``; maths is float64.
 """
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.penalties import PENALTY_NAMES, Penalty
+from optuna_deelbo.regularizers._penalties import PENALTY_NAMES, Penalty
 
 torch.set_num_threads(1)
 

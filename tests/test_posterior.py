@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.posterior`: the body/head split and the diagonal Gaussian q.
+"""Tests for :mod:`optuna_deelbo.bayes._posterior`: the body/head split and the diagonal Gaussian q.
 
 A tiny ``body`` (Linear + BatchNorm1d + ReLU) / ``head`` (Linear) network in float64 keeps
 everything exact and fast; sampling is made reproducible with explicit ``torch.Generator`` s.
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.posterior import POSTERIOR_SIGMA_MODES, SIGMA_FLOOR, ParameterGroups, WeightPosterior
+from optuna_deelbo.bayes._posterior import POSTERIOR_SIGMA_MODES, SIGMA_FLOOR, ParameterGroups, WeightPosterior
 
 F64 = torch.float64
 BODY = ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")

@@ -1,4 +1,4 @@
-"""Property tests for :mod:`optuna_deelbo.priors`: closed forms against dense brute force.
+"""Property tests for :mod:`optuna_deelbo.bayes._priors`: closed forms against dense brute force.
 
 Every random input is built from a hypothesis-drawn seed through ``torch.Generator`` so that
 failures shrink to a small, reproducible case. All maths is float64 unless a test says otherwise.
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
 
 F64 = torch.float64
 KINDS = ("lowrank", "isotropic", "isotropic-zero")
@@ -471,7 +471,7 @@ def test_large_lowrank_never_densifies() -> None:
 
 def test_low_rank_precomputation_is_the_same_across_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The chunked float64 precomputation must agree with a dense inverse whatever the chunk size."""
-    import optuna_deelbo.priors as priors_module
+    import optuna_deelbo.bayes._priors as priors_module
 
     g = torch.Generator().manual_seed(3)
     dim, rank = 50, 3

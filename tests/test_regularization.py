@@ -19,22 +19,22 @@ import pytest
 import torch
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.backbones import CifarResNet, build_backbone
+from optuna_deelbo.bayes._objectives import MAPObjective
+from optuna_deelbo.bayes._posterior import ParameterGroups
+from optuna_deelbo.bayes._priors import IsotropicGaussian
 from optuna_deelbo.cli import main
-from optuna_deelbo.data import Split
-from optuna_deelbo.fit import fit_map, retrain
-from optuna_deelbo.models import SmallCNN
-from optuna_deelbo.objectives import MAPObjective
-from optuna_deelbo.penalties import Penalty
-from optuna_deelbo.posterior import ParameterGroups
-from optuna_deelbo.priors import IsotropicGaussian
-from optuna_deelbo.regularization import Regularization, suggest_regularization
-from optuna_deelbo.schedules import AdaptiveFeedback, pull_down
-from optuna_deelbo.strategies.schedules import replay_schedule
-from optuna_deelbo.strategies.tpe import TPERegStrategy
-from optuna_deelbo.structural import residual_blocks, set_head_dropout, set_stochastic_depth
-from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.training import TrainConfig, evaluate, train
+from optuna_deelbo.data._backbones import CifarResNet, build_backbone
+from optuna_deelbo.data._models import SmallCNN
+from optuna_deelbo.data._splits import Split
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.regularizers._penalties import Penalty
+from optuna_deelbo.regularizers._regularization import Regularization, suggest_regularization
+from optuna_deelbo.regularizers._structural import residual_blocks, set_head_dropout, set_stochastic_depth
+from optuna_deelbo.train._schedules import AdaptiveFeedback, pull_down
+from optuna_deelbo.train._training import TrainConfig, evaluate, train
+from optuna_deelbo.tuning._fit import fit_map, retrain
+from optuna_deelbo.tuning.strategies.schedules import replay_schedule
+from optuna_deelbo.tuning.strategies.tpe import TPERegStrategy
 
 torch.set_num_threads(1)
 
@@ -270,7 +270,7 @@ def test_adaptive_rule_updates_every_k_steps_with_measured_accuracies() -> None:
 
 
 def test_schedules_need_a_map_objective() -> None:
-    from optuna_deelbo.objectives import DEELBoObjective
+    from optuna_deelbo.bayes._objectives import DEELBoObjective
 
     task = _task()
     model = task.build_model()

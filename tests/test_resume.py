@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 import optuna_deelbo as od
 from optuna_deelbo.cli import main
-from optuna_deelbo.compare import run_compare, study_name_for
-from optuna_deelbo.trial_queue import queue_progress
+from optuna_deelbo.tuning._compare import run_compare, study_name_for
+from optuna_deelbo.tuning._trial_queue import queue_progress
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,5 +1,5 @@
-"""Tests for :mod:`optuna_deelbo.sampler`: the ``DEELBoSampler`` wrapper contract and what
-:func:`optuna_deelbo.fit` does under it.
+"""Tests for :mod:`optuna_deelbo.tuning._sampler`: the ``DEELBoSampler`` wrapper contract and what
+:func:`optuna_deelbo.tuning._fit` does under it.
 
 The contract tests use spy base samplers (real ``TPESampler`` / ``RandomSampler`` subclasses
 that log every call) and cheap arithmetic objectives. The end-to-end tests run the shared user
@@ -23,11 +23,11 @@ from optuna.study import Study
 from optuna.trial import FixedTrial, FrozenTrial, Trial, TrialState
 
 from optuna_deelbo import ConfigError
-from optuna_deelbo.sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
-from optuna_deelbo.strategies import LEARNING_RATES, task_objective
-from optuna_deelbo.strategies._base import LR_RANGE, WEIGHT_DECAY_RANGE
-from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.tasks import digits_task
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.data._tasks import digits_task
+from optuna_deelbo.tuning._sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
+from optuna_deelbo.tuning.strategies import LEARNING_RATES, task_objective
+from optuna_deelbo.tuning.strategies._base import LR_RANGE, WEIGHT_DECAY_RANGE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

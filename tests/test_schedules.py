@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
+from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
 
 VALUES = (1e-3, 1e-2, 1e-4)  # deliberately unsorted
 

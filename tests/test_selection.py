@@ -12,10 +12,10 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 import optuna_deelbo as od
-from optuna_deelbo.objectives import DEELBoObjective
-from optuna_deelbo.posterior import ParameterGroups
-from optuna_deelbo.priors import IsotropicGaussian
-from optuna_deelbo.selection import _block_evidence_term, _ggn_diagonal
+from optuna_deelbo.bayes._objectives import DEELBoObjective
+from optuna_deelbo.bayes._posterior import ParameterGroups
+from optuna_deelbo.bayes._priors import IsotropicGaussian
+from optuna_deelbo.bayes._selection import _block_evidence_term, _ggn_diagonal
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -49,7 +49,7 @@ def _objective(init_sigma: float = 0.05, seed: int = 0) -> DEELBoObjective:
 def test_full_pass_and_elbo_are_the_closed_forms_at_a_point_posterior() -> None:
     """With sigma at the floor every draw is the mean: E_q[NLL] is the mean weights' NLL exactly."""
     x, y = _data()
-    objective = _objective(init_sigma=od.posterior.SIGMA_FLOOR)
+    objective = _objective(init_sigma=od.bayes.SIGMA_FLOOR)
     scores = od.selection_scores(objective, x, y, train_loss=0.123, rules=("train-loss", "full-pass", "elbo"))
     nll = od.evaluate(objective.model, x, y).nll
     kl = float(objective.kl_terms()[0].detach())
@@ -149,6 +149,6 @@ def test_deelbo_strategy_keeps_the_learning_rate_with_the_lowest_score(rule: str
     assert all(t.value == t.user_attrs[f"select:{rule}"] and t.user_attrs["select:rule"] == rule for t in trials)
     assert result.best_params["lr"] == min(stored, key=stored.__getitem__)
     # the stored scores are those of the runs themselves (fit_deelbo is seeded)
-    lr = od.strategies.LEARNING_RATES[1]
+    lr = od.tuning.strategies.LEARNING_RATES[1]
     objective, run = od.fit_deelbo(task, lr)
     assert od.score_deelbo_run(task, objective, run)[rule] == pytest.approx(stored[lr], rel=1e-6)

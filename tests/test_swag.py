@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.swag`: running moments against a direct computation.
+"""Tests for :mod:`optuna_deelbo.bayes._swag`: running moments against a direct computation.
 
 References are computed with numpy from the stacked snapshots, independently of the
 collector's update rules. Deviation columns are compared in chronological order (oldest
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.posterior import ParameterGroups
-from optuna_deelbo.priors import LowRankGaussian
-from optuna_deelbo.swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
+from optuna_deelbo.bayes._posterior import ParameterGroups
+from optuna_deelbo.bayes._priors import LowRankGaussian
+from optuna_deelbo.bayes._swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
 
 F64 = torch.float64
 SETTINGS = settings(max_examples=40, deadline=None)

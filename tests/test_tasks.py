@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.tasks` and SWAG collection in :func:`optuna_deelbo.models.pretrain`.
+"""Tests for :mod:`optuna_deelbo.data._tasks` and SWAG collection in :func:`optuna_deelbo.data.pretrain`.
 
 The Split-CIFAR tests read the real CIFAR-10 (JPEG) archives from ``../shared/data`` (skipped
 when absent). Decoding them takes ~13 s, so one cache directory is shared by the whole module
@@ -19,17 +19,17 @@ import torch
 from conftest import CIFAR_DATA_DIR
 from torch import Tensor, nn
 
-import optuna_deelbo.models as models_module
-import optuna_deelbo.tasks as tasks_module
+import optuna_deelbo.data._models as models_module
+import optuna_deelbo.data._tasks as tasks_module
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.cifar import load_cifar10_jpeg, split_classes
-from optuna_deelbo.data import Split
-from optuna_deelbo.fit import fit_deelbo
-from optuna_deelbo.models import Pretrained, SmallCNN, pretrain
-from optuna_deelbo.posterior import ParameterGroups
-from optuna_deelbo.priors import IsotropicGaussian, LowRankGaussian
-from optuna_deelbo.task import TaskSpec
-from optuna_deelbo.tasks import digits_task, split_cifar_task
+from optuna_deelbo.bayes._posterior import ParameterGroups
+from optuna_deelbo.bayes._priors import IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.data._cifar import load_cifar10_jpeg, split_classes
+from optuna_deelbo.data._models import Pretrained, SmallCNN, pretrain
+from optuna_deelbo.data._splits import Split
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.data._tasks import digits_task, split_cifar_task
+from optuna_deelbo.tuning._fit import fit_deelbo
 
 DATA_DIR = CIFAR_DATA_DIR
 HAS_CIFAR = all((DATA_DIR / f"cifar10-{s}-jpeg.tar.xz").is_file() for s in ("train", "test"))

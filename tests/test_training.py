@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.training` (the loop, its log, divergence and pruning) and an
+"""Tests for :mod:`optuna_deelbo.train._training` (the loop, its log, divergence and pruning) and an
 end-to-end DE-ELBo fit on the embedded digits task.
 
 The toy problem is three well-separated Gaussian blobs in 4-D and a tiny body/head network,
@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
-from optuna_deelbo.data import digits_transfer
-from optuna_deelbo.divergence import DivergenceRule
-from optuna_deelbo.fit import fit_deelbo
-from optuna_deelbo.objectives import DEELBoObjective, LossRecord, MAPObjective
-from optuna_deelbo.posterior import ParameterGroups
-from optuna_deelbo.priors import IsotropicGaussian
-from optuna_deelbo.tasks import digits_task
-from optuna_deelbo.training import TrainConfig, evaluate, train
+from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective
+from optuna_deelbo.bayes._posterior import ParameterGroups
+from optuna_deelbo.bayes._priors import IsotropicGaussian
+from optuna_deelbo.data._splits import digits_transfer
+from optuna_deelbo.data._tasks import digits_task
+from optuna_deelbo.train._divergence import DivergenceRule
+from optuna_deelbo.train._training import TrainConfig, evaluate, train
+from optuna_deelbo.tuning._fit import fit_deelbo
 
 F64 = torch.float64
 CENTERS = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]], dtype=F64)

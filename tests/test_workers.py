@@ -19,13 +19,13 @@ from _safety import wait_all
 from optuna.trial import TrialState
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.checkpoint import ATTR_RESUMED_STEP, ATTR_RESUMED_TRIAL, ATTR_STEP
 from optuna_deelbo.cli import main
-from optuna_deelbo.recipe import RECIPE_ATTR, TaskRecipe
-from optuna_deelbo.storage import open_storage
-from optuna_deelbo.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
-from optuna_deelbo.trial_queue import queue_progress
-from optuna_deelbo.worker import plan_strategy_study
+from optuna_deelbo.train._checkpoint import ATTR_RESUMED_STEP, ATTR_RESUMED_TRIAL, ATTR_STEP
+from optuna_deelbo.tuning._recipe import RECIPE_ATTR, TaskRecipe
+from optuna_deelbo.tuning._storage import open_storage
+from optuna_deelbo.tuning._trial_queue import queue_progress
+from optuna_deelbo.tuning._worker import plan_strategy_study
+from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -1,0 +1,358 @@
+"""``DEELBo``: the data-emphasized ELBo as a drop-in regularizer for any training loop.
+
+One implementation of the DE-ELBo step, used by :func:`optuna_deelbo.tuning._fit` (through
+:class:`~optuna_deelbo.bayes.DEELBoObjective`), the Lightning callback and a user's own loop::
+
+    reg = DEELBo(model, n_train=len(train_set), prior="l2-sp", head=("fc.",))
+    opt = torch.optim.SGD(reg.parameters(), lr=lr, momentum=0.9, nesterov=True)  # weights + posterior std
+    for x, y in loader:
+        loss = reg.loss(criterion(reg(x), y))  # mean NLL of a sampled forward + KL / (kappa N)
+        opt.zero_grad(); loss.backward(); opt.step()
+    reg.report(trial)  # learned:lambda / tau / sigma / weight_decay user attrs
+
+``reg(x)`` runs the model with one posterior draw ``theta + sigma * eps`` in train mode and with
+the mean weights in eval mode. ``reg.loss(nll)`` adds ``KL(q || p(. | lam*, tau*)) / (kappa N)``
+(nats per example) with both prior variances at their closed-form optimum for the current
+weights, ``kappa = D / N`` by default. Any per-example loss works (cross-entropy, a Gaussian
+NLL for regression, a token-level LM loss): pass its mean over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import optuna
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_finite, positive_int
+from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
+from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, check_sigma_mode
+from optuna_deelbo.bayes._posterior import ParameterGroups, SigmaMode, WeightPosterior
+from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+
+__all__ = ["LEARNED_ATTR_PREFIX", "DEELBo"]
+
+#: User-attr prefix under which a trial stores each learned value (``learned:weight_decay``).
+LEARNED_ATTR_PREFIX = "learned:"
+
+
+def _body_prior(prior: str | GaussianPrior, model: nn.Module, groups: ParameterGroups) -> GaussianPrior:
+    """``"l2-sp"`` (mean = the body's current weights), ``"l2-zero"``, or a given prior (dimension checked)."""
+    params = dict(model.named_parameters())
+    body = groups.flat(params, "body").detach()
+    if isinstance(prior, GaussianPrior):
+        if prior.dim != body.numel():
+            raise ConfigError(f"body prior covers {prior.dim} weights but the model's body has {body.numel()}")
+        return prior.to(device=body.device, dtype=body.dtype)
+    if prior == "l2-sp":
+        return IsotropicGaussian(body.clone())
+    if prior == "l2-zero":
+        return IsotropicGaussian(torch.zeros_like(body))
+    if prior == "ptyl":
+        raise ConfigError(
+            "prior='ptyl' needs SWAG moments of the pretraining run: pass "
+            "od.LowRankGaussian(mean, diagonal, factor) built from od.SWAGMoments"
+        )
+    raise ConfigError(f"unknown prior {prior!r}; choose 'l2-sp', 'l2-zero' or pass a GaussianPrior")
+
+
+def _prior_state(prior: GaussianPrior | None) -> dict[str, Tensor] | None:
+    if prior is None:
+        return None
+    if isinstance(prior, LowRankGaussian):
+        return {"mean": prior.mean, "diagonal": prior.diagonal, "factor": prior.factor}
+    return {"mean": prior.mean}
+
+
+def _prior_from_state(state: Mapping[str, Tensor], like: Tensor) -> GaussianPrior:
+    """The prior :func:`_prior_state` describes (same tensors when already like ``like``)."""
+    mean = state["mean"].to(like)
+    if "factor" in state:
+        return LowRankGaussian(mean, state["diagonal"].to(like), state["factor"].to(like))
+    return IsotropicGaussian(mean)
+
+
+class _MethodCall(nn.Module):
+    """``fn(*args, **kwargs)`` as a module whose only child is ``model`` (for ``functional_call``)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class DEELBo(nn.Module):
+    """A model with a diagonal Gaussian posterior and the DE-ELBo's closed-form prior variances.
+
+    Args:
+        model: any ``nn.Module``; not copied (its parameters are the posterior means).
+        n_train: ``N``, the number of training examples (> 0).
+        prior: body prior: ``"l2-sp"`` (mean = the body's weights now, i.e. pretrained),
+            ``"l2-zero"``, or a :class:`~optuna_deelbo.bayes.GaussianPrior` (e.g. PTYL's
+            :class:`~optuna_deelbo.bayes.LowRankGaussian`) over the body's flattened weights.
+        head: parameter-name prefixes of a new head (zero-mean prior with its own variance
+            ``tau``), or a :class:`~optuna_deelbo.bayes.ParameterGroups`; empty = all body.
+        head_prior: head prior; default zero-mean isotropic.
+        kappa: likelihood emphasis; ``None`` = ``D / N`` with ``D`` all trainable weights
+            (``kappa = 1`` is the plain ELBo).
+        sigma_mode: one of :data:`~optuna_deelbo.bayes.SIGMA_MODES` (``"scalar"``, ``"layer"``).
+        init_sigma: initial posterior std (weight units).
+        share_head_sigma: scalar mode: one sigma for body and head.
+        prior_structure: one of :data:`PRIOR_STRUCTURES`.
+
+    Raises:
+        ConfigError: no trainable parameters, a head prefix that matches nothing, ``n_train <= 0``,
+            an unknown prior, or a prior of the wrong size.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        n_train: int,
+        prior: str | GaussianPrior = "l2-sp",
+        *,
+        head: Sequence[str] | ParameterGroups = (),
+        head_prior: GaussianPrior | None = None,
+        kappa: float | None = None,
+        sigma_mode: SigmaMode = "scalar",
+        init_sigma: float = 1e-3,
+        share_head_sigma: bool = False,
+        prior_structure: str = "shared",
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        groups = head if isinstance(head, ParameterGroups) else ParameterGroups.split(model, head)
+        self.n_train = positive_int(n_train, "n_train (N)")
+        check_sigma_mode(sigma_mode)
+        if prior_structure not in PRIOR_STRUCTURES:
+            raise ConfigError(f"unknown prior_structure {prior_structure!r}; choose one of {PRIOR_STRUCTURES}")
+        self.model = model
+        self.groups = groups
+        self.body_prior = _body_prior(prior, model, groups)
+        if prior_structure == "layer" and not isinstance(self.body_prior, IsotropicGaussian):
+            raise ConfigError(
+                "prior_structure='layer' has a closed form only for isotropic body priors (l2-zero, l2-sp), "
+                f"not {type(self.body_prior).__name__}"
+            )
+        params = dict(model.named_parameters())
+        ref = params[groups.body[0]]
+        self.head_prior: GaussianPrior | None = None
+        if groups.head:
+            dim = groups.numel(model, "head")
+            head_prior = head_prior or IsotropicGaussian.zero(dim, dtype=ref.dtype, device=ref.device)
+            if head_prior.dim != dim:
+                raise ConfigError(f"head prior covers {head_prior.dim} weights but the model's head has {dim}")
+            self.head_prior = head_prior.to(device=ref.device, dtype=ref.dtype)
+        elif head_prior is not None:
+            raise ConfigError("head_prior given but no head: pass head=(prefix, ...) naming its parameters")
+        self.prior_structure = prior_structure
+        self.block_sizes = tuple(params[n].numel() for n in groups.body)
+        self.num_weights = groups.numel(model, "body") + (groups.numel(model, "head") if groups.head else 0)
+        self.kappa = positive_finite(self.num_weights / self.n_train if kappa is None else kappa, "kappa")
+        self.posterior = WeightPosterior(
+            model, groups, sigma_mode=sigma_mode, init_sigma=init_sigma, share_head_sigma=share_head_sigma
+        )
+        self._sampled = False  # a sampled forward is waiting for its loss()
+        self._last: dict[str, Tensor] = {}
+        self._register_prior_buffers()
+
+    # --- the step -----------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's output: with one posterior draw in train mode, with the mean weights in eval mode."""
+        if not self.training:
+            return self.model(*args, **kwargs)
+        self._sampled = True
+        return functional_call(self.model, self.posterior.sample(), args, kwargs)
+
+    def call_sampled(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with the model's parameters replaced by one posterior draw.
+
+        For code that reaches the model other than through ``forward`` (e.g. a LightningModule's
+        ``training_step``); gradients flow to the means and to sigma as in :meth:`forward`.
+        """
+        self._sampled = True
+        sample = {"model." + name: value for name, value in self.posterior.sample().items()}
+        return functional_call(_MethodCall(self.model, fn), sample, args, kwargs)
+
+    def kl_terms(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(KL, lam*, tau*)``: the total KL in nats with both variances at their (detached) optimum."""
+        post = self.posterior
+        body_mean, body_sigma = post.flat_mean("body"), post.flat_sigma("body")
+        if self.prior_structure == "layer":
+            assert isinstance(self.body_prior, IsotropicGaussian)
+            kl, lams = self.body_prior.kl_at_optimum_blocks(body_mean, body_sigma, self.block_sizes)
+            sizes = torch.tensor(self.block_sizes, dtype=lams.dtype, device=lams.device)
+            lam = (lams * sizes).sum() / sizes.sum()
+        else:
+            kl, lam = self.body_prior.kl_at_optimum(body_mean, body_sigma)
+        tau = None
+        if self.head_prior is not None:
+            kl_head, tau = self.head_prior.kl_at_optimum(post.flat_mean("head"), post.flat_sigma("head"))
+            kl = kl + kl_head
+        return kl, lam, tau
+
+    def loss(self, nll: Tensor) -> Tensor:
+        """``nll + KL / (kappa N)``, the DE-ELBo per example (nats), for the last sampled forward.
+
+        Args:
+            nll: the batch's mean negative log-likelihood under the sampled weights, a 0-d tensor.
+
+        Raises:
+            ConfigError: ``nll`` is not a floating 0-d tensor, or no sampled forward (``reg(x)``
+                in train mode, or :meth:`call_sampled`) came before this call.
+        """
+        if not isinstance(nll, Tensor) or nll.ndim != 0 or not nll.is_floating_point():
+            shape = tuple(nll.shape) if isinstance(nll, Tensor) else type(nll).__name__
+            raise ConfigError(
+                f"loss() takes the batch's mean NLL as a 0-d float tensor, got {shape}; reduce it with .mean()"
+            )
+        if not self._sampled:
+            raise ConfigError(
+                "loss() before a sampled forward: call reg(x) in train mode (reg.train()) first, "
+                "then reg.loss(criterion(output, y))"
+            )
+        self._sampled = False
+        with torch.autocast(device_type=nll.device.type, enabled=False):
+            kl, lam, tau = self.kl_terms()
+        self._last = {"kl": kl.detach(), "lambda": lam}
+        if tau is not None:
+            self._last["tau"] = tau
+        return nll + kl / (self.kappa * self.n_train)
+
+    @property
+    def last_terms(self) -> dict[str, Tensor]:
+        """The last :meth:`loss` call's ``kl`` (nats), ``lambda`` and ``tau`` (0-d, on the device, detached)."""
+        return dict(self._last)
+
+    # --- learned values ---------------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        """``lam*`` of the body prior at the current weights (weight units squared; layer: size-weighted mean)."""
+        with torch.no_grad():
+            return float(self.kl_terms()[1])
+
+    @property
+    def tau(self) -> float | None:
+        """``tau*`` of the head prior at the current weights, ``None`` without a head."""
+        with torch.no_grad():
+            tau = self.kl_terms()[2]
+        return None if tau is None else float(tau)
+
+    @property
+    def sigma(self) -> float:
+        """Mean posterior std over all weights (weight units)."""
+        return self.posterior.mean_sigma()
+
+    @property
+    def weight_decay(self) -> float:
+        """The MAP weight decay equivalent to the learned body variance, ``1 / (lam kappa N)``."""
+        return self.equivalent_weight_decay(self.lam)
+
+    def equivalent_weight_decay(self, variance: float) -> float:
+        """The ``weight_decay`` a MAP run would need to match a prior variance ``variance``.
+
+        The DE-ELBo's per-example loss holds ``|theta - mu|^2 / (2 lam kappa N)``, the MAP
+        loss ``weight_decay/2 * |theta - mu|^2``; so ``weight_decay = 1 / (lam * kappa * N)``.
+        """
+        return 1.0 / (variance * self.kappa * self.n_train)
+
+    @torch.no_grad()
+    def layer_variances(self) -> dict[str, float]:
+        """``lam*`` per body parameter tensor (weight units squared), by parameter name.
+
+        With ``prior_structure="shared"`` every tensor reports the one shared ``lam*``.
+        """
+        post = self.posterior
+        mean, sigma = post.flat_mean("body"), post.flat_sigma("body")
+        if self.prior_structure == "layer":
+            assert isinstance(self.body_prior, IsotropicGaussian)
+            _, lams = self.body_prior.kl_at_optimum_blocks(mean, sigma, self.block_sizes)
+            return {name: float(v) for name, v in zip(self.groups.body, lams, strict=True)}
+        lam = float(self.body_prior.optimal_variance(mean, sigma))
+        return dict.fromkeys(self.groups.body, lam)
+
+    def learned_attrs(self) -> dict[str, Any]:
+        """The trial user attrs of the learned values at the current weights (see :meth:`report`)."""
+        lam = self.lam
+        attrs: dict[str, Any] = {
+            "mode": "deelbo",
+            "kappa": self.kappa,
+            LEARNED_ATTR_PREFIX + "lambda": lam,
+            LEARNED_ATTR_PREFIX + "weight_decay": self.equivalent_weight_decay(lam),
+            LEARNED_ATTR_PREFIX + "sigma": self.sigma,
+        }
+        tau = self.tau
+        if tau is not None:
+            attrs[LEARNED_ATTR_PREFIX + "tau"] = tau
+        if self.prior_structure == "layer":
+            attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = self.layer_variances()
+        return attrs
+
+    def report(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        """Write :meth:`learned_attrs` to ``trial`` (``learned:lambda``, ``learned:weight_decay``, ...); returns them.
+
+        Under :class:`~optuna_deelbo.tuning.DEELBoSampler` this is what tells the study that
+        the trial learned its ``weight_decay`` instead of training with the placeholder.
+        """
+        if not isinstance(trial, optuna.trial.BaseTrial):
+            raise ConfigError(f"report() takes an optuna trial, got {type(trial).__name__}")
+        attrs = self.learned_attrs()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return attrs
+
+    # --- prediction and BatchNorm ---------------------------------------------------------------
+    def predict_proba(self, x: Tensor, samples: int = 0) -> Tensor:
+        """Class probabilities ``(B, C)``: mean weights (``samples=0``) or the average over ``samples`` draws."""
+        return self.posterior.predict_proba(x, samples=samples)
+
+    def recalibrate_batchnorm(
+        self,
+        data: Tensor | Iterable[Any],
+        *,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        batch_size: int = 256,
+    ) -> int:
+        """Recompute the model's BatchNorm statistics with the mean weights (after training).
+
+        Training forwards run with sampled weights, so the running statistics describe noisy
+        activations; call this once before predicting. ``data``: the training inputs ``(N, ...)``
+        or an iterable of batches (a ``DataLoader``; a ``(x, y, ...)`` batch uses ``x``).
+        ``transform``: the training augmentation, if any. Returns the number of BatchNorm layers.
+        """
+        return recalibrate_batchnorm(self.model, data, transform=transform, batch_size=batch_size)
+
+    # --- state ------------------------------------------------------------------------------
+    def _register_prior_buffers(self) -> None:
+        """The priors' tensors as buffers (``body_prior_mean``, ...): in ``state_dict``, moved by ``.to()``."""
+        for group, prior in (("body", self.body_prior), ("head", self.head_prior)):
+            for key, tensor in (_prior_state(prior) or {}).items():
+                self.register_buffer(f"{group}_prior_{key}", tensor)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._rebuild_priors())
+
+    def _rebuild_priors(self) -> None:
+        """Priors from the buffers (after ``load_state_dict`` or a device / dtype move)."""
+        buffers = dict(self.named_buffers(recurse=False))
+        for group in ("body", "head"):
+            state = {
+                k.removeprefix(f"{group}_prior_"): v for k, v in buffers.items() if k.startswith(f"{group}_prior_")
+            }
+            if state:
+                setattr(self, f"{group}_prior", _prior_from_state(state, state["mean"]))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DEELBo:
+        super()._apply(fn, recurse)
+        self._rebuild_priors()
+        return self
+
+    def sigma_parameters(self) -> Iterator[nn.Parameter]:
+        """The posterior's raw ``rho`` parameters (also in :meth:`parameters`, after the model's)."""
+        return self.posterior.sigma_parameters()

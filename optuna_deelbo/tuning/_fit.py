@@ -1,0 +1,442 @@
+"""``fit``: train one configuration inside an Optuna objective, MAP or DE-ELBo by sampler.
+
+The same user objective runs under any sampler. Under :class:`DEELBoSampler` with
+``"weight_decay"`` learned, :func:`fit` trains with the DE-ELBo on all ``N`` examples and
+returns the score of the task recipe's selection rule (``train-loss`` by default: the final
+training DE-ELBo loss); otherwise it trains MAP with the suggested weight
+decay on the 80 % split and returns the validation NLL. Both are minimised.
+
+Trial user attrs written (all floats unless noted):
+
+* ``mode``: ``"deelbo"`` or ``"map"`` (str)
+* ``learned:weight_decay``, ``learned:lambda``, ``learned:tau``, ``learned:sigma`` (DE-ELBo)
+* ``learned:trace``: ``[[step, lambda, tau, sigma], ...]`` over training (DE-ELBo)
+* ``train:loss``, ``train:nll``: final-epoch means (nats per example)
+* ``select:rule`` (str) and ``select:<rule>``: the DE-ELBo selection rule and its score (the
+  trial's value), ``time:select_s``; ``learned:lambda_layers`` (dict) with per-layer lambda
+* ``val:nll``, ``val:accuracy`` (MAP); ``test:nll``, ``test:accuracy`` (DE-ELBo: trained on all N)
+* ``time:train_s`` (the training loop), ``time:trial_s`` (the whole call)
+* ``failure:reason`` (str) when training diverged and the trial was pruned
+* with ``task.checkpointing``: ``checkpoint:artifact_id``, ``checkpoint:step``,
+  ``resumed_from_step`` (int), ``resumed_from_trial``, ``resumed_from_artifact``,
+  ``checkpoint:resume_error`` (see :mod:`optuna_deelbo.train._checkpoint`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import optuna
+import torch
+from torch import nn
+
+from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
+from optuna_deelbo._validation import nonnegative_finite, positive_finite, require_minimize
+from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
+from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
+from optuna_deelbo.bayes._selection import selection_scores
+from optuna_deelbo.data._splits import Split
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.train._checkpoint import (
+    ATTR_RESUME_ERROR,
+    ATTR_RESUMED_ARTIFACT,
+    ATTR_RESUMED_STEP,
+    ATTR_RESUMED_TRIAL,
+    CheckpointHook,
+)
+from optuna_deelbo.train._early_stopping import continue_until
+from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule
+from optuna_deelbo.train._training import Metrics, TrainResult, evaluate, train
+from optuna_deelbo.tuning._sampler import LEARNED_ATTR_PREFIX, learned_names
+
+__all__ = [
+    "RetrainResult",
+    "fit",
+    "fit_deelbo",
+    "fit_map",
+    "recalibrate_for_mean_weights",
+    "retrain",
+    "score_deelbo_run",
+]
+
+_TRACE_POINTS = 100
+
+
+def _check_hparams(lr: float, weight_decay: float | None) -> None:
+    positive_finite(lr, "learning rate")
+    if weight_decay is not None:
+        nonnegative_finite(weight_decay, "weight_decay")
+
+
+def fit_map(
+    task: TaskSpec,
+    lr: float,
+    weight_decay: float,
+    data: Split,
+    *,
+    val: Split | None = None,
+    trial: optuna.trial.Trial | None = None,
+    schedule: StepSchedule | AdaptiveFeedback | None = None,
+    steps: int | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """MAP training on ``data``; returns the model and its log.
+
+    Args:
+        weight_decay: fixed weight decay, or the starting value when ``schedule`` sets it.
+        val: held-out split: reported to ``trial``, used by early stopping
+            (``task.regularization.patience``) and by an adaptive schedule.
+        schedule: pull-down / pull-up / adaptive weight decay (see :func:`train`).
+        steps: overrides ``task.steps`` (e.g. retraining for an early-stopped step count).
+        checkpoint, resume: see :func:`~optuna_deelbo.train.train`.
+    """
+    _check_hparams(lr, weight_decay)
+    model = task.build_model()
+    objective = MAPObjective(
+        model, task.groups(model), task.body_prior(model), weight_decay, penalty=task.regularization.penalty_fn
+    )
+    config = task.train_config(lr, steps)
+    if val is not None and task.regularization.patience is not None:
+        config = dataclasses.replace(config, patience=task.regularization.patience)
+    result = train(
+        objective,
+        data.x,
+        data.y,
+        config,
+        val=(val.x, val.y) if val is not None else None,
+        trial=trial,
+        desc=f"map lr={lr:.2g} wd={weight_decay:.2g}",
+        transform=task.train_transform,
+        eval_transform=task.eval_transform,
+        mixing=task.mixing(),
+        weight_decay_schedule=schedule,
+        checkpoint=checkpoint,
+        resume=resume,
+    )
+    return model, result
+
+
+def fit_deelbo(
+    task: TaskSpec,
+    lr: float,
+    *,
+    trial: optuna.trial.Trial | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
+) -> tuple[DEELBoObjective, TrainResult]:
+    """DE-ELBo training on all ``N`` examples; returns the objective (model + posterior) and log.
+
+    The task's :class:`~optuna_deelbo.bayes.DEELBoRecipe` sets the posterior, the
+    prior structure, clipping and sigma's optimiser; with ``bn_recalibration`` the BatchNorm
+    statistics are recomputed with the mean weights after training (inside the timed loop's
+    result: ``result.seconds`` includes it). ``checkpoint`` and ``resume``: see
+    :func:`~optuna_deelbo.train.train`.
+    """
+    _check_hparams(lr, None)
+    recipe = task.deelbo_recipe
+    model = task.build_model()
+    objective = DEELBoObjective(
+        model,
+        task.groups(model),
+        task.body_prior(model),
+        n_train=task.n_train,
+        kappa=task.kappa,
+        sigma_mode=recipe.sigma_mode,
+        init_sigma=recipe.init_sigma,
+        penalty=task.regularization.penalty_fn,
+        share_head_sigma=recipe.share_head_sigma,
+        prior_structure=recipe.prior_structure,
+    )
+    result = train(
+        objective,
+        task.train.x,
+        task.train.y,
+        task.deelbo_train_config(lr),
+        trial=trial,
+        desc=f"deelbo lr={lr:.2g}",
+        transform=task.train_transform,
+        mixing=task.mixing(),
+        checkpoint=checkpoint,
+        resume=resume,
+    )
+    if recipe.bn_recalibration:
+        start = time.perf_counter()
+        recalibrate_for_mean_weights(task, model)
+        result.seconds += time.perf_counter() - start
+    return objective, result
+
+
+def recalibrate_for_mean_weights(task: TaskSpec, model: nn.Module) -> int:
+    """Recompute ``model``'s BatchNorm statistics with its (mean) weights on the task's training set.
+
+    The inputs go through ``task.train_transform``, the augmentation the weights were trained
+    with: on Split-CIFAR (N = 500, seed 0, lr 0.03) statistics of unaugmented images instead cost
+    4.2 points of test accuracy (64.5 % against 68.6 %), those of augmented ones none (68.6 %).
+    Returns the number of BatchNorm layers.
+    """
+    torch.manual_seed(task.seed)  # the augmentation's draws
+    return recalibrate_batchnorm(model, task.train.x, transform=task.train_transform)
+
+
+def score_deelbo_run(
+    task: TaskSpec, objective: DEELBoObjective, result: TrainResult, rules: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Selection scores of a finished :func:`fit_deelbo` run (nats per example, lower is better).
+
+    Args:
+        rules: names from ``SELECTION_RULES``; ``None`` = the task recipe's own rule only.
+    """
+    recipe = task.deelbo_recipe
+    return selection_scores(
+        objective,
+        task.train.x,
+        task.train.y,
+        train_loss=result.final_loss,
+        rules=(recipe.selection,) if rules is None else rules,
+        samples=recipe.selection_samples,
+        transform=task.eval_transform,
+        seed=task.seed,
+    )
+
+
+def _trace(history: list[dict[str, float]]) -> list[list[float]]:
+    stride = max(1, math.ceil(len(history) / _TRACE_POINTS))
+    rows = history[::stride]
+    if history and rows[-1] is not history[-1]:
+        rows.append(history[-1])
+    return [[r["step"], r.get("lambda", math.nan), r.get("tau", math.nan), r.get("sigma", math.nan)] for r in rows]
+
+
+def _weight_decay_trajectory(schedule: StepSchedule | AdaptiveFeedback, steps: int) -> list[list[float]]:
+    """``[[start_step, weight_decay], ...]``: the 1-based step from which each value was used."""
+    if isinstance(schedule, StepSchedule):
+        return [[start, value] for start, value in schedule.trajectory() if start <= steps]
+    rows = [[1, schedule.initial]]
+    for step, value, _, _ in schedule.history:
+        if value != rows[-1][1] and step < steps:
+            rows.append([step + 1, value])
+    return rows
+
+
+_Run = TypeVar("_Run")
+
+
+def _resumable(
+    trial: optuna.trial.Trial | None,
+    task: TaskSpec,
+    run: Callable[[CheckpointHook | None, Mapping[str, Any] | None], _Run],
+    attrs: dict[str, Any],
+) -> _Run:
+    """``run(checkpoint, resume)`` with the task's checkpointing for ``trial``, resuming a retried trial.
+
+    A checkpoint that cannot be read or does not fit the run is reported as a warning and in
+    ``checkpoint:resume_error``, and the run starts again from step 0.
+    """
+    checkpointing = task.checkpointing if trial is not None else None
+    if trial is None or checkpointing is None:
+        return run(None, None)
+    hook = checkpointing.hook(trial)
+    found = checkpointing.resume_or_restart(trial)
+    attrs[ATTR_RESUMED_STEP] = found.step if found is not None else 0
+    if found is None:
+        return run(hook, None)
+    attrs[ATTR_RESUMED_TRIAL], attrs[ATTR_RESUMED_ARTIFACT] = found.trial_number, found.artifact_id
+    trial.set_user_attr(ATTR_RESUMED_STEP, found.step)  # visible while the trial runs
+    try:
+        return run(hook, found.state)
+    except CheckpointError as exc:
+        warnings.warn(f"trial {trial.number}: restarting from step 0: {exc}", RuntimeWarning, stacklevel=2)
+        attrs[ATTR_RESUME_ERROR] = str(exc)
+        attrs[ATTR_RESUMED_STEP] = 0
+        del attrs[ATTR_RESUMED_TRIAL], attrs[ATTR_RESUMED_ARTIFACT]
+        return run(hook, None)
+
+
+def _fresh(schedule: StepSchedule | AdaptiveFeedback | None) -> StepSchedule | AdaptiveFeedback | None:
+    """``schedule`` at its start (in place): a restarted run must not see a failed attempt's adaptive updates."""
+    if isinstance(schedule, AdaptiveFeedback):
+        schedule.load_state_dict({"value": schedule.initial, "history": []})
+    return schedule
+
+
+def _test_metrics(task: TaskSpec, model: nn.Module) -> Metrics | None:
+    if task.test is None:
+        return None
+    return evaluate(model, task.test.x, task.test.y, transform=task.eval_transform)
+
+
+def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainResult, attrs: dict[str, Any]) -> float:
+    """Fill ``attrs`` with a finished DE-ELBo run's learned values, selection score and test metrics.
+
+    Returns:
+        The trial's value: the score of the task recipe's selection rule.
+    """
+    attrs.update(objective.deelbo.learned_attrs())  # the values at the final weights, as DEELBo.report writes
+    attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
+    start = time.perf_counter()
+    rule = task.deelbo_recipe.selection
+    attrs["select:rule"] = rule
+    attrs["select:" + rule] = value = score_deelbo_run(task, objective, result)[rule]
+    attrs["time:select_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    test = _test_metrics(task, objective.model)
+    if test is not None:
+        attrs["test:nll"], attrs["test:accuracy"] = test.nll, test.accuracy
+        attrs["time:test_eval_s"] = time.perf_counter() - start
+    return value
+
+
+def fit(
+    trial: optuna.trial.BaseTrial,
+    task: TaskSpec,
+    *,
+    lr: float,
+    weight_decay: float,
+    schedule: StepSchedule | AdaptiveFeedback | None = None,
+) -> float:
+    """Train one configuration for an Optuna objective and return the value to minimise.
+
+    Args:
+        trial: the objective's trial; its study's sampler decides MAP or DE-ELBo.
+        task: the fine-tuning problem.
+        lr: learning rate (> 0).
+        weight_decay: MAP penalty coefficient (ignored, and learned, under ``DEELBoSampler``).
+        schedule: MAP only: a weight-decay schedule instead of the fixed value; the
+            trajectory is stored as the ``lambda:trajectory`` user attr ``[[step, wd], ...]``.
+
+    Returns:
+        DE-ELBo: the score of ``task.recipe.selection`` (default: the final training DE-ELBo
+        loss). MAP: the validation NLL. Both in nats per example.
+
+    Raises:
+        ConfigError: bad arguments, or the trial's study maximises (``fit`` returns a loss).
+        optuna.TrialPruned: pruned by the study's pruner, or training diverged (reason in the
+            ``failure:reason`` user attr).
+    """
+    if not isinstance(trial, optuna.trial.BaseTrial):
+        raise ConfigError(f"trial must be the objective's optuna trial, got {type(trial).__name__}")
+    if not isinstance(task, TaskSpec):
+        raise ConfigError(f"task must be an optuna_deelbo.TaskSpec, got {type(task).__name__}")
+    require_minimize(trial, "optuna_deelbo.tuning._fit")
+    start = time.perf_counter()
+    attrs: dict[str, Any] = {}
+    live_trial = trial if isinstance(trial, optuna.trial.Trial) else None
+    try:
+        if "weight_decay" in learned_names(trial):
+            if schedule is not None:
+                raise ConfigError("a weight-decay schedule is for MAP runs; under DEELBoSampler it is learned")
+            objective, result = _resumable(
+                live_trial,
+                task,
+                lambda hook, state: fit_deelbo(task, lr, trial=live_trial, checkpoint=hook, resume=state),
+                attrs,
+            )
+            value = _deelbo_outcome(task, objective, result, attrs)
+        else:
+            train_split, val_split = task.train_val
+            model, result = _resumable(
+                live_trial,
+                task,
+                lambda hook, state: fit_map(
+                    task,
+                    lr,
+                    weight_decay,
+                    train_split,
+                    val=val_split,
+                    trial=live_trial,
+                    schedule=_fresh(schedule),
+                    checkpoint=hook,
+                    resume=state,
+                ),
+                attrs,
+            )
+            metrics = evaluate(model, val_split.x, val_split.y, transform=task.eval_transform)
+            attrs["mode"] = "map"
+            if result.best_step is not None:
+                attrs["train:best_step"], attrs["train:stopped_step"] = result.best_step, result.stopped_step
+                attrs["train:loss_at_best"] = result.train_loss_at_best
+            if schedule is not None:
+                attrs["lambda:trajectory"] = _weight_decay_trajectory(schedule, result.stopped_step)
+            attrs["val:nll"], attrs["val:accuracy"] = metrics.nll, metrics.accuracy
+            value = metrics.nll
+        attrs["train:loss"], attrs["train:nll"] = result.final_loss, result.final_nll
+        attrs["time:train_s"] = result.seconds
+    except TrainingDiverged as exc:
+        attrs["failure:reason"] = str(exc)
+        raise optuna.TrialPruned(str(exc)) from exc
+    finally:
+        attrs["time:trial_s"] = time.perf_counter() - start
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+    return value
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """The winner retrained on all ``N``: test metrics (``None`` without a test set) and seconds."""
+
+    test: Metrics | None
+    seconds: float
+    train_loss: float
+
+
+def retrain(
+    task: TaskSpec,
+    lr: float,
+    weight_decay: float,
+    *,
+    schedule: StepSchedule | AdaptiveFeedback | None = None,
+) -> RetrainResult:
+    """Retrain a MAP configuration on all ``N`` examples and evaluate it on the test set.
+
+    With early stopping on (``task.regularization.patience``) the winner's early-stopped run
+    is repeated on the 80 % split (deterministic for a seed) to find its best step, then:
+
+    * ``retrain="steps"`` (Goodfellow et al. Alg. 7.2): train from scratch on all ``N`` for
+      that many steps;
+    * ``retrain="continue"`` (Alg. 7.3): keep training the early-stopped model on all ``N``
+      (constant learning rate ``lr``, in chunks of ``eval_every`` steps) until the loss on the
+      former validation part is at most the early-stopped training loss, or ``task.steps``
+      more steps have run (it may never get there).
+    """
+    start = time.perf_counter()
+    reg = task.regularization
+    if reg.patience is None:
+        model, result = fit_map(task, lr, weight_decay, task.train, schedule=schedule)
+    else:
+        train_split, val_split = task.train_val
+        model, early = fit_map(task, lr, weight_decay, train_split, val=val_split, schedule=schedule)
+        best_step = early.best_step if early.best_step is not None else early.stopped_step
+        if reg.retrain == "steps":
+            model, result = fit_map(task, lr, weight_decay, task.train, schedule=schedule, steps=best_step)
+        else:
+            target = early.train_loss_at_best if early.train_loss_at_best is not None else early.final_loss
+            model, result = _continue_training(task, model, lr, weight_decay, val_split, target)
+    seconds = time.perf_counter() - start
+    return RetrainResult(test=_test_metrics(task, model), seconds=seconds, train_loss=result.final_loss)
+
+
+def _continue_training(
+    task: TaskSpec, model: nn.Module, lr: float, weight_decay: float, val: Split, target: float
+) -> tuple[nn.Module, TrainResult]:
+    """Algorithm 7.3: train ``model`` on all N until the loss on ``val`` is <= ``target`` (capped)."""
+    objective = MAPObjective(
+        model, task.groups(model), task.body_prior(model), weight_decay, penalty=task.regularization.penalty_fn
+    )
+    chunk = min(task.train_config(lr).eval_every, task.steps)
+    config = dataclasses.replace(task.train_config(lr, steps=chunk), cosine=False, restart_period=None)
+    last: list[TrainResult] = []
+
+    def step_fn() -> float:
+        last.append(train(objective, task.train.x, task.train.y, config, mixing=task.mixing(), desc="continue"))
+        return evaluate(model, val.x, val.y, transform=task.eval_transform).nll
+
+    continue_until(target, step_fn, max_steps=chunk * max(1, task.steps // chunk), check_every=chunk)
+    return model, last[-1]

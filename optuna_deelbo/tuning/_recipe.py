@@ -1,0 +1,145 @@
+"""``TaskRecipe``: the few JSON values that rebuild a built-in task in another process.
+
+A planner stores the recipe as the study user attr ``task_recipe`` (:data:`RECIPE_ATTR`);
+every ``optuna-deelbo worker`` rebuilds the same :class:`~optuna_deelbo.data.TaskSpec` from it
+(the source pretraining is seeded, so every worker gets the same pretrained weights on the
+same device type and thread count). ``optuna-deelbo compare`` builds its task from one too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_int
+from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe
+from optuna_deelbo.bayes._priors import PRIOR_NAMES
+from optuna_deelbo.data._backbones import BACKBONE_NAMES
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.data._tasks import DATASET_NAMES, digits_task, split_cifar_task
+from optuna_deelbo.train._checkpoint import Checkpointing
+
+__all__ = ["RECIPE_ATTR", "RECIPE_VERSION", "TaskRecipe"]
+
+#: Study user attr holding :meth:`TaskRecipe.to_json`.
+RECIPE_ATTR = "task_recipe"
+#: Stored as ``"version"``; a recipe of another version is refused.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TaskRecipe:
+    """How to build a built-in task (see ``optuna-deelbo compare --help`` for each setting).
+
+    Attributes:
+        dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``).
+        n_train: target training-set size N; ``None`` = digits 100, CIFAR 50.
+        seed, prior, steps, batch_size: as in :func:`~optuna_deelbo.data.digits_task`.
+        pretrain_steps: source pretraining steps; ``None`` = digits 400, CIFAR 2000.
+        data_dir, backbone, cache_dir: CIFAR tasks only.
+        checkpoint_every: steps between two checkpoints of a worker's trial (``None`` = none).
+        artifacts: the checkpoint directory every worker shares (a worker may override it
+            with ``--artifacts`` when the same store is mounted elsewhere).
+        deelbo: the DE-ELBo recipe: a name from ``RECIPES`` or a :meth:`DEELBoRecipe.to_json` dict.
+    """
+
+    dataset: str = "digits"
+    n_train: int | None = None
+    seed: int = 0
+    prior: str = "l2-sp"
+    steps: int = 300
+    batch_size: int = 64
+    pretrain_steps: int | None = None
+    data_dir: str | None = None
+    backbone: str = "cifar-resnet20"
+    cache_dir: str | None = None
+    checkpoint_every: int | None = None
+    artifacts: str | None = None
+    deelbo: str | dict[str, Any] = "default"
+
+    def __post_init__(self) -> None:
+        DEELBoRecipe.from_json(self.deelbo)  # checked here, before any pretraining
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
+        if self.prior not in PRIOR_NAMES:
+            raise ConfigError(f"unknown prior {self.prior!r}; choose one of {PRIOR_NAMES}")
+        if self.backbone not in BACKBONE_NAMES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONE_NAMES}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("n_train", "pretrain_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None:
+                positive_int(value, name)
+        positive_int(self.steps, "steps")
+        positive_int(self.batch_size, "batch_size")
+        if self.dataset != "digits" and self.data_dir is None:
+            raise ConfigError(
+                f"dataset {self.dataset} needs data_dir (--data-dir; e.g. ../shared/data for cifar10-jpeg)"
+            )
+        if self.checkpoint_every is not None and self.artifacts is None:
+            raise ConfigError("checkpoint_every needs an artifacts directory for the checkpoints")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (with ``"version"``) that :meth:`from_json` reads back."""
+        return {"version": RECIPE_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: object) -> TaskRecipe:
+        """Read :meth:`to_json`'s dict.
+
+        Raises:
+            ConfigError: not a dict, another version, an unknown key or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a task recipe must be a JSON object, got {type(data).__name__}")
+        fields = dict(data)
+        version = fields.pop("version", None)
+        if version != RECIPE_VERSION:
+            raise ConfigError(f"task recipe version {version!r} is not supported (expected {RECIPE_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigError(f"task recipe has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**fields)
+
+    def checkpointing(self, artifacts: str | Path | None = None) -> Checkpointing | None:
+        """The workers' checkpoint store (``artifacts`` overrides the recipe's directory), or ``None``."""
+        if self.checkpoint_every is None:
+            return None
+        directory = artifacts if artifacts is not None else self.artifacts
+        assert directory is not None  # __post_init__
+        return Checkpointing.filesystem(directory, every=self.checkpoint_every)
+
+    def build(self, device: str | None = None, *, progress: bool = False) -> tuple[TaskSpec, float]:
+        """Pretrain on the source task and return the target task and the pretraining seconds.
+
+        The task carries no checkpointing; a worker adds :meth:`checkpointing`.
+        """
+        common: dict[str, Any] = {
+            "seed": self.seed,
+            "prior": self.prior,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "device": device,
+            "recipe": DEELBoRecipe.from_json(self.deelbo),
+        }
+        if self.dataset == "digits":
+            return digits_task(
+                100 if self.n_train is None else self.n_train, pretrain_steps=self.pretrain_steps or 400, **common
+            )
+        assert self.data_dir is not None  # __post_init__
+        return split_cifar_task(
+            50 if self.n_train is None else self.n_train,
+            data_dir=self.data_dir,
+            source="jpeg" if self.dataset == "cifar10-jpeg" else "torchvision",
+            backbone=self.backbone,
+            pretrain_steps=self.pretrain_steps or 2000,
+            cache_dir=self.cache_dir,
+            progress=progress,
+            **common,
+        )

@@ -1,0 +1,67 @@
+"""Strategies: each builds one Optuna study from a shared :class:`~optuna_deelbo.data.TaskSpec`."""
+
+from __future__ import annotations
+
+from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.tuning.strategies._base import (
+    IF_EXISTS,
+    LEARNING_RATES,
+    LR_RANGE,
+    WEIGHT_DECAY_RANGE,
+    WEIGHT_DECAYS,
+    Strategy,
+    StrategyResult,
+    refuse_existing,
+    task_objective,
+)
+from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
+from optuna_deelbo.tuning.strategies.grid import GridStrategy
+from optuna_deelbo.tuning.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
+from optuna_deelbo.tuning.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, TPEStrategy
+
+__all__ = [
+    "DEFAULT_STRATEGIES",
+    "IF_EXISTS",
+    "LEARNING_RATES",
+    "LR_RANGE",
+    "SEARCHED_REGULARIZERS",
+    "STRATEGY_NAMES",
+    "WEIGHT_DECAYS",
+    "WEIGHT_DECAY_RANGE",
+    "AdaptiveStrategy",
+    "DEELBoStrategy",
+    "GridStrategy",
+    "PullDownStrategy",
+    "PullUpStrategy",
+    "Strategy",
+    "StrategyResult",
+    "TPERegStrategy",
+    "TPEStrategy",
+    "get_strategy",
+    "refuse_existing",
+    "task_objective",
+]
+
+#: Strategy names accepted by :func:`get_strategy` and ``optuna-deelbo compare --strategies``.
+STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe", "tpe-reg", "pulldown", "pullup", "adaptive")
+#: What ``optuna-deelbo compare`` runs when ``--strategies`` is not given.
+DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
+
+
+def get_strategy(name: str, *, tpe_trials: int | None = None) -> Strategy:
+    """The strategy called ``name``; raises :class:`ConfigError` for an unknown one."""
+    if name == "deelbo":
+        return DEELBoStrategy()
+    if name == "grid":
+        return GridStrategy()
+    if name == "tpe":
+        return TPEStrategy(tpe_trials)
+    if name == "tpe-reg":
+        return TPERegStrategy(tpe_trials)
+    if name == "pulldown":
+        return PullDownStrategy()
+    if name == "pullup":
+        return PullUpStrategy()
+    if name == "adaptive":
+        return AdaptiveStrategy()
+    raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")

@@ -1,0 +1,36 @@
+"""DE-ELBo: grid over 4 learning rates; weight decay learned in-loop; pick by the recipe's selection rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.tuning._sampler import DEELBoSampler
+from optuna_deelbo.tuning.strategies._base import LEARNING_RATES, Strategy
+
+__all__ = ["DEELBoStrategy"]
+
+
+class DEELBoStrategy(Strategy):
+    """Four DE-ELBo runs on all N; the lowest score of the task recipe's selection rule wins (no validation set).
+
+    The trial value is that score (``select:<rule>`` user attr; ``train-loss`` by default: the
+    final training DE-ELBo loss), see :mod:`optuna_deelbo.bayes._selection`.
+    """
+
+    name = "deelbo"
+    description = "DE-ELBo: lr grid (4), weight decay learned in-loop, chosen by the selection rule (no validation set)"
+    metric_name = "selection_score"
+    retrain_winner = False
+
+    def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
+        grid = optuna.samplers.GridSampler({"lr": list(LEARNING_RATES)}, seed=task.seed)
+        return DEELBoSampler(grid, learned=("weight_decay",))
+
+    def n_trials(self) -> int:
+        return len(LEARNING_RATES)
+
+    def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
+        return [{"lr": lr} for lr in LEARNING_RATES]
