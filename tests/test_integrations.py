@@ -15,10 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import optuna_deelbo as od
-from optuna_deelbo.lightning_callback import DEELBoCallback
+from optuna_deelbo.integrations.lightning import DEELBoCallback
 
 ROOT = Path(__file__).resolve().parents[1]
-HUB = ROOT / "optuna_deelbo" / "hub"
+HUB = ROOT / "optuna_deelbo" / "integrations" / "hub"
 
 
 class _DigitsModule(pl.LightningModule):

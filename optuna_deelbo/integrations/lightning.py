@@ -26,7 +26,7 @@ try:
     import lightning.pytorch as pl
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
-        "optuna_deelbo.lightning_callback needs the lightning package: pip install 'optuna-deelbo[lightning]'"
+        "optuna_deelbo.integrations.lightning needs the lightning package: pip install 'optuna-deelbo[lightning]'"
     ) from exc
 
 __all__ = ["DEELBoCallback"]
