@@ -281,7 +281,9 @@ class DEELBo(nn.Module):
 
     def learned_attrs(self) -> dict[str, Any]:
         """The trial user attrs of the learned values at the current weights (see :meth:`report`)."""
-        lam = self.lam
+        with torch.no_grad():
+            _, lam_t, tau_t = self.kl_terms()  # one evaluation for lambda and tau
+        lam = float(lam_t)
         attrs: dict[str, Any] = {
             "mode": "deelbo",
             "kappa": self.kappa,
@@ -289,9 +291,8 @@ class DEELBo(nn.Module):
             LEARNED_ATTR_PREFIX + "weight_decay": self.equivalent_weight_decay(lam),
             LEARNED_ATTR_PREFIX + "sigma": self.sigma,
         }
-        tau = self.tau
-        if tau is not None:
-            attrs[LEARNED_ATTR_PREFIX + "tau"] = tau
+        if tau_t is not None:
+            attrs[LEARNED_ATTR_PREFIX + "tau"] = float(tau_t)
         if self.prior_structure == "layer":
             attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = self.layer_variances()
         return attrs

@@ -32,11 +32,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["DEELBoCallback"]
 
 
-def _first_element(batch: Any) -> Tensor:
-    """A batch's input: the batch itself if a tensor, else its first element (``(x, y, ...)``)."""
-    return batch if isinstance(batch, Tensor) else batch[0]
-
-
 class DEELBoCallback(pl.Callback):
     """DE-ELBo for a LightningModule whose ``training_step`` returns the batch's mean NLL.
 
@@ -47,7 +42,8 @@ class DEELBoCallback(pl.Callback):
         trial: Optuna trial that gets the ``learned:*`` user attrs after training (optional).
         recalibrate_batchnorm: recompute BatchNorm statistics with the mean weights after training,
             from the training loader's batches through ``module(batch_input(batch))``.
-        batch_input: a batch's model input (default: the batch, or its first element).
+        batch_input: a batch's model input; ``None`` (default): the batch if it is a tensor, else its
+            first element, as :meth:`DEELBo.recalibrate_batchnorm` reads a loader.
         deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...).
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
@@ -63,7 +59,7 @@ class DEELBoCallback(pl.Callback):
         head: Sequence[str] = (),
         trial: optuna.trial.BaseTrial | None = None,
         recalibrate_batchnorm: bool = True,
-        batch_input: Callable[[Any], Tensor] = _first_element,
+        batch_input: Callable[[Any], Tensor] | None = None,
         **deelbo_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -121,7 +117,8 @@ class DEELBoCallback(pl.Callback):
         loader = trainer.train_dataloader
         if self.recalibrate and loader is not None:
             with torch.no_grad():
-                self.deelbo.recalibrate_batchnorm(self.batch_input(batch) for batch in loader)
+                batches = loader if self.batch_input is None else (self.batch_input(b) for b in loader)
+                self.deelbo.recalibrate_batchnorm(batches)
         if self.trial is not None:
             self.deelbo.report(self.trial)
 

@@ -8,7 +8,7 @@ import optuna
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.tuning.strategies import IF_EXISTS, STRATEGY_NAMES, StrategyResult, get_strategy, refuse_existing
+from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, StrategyResult, get_strategy, refuse_existing
 
 __all__ = ["parse_strategies", "run_compare", "study_name_for"]
 
@@ -46,8 +46,6 @@ def run_compare(
     """
     names = parse_strategies(strategies)
     built = [get_strategy(n, tpe_trials=tpe_trials) for n in names]  # fail fast on bad options
-    if if_exists not in IF_EXISTS:
-        raise ConfigError(f"unknown if_exists {if_exists!r}; choose one of {IF_EXISTS}")
     if if_exists == "error":  # refuse before the first strategy trains, not after it
         refuse_existing(storage, [study_name_for(task, s.name) for s in built])
     return [
