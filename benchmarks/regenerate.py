@@ -128,6 +128,18 @@ STEPS: tuple[Step, ...] = (
         {d: ("--storage", "sqlite:///{results}/schedules-vs-fixed.db") for d in DEVICES},
         ("schedules-vs-fixed.md", "schedules-vs-fixed.csv"),
     ),
+    Step(
+        "own-loop-selection",
+        "own_loop_selection.py",
+        {d: () for d in DEVICES},
+        ("own-loop-selection.md", "own-loop-selection.csv"),
+    ),
+    Step(
+        "own-loop-selection-running",
+        "own_loop_selection.py",
+        {d: ("--batchnorm", "running") for d in DEVICES},
+        ("own-loop-selection-running.md", "own-loop-selection-running.csv"),
+    ),
     Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(

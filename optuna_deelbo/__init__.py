@@ -14,7 +14,7 @@ from optuna_deelbo._errors import (
     TrainingDiverged,
 )
 from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
-from optuna_deelbo.bayes._deelbo import DEELBo
+from optuna_deelbo.bayes._deelbo import BatchNormWarning, DEELBo
 from optuna_deelbo.bayes._deelbo_recipe import (
     PRIOR_STRUCTURES,
     RECIPE_NAMES,
@@ -55,7 +55,9 @@ from optuna_deelbo.tuning._sampler import (
     LEARNED_ATTR_PREFIX,
     DEELBoSampler,
     PlaceholderWarning,
+    best_params,
     learned_names,
+    learned_params,
     without_learned,
 )
 from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
@@ -89,6 +91,7 @@ __all__ = [
     "AdaptiveFeedback",
     "Backbone",
     "BatchMixing",
+    "BatchNormWarning",
     "CheckpointError",
     "CifarResNet",
     "ConfigError",
@@ -130,6 +133,7 @@ __all__ = [
     "TrainingDiverged",
     "TransferData",
     "WeightPosterior",
+    "best_params",
     "build_backbone",
     "constant",
     "continue_until",
@@ -146,6 +150,7 @@ __all__ = [
     "get_strategy",
     "laplace_neg_log_evidence",
     "learned_names",
+    "learned_params",
     "load_checkpoint",
     "load_cifar10_jpeg",
     "load_cifar10_torchvision",

@@ -19,6 +19,7 @@ from typing import NoReturn
 import optuna
 import torch
 
+from optuna_deelbo import __version__
 from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
 from optuna_deelbo.bayes._deelbo_recipe import RECIPE_NAMES
 from optuna_deelbo.bayes._priors import PRIOR_NAMES
@@ -39,7 +40,13 @@ from optuna_deelbo.tuning._worker import (
     plan_strategy_study,
     run_worker,
 )
-from optuna_deelbo.tuning.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy, refuse_existing
+from optuna_deelbo.tuning.strategies import (
+    DEFAULT_STRATEGIES,
+    STRATEGY_NAMES,
+    check_learning_rates,
+    get_strategy,
+    refuse_existing,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -47,6 +54,9 @@ __all__ = ["build_parser", "main"]
 #: Upper bound of every count option (steps, batch size, trials, threads, seconds...): larger values
 #: are typos, not budgets, and would run for days before anything failed.
 MAX_COUNT = 10_000_000
+#: The CIFAR backbone and the workers' checkpoint interval (steps) when not given.
+DEFAULT_BACKBONE = "cifar-resnet20"
+DEFAULT_CHECKPOINT_EVERY = 50
 #: Seeds are 32-bit (NumPy's generators refuse others).
 MAX_SEED = 2**32 - 1
 
@@ -69,6 +79,16 @@ def _seed(text: str) -> int:
     return _integer(text, 0, MAX_SEED, f"a seed from 0 to {MAX_SEED}")
 
 
+def _learning_rates(text: str) -> tuple[float, ...]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+        return check_learning_rates(values)
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of distinct positive learning rates such as 0.1,0.01, got {text!r}"
+        ) from None
+
+
 def _retries(text: str) -> int:
     return _integer(text, 0, 1000, "a retry count from 0 to 1000")
 
@@ -80,16 +100,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    parser = _Parser(prog="optuna-deelbo", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    cmp = sub.add_parser(
-        "compare",
-        help="run DE-ELBo, grid search and TPE on a transfer task (default: embedded digits)",
-        description="Pretrain on a source task (digits 0-4, or CIFAR-10 classes 0-4), fine-tune on the other "
-        "classes with N examples under each strategy (one Optuna study each), and print cost vs accuracy.",
-    )
+def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
+    """The ``compare`` subcommand's options."""
     cmp.add_argument(
         "--strategies",
         default=",".join(DEFAULT_STRATEGIES),
@@ -100,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--data-dir", default=None, help="cifar10-jpeg: folder with the archives; cifar10: torchvision root"
     )
-    cmp.add_argument("--backbone", default="cifar-resnet20", choices=BACKBONE_NAMES, help="CIFAR tasks only")
+    cmp.add_argument(
+        "--backbone", default=None, choices=BACKBONE_NAMES, help="CIFAR tasks only (default cifar-resnet20)"
+    )
     cmp.add_argument("--cache-dir", default=None, help="decoded images + pretrained checkpoints (CIFAR tasks)")
     cmp.add_argument(
         "--n-train", type=_positive_int, default=None, help="target training-set size N (digits 100, CIFAR 50)"
@@ -115,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--steps", type=_positive_int, default=300, help="SGD steps per configuration")
     cmp.add_argument("--batch-size", type=_positive_int, default=64)
     cmp.add_argument("--pretrain-steps", type=_positive_int, default=None, help="digits 400, CIFAR 2000")
+    cmp.add_argument(
+        "--lrs",
+        type=_learning_rates,
+        default=None,
+        help="comma list: the learning-rate grid of every strategy (default 0.1,0.03,0.01,0.003)",
+    )
     cmp.add_argument("--tpe-trials", type=_positive_int, default=None, help="default: the grid's trial count")
     cmp.add_argument("--seed", type=_seed, default=0, help="seeds data split, pretraining and training")
     cmp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
@@ -139,11 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete studies of the same names in the storage and start again (default: refuse)",
     )
     cmp.add_argument(
-        "--checkpoint-every", type=_positive_int, default=50, help="with --plan-only: steps between checkpoints"
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="with --plan-only: steps between checkpoints (default 50)",
     )
     cmp.add_argument(
         "--artifacts", default=None, help="with --plan-only: checkpoint directory (default: next to a SQLite file)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = _Parser(prog="optuna-deelbo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp = sub.add_parser(
+        "compare",
+        help="run DE-ELBo, grid search and TPE on a transfer task (default: embedded digits)",
+        description="Pretrain on a source task (digits 0-4, or CIFAR-10 classes 0-4), fine-tune on the other "
+        "classes with N examples under each strategy (one Optuna study each), and print cost vs accuracy.",
+    )
+    _add_compare_options(cmp)
     rep = sub.add_parser(
         "report",
         help="rebuild the HTML report from a storage alone (no training)",
@@ -196,9 +233,9 @@ def _recipe(args: argparse.Namespace, *, artifacts: str | None = None) -> TaskRe
         batch_size=args.batch_size,
         pretrain_steps=args.pretrain_steps,
         data_dir=args.data_dir,
-        backbone=args.backbone,
+        backbone=args.backbone or DEFAULT_BACKBONE,
         cache_dir=args.cache_dir,
-        checkpoint_every=args.checkpoint_every if artifacts is not None else None,
+        checkpoint_every=(args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY) if artifacts is not None else None,
         artifacts=artifacts,
         deelbo=args.recipe,
     )
@@ -209,7 +246,9 @@ def _build_task(args: argparse.Namespace, device: str) -> tuple[TaskSpec, float]
 
 
 def _plan(args: argparse.Namespace) -> int:
-    strategies = [get_strategy(n, tpe_trials=args.tpe_trials) for n in parse_strategies(args.strategies)]
+    strategies = [
+        get_strategy(n, tpe_trials=args.tpe_trials, learning_rates=args.lrs) for n in parse_strategies(args.strategies)
+    ]
     storage = open_storage(args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else str(default_artifacts_dir(args.storage))
@@ -250,7 +289,38 @@ def _creatable_dir(path: str, what: str) -> None:
         raise ConfigError(f"{what} {path!r} is not writable")
 
 
+def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
+    """A CIFAR-only option on digits, a --plan-only option without it: an error, not silently ignored."""
+    if args.dataset == "digits":
+        given = [f"--{n.replace('_', '-')}" for n in ("backbone", "data_dir", "cache_dir") if getattr(args, n)]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: for the CIFAR tasks only, not --dataset digits "
+                "(the embedded digits task always uses its small CNN); drop them or pick --dataset cifar10-jpeg"
+            )
+    if not args.plan_only:
+        given = [f"--{n.replace('_', '-')}" for n in ("checkpoint_every", "artifacts") if getattr(args, n)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: for --plan-only runs only (the workers' checkpoints)")
+
+
+def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One plain line per finished trial (for a log file: stdout is not a terminal)."""
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    value = f"value {trial.value:.4g}" if trial.value is not None else trial.state.name.lower()
+    seconds = (
+        f", {(trial.datetime_complete - trial.datetime_start).total_seconds():.1f} s"
+        if trial.datetime_complete and trial.datetime_start
+        else ""
+    )
+    learned = trial.user_attrs.get("learned:weight_decay")
+    extra = f", learned weight_decay {learned:.3g}" if isinstance(learned, float) else ""
+    planned = len(study.get_trials(deepcopy=False))
+    print(f"{study.study_name}: trial {trial.number + 1}/{planned} {params}: {value}{extra}{seconds}", flush=True)
+
+
 def _compare(args: argparse.Namespace) -> int:
+    _refuse_options_that_do_not_apply(args)
     if args.report:
         _writable_file(args.report, "--report")
     if args.plan_only:
@@ -274,8 +344,10 @@ def _compare(args: argparse.Namespace) -> int:
         strategies,
         storage,
         tpe_trials=args.tpe_trials,
+        learning_rates=args.lrs,
         show_progress_bar=not args.no_progress and sys.stderr.isatty(),
         if_exists=_if_exists(args),
+        on_trial=None if sys.stdout.isatty() else _progress_line,
     )
     print()
     print(results_table(results))
@@ -366,10 +438,19 @@ def _interruptible() -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
+def _refuse_nul_bytes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No option value may hold a NUL byte (no path, URL or name can; the OS would raise deep inside)."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            parser.error(f"--{name.replace('_', '-')}: the value holds a NUL byte (\\x00)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _refuse_nul_bytes(parser, args)
     try:
         if args.command == "compare":
             with _interruptible():

@@ -1,4 +1,5 @@
-"""Shared test settings: where the real CIFAR-10 JPEG archives are (tests needing them skip when absent),
+"""Shared test settings: the hypothesis profile (derandomized under CI),
+where the real CIFAR-10 JPEG archives are (tests needing them skip when absent),
 one CPU thread for small workloads, one tiny ``compare`` run shared by the dashboard and report tests,
 and a real PostgreSQL server (Debian's binaries) with a fresh database per test."""
 
@@ -10,6 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests and fuzzing: under CI (``$CI`` set, as .ci/run sets it) every run draws the same
+# examples (derandomized, no example database), so a fresh clone never passes or fails by chance;
+# locally they explore new examples each run and replay failures from .hypothesis/. A case they
+# find becomes an explicit test.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 #: The offline CIFAR-10 archives: ``$OPTUNA_DEELBO_DATA_DIR``, else ``shared/data`` next to the repository.
 _NEXT_TO_REPO = Path(__file__).resolve().parents[2] / "shared" / "data"

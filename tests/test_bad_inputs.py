@@ -395,10 +395,10 @@ CASES = [
         id="inputs-numpy",
     ),
     pytest.param(
-        lambda c: _task(train=(torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64))),
+        lambda c: _task(train=[1, 2, 3]),
         od.ConfigError,
-        r"train must be a Split\(x, y\), got tuple",
-        id="train-not-split",
+        r"train: expected \(x, y\) tensors, an od\.Split, a torch Dataset.*got list",
+        id="train-not-data",
     ),
     pytest.param(
         lambda c: _task(train=od.Split(torch.full((30, 4), float("nan")), torch.zeros(30, dtype=torch.int64))),

@@ -75,3 +75,70 @@ def test_output_paths_are_checked_before_training(tmp: Path) -> None:
 def test_seed_minus_one_is_a_one_line_error() -> None:
     code, err = run_cli(["compare", "--seed", "-1"])
     assert code == 2 and err.strip().count("\n") == 0 and "--seed" in err, err
+
+
+PATH_OPTIONS = [
+    ("compare", "--report"),
+    ("compare", "--storage"),
+    ("compare", "--data-dir"),
+    ("compare", "--cache-dir"),
+    ("compare", "--artifacts"),
+    ("report", "--out"),
+    ("report", "--storage"),
+    ("worker", "--storage"),
+    ("worker", "--artifacts"),
+    ("worker", "--study"),
+    ("finish", "--study"),
+]
+
+
+@pytest.mark.parametrize(("command", "option"), PATH_OPTIONS)
+def test_a_nul_byte_in_any_path_option_is_a_one_line_error(tmp: Path, command: str, option: str) -> None:
+    """Issue 22, case 13: the fuzz drew ``compare --report $'\\x00'``: a ``ValueError: embedded null byte``."""
+    code, err = run_cli([*_base(command, tmp), option, "a\x00b"])
+    assert code == 2 and "Traceback" not in err and option in err and "NUL" in err, err
+    assert err.strip().count("\n") == 0, err
+
+
+def test_version_and_options_that_do_not_apply(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, case 12: no --version; --backbone resnet18 on digits silently ignored."""
+    from optuna_deelbo import __version__
+    from optuna_deelbo.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"optuna-deelbo {__version__}"
+    for extra in (["--backbone", "resnet18"], ["--data-dir", str(tmp)], ["--cache-dir", str(tmp)]):
+        code, err = run_cli([*_base("compare", tmp), *extra])
+        assert code == 2 and extra[0] in err and "CIFAR tasks only" in err, err
+    code, err = run_cli([*_base("compare", tmp), "--checkpoint-every", "5"])
+    assert code == 2 and "--plan-only" in err, err
+
+
+def test_lrs_sets_the_grid_and_a_log_file_gets_one_line_per_trial(tmp: Path) -> None:
+    """Issue 22, case 12: no way to choose the learning rates; nothing between header and table in a log file."""
+    import io
+
+    from optuna_deelbo.cli import main
+
+    url = f"sqlite:///{tmp / 'lrs.db'}"
+    argv = [*_base("compare", tmp), "--storage", url, "--lrs", "0.05,0.02"]
+    out = io.StringIO()  # not a terminal, as a redirected log file
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    study = optuna.load_study(study_name="digits-N25-seed0/l2-sp/deelbo", storage=url)
+    assert sorted(t.params["lr"] for t in study.trials) == [0.02, 0.05]
+    lines = [line for line in out.getvalue().splitlines() if ": trial " in line]
+    assert len(lines) == 2 and all("/2 lr=" in line and "learned weight_decay" in line for line in lines), lines
+
+
+def test_error_texts_name_the_cli_flag_and_the_extra(tmp: Path) -> None:
+    """Issue 22, case 12: 'pass download=True' (no such CLI flag); a missing PostgreSQL driver named no extra."""
+    import optuna_deelbo as od
+
+    empty = tmp / "no-cifar-here"
+    empty.mkdir()
+    with pytest.raises(od.ConfigError, match="--dataset cifar10-jpeg --data-dir"):
+        od.load_cifar10_torchvision(str(empty))
+    with pytest.raises(od.StorageError, match=r"pip install 'optuna-deelbo\[postgres\]'"):
+        od.open_storage("postgresql+pg8000://user@localhost/db")  # a driver that is not installed

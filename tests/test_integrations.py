@@ -9,16 +9,16 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import optuna
-import optunahub
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import optuna_deelbo as od
+from optuna_deelbo.integrations import optunahub_registry_root
 from optuna_deelbo.integrations.lightning import DEELBoCallback
 
 ROOT = Path(__file__).resolve().parents[1]
-HUB = ROOT / "optuna_deelbo" / "integrations" / "hub"
 
 
 class _DigitsModule(pl.LightningModule):
@@ -86,16 +86,33 @@ def test_lightning_module_trains_with_deelbo_under_the_sampler() -> None:
         assert math.isfinite(trial.value)
 
 
-def test_optunahub_package_loads_and_runs_its_example() -> None:
-    package = HUB / "samplers" / "deelbo"
+#: The registry template's front matter (optuna/optunahub-registry, template/README.md) and its sections.
+_HUB_FRONT_MATTER = ("author", "title", "description", "tags", "optuna_versions", "license")
+_HUB_SECTIONS = ("## Abstract", "## Class or Function Names", "## Installation", "## Example")
+
+
+def test_optunahub_package_matches_the_registry_layout() -> None:
+    package = Path(optunahub_registry_root()) / "samplers" / "deelbo"
     for name in ("README.md", "LICENSE", "__init__.py", "example.py", "requirements.txt"):
         assert (package / name).is_file(), name
-    front = (package / "README.md").read_text().split("---")[1]
-    for key in ("author:", "title:", "description:", "tags:", "optuna_versions:", "license:"):
-        assert key in front, key
+    readme = (package / "README.md").read_text()
+    front = dict(line.split(":", 1) for line in readme.split("---")[1].strip().splitlines())
+    assert tuple(front) == _HUB_FRONT_MATTER
+    assert "sampler" in [t.strip() for t in front["tags"].strip(" []").split(",")]  # samplers/ packages must
+    assert optuna.__version__ in front["optuna_versions"]  # the version this suite ran it with
+    positions = [readme.index(section) for section in _HUB_SECTIONS]
+    assert positions == sorted(positions)
     assert "optuna-deelbo" in (package / "requirements.txt").read_text()
-    module = optunahub.load_local_module("samplers/deelbo", registry_root=str(HUB))
-    assert module.DEELBoSampler is od.DEELBoSampler
+
+
+def test_optunahub_readme_block_loads_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22, case 10: c55ea9a's README call worked only with the repository root as the working folder."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(_readme_block("optunahub-example"), "README.md:optunahub-example", "exec"), namespace)
+    module = namespace["module"]
+    assert module.DEELBoSampler is od.DEELBoSampler  # type: ignore[attr-defined]
+    package = Path(optunahub_registry_root()) / "samplers" / "deelbo"
     spec = importlib.util.spec_from_file_location("deelbo_hub_example", package / "example.py")
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
@@ -103,3 +120,130 @@ def test_optunahub_package_loads_and_runs_its_example() -> None:
     study = example.run(module, n_trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(t.user_attrs["learned:weight_decay"] > 0 for t in study.trials)
+
+
+def _readme_block(marker: str) -> str:
+    import re
+
+    match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert match, f"README block {marker!r} not found"
+    return match.group(1)
+
+
+def test_readme_lightning_example_runs_verbatim_outside_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22, case 9: the README's Lightning block is complete (no undefined names) and runs from any folder."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_lightning"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", od.PlaceholderWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        exec(compile(_readme_block("lightning-example"), "README.md:lightning-example", "exec"), namespace)
+    study = namespace["study"]
+    assert isinstance(study, optuna.Study)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    best = od.best_params(study)
+    assert best["weight_decay"] == study.best_trial.user_attrs["learned:weight_decay"] != 1e-7
+    assert all(t.user_attrs["learned:sigma"] != 1e-3 for t in study.trials)  # sigma trained
+
+
+class _NoForwardModule(_DigitsModule):
+    """Issue 22, case 9: a LightningModule whose training_step calls the layers and that has no forward()."""
+
+    forward = pl.LightningModule.forward  # type: ignore[assignment]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.head(self.body(x)), y)
+        self.log("train/nll", loss)  # muted during the recalibration pass, which runs outside the loop
+        return loss
+
+
+def test_module_without_forward_recalibrates_batchnorm_through_training_step() -> None:
+    """c55ea9a raised NotImplementedError after training (BatchNorm recalibration called forward())."""
+    data = od.digits_transfer(100, seed=0)
+    loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25)
+    torch.manual_seed(0)
+    module = _NoForwardModule(0.05)
+    callback = DEELBoCallback(len(data.train), head=("head.",))
+    trainer = pl.Trainer(
+        max_steps=8, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.callbacks.append(callback)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, loader)
+    bn = module.body[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    with torch.no_grad():  # the statistics of the mean weights' first-layer outputs over the training set
+        conv = module.body[0](data.train.x)
+    assert torch.allclose(bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert "log" not in module.__dict__  # logging restored
+
+
+_DDP_SCRIPT = """
+import json, os, sys, warnings
+import lightning.pytorch as pl
+import pytest
+import optuna, torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+import optuna_deelbo as od
+from optuna_deelbo.integrations.lightning import DEELBoCallback
+sys.path.insert(0, os.environ["DEELBO_TESTS"])
+from test_integrations import _DigitsModule
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+data = od.digits_transfer(100, seed=0)
+loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=10, shuffle=True)
+study = optuna.create_study(study_name="ddp", storage="sqlite:///ddp.db", load_if_exists=True,
+                            sampler=od.DEELBoSampler(optuna.samplers.GridSampler({"lr": [0.05, 0.01]})))
+rank0 = os.environ.get("LOCAL_RANK", "0") == "0"
+trial = study.ask() if rank0 else None
+if trial is not None:
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    trial.suggest_float("weight_decay", 1e-7, 1e-2, log=True)
+pl.seed_everything(0)
+module = _DigitsModule(0.05)
+callback = DEELBoCallback(n_train=len(data.train), head=("head.",), trial=trial)
+trainer = pl.Trainer(max_steps=12, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=[callback])
+trainer.fit(module, loader)
+reg = callback.deelbo
+with open(f"rank{trainer.global_rank}.json", "w") as f:
+    weights = float(sum(p.double().sum() for p in module.parameters()))
+    json.dump({"lambda": reg.lam, "sigma": reg.sigma, "weights": weights}, f)
+if trial is not None:
+    study.tell(trial, 0.0)
+"""
+
+
+def test_ddp_on_two_cpu_ranks_learns_one_lambda_and_reports_once(tmp_path: Path) -> None:
+    """Issue 22, item 4: strategy="ddp", 2 CPU ranks (gloo): the ranks agree on weights, sigma and lambda.
+
+    On c55ea9a the posterior std's gradients were not averaged (it is not a parameter of the
+    DDP-wrapped module), so each rank trained its own sigma on its own half of the data.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "DEELBO_TESTS": str(Path(__file__).parent), "PL_DISABLE_FORK": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)
+    assert ranks[0]["sigma"] == pytest.approx(ranks[1]["sigma"], rel=1e-6)
+    assert ranks[0]["lambda"] == pytest.approx(ranks[1]["lambda"], rel=1e-6)
+    assert ranks[0]["sigma"] != pytest.approx(1e-3, rel=1e-3)  # it trained
+    study = optuna.load_study(study_name="ddp", storage=f"sqlite:///{tmp_path / 'ddp.db'}")
+    assert len(study.trials) == 1  # rank 1 made no trial of its own
+    assert study.trials[0].user_attrs["learned:lambda"] == pytest.approx(ranks[0]["lambda"], rel=1e-6)

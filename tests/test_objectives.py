@@ -184,9 +184,9 @@ def test_deelbo_default_kappa_counts_only_trainable_weights() -> None:
 def test_deelbo_without_head_counts_body_only() -> None:
     net, _ = make_net()
     groups = ParameterGroups.split(net)
-    objective = DEELBoObjective(net, groups, IsotropicGaussian.zero(D_ALL, dtype=F64), n_train=7)
+    objective = DEELBoObjective(net, groups, IsotropicGaussian.zero(D_ALL, dtype=F64), n_train=13)
     assert objective.head_prior is None
-    assert objective.kappa == pytest.approx(D_ALL / 7)
+    assert objective.kappa == pytest.approx(D_ALL / 13)
     record = record_at(objective, *batch())
     assert record.tau is None
     assert record.lam is not None

@@ -131,7 +131,9 @@ def test_loss_is_nll_plus_brute_force_kl(init_sigma: float, seed: int, prior: st
     if prior == "l2-zero":
         mu = torch.zeros_like(mu)
     reg = od.DEELBo(model, n_train=16, prior=prior, head=("head.",), init_sigma=init_sigma, sigma_mode=sigma_mode)
-    with torch.no_grad():
+    if prior == "l2-sp":
+        reg.fix_prior_mean()  # the mean now (else the first training forward takes it, after the moves below)
+    with torch.no_grad():  # training moved the weights away from the prior mean
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x, y = _data()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
-from optuna_deelbo.bayes._deelbo import LEARNED_ATTR_PREFIX, DEELBo
+from optuna_deelbo.bayes._deelbo import FAILURE_REASON_ATTR, LEARNED_ATTR_PREFIX, BatchNormWarning, DEELBo
 from optuna_deelbo.bayes._deelbo_recipe import (
     PRIOR_STRUCTURES,
     RECIPE_NAMES,
@@ -28,6 +28,7 @@ from optuna_deelbo.bayes._selection import expected_nll, laplace_neg_log_evidenc
 from optuna_deelbo.bayes._swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
 
 __all__ = [
+    "FAILURE_REASON_ATTR",
     "LEARNED_ATTR_PREFIX",
     "POSTERIOR_SIGMA_MODES",
     "PRIOR_NAMES",
@@ -40,6 +41,7 @@ __all__ = [
     "SIGMA_OPTIMIZERS",
     "SWAG_FORMAT",
     "SWAG_FORMAT_VERSION",
+    "BatchNormWarning",
     "DEELBo",
     "DEELBoObjective",
     "DEELBoRecipe",

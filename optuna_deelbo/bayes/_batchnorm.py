@@ -35,6 +35,7 @@ def recalibrate_batchnorm(
     transform: Callable[[Tensor], Tensor] | None = None,
     batch_size: int = 256,
     amp: bool = False,
+    call: Callable[[Any], object] | None = None,
 ) -> int:
     """Recompute every BatchNorm layer's running statistics of ``model`` (its current weights) on ``x``.
 
@@ -45,11 +46,16 @@ def recalibrate_batchnorm(
         transform: applied to each batch first (the unaugmented evaluation transform).
         batch_size: examples per forward pass (> 0).
         amp: bf16 autocast for the forward passes.
+        call: runs one batch of an iterable ``x`` as it comes (e.g. a LightningModule's
+            ``training_step`` for a module without ``forward``) instead of ``model(input)``;
+            ``transform`` is then unused.
 
     Returns:
         The number of BatchNorm layers recalibrated (0: the model has none; nothing changes).
     """
     positive_int(batch_size, "batch_size")
+    if call is not None and isinstance(x, Tensor):
+        raise ConfigError("call= runs the batches of an iterable (a DataLoader), not a tensor")
     if isinstance(x, Tensor) and x.shape[0] == 0:
         raise ConfigError("cannot recalibrate BatchNorm on an empty data set")
     layers = batchnorm_layers(model)
@@ -64,6 +70,12 @@ def recalibrate_batchnorm(
     model.train()
     seen = 0
     try:
+        if call is not None:
+            for batch in x:
+                seen += 1
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                    call(batch)
+            return len(layers) if seen else _empty()
         for xb in _input_batches(x, batch_size):
             xb = xb.to(device)
             seen += int(xb.shape[0])
@@ -75,9 +87,11 @@ def recalibrate_batchnorm(
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)
-    if seen == 0:
-        raise ConfigError("cannot recalibrate BatchNorm on an empty data set (the iterable gave no batches)")
-    return len(layers)
+    return len(layers) if seen else _empty()
+
+
+def _empty() -> int:
+    raise ConfigError("cannot recalibrate BatchNorm on an empty data set (the iterable gave no batches)")
 
 
 def _input_batches(x: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:

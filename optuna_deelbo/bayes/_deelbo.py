@@ -1,17 +1,19 @@
 """``DEELBo``: the data-emphasized ELBo as a drop-in regularizer for any training loop.
 
-One implementation of the DE-ELBo step, used by :func:`optuna_deelbo.tuning._fit` (through
+One implementation of the DE-ELBo step, used by :func:`optuna_deelbo.fit` (through
 :class:`~optuna_deelbo.bayes.DEELBoObjective`), the Lightning callback and a user's own loop::
 
-    reg = DEELBo(model, n_train=len(train_set), prior="l2-sp", head=("fc.",))
-    opt = torch.optim.SGD(reg.parameters(), lr=lr, momentum=0.9, nesterov=True)  # weights + posterior std
+    reg = DEELBo(model, n_train=train_set, prior="l2-sp", head=("fc.",))  # N = len(train_set)
+    opt = reg.optimizer(torch.optim.SGD, lr=lr, momentum=0.9, nesterov=True)  # weights + posterior std
     for x, y in loader:
         loss = reg.loss(criterion(reg(x), y))  # mean NLL of a sampled forward + KL / (kappa N)
         opt.zero_grad(); loss.backward(); opt.step()
     reg.report(trial)  # learned:lambda / tau / sigma / weight_decay user attrs
+    return reg.selection_score(train_set)  # the trial's value: the final DE-ELBo over all N
 
-``reg(x)`` runs the model with one posterior draw ``theta + sigma * eps`` in train mode and with
-the mean weights in eval mode. ``reg.loss(nll)`` adds ``KL(q || p(. | lam*, tau*)) / (kappa N)``
+``reg(x)`` runs the model with one posterior draw ``theta + sigma * eps`` when the model is in
+train mode and with the mean weights when it is in eval mode (``model.eval()`` or
+``reg.eval()``: the wrapped model's own flag decides). ``reg.loss(nll)`` adds ``KL(q || p(. | lam*, tau*)) / (kappa N)``
 (nats per example) with both prior variances at their closed-form optimum for the current
 weights, ``kappa = D / N`` by default. Any per-example loss works (cross-entropy, a Gaussian
 NLL for regression, a token-level LM loss): pass its mean over the batch.
@@ -19,6 +21,7 @@ NLL for regression, a token-level LM loss): pass its mean over the batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,17 +30,35 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._batches import count_examples
+from optuna_deelbo._divergence_rule import DivergenceRule
+from optuna_deelbo._errors import ConfigError, TrainingDiverged
 from optuna_deelbo._validation import positive_finite, positive_int
-from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
+from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, check_sigma_mode
+from optuna_deelbo.bayes._loop_health import LoopHealth
 from optuna_deelbo.bayes._posterior import ParameterGroups, SigmaMode, WeightPosterior
 from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.bayes._selection import BatchNormMode, expected_nll
+from optuna_deelbo.bayes._wiring import WiringCheck, group_weights, optimizer_groups
 
-__all__ = ["LEARNED_ATTR_PREFIX", "DEELBo"]
+__all__ = ["FAILURE_REASON_ATTR", "LEARNED_ATTR_PREFIX", "BatchNormWarning", "DEELBo", "n_examples"]
 
 #: User-attr prefix under which a trial stores each learned value (``learned:weight_decay``).
 LEARNED_ATTR_PREFIX = "learned:"
+#: User attr of a pruned trial: why (e.g. ``"diverging: ..."``).
+FAILURE_REASON_ATTR = "failure:reason"
+
+
+class BatchNormWarning(UserWarning):
+    """BatchNorm statistics were used before being recomputed for the mean weights (see ``recalibrate_batchnorm``)."""
+
+
+def n_examples(n_train: object) -> int:
+    """``N`` from an int, or from the training data itself (``len(dataset)``; a loader counts its dataset)."""
+    if isinstance(n_train, (int, float)) or n_train is None or isinstance(n_train, str):
+        return positive_int(n_train, "n_train (N)")
+    return positive_int(count_examples(n_train), "n_train (N)")
 
 
 def _body_prior(prior: str | GaussianPrior, model: nn.Module, groups: ParameterGroups) -> GaussianPrior:
@@ -93,8 +114,12 @@ class DEELBo(nn.Module):
 
     Args:
         model: any ``nn.Module``; not copied (its parameters are the posterior means).
-        n_train: ``N``, the number of training examples (> 0).
-        prior: body prior: ``"l2-sp"`` (mean = the body's weights now, i.e. pretrained),
+        n_train: ``N``, the number of training examples (> 0), or the training data itself
+            (a ``Dataset``, a ``DataLoader`` -- its dataset is counted, not its batches --,
+            ``(x, y)`` tensors or an ``od.Split``).
+        prior: body prior: ``"l2-sp"`` (mean = the body's weights at the first training
+            forward, or at :meth:`fix_prior_mean`: load the pretrained weights before training,
+            before or after wrapping),
             ``"l2-zero"``, or a :class:`~optuna_deelbo.bayes.GaussianPrior` (e.g. PTYL's
             :class:`~optuna_deelbo.bayes.LowRankGaussian`) over the body's flattened weights.
         head: parameter-name prefixes of a new head (zero-mean prior with its own variance
@@ -106,6 +131,11 @@ class DEELBo(nn.Module):
         init_sigma: initial posterior std (weight units).
         share_head_sigma: scalar mode: one sigma for body and head.
         prior_structure: one of :data:`PRIOR_STRUCTURES`.
+        check_wiring: raise :class:`~optuna_deelbo.ConfigError` in the first steps when the
+            optimizer leaves the posterior std (or the weights) out, or applies its own weight
+            decay (see :meth:`optimizer`). Turn off only for a deliberate variant of the method.
+        divergence: when the run counts as diverged (:meth:`check_divergence`); the rule
+            ``od.fit`` applies.
 
     Raises:
         ConfigError: no trainable parameters, a head prefix that matches nothing, ``n_train <= 0``,
@@ -115,7 +145,7 @@ class DEELBo(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        n_train: int,
+        n_train: int | object,
         prior: str | GaussianPrior = "l2-sp",
         *,
         head: Sequence[str] | ParameterGroups = (),
@@ -125,18 +155,23 @@ class DEELBo(nn.Module):
         init_sigma: float = 1e-3,
         share_head_sigma: bool = False,
         prior_structure: str = "shared",
+        check_wiring: bool = True,
+        divergence: DivergenceRule | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         groups = head if isinstance(head, ParameterGroups) else ParameterGroups.split(model, head)
-        self.n_train = positive_int(n_train, "n_train (N)")
+        self.n_train = n_examples(n_train)
         check_sigma_mode(sigma_mode)
         if prior_structure not in PRIOR_STRUCTURES:
             raise ConfigError(f"unknown prior_structure {prior_structure!r}; choose one of {PRIOR_STRUCTURES}")
         self.model = model
         self.groups = groups
         self.body_prior = _body_prior(prior, model, groups)
+        #: ``"l2-sp"`` by name: the mean is taken from the weights at the first training forward.
+        self._l2sp = isinstance(prior, str) and prior == "l2-sp"
+        self._prior_mean_pending = self._l2sp
         if prior_structure == "layer" and not isinstance(self.body_prior, IsotropicGaussian):
             raise ConfigError(
                 "prior_structure='layer' has a closed form only for isotropic body priors (l2-zero, l2-sp), "
@@ -163,14 +198,46 @@ class DEELBo(nn.Module):
         self._sampled = False  # a sampled forward is waiting for its loss()
         self._last: dict[str, Tensor] = {}
         self._register_prior_buffers()
+        self._wiring = WiringCheck(group_weights(model, groups.body, groups.head), self.sigma_parameters())
+        if not check_wiring:
+            self._wiring.close()
+        self.health = LoopHealth(divergence or DivergenceRule())
 
     # --- the step -----------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The model's output: with one posterior draw in train mode, with the mean weights in eval mode."""
-        if not self.training:
+        """The model's output: one posterior draw if the model is in train mode, the mean weights in eval mode."""
+        if not self.model.training:
             return self.model(*args, **kwargs)
-        self._sampled = True
+        self._before_sampled_forward(args)
         return functional_call(self.model, self.posterior.sample(), args, kwargs)
+
+    def _before_sampled_forward(self, args: Sequence[Any]) -> None:
+        if self._prior_mean_pending:
+            self.fix_prior_mean()
+        batch = next((a for a in args if isinstance(a, Tensor) and a.ndim > 0), None)
+        if batch is not None and batch.shape[0] > self.n_train:
+            raise ConfigError(
+                f"a training batch of {batch.shape[0]} examples but n_train={self.n_train}: n_train is N, the number "
+                "of training examples (len(dataset), not len(loader), the number of batches); "
+                "pass n_train=len(train_set) or the dataset itself"
+            )
+        self._sampled = True
+
+    @torch.no_grad()
+    def fix_prior_mean(self) -> None:
+        """Take the L2-SP prior mean from the body's weights now (``prior="l2-sp"`` only).
+
+        The first training forward calls it, so weights loaded after wrapping (the pretrained
+        ones) are the prior mean; call it yourself to fix the mean earlier. A state loaded with
+        :meth:`load_state_dict` carries its own mean, which is kept.
+        """
+        if not self._l2sp:
+            raise ConfigError("fix_prior_mean() is for prior='l2-sp'; a given prior keeps its own mean")
+        body = self.groups.flat(dict(self.model.named_parameters()), "body")
+        mean: Tensor = self.get_buffer("body_prior_mean")
+        mean.copy_(body.to(mean))
+        self._prior_mean_pending = False
+        self._rebuild_priors()
 
     def call_sampled(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` with the model's parameters replaced by one posterior draw.
@@ -178,7 +245,7 @@ class DEELBo(nn.Module):
         For code that reaches the model other than through ``forward`` (e.g. a LightningModule's
         ``training_step``); gradients flow to the means and to sigma as in :meth:`forward`.
         """
-        self._sampled = True
+        self._before_sampled_forward(args)
         sample = {"model." + name: value for name, value in self.posterior.sample().items()}
         return functional_call(_MethodCall(self.model, fn), sample, args, kwargs)
 
@@ -220,12 +287,41 @@ class DEELBo(nn.Module):
                 "then reg.loss(criterion(output, y))"
             )
         self._sampled = False
+        self._wiring.observe()
         with torch.autocast(device_type=nll.device.type, enabled=False):
             kl, lam, tau = self.kl_terms()
         self._last = {"kl": kl.detach(), "lambda": lam}
         if tau is not None:
             self._last["tau"] = tau
+        self.health.record(nll.detach())
         return nll + kl / (self.kappa * self.n_train)
+
+    def optimizer(
+        self,
+        optimizer_class: Callable[..., torch.optim.Optimizer],
+        *,
+        param_groups: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> torch.optim.Optimizer:
+        """``optimizer_class`` over the weights and the posterior std, with ``weight_decay=0``.
+
+        Args:
+            optimizer_class: any ``torch.optim`` optimizer class (``SGD``, ``AdamW``, ...).
+            param_groups: your own groups over the model's weights (e.g. a smaller learning rate
+                for the body); every trainable weight once. The posterior std joins as one more
+                group with the optimizer's defaults.
+            **kwargs: the optimizer's arguments (``lr``, ``momentum``, ...); ``weight_decay`` must
+                be 0 or absent (the KL is the weight decay).
+        """
+        if kwargs.get("weight_decay"):
+            raise ConfigError(
+                f"weight_decay={kwargs['weight_decay']!r}: the DE-ELBo learns the weight decay (the KL term); "
+                "pass weight_decay=0 or leave it out"
+            )
+        kwargs.pop("weight_decay", None)
+        weights = [p for p in self.model.parameters() if p.requires_grad]
+        groups = optimizer_groups(weights, list(self.sigma_parameters()), param_groups, optimizer_class)
+        return optimizer_class(groups, **kwargs)
 
     @property
     def last_terms(self) -> dict[str, Tensor]:
@@ -305,10 +401,90 @@ class DEELBo(nn.Module):
         """
         if not isinstance(trial, optuna.trial.BaseTrial):
             raise ConfigError(f"report() takes an optuna trial, got {type(trial).__name__}")
+        try:
+            self.check_divergence()
+        except TrainingDiverged as exc:
+            trial.set_user_attr(FAILURE_REASON_ATTR, str(exc))
+            raise optuna.TrialPruned(f"diverged: {exc}") from exc
         attrs = self.learned_attrs()
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return attrs
+
+    def check_divergence(self) -> None:
+        """Raise :class:`~optuna_deelbo.TrainingDiverged` if the run so far counts as diverged.
+
+        The rule is ``od.fit``'s (:class:`~optuna_deelbo.DivergenceRule`: a non-finite NLL, a
+        posterior std above ``max_sigma``, or the running NLL -- a moving average over about
+        the last 10 steps -- above ``nll_factor`` times the first step's). :meth:`report` and
+        :meth:`selection_score` call it; :meth:`report` then prunes the trial with the reason
+        in its ``failure:reason`` user attr, as ``od.fit`` does.
+        """
+        self.health.check(self.posterior.max_sigma())
+
+    @torch.no_grad()
+    def selection_score(
+        self,
+        data: object,
+        *,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        samples: int = 10,
+        seed: int = 0,
+        batch_size: int = 512,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        batchnorm: BatchNormMode = "batch",
+    ) -> float:
+        """The trial value that picks the learning rate: the final DE-ELBo over the whole training set.
+
+        ``E_q[NLL] + KL / (kappa N)`` in nats per example (lower is better), the expectation over
+        ``samples`` posterior draws from a generator seeded by ``seed`` (the same draws for every
+        learning rate), dropout off, the data as given (pass it unaugmented). Unlike a mean of
+        the last minibatches' losses it does not depend on the loop's batch order, schedule or
+        augmentation. ``N`` must be all the training data.
+
+        Args:
+            data: the training set in any form (``(x, y)``, an ``od.Split``, a ``Dataset``, a
+                ``DataLoader``); it must hold exactly ``n_train`` examples.
+            loss_fn: ``(output, labels) -> mean NLL``; default cross-entropy.
+            batch_size: examples per forward pass (a ``DataLoader`` keeps its own); with
+                ``batchnorm="batch"`` also the examples each BatchNorm statistic is taken over.
+            batchnorm: ``"batch"`` (default): each sampled forward normalises with its batch's
+                statistics, as the training forwards did; ``"running"``: eval mode, the running
+                statistics (the reference code). Measured on digits (benchmarks/results/
+                own-loop-selection.md): with ``"running"`` a posterior std of 0.06 raised the
+                score of the best learning rate from 0.22 to 1.22 nats and the rule picked a
+                worse one; the weights were trained with batch statistics, not running ones.
+
+        Raises:
+            ConfigError: ``data`` does not hold ``n_train`` examples.
+            TrainingDiverged: the run diverged (see :meth:`check_divergence`).
+        """
+        n = count_examples(data)
+        if n != self.n_train:
+            raise ConfigError(
+                f"selection_score() reads the whole training set: got {n} examples but n_train={self.n_train}"
+            )
+        self.check_divergence()
+        if batchnorm == "running" and batchnorm_layers(self.model) and self.health.batchnorm_stale:
+            warnings.warn(
+                "selection_score(): the BatchNorm statistics are those of the sampled training forwards; call "
+                "reg.recalibrate_batchnorm(train_data) after training (the statistics of the mean weights, "
+                "which also predict better)",
+                BatchNormWarning,
+                stacklevel=2,
+            )
+        nll = expected_nll(
+            self,
+            data,
+            samples=samples,
+            seed=seed,
+            batch_size=batch_size,
+            transform=transform,
+            loss_fn=loss_fn,
+            batchnorm=batchnorm,
+        )
+        kl = float(self.kl_terms()[0])
+        return nll + kl / (self.kappa * self.n_train)
 
     # --- prediction and BatchNorm ---------------------------------------------------------------
     def predict_proba(self, x: Tensor, samples: int = 0) -> Tensor:
@@ -321,15 +497,20 @@ class DEELBo(nn.Module):
         *,
         transform: Callable[[Tensor], Tensor] | None = None,
         batch_size: int = 256,
+        call: Callable[[Any], object] | None = None,
     ) -> int:
         """Recompute the model's BatchNorm statistics with the mean weights (after training).
 
         Training forwards run with sampled weights, so the running statistics describe noisy
         activations; call this once before predicting. ``data``: the training inputs ``(N, ...)``
         or an iterable of batches (a ``DataLoader``; a ``(x, y, ...)`` batch uses ``x``).
-        ``transform``: the training augmentation, if any. Returns the number of BatchNorm layers.
+        ``transform``: the training augmentation, if any. ``call``: runs one raw batch instead of
+        ``model(x)`` (see :func:`~optuna_deelbo.recalibrate_batchnorm`). Returns the number of
+        BatchNorm layers.
         """
-        return recalibrate_batchnorm(self.model, data, transform=transform, batch_size=batch_size)
+        layers = recalibrate_batchnorm(self.model, data, transform=transform, batch_size=batch_size, call=call)
+        self.health.recalibrated_at = self.health.steps
+        return layers
 
     # --- state ------------------------------------------------------------------------------
     def _register_prior_buffers(self) -> None:
@@ -337,7 +518,11 @@ class DEELBo(nn.Module):
         for group, prior in (("body", self.body_prior), ("head", self.head_prior)):
             for key, tensor in (_prior_state(prior) or {}).items():
                 self.register_buffer(f"{group}_prior_{key}", tensor)
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._rebuild_priors())
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._loaded())
+
+    def _loaded(self) -> None:
+        self._prior_mean_pending = False  # the state's own prior mean
+        self._rebuild_priors()
 
     def _rebuild_priors(self) -> None:
         """Priors from the buffers (after ``load_state_dict`` or a device / dtype move)."""

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: How a finished DE-ELBo run is scored for the learning-rate choice (lower is better), see
-#: :mod:`optuna_deelbo.bayes._selection`.
+#: :func:`optuna_deelbo.selection_scores`.
 SELECTION_RULES: tuple[str, ...] = ("train-loss", "full-pass", "elbo", "laplace")
 #: ``"sgd"``: sigma's ``rho`` in the weights' SGD (learning rate ``sigma_lr`` or the weights' own);
 #: ``"adam"``: its own Adam with learning rate ``sigma_lr`` (scale-free, so every mode learns).

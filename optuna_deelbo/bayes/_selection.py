@@ -21,23 +21,46 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from optuna_deelbo._batches import count_examples, labelled_batches
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_int
+from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo_recipe import SELECTION_RULES
-from optuna_deelbo.bayes._objectives import DEELBoObjective
+from optuna_deelbo.bayes._posterior import WeightPosterior
+
+if TYPE_CHECKING:
+    from optuna_deelbo.bayes._objectives import DEELBoObjective
 
 __all__ = [
+    "BATCHNORM_MODES",
+    "BatchNormMode",
     "expected_nll",
     "laplace_neg_log_evidence",
     "selection_scores",
 ]
 
 Transform = Callable[[Tensor], Tensor] | None
+#: How BatchNorm normalises while a run is scored (see :func:`expected_nll`).
+BatchNormMode = Literal["running", "batch"]
+BATCHNORM_MODES: tuple[str, ...] = ("running", "batch")
+#: ``loss_fn(output, labels)``: the batch's mean NLL (nats per example), as a 0-d tensor.
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class _HasPosterior(Protocol):
+    """A :class:`~optuna_deelbo.bayes.DEELBo` or a :class:`~optuna_deelbo.bayes.DEELBoObjective`."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def posterior(self) -> WeightPosterior: ...
 
 
 def _batches(x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
@@ -46,45 +69,68 @@ def _batches(x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> lis
     ]
 
 
-def _device(objective: DEELBoObjective) -> torch.device:
-    return next(objective.model.parameters()).device
+def _cross_entropy(output: Tensor, labels: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(output.float(), labels)
 
 
 @torch.no_grad()
 def expected_nll(
-    objective: DEELBoObjective,
-    x: Tensor,
-    y: Tensor,
+    source: _HasPosterior,
+    x: object,
+    y: Tensor | None = None,
     *,
     samples: int = 10,
     transform: Transform = None,
     batch_size: int = 512,
     seed: int = 0,
+    loss_fn: LossFn | None = None,
+    batchnorm: BatchNormMode = "running",
 ) -> float:
-    """``E_q[NLL]``: the mean NLL (nats per example) on ``(x, y)`` averaged over ``samples`` posterior draws.
+    """``E_q[NLL]``: the mean NLL (nats per example) on the data averaged over ``samples`` posterior draws.
 
-    BatchNorm in eval mode; the draws come from a generator seeded by ``seed`` (same draws for
-    every run that is compared).
+    Args:
+        source: a ``DEELBo`` or a ``DEELBoObjective`` (its model and posterior).
+        x: inputs ``(N, ...)`` with labels ``y``; or, with ``y=None``, the data in any form
+            ``od.evaluate`` takes (``(x, y)``, an ``od.Split``, a ``Dataset``, a ``DataLoader``).
+        loss_fn: the batch's mean NLL from ``(output, labels)``; default cross-entropy.
+        batchnorm: ``"running"``: BatchNorm normalises with its running statistics (eval mode,
+            the reference code's criterion); ``"batch"``: with each batch's own statistics, as in
+            the training forwards the posterior was fitted with (the running statistics are
+            left as they were). Every other layer is in eval mode either way.
+
+    The draws come from a generator seeded by ``seed`` (same draws for every run that is compared).
     """
     positive_int(samples, "samples")
-    if x.shape[0] == 0:
+    data = x if y is None else (x, y)
+    n = count_examples(data)
+    if n == 0:
         raise ConfigError("cannot score a run on an empty data set")
-    model = objective.model
-    device = _device(objective)
+    loss_fn = loss_fn or _cross_entropy
+    model = source.model
+    device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
+    if batchnorm not in BATCHNORM_MODES:
+        raise ConfigError(f"unknown batchnorm mode {batchnorm!r}; choose one of {BATCHNORM_MODES}")
     was_training = model.training
     model.eval()
+    layers = batchnorm_layers(model) if batchnorm == "batch" else []
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in layers]
+    for m in layers:
+        m.train()
     total = torch.zeros((), dtype=torch.float64, device=device)
     try:
         for _ in range(samples):
-            weights = objective.posterior.sample(generator)
-            for xb, yb in _batches(x, y, batch_size, device):
+            weights = source.posterior.sample(generator)
+            for xb, yb in labelled_batches(data, batch_size):
+                xb, yb = xb.to(device), yb.to(device)
                 inputs = transform(xb) if transform is not None else xb
-                logits = functional_call(model, weights, (inputs,)).float()
-                total += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
+                output = functional_call(model, weights, (inputs,))
+                total += loss_fn(output, yb).double() * xb.shape[0]
     finally:
+        for m, state in zip(layers, saved, strict=True):
+            m.load_state_dict(state)
         model.train(was_training)
-    return float(total) / (samples * x.shape[0])
+    return float(total) / (samples * n)
 
 
 def _ggn_diagonal(

@@ -266,7 +266,11 @@ def load_cifar10_torchvision(
     except RuntimeError as exc:
         if "not found" not in str(exc):
             raise
-        hint = "the download did not verify" if download else "pass download=True to fetch it"
+        hint = (
+            "the download did not verify"
+            if download
+            else "pass download=True to fetch it (the CLI: --dataset cifar10-jpeg --data-dir with the offline archives)"
+        )
         raise ConfigError(
             f"CIFAR-10 not found (or corrupted) under {root}: {hint}, "
             "or use load_cifar10_jpeg with the offline JPEG archive"

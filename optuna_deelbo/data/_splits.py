@@ -1,4 +1,5 @@
-"""Data sets as in-memory tensors: the embedded digits transfer task and stratified splits."""
+"""Data sets as in-memory tensors (read from a ``Dataset`` or ``DataLoader`` if need be), the embedded digits
+transfer task and stratified splits."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from optuna_deelbo._batches import to_tensors
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_int
 
@@ -41,6 +43,24 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @classmethod
+    def from_data(cls, data: object, *, what: str = "data") -> Split:
+        """Read ``(x, y)`` tensors, a ``Dataset`` of ``(input, label)`` items or a ``DataLoader`` into memory.
+
+        A loader is read through its dataset in order (its shuffling does not matter); labels
+        become int64. The data of a fine-tuning run with scarce labels fit in memory; for a large
+        test set, ``od.evaluate`` reads a ``DataLoader`` batch by batch instead.
+        """
+        if isinstance(data, Split):
+            return data
+        try:
+            x, y = to_tensors(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+        if not y.is_floating_point():
+            y = y.long()
+        return cls(x, y)
 
     def subset(self, index: Tensor) -> Split:
         """The rows ``index`` of this split."""

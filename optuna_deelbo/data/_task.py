@@ -35,8 +35,11 @@ class TaskSpec:
         model_factory: returns a fresh model whose body holds the pretrained weights and whose
             head (parameters starting with one of ``head_prefixes``) is newly initialised.
             Called under ``torch.manual_seed(seed)``.
-        train: the ``N`` training examples (all of them; MAP baselines split 80/20 inside).
-        test: held-out examples for reporting only (never used for selection), or ``None``.
+        train: the ``N`` training examples (all of them; MAP baselines split 80/20 inside): a
+            :class:`Split`, or a ``Dataset`` / ``DataLoader`` / ``(x, y)`` pair read into one
+            (:meth:`Split.from_data`).
+        test: held-out examples for reporting only (never used for selection), or ``None``;
+            the same forms as ``train``.
         head_prefixes: parameter-name prefixes of the head (own prior variance ``tau``).
         prior: ``"l2-zero"`` (mean 0), ``"l2-sp"`` (mean = pretrained body) or ``"ptyl"``.
         prior_mean: flat body prior mean ``(D,)``; default: zeros for ``l2-zero``, the factory
@@ -96,11 +99,13 @@ class TaskSpec:
     _body_dim: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
-        for what, split in (("train", self.train), ("test", self.test)):
+        for what in ("train", "test"):
+            split = getattr(self, what)
             if split is None and what == "test":
                 continue
             if not isinstance(split, Split):
-                raise ConfigError(f"{what} must be a Split(x, y), got {type(split).__name__}")
+                split = Split.from_data(split, what=what)
+                setattr(self, what, split)
             if split.x.is_floating_point() and not bool(torch.isfinite(split.x).all()):
                 bad = int((~torch.isfinite(split.x)).sum())
                 raise ConfigError(f"{what} inputs x hold {bad} NaN or infinite value(s); clean or impute them first")

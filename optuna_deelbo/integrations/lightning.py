@@ -5,8 +5,13 @@ The module stays as it is. At ``fit`` start the callback wraps the module in a
 pretrained ones for L2-SP), adds the posterior std to the optimizer, and runs every
 ``training_step`` with one posterior draw of the weights, adding ``KL / (kappa N)`` to the loss it
 returns. After training it recomputes BatchNorm statistics with the mean weights (one pass
-over the training loader), logs ``deelbo/lambda``, ``deelbo/sigma`` (and ``deelbo/tau``) every
+over the training loader, through ``forward`` or, for a module without one, through
+``training_step``), logs ``deelbo/lambda``, ``deelbo/sigma`` (and ``deelbo/tau``) every
 step, and writes the learned values to the Optuna trial, if one is given.
+
+Under DDP (``strategy="ddp"``) the weights' gradients are averaged over the ranks by DDP and
+the posterior std's by the callback (before each optimizer step), so every rank learns the
+same sigma and lambda; only global rank 0 writes to the trial.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ class DEELBoCallback(pl.Callback):
     """DE-ELBo for a LightningModule whose ``training_step`` returns the batch's mean NLL.
 
     Args:
-        n_train: ``N``, the number of training examples.
+        n_train: ``N``, the number of training examples (all ranks together), or the training
+            set itself (``len(dataset)``; a loader counts its dataset).
         prior: ``"l2-sp"``, ``"l2-zero"`` or a :class:`~optuna_deelbo.bayes.GaussianPrior` (see :class:`DEELBo`).
         head: parameter-name prefixes of a new head, as the LightningModule names them (``"net.fc."``).
         trial: Optuna trial that gets the ``learned:*`` user attrs after training (optional).
@@ -53,7 +59,7 @@ class DEELBoCallback(pl.Callback):
 
     def __init__(
         self,
-        n_train: int,
+        n_train: int | object,
         prior: str | GaussianPrior = "l2-sp",
         *,
         head: Sequence[str] = (),
@@ -86,6 +92,9 @@ class DEELBoCallback(pl.Callback):
         if self._restored is not None:
             deelbo.posterior.load_state_dict(self._restored)
             self._restored = None
+        if trainer.world_size > 1:  # the same posterior std on every rank from the start
+            for rho in deelbo.sigma_parameters():
+                trainer.strategy.broadcast(rho.data, src=0)
         optimizer = trainer.optimizers[0]
         optimizer.add_param_group({"params": list(deelbo.sigma_parameters()), "lr": optimizer.param_groups[0]["lr"]})
         original = pl_module.training_step
@@ -110,17 +119,44 @@ class DEELBoCallback(pl.Callback):
                 pl_module.log(f"deelbo/{name}", value, on_step=True, on_epoch=False)
         pl_module.log("deelbo/sigma", self.deelbo.sigma, on_step=True, on_epoch=False)
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """DDP averages the module's gradients; the posterior std is not in the module, so average it here."""
+        if self.deelbo is None or trainer.world_size == 1:
+            return
+        for rho in self.deelbo.sigma_parameters():
+            if rho.grad is not None:
+                rho.grad = trainer.strategy.reduce(rho.grad, reduce_op="mean")
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore(pl_module)
         if self.deelbo is None:
             return
         loader = trainer.train_dataloader
         if self.recalibrate and loader is not None:
-            with torch.no_grad():
-                batches = loader if self.batch_input is None else (self.batch_input(b) for b in loader)
-                self.deelbo.recalibrate_batchnorm(batches)
-        if self.trial is not None:
+            self._recalibrate(pl_module, loader)
+        if self.trial is not None and trainer.is_global_zero:
             self.deelbo.report(self.trial)
+
+    @torch.no_grad()
+    def _recalibrate(self, pl_module: pl.LightningModule, loader: Any) -> None:
+        """BatchNorm statistics of the mean weights: through ``forward``, or ``training_step`` if there is none."""
+        assert self.deelbo is not None
+        if self.batch_input is not None:
+            self.deelbo.recalibrate_batchnorm(self.batch_input(b) for b in loader)
+        elif type(pl_module).forward is not pl.LightningModule.forward:
+            self.deelbo.recalibrate_batchnorm(loader)
+        else:  # no forward(): the module's own training_step runs the batch (its logging muted)
+            pl_module.__dict__["log"] = pl_module.__dict__["log_dict"] = lambda *args, **kwargs: None
+            device = pl_module.device
+            try:
+                self.deelbo.recalibrate_batchnorm(
+                    loader,
+                    call=lambda batch: pl_module.training_step(_to_device(batch, device), 0),
+                )
+            finally:
+                del pl_module.__dict__["log"], pl_module.__dict__["log_dict"]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore(pl_module)
@@ -141,3 +177,14 @@ class DEELBoCallback(pl.Callback):
             self.deelbo.posterior.load_state_dict(state_dict["posterior"])
         else:
             self._restored = state_dict["posterior"]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensor, tuple, list or dict of tensors) on ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch

@@ -3,7 +3,7 @@
 Every epoch is a fresh permutation of ``range(n)`` drawn from the object's own generator; the
 ragged last batch is dropped, so every step sees ``batch_size`` examples. The training loop
 draws its batches from here, and so can a user's own loop to reproduce
-:func:`optuna_deelbo.tuning._fit` exactly (the README's own-loop example does).
+:func:`optuna_deelbo.fit` exactly (the README's own-loop example does).
 """
 
 from __future__ import annotations

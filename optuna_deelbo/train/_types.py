@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from optuna_deelbo._batches import count_examples, labelled_batches
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.bayes._deelbo_recipe import SIGMA_OPTIMIZERS
@@ -156,35 +157,43 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    x: Tensor,
-    y: Tensor,
+    x: object,
+    y: Tensor | None = None,
     batch_size: int = 1024,
     amp: bool = False,
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Metrics:
-    """NLL and accuracy of ``model`` (mean weights, eval mode) on ``(x, y)``, moved to its device."""
-    if x.shape[0] == 0:
+    """NLL (nats per example) and accuracy of ``model`` (mean weights, eval mode), batch by batch on its device.
+
+    Args:
+        x: inputs ``(N, ...)`` with labels ``y`` ``(N,)``; or, with ``y=None``, the data in any
+            form: ``(x, y)``, an ``od.Split``, a ``Dataset`` of ``(input, label)`` items or a
+            ``DataLoader`` (read as it gives its batches).
+    """
+    data = x if y is None else (x, y)
+    n = count_examples(data)
+    if n == 0:
         raise ConfigError("cannot evaluate on an empty data set")
     device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
     was_training = model.training
     model.eval()
-    nll_sum = x.new_zeros((), dtype=torch.float64)
-    correct = x.new_zeros((), dtype=torch.int64)
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     try:
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        for xb, yb in labelled_batches(data, batch_size):
+            xb, yb = xb.to(device), yb.to(device)
+            seen += int(yb.shape[0])
             if transform is not None:
                 xb = transform(xb)
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             logits = logits.float()
             nll_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
             correct += (logits.argmax(dim=-1) == yb).sum()
     finally:
         model.train(was_training)
-    n = x.shape[0]
-    return Metrics(nll=float(nll_sum) / n, accuracy=float(correct) / n)
+    return Metrics(nll=float(nll_sum) / seen, accuracy=float(correct) / seen)
 
 
 def run_fingerprint(objective: Objective, config: TrainConfig, n: int) -> dict[str, Any]:

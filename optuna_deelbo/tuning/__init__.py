@@ -17,7 +17,9 @@ from optuna_deelbo.tuning._sampler import (
     LEARNED_ATTR_PREFIX,
     DEELBoSampler,
     PlaceholderWarning,
+    best_params,
     learned_names,
+    learned_params,
     without_learned,
 )
 from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, POSTGRES_CONNECT_TIMEOUT_S, SQLITE_TIMEOUT_S, open_storage
@@ -63,11 +65,13 @@ __all__ = [
     "QueueProgress",
     "RetrainResult",
     "TaskRecipe",
+    "best_params",
     "finish_planned_study",
     "fit",
     "fit_deelbo",
     "fit_map",
     "learned_names",
+    "learned_params",
     "load_planned_job",
     "open_storage",
     "parse_strategies",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.data._task import TaskSpec
@@ -36,21 +37,32 @@ def run_compare(
     storage: optuna.storages.BaseStorage,
     *,
     tpe_trials: int | None = None,
+    learning_rates: Sequence[float] | None = None,
     show_progress_bar: bool = False,
     if_exists: str = "error",
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> list[StrategyResult]:
     """Run each strategy as its own study in ``storage``; return their results in order.
 
     ``if_exists``: what to do with a study of the same name (see :meth:`Strategy.create_study`):
     ``"error"`` (default) refuses before anything runs, ``"resume"`` continues, ``"overwrite"`` replaces.
+    ``learning_rates``: every strategy's grid (default ``LEARNING_RATES``). ``on_trial(study, trial)``:
+    called after every trial finished here (the CLI prints a progress line).
     """
     names = parse_strategies(strategies)
-    built = [get_strategy(n, tpe_trials=tpe_trials) for n in names]  # fail fast on bad options
+    built = [
+        get_strategy(n, tpe_trials=tpe_trials, learning_rates=learning_rates) for n in names
+    ]  # fail fast on bad options
     if if_exists == "error":  # refuse before the first strategy trains, not after it
         refuse_existing(storage, [study_name_for(task, s.name) for s in built])
     return [
         strategy.run(
-            task, storage, study_name_for(task, strategy.name), show_progress_bar=show_progress_bar, if_exists=if_exists
+            task,
+            storage,
+            study_name_for(task, strategy.name),
+            show_progress_bar=show_progress_bar,
+            if_exists=if_exists,
+            on_trial=on_trial,
         )
         for strategy in built
     ]

@@ -324,7 +324,7 @@ def fit(
         raise ConfigError(f"trial must be the objective's optuna trial, got {type(trial).__name__}")
     if not isinstance(task, TaskSpec):
         raise ConfigError(f"task must be an optuna_deelbo.TaskSpec, got {type(task).__name__}")
-    require_minimize(trial, "optuna_deelbo.tuning._fit")
+    require_minimize(trial, "od.fit")
     start = time.perf_counter()
     attrs: dict[str, Any] = {}
     live_trial = trial if isinstance(trial, optuna.trial.Trial) else None

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-__all__ = ["LEARNED_ATTR_PREFIX", "DEELBoSampler", "PlaceholderWarning", "learned_names", "without_learned"]
+__all__ = [
+    "LEARNED_ATTR_PREFIX",
+    "DEELBoSampler",
+    "PlaceholderWarning",
+    "best_params",
+    "learned_names",
+    "learned_params",
+    "without_learned",
+]
 
 
 def _placeholder(param_name: str, distribution: BaseDistribution) -> Any:
@@ -42,9 +50,11 @@ class DEELBoSampler(BaseSampler):
     The user's objective stays as it is: it still calls ``trial.suggest_float("weight_decay",
     ...)``. For every name in ``learned`` this sampler answers with a fixed placeholder (the
     distribution's lower bound, or its first choice) without asking the base sampler, and
-    :func:`optuna_deelbo.tuning._fit` sees that the trial runs under a ``DEELBoSampler`` and learns
-    the value with the DE-ELBo instead. The learned value lands on the trial as the user
-    attr ``learned:<name>``; ``trial.params[<name>]`` holds only the placeholder.
+    :func:`optuna_deelbo.fit` sees that the trial runs under a ``DEELBoSampler`` and learns
+    the value with the DE-ELBo instead (an own loop: ``od.DEELBo(...).report(trial)``). The
+    learned value lands on the trial as the user attr ``learned:<name>``;
+    ``trial.params[<name>]`` and so ``study.best_params`` (and optuna-dashboard's params
+    column) hold only the placeholder: read :func:`best_params` / :func:`learned_params`.
 
     Example:
         .. code-block:: python
@@ -140,7 +150,7 @@ def _warn_if_placeholder_only(trial: FrozenTrial, state: TrialState, learned: fr
     warnings.warn(
         f"trial {trial.number} ran under DEELBoSampler but recorded no learned values: its objective "
         f"trained with the placeholder {placeholders} (plain MAP). Train through "
-        "optuna_deelbo.tuning._fit(trial, task, ...) or call optuna_deelbo.DEELBo(...).report(trial) before returning.",
+        "od.fit(trial, task, ...) or call od.DEELBo(...).report(trial) before returning.",
         PlaceholderWarning,
         stacklevel=2,
     )
@@ -160,3 +170,26 @@ def without_learned(search_space: dict[str, Iterable[Any]], learned: Iterable[st
     """A grid search space with the learned names removed (for ``GridSampler`` under the wrapper)."""
     drop = set(learned)
     return {name: list(values) for name, values in search_space.items() if name not in drop}
+
+
+def learned_params(trial: FrozenTrial) -> dict[str, Any]:
+    """``trial.params`` with each learned name's placeholder replaced by the value the trial learned.
+
+    A name is replaced when the trial has a ``learned:<name>`` user attr (``od.fit`` and
+    ``DEELBo.report`` write ``learned:weight_decay``); other params are as sampled.
+    """
+    params = dict(trial.params)
+    for name in params:
+        key = LEARNED_ATTR_PREFIX + name
+        if key in trial.user_attrs:
+            params[name] = trial.user_attrs[key]
+    return params
+
+
+def best_params(study: Study) -> dict[str, Any]:
+    """What ``study.best_params`` would be if the learned values were params: :func:`learned_params` of the best trial.
+
+    Under :class:`DEELBoSampler` ``study.best_params["weight_decay"]`` is the placeholder the
+    objective was handed (the distribution's lower bound); this gives the learned one.
+    """
+    return learned_params(study.best_trial)

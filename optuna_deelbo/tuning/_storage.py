@@ -79,6 +79,8 @@ def open_storage(
             storage = optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # SQLAlchemy raises many types (ArgumentError, OperationalError, ImportError...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ImportError) and url.startswith("postgresql"):
+            reason += "; install the PostgreSQL driver: pip install 'optuna-deelbo[postgres]'"
         raise StorageError(f"cannot open storage {url!r}: {reason}") from exc
     if url.startswith("sqlite") and not _in_memory(url):
         _serialise_sqlite_transactions(storage.engine)

@@ -34,7 +34,7 @@ from optuna_deelbo.data._task import TaskSpec
 from optuna_deelbo.tuning._recipe import RECIPE_ATTR, TaskRecipe
 from optuna_deelbo.tuning._storage import open_storage
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, queue_progress, run_queue
-from optuna_deelbo.tuning.strategies import Strategy, StrategyResult, get_strategy
+from optuna_deelbo.tuning.strategies import PLAN_ATTR, Strategy, StrategyResult, get_strategy
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD_S",
@@ -151,7 +151,9 @@ def load_planned_job(
         raise ConfigError(f"study {study_name!r}: bad task recipe: {exc}") from exc
     if "strategy" not in attrs:
         raise ConfigError(f"study {study_name!r} has no 'strategy' user attr; it was not created by a strategy")
-    strategy = get_strategy(str(attrs["strategy"]))
+    plan = attrs.get(PLAN_ATTR)
+    lrs = plan.get("learning_rates") if isinstance(plan, dict) else None
+    strategy = get_strategy(str(attrs["strategy"]), learning_rates=lrs)
     cache = tasks if tasks is not None else {}
     if recipe not in cache:
         cache[recipe] = recipe.build(device)[0]

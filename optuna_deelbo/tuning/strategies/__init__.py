@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.tuning.strategies._base import (
     IF_EXISTS,
     LEARNING_RATES,
     LR_RANGE,
+    PLAN_ATTR,
     WEIGHT_DECAY_RANGE,
     WEIGHT_DECAYS,
     Strategy,
     StrategyResult,
+    check_learning_rates,
     refuse_existing,
     task_objective,
 )
@@ -24,6 +28,7 @@ __all__ = [
     "IF_EXISTS",
     "LEARNING_RATES",
     "LR_RANGE",
+    "PLAN_ATTR",
     "SEARCHED_REGULARIZERS",
     "STRATEGY_NAMES",
     "WEIGHT_DECAYS",
@@ -37,6 +42,7 @@ __all__ = [
     "StrategyResult",
     "TPERegStrategy",
     "TPEStrategy",
+    "check_learning_rates",
     "get_strategy",
     "refuse_existing",
     "task_objective",
@@ -48,20 +54,27 @@ STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe", "tpe-reg", "pulldown
 DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
 
 
-def get_strategy(name: str, *, tpe_trials: int | None = None) -> Strategy:
-    """The strategy called ``name``; raises :class:`ConfigError` for an unknown one."""
+def get_strategy(
+    name: str, *, tpe_trials: int | None = None, learning_rates: Sequence[float] | None = None
+) -> Strategy:
+    """The strategy called ``name`` (learning-rate grid ``learning_rates``, default :data:`LEARNING_RATES`).
+
+    Raises:
+        ConfigError: an unknown name or a bad grid.
+    """
+    lrs = learning_rates
     if name == "deelbo":
-        return DEELBoStrategy()
+        return DEELBoStrategy(lrs)
     if name == "grid":
-        return GridStrategy()
+        return GridStrategy(lrs)
     if name == "tpe":
-        return TPEStrategy(tpe_trials)
+        return TPEStrategy(tpe_trials, learning_rates=lrs)
     if name == "tpe-reg":
-        return TPERegStrategy(tpe_trials)
+        return TPERegStrategy(tpe_trials, learning_rates=lrs)
     if name == "pulldown":
-        return PullDownStrategy()
+        return PullDownStrategy(lrs)
     if name == "pullup":
-        return PullUpStrategy()
+        return PullUpStrategy(lrs)
     if name == "adaptive":
-        return AdaptiveStrategy()
+        return AdaptiveStrategy(lrs)
     raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")

@@ -35,6 +35,7 @@ __all__ = [
     "WEIGHT_DECAY_RANGE",
     "Strategy",
     "StrategyResult",
+    "check_learning_rates",
     "refuse_existing",
     "reporting_overhead_s",
     "task_objective",
@@ -97,11 +98,22 @@ def _trial_seconds(trials: Sequence[FrozenTrial]) -> float:
     return total
 
 
-def task_objective(task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
+def check_learning_rates(values: Sequence[float]) -> tuple[float, ...]:
+    """A learning-rate grid: distinct positive finite numbers, in the given order."""
+    try:
+        lrs = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"learning rates must be numbers, got {values!r}") from None
+    if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs) or len(set(lrs)) != len(lrs):
+        raise ConfigError(f"learning rates must be distinct positive finite numbers (at least one), got {values!r}")
+    return lrs
+
+
+def task_objective(task: TaskSpec, lr_range: tuple[float, float] = LR_RANGE) -> Callable[[optuna.trial.Trial], float]:
     """The one user objective every strategy optimises (what a user would write)."""
 
     def objective(trial: optuna.trial.Trial) -> float:
-        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
+        lr = trial.suggest_float("lr", *lr_range, log=lr_range[0] < lr_range[1])
         weight_decay = trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True)
         return fit(trial, task, lr=lr, weight_decay=weight_decay)
 
@@ -180,12 +192,24 @@ class Strategy(ABC):
     A study is created with every planned trial enqueued (:meth:`create_study`), worked off by
     one process (:meth:`run`) or by many (``optuna-deelbo worker``), then :meth:`finish` picks
     the winner, retrains it if needed and writes the study's user attrs.
+
+    Args:
+        learning_rates: the learning-rate grid (grid strategies search it, TPE the range it spans);
+            default :data:`LEARNING_RATES`.
     """
 
     name: str
     description: str
     metric_name: str = "val_nll"
     retrain_winner: bool = True
+
+    def __init__(self, learning_rates: Sequence[float] | None = None) -> None:
+        self.learning_rates = check_learning_rates(learning_rates) if learning_rates is not None else LEARNING_RATES
+
+    @property
+    def lr_range(self) -> tuple[float, float]:
+        """``(low, high)`` of the learning-rate grid: the objective's ``suggest_float("lr", ...)`` range."""
+        return min(self.learning_rates), max(self.learning_rates)
 
     def pruner(self) -> optuna.pruners.BasePruner:
         """The study's pruner; by default none (every configuration trains to the end)."""
@@ -209,7 +233,7 @@ class Strategy(ABC):
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         """The study's objective; by default the user objective of :func:`task_objective`."""
-        return task_objective(task)
+        return task_objective(task, self.lr_range)
 
     def retrain_best(self, task: TaskSpec, best: FrozenTrial) -> RetrainResult:
         """Retrain the chosen configuration on all ``N`` (only if :attr:`retrain_winner`)."""
@@ -218,6 +242,8 @@ class Strategy(ABC):
     def plan_signature(self, task: TaskSpec) -> dict[str, Any]:
         """What a study must have been planned with to be resumed (stored as the :data:`PLAN_ATTR` user attr)."""
         signature = {"strategy": self.name, "trials": len(self.planned_params(task)), "task": task.signature()}
+        if self.learning_rates != LEARNING_RATES:  # (studies planned with the default grid keep their signature)
+            signature["learning_rates"] = list(self.learning_rates)
         return json.loads(json.dumps(signature))  # the form it has after a round trip through the storage
 
     def create_study(
@@ -303,10 +329,12 @@ class Strategy(ABC):
         *,
         show_progress_bar: bool = False,
         if_exists: str = "error",
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> StrategyResult:
         """Run the search in this process as its own study in ``storage``.
 
-        ``if_exists`` as in :meth:`create_study`. A resumed study runs only what is missing:
+        ``if_exists`` as in :meth:`create_study`; ``on_trial(study, trial)`` after every finished trial.
+        A resumed study runs only what is missing:
         a finished one returns its stored result without training; otherwise the interrupted
         trials run again and the tuning wall-clock adds the trials finished before the interruption.
         """
@@ -315,7 +343,9 @@ class Strategy(ABC):
         if done_before and "time:total_s" in study.user_attrs and queue_progress(study).done:
             return StrategyResult.from_study(study)
         start = time.perf_counter()
-        run_queue([(PlannedStudy.of(study), self.objective(task))], show_progress_bar=show_progress_bar)
+        run_queue(
+            [(PlannedStudy.of(study), self.objective(task))], show_progress_bar=show_progress_bar, on_trial=on_trial
+        )
         return self.finish(task, study, _trial_seconds(done_before) + time.perf_counter() - start)
 
     def finish(self, task: TaskSpec, study: optuna.Study, tuning_s: float) -> StrategyResult:

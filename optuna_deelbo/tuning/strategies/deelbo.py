@@ -8,7 +8,7 @@ import optuna
 
 from optuna_deelbo.data._task import TaskSpec
 from optuna_deelbo.tuning._sampler import DEELBoSampler
-from optuna_deelbo.tuning.strategies._base import LEARNING_RATES, Strategy
+from optuna_deelbo.tuning.strategies._base import Strategy
 
 __all__ = ["DEELBoStrategy"]
 
@@ -17,7 +17,7 @@ class DEELBoStrategy(Strategy):
     """Four DE-ELBo runs on all N; the lowest score of the task recipe's selection rule wins (no validation set).
 
     The trial value is that score (``select:<rule>`` user attr; ``train-loss`` by default: the
-    final training DE-ELBo loss), see :mod:`optuna_deelbo.bayes._selection`.
+    final training DE-ELBo loss), see :data:`optuna_deelbo.SELECTION_RULES`.
     """
 
     name = "deelbo"
@@ -26,11 +26,11 @@ class DEELBoStrategy(Strategy):
     retrain_winner = False
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
-        grid = optuna.samplers.GridSampler({"lr": list(LEARNING_RATES)}, seed=task.seed)
+        grid = optuna.samplers.GridSampler({"lr": list(self.learning_rates)}, seed=task.seed)
         return DEELBoSampler(grid, learned=("weight_decay",))
 
     def n_trials(self) -> int:
-        return len(LEARNING_RATES)
+        return len(self.learning_rates)
 
     def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
-        return [{"lr": lr} for lr in LEARNING_RATES]
+        return [{"lr": lr} for lr in self.learning_rates]

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.tuning.strategies._base import LEARNING_RATES, WEIGHT_DECAYS, Strategy
+from optuna_deelbo.tuning.strategies._base import WEIGHT_DECAYS, Strategy
 
 __all__ = ["GridStrategy"]
 
@@ -21,11 +21,11 @@ class GridStrategy(Strategy):
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(
-            {"lr": list(LEARNING_RATES), "weight_decay": list(WEIGHT_DECAYS)}, seed=task.seed
+            {"lr": list(self.learning_rates), "weight_decay": list(WEIGHT_DECAYS)}, seed=task.seed
         )
 
     def n_trials(self) -> int:
-        return len(LEARNING_RATES) * len(WEIGHT_DECAYS)
+        return len(self.learning_rates) * len(WEIGHT_DECAYS)
 
     def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
-        return [{"lr": lr, "weight_decay": wd} for lr, wd in itertools.product(LEARNING_RATES, WEIGHT_DECAYS)]
+        return [{"lr": lr, "weight_decay": wd} for lr, wd in itertools.product(self.learning_rates, WEIGHT_DECAYS)]

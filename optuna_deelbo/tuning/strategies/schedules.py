@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 from optuna_deelbo.data._task import TaskSpec
 from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule, pull_down, pull_up
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
-from optuna_deelbo.tuning.strategies._base import LEARNING_RATES, LR_RANGE, WEIGHT_DECAYS, Strategy
+from optuna_deelbo.tuning.strategies._base import WEIGHT_DECAYS, Strategy
 
 __all__ = ["AdaptiveStrategy", "PullDownStrategy", "PullUpStrategy"]
 
@@ -34,20 +34,20 @@ class _ScheduledStrategy(Strategy):
     """Grid over the learning rates; MAP with a weight-decay schedule built per task."""
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.GridSampler({"lr": list(LEARNING_RATES)}, seed=task.seed)
+        return optuna.samplers.GridSampler({"lr": list(self.learning_rates)}, seed=task.seed)
 
     def n_trials(self) -> int:
-        return len(LEARNING_RATES)
+        return len(self.learning_rates)
 
     def planned_params(self, task: TaskSpec) -> list[dict[str, Any]]:
-        return [{"lr": lr} for lr in LEARNING_RATES]
+        return [{"lr": lr} for lr in self.learning_rates]
 
     def schedule(self, task: TaskSpec) -> StepSchedule | AdaptiveFeedback:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         def objective(trial: optuna.trial.Trial) -> float:
-            lr = trial.suggest_float("lr", *LR_RANGE, log=True)
+            lr = trial.suggest_float("lr", *self.lr_range, log=self.lr_range[0] < self.lr_range[1])
             schedule = self.schedule(task)
             return fit(trial, task, lr=lr, weight_decay=_first_value(schedule), schedule=schedule)
 

@@ -8,7 +8,7 @@ weight decay alone is not enough.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -18,7 +18,7 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.data._task import TaskSpec
 from optuna_deelbo.regularizers._regularization import SEARCHABLE, Regularization, suggest_regularization
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
-from optuna_deelbo.tuning.strategies._base import LEARNING_RATES, LR_RANGE, WEIGHT_DECAY_RANGE, WEIGHT_DECAYS, Strategy
+from optuna_deelbo.tuning.strategies._base import WEIGHT_DECAY_RANGE, WEIGHT_DECAYS, Strategy
 
 __all__ = ["SEARCHED_REGULARIZERS", "TPERegStrategy", "TPEStrategy", "TrialSeededTPESampler"]
 
@@ -67,10 +67,11 @@ class TPEStrategy(Strategy):
     name = "tpe"
     description = "MAP + TPE + median pruning: lr x weight decay (log-uniform), 80/20 split, val NLL, retrain on all N"
 
-    def __init__(self, trials: int | None = None) -> None:
+    def __init__(self, trials: int | None = None, learning_rates: Sequence[float] | None = None) -> None:
+        super().__init__(learning_rates)
         if trials is not None and (not isinstance(trials, int) or trials <= 0):
             raise ConfigError(f"TPE trials must be a positive integer, got {trials!r}")
-        self._trials = trials or len(LEARNING_RATES) * len(WEIGHT_DECAYS)
+        self._trials = trials or len(self.learning_rates) * len(WEIGHT_DECAYS)
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
         return TrialSeededTPESampler(seed=task.seed)
@@ -101,8 +102,13 @@ class TPERegStrategy(TPEStrategy):
         "mixup, cutmix, warm restarts), 80/20 split, val NLL, retrain on all N"
     )
 
-    def __init__(self, trials: int | None = None, regularizers: tuple[str, ...] = SEARCHED_REGULARIZERS) -> None:
-        super().__init__(trials)
+    def __init__(
+        self,
+        trials: int | None = None,
+        regularizers: tuple[str, ...] = SEARCHED_REGULARIZERS,
+        learning_rates: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(trials, learning_rates)
         unknown = [n for n in regularizers if n not in SEARCHABLE]
         if not regularizers or unknown:
             raise ConfigError(
@@ -117,7 +123,7 @@ class TPERegStrategy(TPEStrategy):
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         def objective(trial: optuna.trial.Trial) -> float:
-            lr = trial.suggest_float("lr", *LR_RANGE, log=True)
+            lr = trial.suggest_float("lr", *self.lr_range, log=self.lr_range[0] < self.lr_range[1])
             weight_decay = trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True)
             regularization = suggest_regularization(trial, self.regularizers)
             return fit(

@@ -1,0 +1,185 @@
+"""Checks that a user's loop trains a :class:`~optuna_deelbo.bayes.DEELBo` as the DE-ELBo, not something close.
+
+Two mistakes give a plausible result that is not DE-ELBo, with no error from PyTorch:
+
+* an optimizer over ``model.parameters()`` (or the user's own parameter groups) instead of
+  ``reg.parameters()``: the posterior std never trains (sigma stays at ``init_sigma``), or
+  the weights never train;
+* an optimizer with its own weight decay (AdamW's default 0.01): a second pull on top of the
+  KL's, which also shrinks sigma's ``rho``.
+
+:class:`WiringCheck` watches the first optimizer steps of one ``DEELBo``:
+
+* every ``torch.optim.Optimizer`` step (a global pre-step hook, installed only while some
+  ``DEELBo`` is being watched) whose parameter groups hold the ``DEELBo``'s weights or
+  ``rho`` with a non-zero ``weight_decay`` raises :class:`~optuna_deelbo.ConfigError`;
+* at each ``loss()`` call a fingerprint of the weights and of ``rho`` (one sum per tensor) is
+  compared with the first call's: once both have moved the check ends; when one group has
+  moved over :data:`PATIENCE` calls and the other has not, it raises. Any optimizer, even a
+  hand-written update, is covered; steps that change nothing (a learning-rate warm-up from 0,
+  a skipped mixed-precision step) are not counted.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from optuna_deelbo._errors import ConfigError
+
+__all__ = ["FIX", "PATIENCE", "WiringCheck"]
+
+#: ``loss()`` calls on which one group moved and the other did not before the check raises.
+PATIENCE = 2
+#: How to build the optimizer right, named in every message.
+FIX = (
+    "build it with reg.optimizer(torch.optim.SGD, lr=..., momentum=0.9) or torch.optim.SGD(reg.parameters(), ...), "
+    "with weight_decay=0"
+)
+
+_watched: weakref.WeakSet[WiringCheck] = weakref.WeakSet()
+_hook: Any = None
+
+
+def _on_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for check in list(_watched):
+        check.inspect(optimizer)
+
+
+def _watch(check: WiringCheck) -> None:
+    global _hook
+    _watched.add(check)
+    if _hook is None:
+        _hook = register_optimizer_step_pre_hook(_on_optimizer_step)
+
+
+def _unwatch(check: WiringCheck) -> None:
+    global _hook
+    _watched.discard(check)
+    if not _watched and _hook is not None:
+        _hook.remove()
+        _hook = None
+
+
+class WiringCheck:
+    """Watches one ``DEELBo``'s first steps (see the module docstring).
+
+    Args:
+        weights: the posterior means by group, ``{"body": [...], "head": [...]}`` (head may be empty).
+        rho: the posterior std's raw parameters.
+    """
+
+    def __init__(self, weights: dict[str, list[nn.Parameter]], rho: Iterable[nn.Parameter]) -> None:
+        self._groups: dict[str, list[Tensor]] = {g: list(ps) for g, ps in weights.items() if ps}
+        self._groups["posterior std"] = list(rho)
+        self._ids = {id(p) for ps in self._groups.values() for p in ps}
+        self._first: dict[str, Tensor] | None = None
+        self._lopsided = 0
+        self.done = False
+        _watch(self)
+
+    def close(self) -> None:
+        """Stop watching (the wiring is right, or the user turned the check off)."""
+        self.done = True
+        self._first = None
+        _unwatch(self)
+
+    def inspect(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise if ``optimizer`` would apply its own weight decay to the watched parameters."""
+        for group in optimizer.param_groups:
+            decay = group.get("weight_decay", 0) or 0
+            if decay and any(id(p) in self._ids for p in group["params"]):
+                self.close()
+                raise ConfigError(
+                    f"the optimizer ({type(optimizer).__name__}) applies weight_decay={decay:g} to the DE-ELBo's "
+                    "weights: the KL term already is the weight decay (lambda is learned), so this pulls twice and "
+                    f"also shrinks the posterior std. Pass weight_decay=0 (AdamW's default is 0.01), or {FIX}"
+                )
+
+    @staticmethod
+    def _fingerprint(params: list[Tensor]) -> Tensor:
+        with torch.no_grad():
+            return torch.stack([p.detach().double().sum() for p in params])
+
+    def observe(self) -> None:
+        """Call at every ``loss()``: compare the parameters with the first call's; raise on a lopsided update."""
+        if self.done:
+            return
+        now = {g: self._fingerprint(ps) for g, ps in self._groups.items()}
+        if self._first is None:
+            self._first = now
+            return
+        moved = {g: bool((now[g] != self._first[g]).any()) for g in now}
+        if all(moved.values()):
+            self.close()
+            return
+        if not any(moved.values()):
+            return
+        self._lopsided += 1
+        if self._lopsided < PATIENCE:
+            return
+        still = [g for g, m in moved.items() if not m]
+        self.close()
+        what = " and ".join(still)
+        if "posterior std" in still:
+            raise ConfigError(
+                "the weights train but the posterior std (sigma) does not: the optimizer was built from "
+                "model.parameters() or the model's own parameter groups, so sigma stays at init_sigma and the "
+                f"run is not DE-ELBo; {FIX}"
+            )
+        raise ConfigError(
+            f"the posterior std trains but the {what} weights do not: the optimizer leaves them out; {FIX}"
+        )
+
+
+def group_weights(model: nn.Module, body: Iterable[str], head: Iterable[str]) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters by group, for :class:`WiringCheck`."""
+    params = dict(model.named_parameters())
+    return {"body": [params[n] for n in body], "head": [params[n] for n in head]}
+
+
+def optimizer_groups(
+    weights: list[nn.Parameter],
+    rho: list[nn.Parameter],
+    param_groups: list[dict[str, Any]] | None,
+    optimizer_class: Callable[..., torch.optim.Optimizer],
+) -> list[dict[str, Any]]:
+    """Parameter groups holding every weight and ``rho`` once, each with ``weight_decay=0`` if the class takes one.
+
+    Args:
+        param_groups: the user's groups over the model's weights (their own learning rates,
+            ...); ``rho`` joins as one more group with the optimizer's defaults.
+    """
+    import inspect
+
+    takes_decay = "weight_decay" in inspect.signature(optimizer_class).parameters
+    if param_groups is None:
+        groups: list[dict[str, Any]] = [{"params": list(weights)}]
+    else:
+        groups = [dict(g) for g in param_groups]
+        for g in groups:
+            if not isinstance(g, dict) or "params" not in g:
+                raise ConfigError("param_groups must be a list of dicts with a 'params' entry, as torch.optim takes")
+            g["params"] = list(g["params"])
+            if g.get("weight_decay"):
+                raise ConfigError(
+                    f"param_groups ask for weight_decay={g['weight_decay']:g}; the KL is the weight decay"
+                )
+        given = [id(p) for g in groups for p in g["params"]]
+        if len(given) != len(set(given)):
+            raise ConfigError("a parameter appears in more than one of param_groups")
+        missing = len({id(p) for p in weights} - set(given))
+        if missing:
+            raise ConfigError(f"param_groups leave out {missing} of the model's trainable parameter tensors")
+        if set(given) & {id(p) for p in rho}:
+            raise ConfigError("param_groups hold the posterior std: give the model's weights only, sigma is added")
+    groups.append({"params": list(rho)})
+    if takes_decay:
+        for g in groups:
+            g["weight_decay"] = 0.0
+    return groups
