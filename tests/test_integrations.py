@@ -247,3 +247,30 @@ def test_ddp_on_two_cpu_ranks_learns_one_lambda_and_reports_once(tmp_path: Path)
     study = optuna.load_study(study_name="ddp", storage=f"sqlite:///{tmp_path / 'ddp.db'}")
     assert len(study.trials) == 1  # rank 1 made no trial of its own
     assert study.trials[0].user_attrs["learned:lambda"] == pytest.approx(ranks[0]["lambda"], rel=1e-6)
+
+
+def test_a_built_wheel_carries_the_whole_optunahub_folder(tmp_path: Path) -> None:
+    """Issue 22, case 10: a wheel held the package's .py files but not its README (front matter) and LICENSE."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "optuna_deelbo", source / "optuna_deelbo", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = "optuna_deelbo/integrations/hub/samplers/deelbo/"
+    for name in ("README.md", "LICENSE", "__init__.py", "example.py", "requirements.txt"):
+        assert folder + name in names, name

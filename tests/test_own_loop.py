@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,14 @@ def _readme_block(marker: str) -> str:
 
 
 def _run_block(marker: str) -> dict[str, Any]:
+    """Run a README block as it stands, from a temporary folder (not the repository root), as a user would."""
     namespace: dict[str, Any] = {"__name__": f"readme_{marker.replace('-', '_')}"}
-    exec(compile(_readme_block(marker), f"README.md:{marker}", "exec"), namespace)
+    here = os.getcwd()
+    os.chdir(tempfile.mkdtemp(prefix="readme-"))
+    try:
+        exec(compile(_readme_block(marker), f"README.md:{marker}", "exec"), namespace)
+    finally:
+        os.chdir(here)
     return namespace
 
 
@@ -62,7 +70,7 @@ def test_readme_own_loop_gives_what_fit_gives() -> None:
 
 
 def test_readme_dataloader_example_trains_and_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix="": str(tmp_path))  # where the checkpoint lands
     ns = _run_block("dataloader-example")
     reg = ns["reg"]
     assert reg.lam > 0 and reg.sigma != pytest.approx(1e-3)  # sigma trained

@@ -451,8 +451,8 @@ class DEELBo(nn.Module):
             batchnorm: ``"batch"`` (default): each sampled forward normalises with its batch's
                 statistics, as the training forwards did; ``"running"``: eval mode, the running
                 statistics (the reference code). Measured on digits (benchmarks/results/
-                own-loop-selection.md): with ``"running"`` a posterior std of 0.06 raised the
-                score of the best learning rate from 0.22 to 1.22 nats and the rule picked a
+                own-loop-selection-running.md): with ``"running"`` a posterior std of 0.06 raised the
+                score of the best learning rate from 0.21 to 1.22 nats and the rule picked a
                 worse one; the weights were trained with batch statistics, not running ones.
 
         Raises:
