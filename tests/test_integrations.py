@@ -274,3 +274,38 @@ def test_a_built_wheel_carries_the_whole_optunahub_folder(tmp_path: Path) -> Non
     folder = "optuna_deelbo/integrations/hub/samplers/deelbo/"
     for name in ("README.md", "LICENSE", "__init__.py", "example.py", "requirements.txt"):
         assert folder + name in names, name
+
+
+def test_a_resumed_lightning_run_keeps_the_original_prior_mean_and_sigma(tmp_path: Path) -> None:
+    """Resuming from a Lightning checkpoint must not take the L2-SP mean from the resumed (trained) weights."""
+    data = od.digits_transfer(100, seed=0)
+    loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25)
+    torch.manual_seed(0)
+    module = _DigitsModule(0.05)
+    start = torch.cat([p.detach().reshape(-1).clone() for n, p in module.named_parameters() if n.startswith("body.")])
+
+    def trainer(steps: int, callback: DEELBoCallback) -> pl.Trainer:
+        return pl.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            logger=False,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[callback],
+        )
+
+    first = DEELBoCallback(len(data.train), head=("head.",), recalibrate_batchnorm=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        run = trainer(4, first)
+        run.fit(module, loader)
+        path = tmp_path / "after4.ckpt"
+        run.save_checkpoint(path)
+        assert first.deelbo is not None
+        sigma_at_4 = first.deelbo.sigma
+        resumed = DEELBoCallback(len(data.train), head=("head.",), recalibrate_batchnorm=False)
+        trainer(4, resumed).fit(_DigitsModule(0.05), loader, ckpt_path=str(path))  # nothing left to train
+    assert resumed.deelbo is not None
+    assert torch.equal(resumed.deelbo.body_prior.mean, start)  # the original start, not the weights after 4 steps
+    assert resumed.deelbo.sigma == pytest.approx(sigma_at_4, rel=1e-6)

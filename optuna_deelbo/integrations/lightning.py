@@ -90,7 +90,7 @@ class DEELBoCallback(pl.Callback):
             raise ConfigError(f"DEELBoCallback needs exactly one optimizer, the module has {len(trainer.optimizers)}")
         self.deelbo = deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **self.deelbo_kwargs)
         if self._restored is not None:
-            deelbo.posterior.load_state_dict(self._restored)
+            self._apply(self._restored)
             self._restored = None
         if trainer.world_size > 1:  # the same posterior std on every rank from the start
             for rho in deelbo.sigma_parameters():
@@ -166,17 +166,32 @@ class DEELBoCallback(pl.Callback):
         pl_module.__dict__.pop("training_step", None)  # the class's own method again
 
     def state_dict(self) -> dict[str, Any]:
-        """The posterior std (``rho``) for Lightning checkpoints; the weights are the module's."""
-        return {"posterior": self.deelbo.posterior.state_dict()} if self.deelbo is not None else {}
+        """The posterior std (``rho``) and the priors (the L2-SP mean) for Lightning checkpoints.
+
+        The weights are the module's own (in the checkpoint already). A run resumed from the
+        checkpoint keeps the prior mean of the original start, not the resumed weights.
+        """
+        if self.deelbo is None:
+            return {}
+        return {"deelbo": {k: v for k, v in self.deelbo.state_dict().items() if not k.startswith("model.")}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the posterior std (applied at fit start, when Lightning restores callbacks first)."""
-        if "posterior" not in state_dict:
+        """Restore the posterior std and the priors (applied at fit start if Lightning restores callbacks first)."""
+        if not ({"deelbo", "posterior"} & set(state_dict)):
             return
         if self.deelbo is not None:
-            self.deelbo.posterior.load_state_dict(state_dict["posterior"])
+            self._apply(state_dict)
         else:
-            self._restored = state_dict["posterior"]
+            self._restored = state_dict
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        assert self.deelbo is not None
+        if "deelbo" in state:
+            missing, unexpected = self.deelbo.load_state_dict(state["deelbo"], strict=False)
+            if unexpected or any(not k.startswith("model.") for k in missing):
+                raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this module: {unexpected or missing}")
+        else:  # checkpoints of optuna-deelbo <= 0.2: the posterior std only
+            self.deelbo.posterior.load_state_dict(state["posterior"])
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
