@@ -32,6 +32,7 @@ from optuna_deelbo.train._checkpoint import default_artifacts_dir
 from optuna_deelbo.train._training import resolve_device
 from optuna_deelbo.tuning._compare import parse_strategies, run_compare, study_name_for
 from optuna_deelbo.tuning._recipe import TaskRecipe
+from optuna_deelbo.tuning._sampler import LEARNED_ATTR_PREFIX, learned_params
 from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
 from optuna_deelbo.tuning._worker import (
     DEFAULT_GRACE_PERIOD_S,
@@ -305,18 +306,20 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
 
 
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """One plain line per finished trial (for a log file: stdout is not a terminal)."""
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    """One plain line per finished trial (stdout is not a terminal: a log file); learned values, no placeholders."""
+    learned = {k for k in trial.params if LEARNED_ATTR_PREFIX + k in trial.user_attrs}
+    params = ", ".join(
+        (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}") + (" (learned)" if k in learned else "")
+        for k, v in learned_params(trial).items()
+    )
     value = f"value {trial.value:.4g}" if trial.value is not None else trial.state.name.lower()
     seconds = (
         f", {(trial.datetime_complete - trial.datetime_start).total_seconds():.1f} s"
         if trial.datetime_complete and trial.datetime_start
         else ""
     )
-    learned = trial.user_attrs.get("learned:weight_decay")
-    extra = f", learned weight_decay {learned:.3g}" if isinstance(learned, float) else ""
     planned = len(study.get_trials(deepcopy=False))
-    print(f"{study.study_name}: trial {trial.number + 1}/{planned} {params}: {value}{extra}{seconds}", flush=True)
+    print(f"{study.study_name}: trial {trial.number + 1}/{planned} {params}: {value}{seconds}", flush=True)
 
 
 def _compare(args: argparse.Namespace) -> int:

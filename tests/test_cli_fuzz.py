@@ -129,7 +129,8 @@ def test_lrs_sets_the_grid_and_a_log_file_gets_one_line_per_trial(tmp: Path) -> 
     study = optuna.load_study(study_name="digits-N25-seed0/l2-sp/deelbo", storage=url)
     assert sorted(t.params["lr"] for t in study.trials) == [0.02, 0.05]
     lines = [line for line in out.getvalue().splitlines() if ": trial " in line]
-    assert len(lines) == 2 and all("/2 lr=" in line and "learned weight_decay" in line for line in lines), lines
+    assert len(lines) == 2 and all("/2 lr=" in line and " (learned)" in line for line in lines), lines
+    assert not any("weight_decay=1e-07" in line for line in lines)  # the learned value, not the placeholder
 
 
 def test_error_texts_name_the_cli_flag_and_the_extra(tmp: Path) -> None:

@@ -22,6 +22,7 @@ Two mistakes give a plausible result that is not DE-ELBo, with no error from PyT
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -155,8 +156,6 @@ def optimizer_groups(
         param_groups: the user's groups over the model's weights (their own learning rates,
             ...); ``rho`` joins as one more group with the optimizer's defaults.
     """
-    import inspect
-
     takes_decay = "weight_decay" in inspect.signature(optimizer_class).parameters
     if param_groups is None:
         groups: list[dict[str, Any]] = [{"params": list(weights)}]
