@@ -312,7 +312,9 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
         (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}") + (" (learned)" if k in learned else "")
         for k, v in learned_params(trial).items()
     )
-    value = f"value {trial.value:.4g}" if trial.value is not None else trial.state.name.lower()
+    value = f"value {trial.value:.4g}" if trial.value is not None else ""
+    if trial.state != optuna.trial.TrialState.COMPLETE:  # a pruned trial's value is its last intermediate one
+        value = f"{value} ({trial.state.name.lower()})".strip()
     seconds = (
         f", {(trial.datetime_complete - trial.datetime_start).total_seconds():.1f} s"
         if trial.datetime_complete and trial.datetime_start
