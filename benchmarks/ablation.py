@@ -110,7 +110,10 @@ def _done(path: Path) -> set[tuple[str, ...]]:
 
 
 def _metrics_row(
-    task: od.TaskSpec, objective: od.DEELBoObjective, result: od.TrainResult, rules: tuple[str, ...] = SELECTION_RULES
+    task: od.TaskSpec,
+    objective: od.bayes.DEELBoObjective,
+    result: od.train.TrainResult,
+    rules: tuple[str, ...] = SELECTION_RULES,
 ) -> dict[str, float]:
     assert task.test is not None
     test = od.evaluate(objective.model, task.test.x, task.test.y, transform=task.eval_transform)

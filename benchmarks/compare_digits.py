@@ -18,7 +18,7 @@ import optuna
 
 import optuna_deelbo as od
 from optuna_deelbo.report._tables import results_table
-from optuna_deelbo.tuning._compare import run_compare
+from optuna_deelbo.tuning._study import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, commit, machine
@@ -33,15 +33,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", default="sqlite:///bench-compare.db")
     parser.add_argument("--out", default=str(RESULTS / "compare-digits"))
-    parser.add_argument("--strategies", default=",".join(od.STRATEGY_NAMES), help="default: all of them")
-    parser.add_argument("--prior", default="l2-sp", choices=od.PRIOR_NAMES)
+    parser.add_argument(
+        "--strategies", default=",".join(od.tuning.strategies.STRATEGY_NAMES), help="default: all of them"
+    )
+    parser.add_argument("--prior", default="l2-sp", choices=od.bayes.PRIOR_NAMES)
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
     task, pretrain_s = od.digits_task(args.n_train, seed=args.seed, prior=args.prior)
     start = time.perf_counter()
-    results = run_compare(task, args.strategies.split(","), storage, if_exists="overwrite")  # our own results DB
+    results = compare(task, args.strategies.split(","), storage, if_exists="overwrite")  # our own results DB
     wall = time.perf_counter() - start
     table = results_table(results)
     print(table)

@@ -34,7 +34,7 @@ import optuna
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning._compare import run_compare
+from optuna_deelbo.tuning._study import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
@@ -130,7 +130,7 @@ def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespac
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()
     rows = []
-    for r in run_compare(task, ["deelbo", "grid"], storage, if_exists="overwrite"):
+    for r in compare(task, ["deelbo", "grid"], storage, if_exists="overwrite"):
         rows.append(
             {
                 "strategy": r.strategy,
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.n <= 0:
             parser.error(f"--n must be a positive integer, got {args.n}")
         sizes = dataclasses.replace(sizes, n_train=args.n)
-    device = od.resolve_device(args.device or ("cpu" if args.smoke else "cuda"))
+    device = od.train.resolve_device(args.device or ("cpu" if args.smoke else "cuda"))
     if args.smoke:
         torch.set_num_threads(1)
     out = Path(args.out_dir) if args.out_dir else (Path(tempfile.mkdtemp()) if args.smoke else RESULTS)

@@ -25,16 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
 
 
-def _objective(kind: str, model: torch.nn.Module, groups: od.ParameterGroups, rank: int) -> od.Objective:
+def _objective(kind: str, model: torch.nn.Module, groups: od.bayes.ParameterGroups, rank: int) -> od.bayes.Objective:
     body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
     if kind == "map":
-        return od.MAPObjective(model, groups, od.IsotropicGaussian(body), weight_decay=1e-4)
+        return od.bayes.MAPObjective(model, groups, od.IsotropicGaussian(body), weight_decay=1e-4)
     if kind == "deelbo-iso":
-        return od.DEELBoObjective(model, groups, od.IsotropicGaussian(body), n_train=5000)
+        return od.bayes.DEELBoObjective(model, groups, od.IsotropicGaussian(body), n_train=5000)
     g = torch.Generator(device=body.device).manual_seed(0)
     diagonal = torch.rand(body.shape[0], generator=g, device=body.device) * 1e-3 + 1e-4
     factor = torch.randn(body.shape[0], rank, generator=g, device=body.device) * 1e-2
-    return od.DEELBoObjective(model, groups, od.LowRankGaussian(body, diagonal, factor), n_train=5000)
+    return od.bayes.DEELBoObjective(model, groups, od.LowRankGaussian(body, diagonal, factor), n_train=5000)
 
 
 KINDS: tuple[str, ...] = ("map", "deelbo-iso", "deelbo-ptyl")
@@ -47,23 +47,23 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
     hits all three alike; each kind trains its own copy of the same initial model. With
     ``args.compile`` (optional) each model is compiled during its warm-up steps.
     """
-    built = od.build_backbone(backbone, 5, seed=0)
-    device = od.resolve_device(args.device)
+    built = od.models.build_backbone(backbone, 5, seed=0)
+    device = od.train.resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     n = args.batch_size * 4
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
     y = torch.randint(0, 5, (n,), generator=g).to(device)
-    augment = od.DeviceAugment(train=True, channels_last=args.channels_last)
+    augment = od.data.DeviceAugment(train=True, channels_last=args.channels_last)
     objectives = {}
     for kind in KINDS:
         model = copy.deepcopy(built.model).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        groups = od.ParameterGroups.split(model, built.head_prefixes)
+        groups = od.bayes.ParameterGroups.split(model, built.head_prefixes)
         objectives[kind] = _objective(kind, model, groups, args.rank)
 
     def run(kind: str, steps: int) -> float:
-        config = od.TrainConfig(
+        config = od.train.TrainConfig(
             lr=1e-3,
             steps=steps,
             batch_size=args.batch_size,
@@ -72,7 +72,7 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
             log_every=10,
             compile=getattr(args, "compile", False),
         )
-        return od.train(objectives[kind], x, y, config, transform=augment).seconds / steps
+        return od.train.train_model(objectives[kind], x, y, config, transform=augment).seconds / steps
 
     for kind in KINDS:
         run(kind, args.warmup)
@@ -93,9 +93,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=10, help="PTYL low-rank columns K")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--backbones", default=",".join(od.BACKBONE_NAMES))
+    parser.add_argument("--backbones", default=",".join(od.models.BACKBONE_NAMES))
     args = parser.parse_args()
-    device = od.resolve_device(args.device)
+    device = od.train.resolve_device(args.device)
 
     rows = []
     for backbone in args.backbones.split(","):

@@ -45,7 +45,7 @@ import optuna_deelbo as od
 from optuna_deelbo.report._budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
 from optuna_deelbo.report._figures import accuracy_vs_compute_figure
 from optuna_deelbo.report._tables import write_storage_report
-from optuna_deelbo.tuning._compare import study_name_for
+from optuna_deelbo.tuning._study import study_name_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
@@ -125,7 +125,7 @@ def _retrain_trials(task: od.TaskSpec, study: optuna.Study, numbers: Sequence[in
             done[number] = [attrs["test:accuracy"], attrs["test:nll"], attrs["time:retrain_s"]]
             continue
         params = trials[number].params
-        outcome = od.retrain(task, params["lr"], params["weight_decay"])
+        outcome = od.tuning.retrain(task, params["lr"], params["weight_decay"])
         test = outcome.test
         assert test is not None, "the benchmark tasks have a test set"
         done[number] = [test.accuracy, test.nll, outcome.seconds]
@@ -139,7 +139,7 @@ def _duel(task: od.TaskSpec, storage: optuna.storages.BaseStorage, budget_s: flo
     name = study_name_for(task, DUEL)
     if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         optuna.delete_study(study_name=name, storage=storage)
-    tpe = od.get_strategy("tpe")
+    tpe = od.tuning.get_strategy("tpe")
     study = optuna.create_study(
         storage=storage, study_name=name, direction="minimize", sampler=tpe.sampler(task), pruner=tpe.pruner()
     )
@@ -158,7 +158,7 @@ def _duel(task: od.TaskSpec, storage: optuna.storages.BaseStorage, budget_s: flo
     if not complete:
         raise RuntimeError(f"{name}: no trial completed within {budget_s:.1f} s")
     best = min(complete, key=lambda t: float(t.value if t.value is not None else math.inf))
-    outcome = od.retrain(task, best.params["lr"], best.params["weight_decay"])
+    outcome = od.tuning.retrain(task, best.params["lr"], best.params["weight_decay"])
     test = outcome.test
     assert test is not None
     for key, value in {
@@ -276,7 +276,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    device = od.resolve_device(args.device)
+    device = od.train.resolve_device(args.device)
     defaults = DEFAULTS[(args.task, "cuda" if device.type == "cuda" else "cpu")]
     ns = args.n or defaults["n"]
     seeds = args.seeds if args.seeds is not None else defaults["seeds"]
@@ -316,7 +316,9 @@ def main() -> None:
                 study_name = study_name_for(task, name)
                 found = _finished(storage, study_name, task)
                 if found is None:
-                    od.get_strategy(name).run(task, storage, study_name, if_exists="overwrite")  # not finished: redo
+                    od.tuning.run_strategy(
+                        od.tuning.get_strategy(name), task, storage, study_name, if_exists="overwrite"
+                    )
                     found = optuna.load_study(study_name=study_name, storage=storage)
                 else:
                     reused.append(study_name)
@@ -337,7 +339,7 @@ def main() -> None:
                 reused.append(duel.study_name)
             studies[DUEL] = duel
             for name, study in studies.items():
-                r = od.StrategyResult.from_study(study)
+                r = od.tuning.StrategyResult.from_study(study)
                 trials = study.get_trials(deepcopy=False)
                 rows.append(
                     {

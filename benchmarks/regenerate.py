@@ -16,6 +16,7 @@ fails (``--keep-going`` runs the rest) and prints each step's wall-clock.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shlex
 import subprocess
@@ -30,7 +31,7 @@ from _record import REGENERATE_ENV, RESULTS
 #: benchmarks/, where the scripts are.
 HERE = Path(__file__).resolve().parent
 
-__all__ = ["STEPS", "Step", "commands", "main", "uncovered_scripts"]
+__all__ = ["STEPS", "Step", "commands", "main", "orphan_results", "step_writing", "uncovered_scripts"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -103,14 +104,18 @@ STEPS: tuple[Step, ...] = (
         "paper-digits",
         "paper.py",
         {d: ("--task", "digits", "--device", d, *CPU_THREADS[d]) for d in DEVICES},
-        tuple(f"paper-digits-{{device}}{s}" for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png")),
+        tuple(
+            f"paper-digits-{{device}}{s}"
+            for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png", "-report.html")
+        ),
     ),
     Step(
         "paper-split-cifar",
         "paper.py",
         {d: ("--task", "split-cifar", "--device", d, "--data-dir", "{data_dir}", *CPU_THREADS[d]) for d in DEVICES},
         tuple(
-            f"paper-split-cifar-{{device}}{s}" for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png")
+            f"paper-split-cifar-{{device}}{s}"
+            for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png", "-report.html")
         ),
     ),
     Step(
@@ -161,11 +166,69 @@ STEPS: tuple[Step, ...] = (
         {"cpu": ("--smoke", "--data-dir", "{data_dir}"), "cuda": ("--data-dir", "{data_dir}")},
         ("gpu-check.md", "gpu-check.csv"),
     ),
-    Step(
+    Step(  # reads back every ablation-runs*.csv: the recorded table came from three shards (-a, -b, -c) of this step
         "ablation",
         "ablation.py",
         {d: ("--data-dir", "{data_dir}") for d in DEVICES},
-        ("ablation.md", "ablation.csv", "ablation-per-lr.csv"),
+        ("ablation.md", "ablation.csv", "ablation-per-lr.csv", "ablation-runs*.csv"),
+    ),
+    Step(
+        "compare-digits-ptyl",
+        "compare_digits.py",
+        {
+            d: (
+                *("--prior", "ptyl", "--strategies", "deelbo,grid,tpe"),
+                *("--storage", "sqlite:///{results}/compare-digits-ptyl.db", "--out", "{results}/compare-digits-ptyl"),
+            )
+            for d in DEVICES
+        },
+        ("compare-digits-ptyl.md", "compare-digits-ptyl.csv"),
+    ),
+    *(
+        Step(  # the paper protocol at one N each (the README's Split-CIFAR rows at 200 steps x 32)
+            f"paper-split-cifar-n{n}",
+            "paper.py",
+            {
+                d: (
+                    *("--task", "split-cifar", "--device", d, "--n", str(n), *CPU_THREADS[d]),
+                    *("--data-dir", "{data_dir}", "--tag", f"{{device}}-n{n}"),
+                    *("--storage", f"sqlite:///{{results}}/paper-split-cifar-{{device}}-n{n}.db"),
+                )
+                for d in DEVICES
+            },
+            tuple(
+                f"paper-split-cifar-{{device}}-n{n}{s}"
+                for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png", "-report.html")
+            ),
+        )
+        for n in (50, 500)
+    ),
+    *(
+        Step(  # N = 500 at 100 steps x 32, the first Split-CIFAR row, in two runs (seeds 0-1, seed 2)
+            f"split-cifar-n500-{tag}",
+            "split_cifar.py",
+            {
+                d: (
+                    *(
+                        "--n",
+                        "500",
+                        "--seeds",
+                        seeds,
+                        "--steps",
+                        "100",
+                        "--batch-size",
+                        "32",
+                        "--pretrain-steps",
+                        "500",
+                    ),
+                    *("--device", d, "--data-dir", "{data_dir}", "--tag", f"{{device}}-n500-{tag}"),
+                    *("--storage", f"sqlite:///{{results}}/split-cifar-{{device}}-n500-{tag}.db"),
+                )
+                for d in DEVICES
+            },
+            (f"split-cifar-{{device}}-n500-{tag}.md", f"split-cifar-{{device}}-n500-{tag}.csv"),
+        )
+        for tag, seeds in (("seeds01", "0,1"), ("seed2", "2"))
     ),
 )
 
@@ -177,6 +240,22 @@ def uncovered_scripts(folder: Path = HERE) -> list[str]:
     """Benchmark scripts in ``folder`` that no step runs (each new benchmark must be added to :data:`STEPS`)."""
     covered = {s.script for s in STEPS}
     return sorted(p.name for p in folder.glob("*.py") if p.name not in NOT_BENCHMARKS | covered)
+
+
+def step_writing(file_name: str) -> str | None:
+    """The name of the step whose outputs include ``file_name`` (a file in benchmarks/results/), or ``None``."""
+    for step in STEPS:
+        for device in DEVICES:
+            if any(fnmatch.fnmatchcase(file_name, o.format(device=device)) for o in step.outputs):
+                return step.name
+    return None
+
+
+def orphan_results(folder: Path = RESULTS) -> list[str]:
+    """Results files no step writes (storages ``*.db`` aside): each must come from a regenerate step."""
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.suffix != ".db" and step_writing(p.name) is None
+    )
 
 
 def commands(device: str, only: list[str] | None = None, data_dir: str | None = None) -> list[tuple[Step, list[str]]]:
@@ -231,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: no step runs {missing}; add them to STEPS in {Path(__file__).name}", file=sys.stderr)
     if args.list:
         for step, argv_ in plan:
-            outputs = ", ".join(o.format(device=device) for o in step.outputs)
+            outputs = ", ".join(o.format(device=device) for o in step.outputs)  # (patterns: fnmatch)
             print(f"{step.name}: {shlex.join(argv_)}\n    -> benchmarks/results/{{{outputs}}}")
         return 0
 

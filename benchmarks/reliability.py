@@ -43,12 +43,12 @@ import torch
 from optuna.trial import TrialState
 
 import optuna_deelbo as od
-from optuna_deelbo.train._checkpoint import ATTR_RESUMED_STEP, ATTR_STEP
+from optuna_deelbo.task._stored import BuiltinTask
 from optuna_deelbo.train._divergence import DivergenceRule
-from optuna_deelbo.tuning._recipe import TaskRecipe
 from optuna_deelbo.tuning._sampler import DEELBoSampler
+from optuna_deelbo.tuning._study import plan_strategy_study, search_seconds
 from optuna_deelbo.tuning._trial_queue import queue_progress
-from optuna_deelbo.tuning._worker import plan_strategy_study, search_seconds
+from optuna_deelbo.tuning.attrs import CHECKPOINT_STEP, RESUMED_STEP
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +74,7 @@ def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
             raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}")
 
 
-def throughput(url: str, recipe: TaskRecipe, task: od.TaskSpec, counts: list[int]) -> list[dict[str, float]]:
+def throughput(url: str, recipe: BuiltinTask, task: od.TaskSpec, counts: list[int]) -> list[dict[str, float]]:
     """Plan the grid study afresh for each worker count and time W workers on it."""
     storage = od.open_storage(url)
     rows: list[dict[str, float]] = []
@@ -102,7 +102,7 @@ def throughput(url: str, recipe: TaskRecipe, task: od.TaskSpec, counts: list[int
     return rows
 
 
-def sigkill(url: str, recipe: TaskRecipe, task: od.TaskSpec) -> dict[str, object]:
+def sigkill(url: str, recipe: BuiltinTask, task: od.TaskSpec) -> dict[str, object]:
     """Kill a worker mid-trial, let two fresh ones finish, report the retry."""
     storage = od.open_storage(url)
     name = "reliability/deelbo/sigkill"
@@ -112,7 +112,7 @@ def sigkill(url: str, recipe: TaskRecipe, task: od.TaskSpec) -> dict[str, object
     victim = None
     while victim is None:
         running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
-        victim = next((t for t in running if t.user_attrs.get(ATTR_STEP, 0) > 0), None)
+        victim = next((t for t in running if t.user_attrs.get(CHECKPOINT_STEP, 0) > 0), None)
         if doomed.poll() is not None:
             raise RuntimeError("the worker ended before any trial checkpointed")
         time.sleep(0.05)
@@ -128,11 +128,11 @@ def sigkill(url: str, recipe: TaskRecipe, task: od.TaskSpec) -> dict[str, object
     return {
         "killed_trial": killed.number,
         "killed_state": killed.state.name,
-        "checkpoint_step": killed.user_attrs[ATTR_STEP],
+        "checkpoint_step": killed.user_attrs[CHECKPOINT_STEP],
         "steps": recipe.steps,
         "retry_trial": retry.number,
         "retry_state": retry.state.name,
-        "resumed_from_step": retry.user_attrs[ATTR_RESUMED_STEP],
+        "resumed_from_step": retry.user_attrs[RESUMED_STEP],
         "kill_to_fail_s": killed.datetime_complete.timestamp() - killed_at,
         "kill_to_retry_start_s": retry.datetime_start.timestamp() - killed_at,
         "complete": f"{progress.complete} / {progress.planned} planned ({progress.retried} retried, "
@@ -316,7 +316,7 @@ def _workers_and_faults(args: argparse.Namespace, record: RunRecord) -> None:
     """Parts 1-3: throughput per worker count, SIGKILL recovery, numerical faults (rewrites the file's top)."""
     counts = [int(c) for c in args.workers.split(",")]
     artifacts = tempfile.mkdtemp(prefix="reliability-artifacts-")  # shared by the workers on this machine
-    recipe = TaskRecipe(n_train=args.n_train, steps=args.steps, checkpoint_every=25, artifacts=artifacts)
+    recipe = BuiltinTask(n_train=args.n_train, steps=args.steps, checkpoint_every=25, artifacts=artifacts)
     task, _ = recipe.build("cpu")
     with _storage_url(args.storage) as url, contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, artifacts, ignore_errors=True)
@@ -343,7 +343,7 @@ def _data_safety(md: Path, record: RunRecord) -> None:
 def _write(
     out: Path,
     record: RunRecord,
-    recipe: TaskRecipe,
+    recipe: BuiltinTask,
     rows: list[dict[str, float]],
     crash: dict[str, object],
     faults: list[tuple[str, str, str]],

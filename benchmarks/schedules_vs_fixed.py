@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning._compare import run_compare
+from optuna_deelbo.tuning._study import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_digits import commit, machine
@@ -45,10 +45,10 @@ def _ints(text: str) -> list[int]:
 
 def scratch_task(width: int, n_train: int, seed: int, steps: int, batch_size: int) -> od.TaskSpec:
     """Digits 5-9 with ``n_train`` examples, a width-``width`` SmallCNN trained from scratch."""
-    data = od.digits_transfer(n_train, seed=seed)
+    data = od.data.digits_transfer(n_train, seed=seed)
     return od.TaskSpec(
         name=f"digits-scratch-w{width}-N{n_train}-seed{seed}",
-        model_factory=functools.partial(od.SmallCNN, data.n_classes, int(data.train.x.shape[1]), width=width),
+        model_factory=functools.partial(od.models.SmallCNN, data.n_classes, int(data.train.x.shape[1]), width=width),
         train=data.train,
         test=data.test,
         prior="l2-zero",
@@ -84,7 +84,7 @@ def main() -> None:
     for width in args.widths:
         for seed in args.seeds:
             task = scratch_task(width, args.n_train, seed, args.steps, args.batch_size)
-            for r in run_compare(task, STRATEGIES, storage, if_exists="overwrite"):
+            for r in compare(task, STRATEGIES, storage, if_exists="overwrite"):
                 rows.append(
                     {
                         "width": width,

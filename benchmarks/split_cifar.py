@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning._compare import run_compare
+from optuna_deelbo.tuning._study import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    device = od.resolve_device(args.device)
+    device = od.train.resolve_device(args.device)
     storage = od.open_storage(args.storage)
     records: list[dict[str, object]] = []
     pretrain_total = 0.0
@@ -68,7 +68,7 @@ def main() -> None:
                 device=str(device),
             )
             pretrain_total += pretrain_s
-            for r in run_compare(task, args.strategies.split(","), storage, if_exists="overwrite"):
+            for r in compare(task, args.strategies.split(","), storage, if_exists="overwrite"):
                 records.append(
                     {
                         "N": n,

@@ -6,7 +6,7 @@ import math
 
 from optuna_deelbo._errors import ConfigError
 
-__all__ = ["nonnegative_finite", "positive_finite", "positive_int", "require_minimize"]
+__all__ = ["nonnegative_finite", "positive_finite", "positive_int"]
 
 
 def _finite_number(value: object) -> float | None:
@@ -39,19 +39,3 @@ def nonnegative_finite(value: object, what: str) -> float:
     if number is None or number < 0:
         raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
     return number
-
-
-def require_minimize(trial: object, what: str) -> None:
-    """Refuse a trial whose (single-objective) study maximises: ``what`` returns a loss to minimise.
-
-    Trials without a study (``optuna.trial.FixedTrial``) and multi-objective studies pass.
-    """
-    from optuna.study import StudyDirection
-
-    study = getattr(trial, "study", None)
-    directions = getattr(study, "directions", None)
-    if directions is not None and len(directions) == 1 and directions[0] == StudyDirection.MAXIMIZE:
-        raise ConfigError(
-            f"{what} returns a loss to minimise, but study {getattr(study, 'study_name', '?')!r} has "
-            "direction 'maximize'; create the study with direction='minimize'"
-        )

@@ -21,33 +21,33 @@ import torch
 
 from optuna_deelbo import __version__
 from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
-from optuna_deelbo.bayes._deelbo_recipe import RECIPE_NAMES
-from optuna_deelbo.bayes._priors import PRIOR_NAMES
-from optuna_deelbo.data._backbones import BACKBONE_NAMES
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.data._tasks import DATASET_NAMES
-from optuna_deelbo.report._dashboard import dashboard_available, save_storage_to_dashboard, save_to_dashboard
-from optuna_deelbo.report._tables import results_table, write_html_report, write_storage_report
-from optuna_deelbo.train._checkpoint import default_artifacts_dir
-from optuna_deelbo.train._training import resolve_device
-from optuna_deelbo.tuning._compare import parse_strategies, run_compare, study_name_for
-from optuna_deelbo.tuning._recipe import TaskRecipe
-from optuna_deelbo.tuning._sampler import LEARNED_ATTR_PREFIX, learned_params
-from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
-from optuna_deelbo.tuning._worker import (
+from optuna_deelbo.bayes import PRIOR_NAMES, RECIPE_NAMES
+from optuna_deelbo.models import BACKBONE_NAMES
+from optuna_deelbo.report import (
+    dashboard_available,
+    results_table,
+    save_storage_to_dashboard,
+    save_to_dashboard,
+    write_html_report,
+    write_storage_report,
+)
+from optuna_deelbo.task import DATASET_NAMES, BuiltinTask
+from optuna_deelbo.train import resolve_device
+from optuna_deelbo.tuning import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_S,
+    DEFAULT_STORAGE,
+    attrs,
+    compare,
+    default_artifacts_dir,
     finish_planned_study,
-    plan_strategy_study,
+    learned_params,
+    open_storage,
+    parse_strategies,
+    plan_compare,
     run_worker,
 )
-from optuna_deelbo.tuning.strategies import (
-    DEFAULT_STRATEGIES,
-    STRATEGY_NAMES,
-    check_learning_rates,
-    get_strategy,
-    refuse_existing,
-)
+from optuna_deelbo.tuning.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, check_learning_rates
 
 __all__ = ["build_parser", "main"]
 
@@ -224,8 +224,8 @@ def _if_exists(args: argparse.Namespace) -> str:
     return "resume" if args.resume else "overwrite" if args.overwrite else "error"
 
 
-def _recipe(args: argparse.Namespace, *, artifacts: str | None = None) -> TaskRecipe:
-    return TaskRecipe(
+def _builtin_task(args: argparse.Namespace, *, artifacts: str | None = None) -> BuiltinTask:
+    return BuiltinTask(
         dataset=args.dataset,
         n_train=args.n_train,
         seed=args.seed,
@@ -242,33 +242,26 @@ def _recipe(args: argparse.Namespace, *, artifacts: str | None = None) -> TaskRe
     )
 
 
-def _build_task(args: argparse.Namespace, device: str) -> tuple[TaskSpec, float]:
-    return _recipe(args).build(device, progress=not args.no_progress and sys.stderr.isatty())
-
-
 def _plan(args: argparse.Namespace) -> int:
-    strategies = [
-        get_strategy(n, tpe_trials=args.tpe_trials, learning_rates=args.lrs) for n in parse_strategies(args.strategies)
-    ]
     storage = open_storage(args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     artifacts = str(Path(args.artifacts).resolve()) if args.artifacts else str(default_artifacts_dir(args.storage))
     _creatable_dir(artifacts, "checkpoint folder (--artifacts)")
-    recipe = _recipe(args, artifacts=artifacts)
-    task, _ = recipe.build(str(resolve_device(args.device)))
-    names = []
-    if not (args.resume or args.overwrite):
-        refuse_existing(storage, [study_name_for(task, s.name) for s in strategies])
-    for strategy in strategies:
-        study = plan_strategy_study(
-            strategy, recipe, storage, study_name_for(task, strategy.name), task=task, if_exists=_if_exists(args)
-        )
-        names.append(study.study_name)
+    studies = plan_compare(
+        _builtin_task(args, artifacts=artifacts),
+        args.strategies,
+        storage,
+        device=str(resolve_device(args.device)),
+        tpe_trials=args.tpe_trials,
+        learning_rates=args.lrs,
+        if_exists=_if_exists(args),
+    )
+    for study in studies:
         print(f"planned {study.study_name}: {len(study.trials)} trials queued", flush=True)
-    studies = " ".join(f"--study {shlex.quote(n)}" for n in names)
+    names = " ".join(f"--study {shlex.quote(s.study_name)}" for s in studies)
     print(f"checkpoints: {artifacts}")
-    print(f"workers (any number):  optuna-deelbo worker --storage {shlex.quote(args.storage)} {studies}")
-    print(f"after they have left:  optuna-deelbo finish --storage {shlex.quote(args.storage)} {studies}")
+    print(f"workers (any number):  optuna-deelbo worker --storage {shlex.quote(args.storage)} {names}")
+    print(f"after they have left:  optuna-deelbo finish --storage {shlex.quote(args.storage)} {names}")
     return 0
 
 
@@ -307,7 +300,7 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
 
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One plain line per finished trial (stdout is not a terminal: a log file); learned values, no placeholders."""
-    learned = {k for k in trial.params if LEARNED_ATTR_PREFIX + k in trial.user_attrs}
+    learned = {k for k in trial.params if attrs.learned_key(k) in trial.user_attrs}
     params = ", ".join(
         (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}") + (" (learned)" if k in learned else "")
         for k, v in learned_params(trial).items()
@@ -335,7 +328,7 @@ def _compare(args: argparse.Namespace) -> int:
     storage = open_storage(args.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"device: {device}; storage: {args.storage}; strategies: {', '.join(strategies)}", flush=True)
-    task, pretrain_s = _build_task(args, str(device))
+    task, pretrain_s = _builtin_task(args).build(str(device), progress=not args.no_progress and sys.stderr.isatty())
     if args.compile:
         task = dataclasses.replace(task, compile=True)
     print(
@@ -344,7 +337,7 @@ def _compare(args: argparse.Namespace) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    results = run_compare(
+    results = compare(
         task,
         strategies,
         storage,
@@ -405,7 +398,8 @@ def _worker(args: argparse.Namespace) -> int:
 def _finish(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = str(resolve_device(args.device))
-    results = [finish_planned_study(args.storage, name, device=device) for name in args.study]
+    storage = open_storage(args.storage)
+    results = [finish_planned_study(storage, name, device=device) for name in args.study]
     print(results_table(results))
     for r in results:
         print(f"{r.strategy}: best {r.best_params}")

@@ -84,7 +84,7 @@ def snapshot(url: str) -> dict[str, object]:
             for t in study.trials
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
         )
-        result = od.StrategyResult.from_study(study)
+        result = od.tuning.StrategyResult.from_study(study)
         out[summary.study_name] = (finished, result.n_trials, result.test_accuracy, result.best_params)
     return out
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.data._backbones`: head split, one DE-ELBo step, head seeds, checkpoints.
+"""Tests for :mod:`optuna_deelbo.models._backbones`: head split, one DE-ELBo step, head seeds, checkpoints.
 
 Every backbone is built with random initialisation (``weights=None``), so nothing is downloaded.
 The torchvision backbones (ResNet-18/50, ConvNeXt-Tiny) take a few seconds each on CPU; each is
@@ -21,8 +21,8 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._objectives import DEELBoObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
-from optuna_deelbo.data._backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
-from optuna_deelbo.data._models import SmallCNN
+from optuna_deelbo.models._backbones import BACKBONE_NAMES, Backbone, CifarResNet, build_backbone, load_checkpoint
+from optuna_deelbo.models._small_cnn import SmallCNN
 
 N_CLASSES = 5
 

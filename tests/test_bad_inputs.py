@@ -24,9 +24,10 @@ from torch import nn
 
 import optuna_deelbo as od
 from optuna_deelbo.cli import main
-from optuna_deelbo.train._checkpoint import CheckpointHook, Checkpointing, from_bytes, to_bytes
+from optuna_deelbo.train._checkpoint import CheckpointHook, from_bytes, to_bytes
 from optuna_deelbo.tuning import _storage as storage_module
-from optuna_deelbo.tuning._compare import parse_strategies
+from optuna_deelbo.tuning._checkpoints import Checkpointing
+from optuna_deelbo.tuning._study import parse_strategies
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -70,14 +71,14 @@ def _task(**kw: Any) -> od.TaskSpec:
     return od.TaskSpec(**args)
 
 
-def _map_objective() -> od.MAPObjective:
+def _map_objective() -> od.bayes.MAPObjective:
     model = Tiny()
-    groups = od.ParameterGroups.split(model, ("head.",))
-    return od.MAPObjective(model, groups, od.IsotropicGaussian.zero(groups.numel(model, "body")), 0.0)
+    groups = od.bayes.ParameterGroups.split(model, ("head.",))
+    return od.bayes.MAPObjective(model, groups, od.IsotropicGaussian.zero(groups.numel(model, "body")), 0.0)
 
 
-def _config(lr: float = 0.1) -> od.TrainConfig:
-    return od.TrainConfig(lr=lr, steps=4, batch_size=10, progress=False, log_every=1)
+def _config(lr: float = 0.1) -> od.train.TrainConfig:
+    return od.train.TrainConfig(lr=lr, steps=4, batch_size=10, progress=False, log_every=1)
 
 
 def _fit(ctx: Ctx, trial: Any = None, task: Any = None, **kw: Any) -> float:
@@ -96,8 +97,8 @@ def _other_run_checkpoint(ctx: Ctx) -> object:
     """A checkpoint written at lr = 0.1, resumed by a run at lr = 0.01."""
     states: list[dict[str, Any]] = []
     data = _split()
-    od.train(_map_objective(), data.x, data.y, _config(0.1), checkpoint=CheckpointHook(2, states.append))
-    return od.train(_map_objective(), data.x, data.y, _config(0.01), resume=states[-1])
+    od.train.train_model(_map_objective(), data.x, data.y, _config(0.1), checkpoint=CheckpointHook(2, states.append))
+    return od.train.train_model(_map_objective(), data.x, data.y, _config(0.01), resume=states[-1])
 
 
 def _truncated_checkpoint(ctx: Ctx) -> object:
@@ -130,7 +131,7 @@ def _cifar(ctx: Ctx, *, archive: bytes | None = None, members: dict[str, bytes] 
         path.write_bytes(archive)
     if members is not None:
         _write_tar_xz(path, members)
-    return od.load_cifar10_jpeg(data_dir, "train", cache_dir=ctx.tmp / "cache")
+    return od.data.load_cifar10_jpeg(data_dir, "train", cache_dir=ctx.tmp / "cache")
 
 
 def _truncated_archive(ctx: Ctx) -> object:
@@ -256,7 +257,9 @@ CASES = [
         id="deelbo-loss-before-forward",
     ),
     # --- unknown names ---------------------------------------------------------------------------
-    pytest.param(lambda c: od.get_strategy("nope"), od.ConfigError, r"unknown strategy 'nope'", id="strategy-unknown"),
+    pytest.param(
+        lambda c: od.tuning.get_strategy("nope"), od.ConfigError, r"unknown strategy 'nope'", id="strategy-unknown"
+    ),
     pytest.param(lambda c: parse_strategies(" , "), od.ConfigError, r"no strategy given", id="strategy-list-empty"),
     pytest.param(lambda c: _task(prior="l3"), od.ConfigError, r"unknown prior 'l3'", id="prior-unknown"),
     pytest.param(
@@ -303,26 +306,34 @@ CASES = [
         id="per-layer-blocks-mismatch",
     ),
     pytest.param(
-        lambda c: od.build_backbone("vgg16", 5), od.ConfigError, r"unknown backbone 'vgg16'", id="backbone-unknown"
+        lambda c: od.models.build_backbone("vgg16", 5),
+        od.ConfigError,
+        r"unknown backbone 'vgg16'",
+        id="backbone-unknown",
     ),
     pytest.param(
-        lambda c: od.Regularization(penalty="l0"), od.ConfigError, r"unknown penalty 'l0'", id="penalty-unknown"
+        lambda c: od.regularizers.Regularization(penalty="l0"),
+        od.ConfigError,
+        r"unknown penalty 'l0'",
+        id="penalty-unknown",
     ),
     pytest.param(
-        lambda c: od.Regularization(retrain="never"),  # type: ignore[arg-type]
+        lambda c: od.regularizers.Regularization(retrain="never"),  # type: ignore[arg-type]
         od.ConfigError,
         r"unknown retrain rule 'never'",
         id="retrain-unknown",
     ),
     pytest.param(
-        lambda c: od.suggest_regularization(optuna.trial.FixedTrial({}), ("foo",)),
+        lambda c: od.tuning.suggest_regularization(optuna.trial.FixedTrial({}), ("foo",)),
         od.ConfigError,
         r"unknown regularizer\(s\) \['foo'\]",
         id="regularizer-unknown",
     ),
-    pytest.param(lambda c: od.resolve_device("tpu"), od.ConfigError, r"unknown device 'tpu'", id="device-unknown"),
     pytest.param(
-        lambda c: od.load_cifar10_jpeg(c.tmp, split="val"),
+        lambda c: od.train.resolve_device("tpu"), od.ConfigError, r"unknown device 'tpu'", id="device-unknown"
+    ),
+    pytest.param(
+        lambda c: od.data.load_cifar10_jpeg(c.tmp, split="val"),
         od.ConfigError,
         r"split must be 'train' or 'test'",
         id="cifar-split-unknown",
@@ -335,7 +346,9 @@ CASES = [
         id="data-empty-task",
     ),
     pytest.param(
-        lambda c: od.train(_map_objective(), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), _config()),
+        lambda c: od.train.train_model(
+            _map_objective(), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), _config()
+        ),
         od.ConfigError,
         r"training set is empty \(N = 0\)",
         id="data-empty-train",
@@ -365,7 +378,7 @@ CASES = [
         id="labels-int32",
     ),
     pytest.param(
-        lambda c: od.train(_map_objective(), torch.zeros(5, 4), torch.zeros(5), _config()),
+        lambda c: od.train.train_model(_map_objective(), torch.zeros(5, 4), torch.zeros(5), _config()),
         od.ConfigError,
         r"labels y must be int64 class indices, got torch\.float32",
         id="labels-float-train",
@@ -425,7 +438,7 @@ CASES = [
         id="inputs-integer",
     ),
     pytest.param(
-        lambda c: od.DeviceAugment()(torch.zeros(2, 3, 4, 4)),
+        lambda c: od.data.DeviceAugment()(torch.zeros(2, 3, 4, 4)),
         od.ConfigError,
         r"DeviceAugment expects uint8 pixels, got torch\.float32",
         id="augment-float-pixels",
@@ -438,20 +451,20 @@ CASES = [
         id="n-negative",
     ),
     pytest.param(
-        lambda c: od.digits_transfer(n_train=3),
+        lambda c: od.data.digits_transfer(n_train=3),
         od.ConfigError,
         r"n_train must be between 25 .* got 3",
         id="n-too-small",
     ),
     pytest.param(lambda c: _task(steps=0), od.ConfigError, r"steps must be a positive integer, got 0", id="steps-zero"),
     pytest.param(
-        lambda c: od.TrainConfig(lr=0.1, steps=-3),
+        lambda c: od.train.TrainConfig(lr=0.1, steps=-3),
         od.ConfigError,
         r"steps must be a positive integer, got -3",
         id="steps-negative",
     ),
     pytest.param(
-        lambda c: od.TrainConfig(lr=0.1, steps=10.5),  # type: ignore[arg-type]
+        lambda c: od.train.TrainConfig(lr=0.1, steps=10.5),  # type: ignore[arg-type]
         od.ConfigError,
         r"steps must be a positive integer, got 10\.5",
         id="steps-fractional",
@@ -463,26 +476,26 @@ CASES = [
         id="batch-size-zero",
     ),
     pytest.param(
-        lambda c: od.get_strategy("tpe", tpe_trials=0),
+        lambda c: od.tuning.get_strategy("tpe", tpe_trials=0),
         od.ConfigError,
         r"TPE trials must be a positive integer, got 0",
         id="tpe-trials-zero",
     ),
     pytest.param(
-        lambda c: od.train_val_split(_split(), 1.5),
+        lambda c: od.data.train_val_split(_split(), 1.5),
         od.ConfigError,
         r"val_fraction must be in \(0, 1\), got 1\.5",
         id="val-fraction",
     ),
     # --- learning rates and other numbers -----------------------------------------------------------
     pytest.param(
-        lambda c: od.TrainConfig(lr=0.0),
+        lambda c: od.train.TrainConfig(lr=0.0),
         od.ConfigError,
         r"learning rate must be a positive finite number, got 0\.0",
         id="lr-zero",
     ),
     pytest.param(
-        lambda c: od.fit_deelbo(_task(), -1e-3),
+        lambda c: od.tuning.fit_deelbo(_task(), -1e-3),
         od.ConfigError,
         r"learning rate must be a positive finite number, got -0\.001",
         id="lr-negative",
@@ -512,9 +525,9 @@ CASES = [
         lambda c: _task(kappa=0.0), od.ConfigError, r"kappa must be a positive finite number, got 0\.0", id="kappa-zero"
     ),
     pytest.param(
-        lambda c: od.DEELBoObjective(
+        lambda c: od.bayes.DEELBoObjective(
             Tiny(),
-            od.ParameterGroups.split(Tiny(), ("head.",)),
+            od.bayes.ParameterGroups.split(Tiny(), ("head.",)),
             od.IsotropicGaussian.zero(30),
             n_train=10,
             kappa=float("nan"),
@@ -530,7 +543,7 @@ CASES = [
         id="init-sigma-zero",
     ),
     pytest.param(
-        lambda c: od.TrainConfig(lr=0.1, momentum=1.0),
+        lambda c: od.train.TrainConfig(lr=0.1, momentum=1.0),
         od.ConfigError,
         r"momentum must be in \[0, 1\), got 1\.0",
         id="momentum-one",
@@ -543,8 +556,8 @@ CASES = [
         id="prior-mean-length",
     ),
     pytest.param(
-        lambda c: od.MAPObjective(
-            Tiny(), od.ParameterGroups.split(Tiny(), ("head.",)), od.IsotropicGaussian.zero(5), 1e-3
+        lambda c: od.bayes.MAPObjective(
+            Tiny(), od.bayes.ParameterGroups.split(Tiny(), ("head.",)), od.IsotropicGaussian.zero(5), 1e-3
         ),
         od.ConfigError,
         r"body prior covers 5 weights but the model's body has 30",
@@ -638,64 +651,64 @@ CASES = [
     ),
     # --- schedules, mixing, regularizers, divergence rules -------------------------------------------------
     pytest.param(
-        lambda c: od.pull_down([], 10), od.ConfigError, r"schedule values must not be empty", id="schedule-empty"
+        lambda c: od.train.pull_down([], 10), od.ConfigError, r"schedule values must not be empty", id="schedule-empty"
     ),
     pytest.param(
-        lambda c: od.pull_up([1e-3, float("nan")], 10),
+        lambda c: od.train.pull_up([1e-3, float("nan")], 10),
         od.ConfigError,
         r"schedule value #1 must be a finite number >= 0, got nan",
         id="schedule-nan",
     ),
     pytest.param(
-        lambda c: od.constant(1e-3, 0),
+        lambda c: od.train.constant(1e-3, 0),
         od.ConfigError,
         r"steps_per_value must be a positive integer, got 0",
         id="schedule-zero-steps",
     ),
     pytest.param(
-        lambda c: od.AdaptiveFeedback(1e-4, factor=0.5),
+        lambda c: od.train.AdaptiveFeedback(1e-4, factor=0.5),
         od.ConfigError,
         r"factor must be > 1, got 0\.5",
         id="adaptive-factor",
     ),
     pytest.param(
-        lambda c: od.BatchMixing(n_classes=5, erasing_p=1.5),
+        lambda c: od.regularizers.BatchMixing(n_classes=5, erasing_p=1.5),
         od.ConfigError,
         r"erasing probability must be in \[0, 1\], got 1\.5",
         id="mixing-erasing-p",
     ),
     pytest.param(
-        lambda c: od.Regularization(mixup_alpha=-1.0),
+        lambda c: od.regularizers.Regularization(mixup_alpha=-1.0),
         od.ConfigError,
         r"mixup alpha must be a finite number >= 0, got -1\.0",
         id="mixing-alpha",
     ),
     pytest.param(
-        lambda c: od.Regularization(label_smoothing=1.0),
+        lambda c: od.regularizers.Regularization(label_smoothing=1.0),
         od.ConfigError,
         r"label smoothing must be in \[0, 1\), got 1\.0",
         id="mixing-smoothing",
     ),
     pytest.param(
-        lambda c: od.Regularization(dropout=-0.1),
+        lambda c: od.regularizers.Regularization(dropout=-0.1),
         od.ConfigError,
         r"dropout must be a probability in \[0, 1\), got -0\.1",
         id="dropout-negative",
     ),
     pytest.param(
-        lambda c: od.DivergenceRule(max_sigma=-1.0),
+        lambda c: od.train.DivergenceRule(max_sigma=-1.0),
         od.ConfigError,
         r"max_sigma must be a positive finite number, got -1\.0",
         id="divergence-max-sigma",
     ),
     pytest.param(
-        lambda c: od.DivergenceRule(nll_factor=0.5),
+        lambda c: od.train.DivergenceRule(nll_factor=0.5),
         od.ConfigError,
         r"nll_factor must be > 1 .*got 0\.5",
         id="divergence-nll-factor",
     ),
     pytest.param(
-        lambda c: od.DivergenceRule(patience=0),
+        lambda c: od.train.DivergenceRule(patience=0),
         od.ConfigError,
         r"divergence patience must be a positive integer, got 0",
         id="divergence-patience",
@@ -732,7 +745,7 @@ CASES = [
         id="checkpoint-interval-zero",
     ),
     pytest.param(
-        lambda c: od.build_backbone("cifar-resnet20", 5, weights=str(c.tmp / "none.pt")),
+        lambda c: od.models.build_backbone("cifar-resnet20", 5, weights=str(c.tmp / "none.pt")),
         od.ConfigError,
         r"checkpoint '.*none\.pt' does not exist",
         id="backbone-weights-missing",
@@ -763,13 +776,13 @@ CASES = [
         id="cifar-class-unknown",
     ),
     pytest.param(
-        lambda c: od.load_cifar10_jpeg(c.tmp / "nope"),
+        lambda c: od.data.load_cifar10_jpeg(c.tmp / "nope"),
         od.ConfigError,
         r"CIFAR-10 data directory .*nope does not exist",
         id="cifar-dir-missing",
     ),
     pytest.param(
-        lambda c: od.load_cifar10_jpeg(c.tmp, cache_dir=c.tmp),
+        lambda c: od.data.load_cifar10_jpeg(c.tmp, cache_dir=c.tmp),
         od.ConfigError,
         r"no CIFAR-10 train data in .*cifar10-train-jpeg\.tar\.xz",
         id="cifar-dir-empty",
@@ -929,7 +942,7 @@ CASES = [
         id="cli-worker-study-missing",
     ),
     pytest.param(
-        _foreign_study_worker, CliFailed, r"study 'maxi' has no task recipe", id="cli-worker-study-not-planned"
+        _foreign_study_worker, CliFailed, r"study 'maxi' has no stored built-in task", id="cli-worker-study-not-planned"
     ),
     pytest.param(
         cli("worker", "--storage", _MEM, "--study", "s", "--heartbeat-interval", "10", "--grace-period", "5"),

@@ -14,24 +14,21 @@ import torch
 
 from optuna_deelbo._errors import CheckpointError
 from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective, Objective
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.data._tasks import digits_task
-from optuna_deelbo.train._checkpoint import (
-    ATTR_ARTIFACT,
-    ATTR_RESUME_ERROR,
-    ATTR_RESUMED_STEP,
-    ATTR_RESUMED_TRIAL,
-    ATTR_STEP,
-    CheckpointHook,
-    Checkpointing,
-    default_artifacts_dir,
-    from_bytes,
-    to_bytes,
-)
+from optuna_deelbo.task._builtin import digits_task
+from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.train._checkpoint import CheckpointHook, from_bytes, to_bytes
 from optuna_deelbo.train._schedules import AdaptiveFeedback
-from optuna_deelbo.train._training import TrainConfig, TrainResult, train
+from optuna_deelbo.train._training import TrainConfig, TrainResult, train_model
+from optuna_deelbo.tuning._checkpoints import Checkpointing, default_artifacts_dir
 from optuna_deelbo.tuning._fit import fit
 from optuna_deelbo.tuning._sampler import DEELBoSampler
+from optuna_deelbo.tuning.attrs import (
+    CHECKPOINT_ARTIFACT,
+    CHECKPOINT_RESUME_ERROR,
+    CHECKPOINT_STEP,
+    RESUMED_STEP,
+    RESUMED_TRIAL,
+)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -59,12 +56,12 @@ def _run(task: TaskSpec, kind: str, **kwargs: Any) -> tuple[Objective, TrainResu
         config = TrainConfig(lr=0.05, steps=40, batch_size=16, log_every=10, eval_every=10, progress=False)
         if kind == "deelbo-adam":  # sigma's own optimiser is part of the checkpoint
             config = dataclasses.replace(config, sigma_optimizer="adam", sigma_lr=0.05)
-        return objective, train(objective, task.train.x, task.train.y, config, **kwargs)
+        return objective, train_model(objective, task.train.x, task.train.y, config, **kwargs)
     objective = _map(task)
     config = TrainConfig(lr=0.05, steps=40, batch_size=16, log_every=10, eval_every=5, patience=50, progress=False)
     train_split, val_split = task.train_val
     schedule = AdaptiveFeedback(1e-3, every=6)
-    result = train(
+    result = train_model(
         objective,
         train_split.x,
         train_split.y,
@@ -116,9 +113,9 @@ def test_checkpoint_of_another_run_is_refused(task: TaskSpec) -> None:
     objective = _deelbo(task)
     config = TrainConfig(lr=0.01, steps=40, batch_size=16, progress=False)  # other learning rate
     with pytest.raises(CheckpointError, match=r"another run \(lr: 0.05 != 0.01\)"):
-        train(objective, task.train.x, task.train.y, config, resume=from_bytes(saved[0], source="x"))
+        train_model(objective, task.train.x, task.train.y, config, resume=from_bytes(saved[0], source="x"))
     with pytest.raises(CheckpointError, match="another run"):
-        train(
+        train_model(
             _map(task),
             task.train.x,
             task.train.y,
@@ -154,9 +151,9 @@ def test_retried_trial_resumes_from_the_newest_checkpoint_and_matches(task: Task
     checkpointed = dataclasses.replace(task, checkpointing=Checkpointing.filesystem(tmp_path, every=15))
     study, value = _crash_and_retry(checkpointed)
     failed, retry = study.trials
-    assert failed.user_attrs[ATTR_STEP] == 30 and failed.user_attrs[ATTR_RESUMED_STEP] == 0
+    assert failed.user_attrs[CHECKPOINT_STEP] == 30 and failed.user_attrs[RESUMED_STEP] == 0
     assert retry.state == optuna.trial.TrialState.COMPLETE
-    assert retry.user_attrs[ATTR_RESUMED_STEP] == 30 and retry.user_attrs[ATTR_RESUMED_TRIAL] == 0
+    assert retry.user_attrs[RESUMED_STEP] == 30 and retry.user_attrs[RESUMED_TRIAL] == 0
     assert retry.value == value  # finished exactly as the uninterrupted run did
     metas = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)
     assert sorted(m.filename for m in metas) == ["checkpoint-a.pt", "checkpoint-b.pt"]  # two slots, not one per step
@@ -167,14 +164,14 @@ def test_corrupt_checkpoint_warns_and_restarts_from_step_zero(task: TaskSpec, tm
     checkpointed = dataclasses.replace(task, checkpointing=Checkpointing.filesystem(tmp_path, every=15))
 
     def corrupt(trial: optuna.trial.FrozenTrial) -> None:
-        (tmp_path / trial.user_attrs[ATTR_ARTIFACT]).write_bytes(b"\x00garbage")
+        (tmp_path / trial.user_attrs[CHECKPOINT_ARTIFACT]).write_bytes(b"\x00garbage")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         study, value = _crash_and_retry(checkpointed, corrupt)
     retry = study.trials[1]
     assert any("restarting from step 0" in str(w.message) for w in caught)
-    assert retry.user_attrs[ATTR_RESUMED_STEP] == 0 and "unreadable" in retry.user_attrs[ATTR_RESUME_ERROR]
+    assert retry.user_attrs[RESUMED_STEP] == 0 and "unreadable" in retry.user_attrs[CHECKPOINT_RESUME_ERROR]
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.value == value
     assert math.isfinite(value)
 

@@ -140,6 +140,6 @@ def test_error_texts_name_the_cli_flag_and_the_extra(tmp: Path) -> None:
     empty = tmp / "no-cifar-here"
     empty.mkdir()
     with pytest.raises(od.ConfigError, match="--dataset cifar10-jpeg --data-dir"):
-        od.load_cifar10_torchvision(str(empty))
+        od.data.load_cifar10_torchvision(str(empty))
     with pytest.raises(od.StorageError, match=r"pip install 'optuna-deelbo\[postgres\]'"):
         od.open_storage("postgresql+pg8000://user@localhost/db")  # a driver that is not installed

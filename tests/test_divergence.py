@@ -20,7 +20,7 @@ from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups, WeightPosterior
 from optuna_deelbo.bayes._priors import IsotropicGaussian
 from optuna_deelbo.train._divergence import DIVERGENCE_KINDS, DivergenceMonitor, DivergenceRule
-from optuna_deelbo.train._training import TrainConfig, train
+from optuna_deelbo.train._training import TrainConfig, train_model
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -179,15 +179,15 @@ def test_runaway_nll_is_diverging_and_would_otherwise_finish() -> None:
     """lr = 1e4 with clipping keeps every value finite but the NLL in the millions: the NLL rule ends it."""
     data = blobs()
     with pytest.raises(TrainingDiverged, match=r"^diverging: training NLL .* for 3 checks in a row at step 30 "):
-        train(map_objective(), data.x, data.y, config(lr=1e4))
-    result = train(map_objective(), data.x, data.y, config(lr=1e4, divergence=DivergenceRule(nll_factor=None)))
+        train_model(map_objective(), data.x, data.y, config(lr=1e4))
+    result = train_model(map_objective(), data.x, data.y, config(lr=1e4, divergence=DivergenceRule(nll_factor=None)))
     assert math.isfinite(result.final_loss)
     assert min(row["nll"] for row in result.history) > 1e3  # it really had diverged
 
 
 def test_a_normal_run_is_not_stopped() -> None:
     data = blobs()
-    result = train(deelbo_objective(), data.x, data.y, config(lr=0.1))
+    result = train_model(deelbo_objective(), data.x, data.y, config(lr=0.1))
     assert result.stopped_step == 60
     assert result.history[-1]["nll"] < result.history[0]["nll"]
 
@@ -198,7 +198,7 @@ def test_exploding_sigma_ends_a_deelbo_run_at_the_first_check() -> None:
     with pytest.raises(
         TrainingDiverged, match=r"^exploding sigma: largest posterior std 0\.9\d* > max_sigma 0.5 at step 10 "
     ):
-        train(deelbo_objective(init_sigma=1.0), data.x, data.y, config(lr=1e-4, divergence=rule))
+        train_model(deelbo_objective(init_sigma=1.0), data.x, data.y, config(lr=1e-4, divergence=rule))
 
 
 def test_sigma_growing_past_the_bound_during_training() -> None:
@@ -207,7 +207,7 @@ def test_sigma_growing_past_the_bound_during_training() -> None:
     objective = deelbo_objective()
     assert objective.posterior.max_sigma() == pytest.approx(1e-3)
     with pytest.raises(TrainingDiverged, match=r"^exploding sigma") as info:
-        train(objective, data.x, data.y, config(lr=1.0, divergence=DivergenceRule(max_sigma=1.0)))
+        train_model(objective, data.x, data.y, config(lr=1.0, divergence=DivergenceRule(max_sigma=1.0)))
     match = re.search(r"largest posterior std ([\d.e+-]+) > max_sigma 1 at step (\d+)", str(info.value))
     assert match is not None, str(info.value)
     assert float(match.group(1)) > 1.0 and int(match.group(2)) % 10 == 0
@@ -217,11 +217,11 @@ def test_non_finite_lambda_tau_sigma_are_named() -> None:
     data = blobs()
     pattern = r"^non-finite loss, nll, penalty, lambda, tau, sigma at step 10 \(lr=1e\+30\)$"
     with pytest.raises(TrainingDiverged, match=pattern):
-        train(deelbo_objective(), data.x, data.y, config(lr=1e30))
+        train_model(deelbo_objective(), data.x, data.y, config(lr=1e30))
     x = data.x.clone()
     x[7, 2] = math.nan  # one bad input poisons the weights at the first step that sees it
     with pytest.raises(TrainingDiverged, match=r"^non-finite loss, nll, penalty, lambda, tau, sigma at step 10 "):
-        train(deelbo_objective(), x, data.y, config(lr=0.1, batch_size=60))
+        train_model(deelbo_objective(), x, data.y, config(lr=0.1, batch_size=60))
 
 
 # --- the study: a diverged trial is pruned with its reason, the study goes on --------------------

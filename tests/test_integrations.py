@@ -44,7 +44,7 @@ class _DigitsModule(pl.LightningModule):
 
 
 def test_lightning_module_trains_with_deelbo_under_the_sampler() -> None:
-    data = od.digits_transfer(100, seed=0)
+    data = od.data.digits_transfer(100, seed=0)
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=32, shuffle=True, drop_last=True)
     callbacks: dict[int, DEELBoCallback] = {}
 
@@ -162,7 +162,7 @@ class _NoForwardModule(_DigitsModule):
 
 def test_module_without_forward_recalibrates_batchnorm_through_training_step() -> None:
     """c55ea9a raised NotImplementedError after training (BatchNorm recalibration called forward())."""
-    data = od.digits_transfer(100, seed=0)
+    data = od.data.digits_transfer(100, seed=0)
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25)
     torch.manual_seed(0)
     module = _NoForwardModule(0.05)
@@ -196,7 +196,7 @@ from test_integrations import _DigitsModule
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
-data = od.digits_transfer(100, seed=0)
+data = od.data.digits_transfer(100, seed=0)
 loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=10, shuffle=True)
 study = optuna.create_study(study_name="ddp", storage="sqlite:///ddp.db", load_if_exists=True,
                             sampler=od.DEELBoSampler(optuna.samplers.GridSampler({"lr": [0.05, 0.01]})))
@@ -278,7 +278,7 @@ def test_a_built_wheel_carries_the_whole_optunahub_folder(tmp_path: Path) -> Non
 
 def test_a_resumed_lightning_run_keeps_the_original_prior_mean_and_sigma(tmp_path: Path) -> None:
     """Resuming from a Lightning checkpoint must not take the L2-SP mean from the resumed (trained) weights."""
-    data = od.digits_transfer(100, seed=0)
+    data = od.data.digits_transfer(100, seed=0)
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25)
     torch.manual_seed(0)
     module = _DigitsModule(0.05)

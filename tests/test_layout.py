@@ -1,13 +1,21 @@
-"""The package layout stays readable: layers that import downwards only, small folders, short functions."""
+"""The package layout stays readable: layers that import downwards only, Optuna only at the top, no Optuna
+internals outside their one adapter, small folders, short functions."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "optuna_deelbo"
 #: Bottom to top: a module may import its own layer and the ones before it, never one after it.
-LAYERS = ("regularizers", "bayes", "train", "data", "tuning", "report")
+LAYERS = ("regularizers", "bayes", "train", "data", "models", "task", "tuning", "report", "integrations")
+#: The layers that may import Optuna (and cli.py); below them only through :data:`OPTUNA_ADAPTER`.
+OPTUNA_LAYERS = ("tuning", "report", "integrations")
+#: The one module below the tuning layer that imports Optuna (what the training loop needs of a trial).
+OPTUNA_ADAPTER = "_optuna_trial.py"
+#: The one module that touches Optuna's private attributes (each use a function with its own test).
+OPTUNA_INTERNALS = "tuning/_optuna_internals.py"
 
 
 def _modules() -> list[Path]:
@@ -49,3 +57,57 @@ def test_no_function_over_100_lines() -> None:
                 if length > 100:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({length} lines)")
     assert not long, long
+
+
+def _imports_optuna(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name == "optuna" or a.name.startswith("optuna.") for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "optuna" or node.module.startswith("optuna."):
+                return True
+    return False
+
+
+def test_optuna_is_imported_only_above_the_task_layer_or_through_the_adapter() -> None:
+    offenders = []
+    for path in _modules():
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in OPTUNA_LAYERS or str(rel) in ("cli.py", OPTUNA_ADAPTER):
+            continue
+        if _imports_optuna(ast.parse(path.read_text())):
+            offenders.append(str(rel))
+    assert not offenders, f"import Optuna only in {OPTUNA_LAYERS} (or via {OPTUNA_ADAPTER}): {offenders}"
+
+
+#: ``x._name`` on an Optuna object: studies, trials, samplers, storages and Optuna's private modules.
+_PRIVATE = re.compile(
+    r"\b(study|trial|sampler|storage|base_sampler|frozen|self\._tpe)\._[a-z]\w*"
+    r"|\boptuna(\.[a-z]\w*)*\._[a-z]\w*"
+)
+
+
+def test_no_optuna_private_attribute_outside_the_internals_adapter() -> None:
+    found = []
+    for path in _modules():
+        rel = str(path.relative_to(PACKAGE))
+        if rel == OPTUNA_INTERNALS:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if _PRIVATE.search(line.split("#")[0]):
+                found.append(f"{rel}:{number}: {line.strip()}")
+    assert not found, found
+
+
+def test_the_private_attribute_check_would_catch_the_old_uses() -> None:
+    """The grep above must fail on what 0.2 did (a check that cannot fail is no check)."""
+    for line in (
+        "        self._rng.rng.seed(trial_seed)".replace("self", "sampler"),
+        "    storage = study._storage",
+        "from optuna.storages._heartbeat import is_heartbeat_enabled",
+        '            grid = getattr(base_sampler, "_search_space", {})'.replace(
+            'getattr(base_sampler, "_search_space", {})', "base_sampler._search_space"
+        ),
+        "    store: optuna.artifacts._protocol.ArtifactStore",
+    ):
+        assert _PRIVATE.search(line), line

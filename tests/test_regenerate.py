@@ -67,3 +67,15 @@ def test_list_prints_commands_and_runs_nothing(capsys: pytest.CaptureFixture[str
     assert "overhead.py --device cpu" in out
     assert "overhead-cpu.md" in out
     assert "paper.py" not in out
+
+
+def test_every_results_file_names_the_step_that_writes_it(tmp_path: Path) -> None:
+    """No orphans in benchmarks/results/: each file is an output of a regenerate step (which ``--list`` shows)."""
+    from regenerate import orphan_results, step_writing
+
+    assert orphan_results() == [], "add a Step whose outputs include these files (or delete them)"
+    assert step_writing("paper-split-cifar-cpu-n50.md") == "paper-split-cifar-n50"
+    assert step_writing("ablation-runs-b.csv") == "ablation"
+    (tmp_path / "adhoc-run.md").write_text("# made by hand\n")
+    (tmp_path / "scratch.db").write_text("")
+    assert orphan_results(tmp_path) == ["adhoc-run.md"]

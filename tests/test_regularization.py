@@ -18,23 +18,24 @@ import optuna
 import pytest
 import torch
 
+import optuna_deelbo as od
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._objectives import MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
 from optuna_deelbo.cli import main
-from optuna_deelbo.data._backbones import CifarResNet, build_backbone
-from optuna_deelbo.data._models import SmallCNN
 from optuna_deelbo.data._splits import Split
-from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.models._backbones import CifarResNet, build_backbone
+from optuna_deelbo.models._small_cnn import SmallCNN
 from optuna_deelbo.regularizers._penalties import Penalty
-from optuna_deelbo.regularizers._regularization import Regularization, suggest_regularization
+from optuna_deelbo.regularizers._regularization import Regularization
 from optuna_deelbo.regularizers._structural import residual_blocks, set_head_dropout, set_stochastic_depth
+from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.train._schedules import AdaptiveFeedback, pull_down
-from optuna_deelbo.train._training import TrainConfig, evaluate, train
+from optuna_deelbo.train._training import TrainConfig, evaluate, train_model
 from optuna_deelbo.tuning._fit import fit_map, retrain
 from optuna_deelbo.tuning.strategies.schedules import replay_schedule
-from optuna_deelbo.tuning.strategies.tpe import TPERegStrategy
+from optuna_deelbo.tuning.strategies.tpe import TPERegStrategy, suggest_regularization
 
 torch.set_num_threads(1)
 
@@ -251,7 +252,7 @@ def test_pull_down_sets_the_weight_decay_at_every_step() -> None:
     task = _task()
     schedule = pull_down((1e-2, 1e-3, 1e-4), 4)
     config = TrainConfig(lr=0.05, steps=12, batch_size=10, log_every=1, progress=False, device="cpu")
-    result = train(_map(task), task.train.x, task.train.y, config, weight_decay_schedule=schedule)
+    result = train_model(_map(task), task.train.x, task.train.y, config, weight_decay_schedule=schedule)
     assert [r["weight_decay"] for r in result.history] == pytest.approx([1e-2] * 4 + [1e-3] * 4 + [1e-4] * 4)
 
 
@@ -261,12 +262,14 @@ def test_adaptive_rule_updates_every_k_steps_with_measured_accuracies() -> None:
     rule = AdaptiveFeedback(1e-4, every=5, margin=0.05, close=0.01)
     config = TrainConfig(lr=0.05, steps=20, batch_size=10, log_every=5, progress=False, device="cpu")
     objective = _map(task)
-    train(objective, train_split.x, train_split.y, config, val=(val_split.x, val_split.y), weight_decay_schedule=rule)
+    train_model(
+        objective, train_split.x, train_split.y, config, val=(val_split.x, val_split.y), weight_decay_schedule=rule
+    )
     assert [h[0] for h in rule.history] == [5, 10, 15, 20]
     for _, lam, train_acc, val_acc in rule.history:
         assert 0 <= train_acc <= 1 and 0 <= val_acc <= 1 and 1e-7 <= lam <= 1e-1
     with pytest.raises(ConfigError, match="validation"):
-        train(_map(task), train_split.x, train_split.y, config, weight_decay_schedule=AdaptiveFeedback(1e-4))
+        train_model(_map(task), train_split.x, train_split.y, config, weight_decay_schedule=AdaptiveFeedback(1e-4))
 
 
 def test_schedules_need_a_map_objective() -> None:
@@ -277,7 +280,7 @@ def test_schedules_need_a_map_objective() -> None:
     objective = DEELBoObjective(model, task.groups(model), task.body_prior(model), n_train=60)
     config = TrainConfig(lr=0.05, steps=2, batch_size=10, progress=False, device="cpu")
     with pytest.raises(ConfigError, match="MAP objective"):
-        train(objective, task.train.x, task.train.y, config, weight_decay_schedule=pull_down((1e-3,), 2))
+        train_model(objective, task.train.x, task.train.y, config, weight_decay_schedule=pull_down((1e-3,), 2))
 
 
 def test_replay_schedule_reproduces_an_adaptive_trajectory() -> None:
@@ -289,7 +292,7 @@ def test_replay_schedule_reproduces_an_adaptive_trajectory() -> None:
 def test_warm_restarts_jump_the_learning_rate_back_up() -> None:
     task = _task()
     config = TrainConfig(lr=0.1, steps=30, batch_size=10, log_every=1, progress=False, device="cpu", restart_period=10)
-    result = train(_map(task), task.train.x, task.train.y, config)
+    result = train_model(_map(task), task.train.x, task.train.y, config)
     lrs = {int(r["step"]): r["lr"] for r in result.history}
     assert lrs[10] == pytest.approx(0.1)  # the first cycle (10 steps) ended: back to the initial lr
     assert lrs[9] < 0.01 and lrs[5] < lrs[4]
@@ -310,7 +313,7 @@ def test_early_stopping_restores_the_best_step_and_stops_after_patience() -> Non
     config = TrainConfig(
         lr=0.1, steps=200, batch_size=10, eval_every=5, patience=3, progress=False, device="cpu", cosine=False
     )
-    result = train(objective, data.x, data.y, config, val=(val.x, val.y))
+    result = train_model(objective, data.x, data.y, config, val=(val.x, val.y))
     assert result.best_step is not None and result.stopped_step < 200
     steps = [s for s, _, _ in result.val_history]
     nlls = {s: nll for s, nll, _ in result.val_history}
@@ -320,7 +323,7 @@ def test_early_stopping_restores_the_best_step_and_stops_after_patience() -> Non
     assert restored.nll == pytest.approx(nlls[result.best_step], rel=1e-5)
     assert result.train_loss_at_best is not None and math.isfinite(result.train_loss_at_best)
     with pytest.raises(ConfigError, match="validation set"):
-        train(_map(task), data.x, data.y, config)
+        train_model(_map(task), data.x, data.y, config)
 
 
 @pytest.mark.parametrize("rule", ["steps", "continue"])
@@ -361,7 +364,7 @@ def test_tpe_reg_searches_the_regularizers_and_retrains_the_winner_with_them() -
     task = _task()
     strategy = TPERegStrategy(trials=4)
     storage = optuna.storages.InMemoryStorage()
-    result = strategy.run(task, storage, "reg")
+    result = od.tuning.run_strategy(strategy, task, storage, "reg")
     study = optuna.load_study(study_name="reg", storage=storage)
     assert len(study.trials) == 4
     switched = ("dropout", "label_smoothing", "mixup_alpha", "cutmix_alpha")

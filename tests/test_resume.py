@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 import optuna_deelbo as od
 from optuna_deelbo.cli import main
-from optuna_deelbo.tuning._compare import run_compare, study_name_for
+from optuna_deelbo.tuning._study import compare, study_name_for
 from optuna_deelbo.tuning._trial_queue import queue_progress
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,18 +58,18 @@ def test_a_name_clash_is_refused_and_the_users_study_kept(tmp_path: Path, task: 
     _user_study(url, name)
     storage = od.open_storage(url)
     with pytest.raises(od.StudyExists, match=r"already exists .*--resume .*--overwrite"):
-        run_compare(task, ["deelbo", "grid"], storage)
+        compare(task, ["deelbo", "grid"], storage)
     assert optuna.get_all_study_names(storage) == [name]  # refused before DE-ELBo's study was made
     kept = optuna.load_study(study_name=name, storage=storage)
     assert [t.params for t in kept.trials] == [{"x": 1.0}]
     with pytest.raises(od.StudyExists, match="not planned by optuna-deelbo"):
-        run_compare(task, ["grid"], storage, if_exists="resume")
+        compare(task, ["grid"], storage, if_exists="resume")
     assert len(optuna.load_study(study_name=name, storage=storage).trials) == 1
-    result = run_compare(task, ["grid"], storage, if_exists="overwrite")[0]  # asked: replaced
+    result = compare(task, ["grid"], storage, if_exists="overwrite")[0]  # asked: replaced
     assert result.n_trials == 24 and "x" not in result.best_params
     with pytest.raises(od.StudyExists, match=r"another recipe \(task\.steps: 8 -> 9"):
-        run_compare(od.digits_task(n_train=30, steps=9, pretrain_steps=20)[0], ["grid"], storage, if_exists="resume")
-    finished = run_compare(task, ["grid"], storage, if_exists="resume")[0]  # finished: its result, nothing trained
+        compare(od.digits_task(n_train=30, steps=9, pretrain_steps=20)[0], ["grid"], storage, if_exists="resume")
+    finished = compare(task, ["grid"], storage, if_exists="resume")[0]  # finished: its result, nothing trained
     assert finished.test_accuracy == result.test_accuracy and finished.total_s == result.total_s
 
 

@@ -23,9 +23,10 @@ from optuna.study import Study
 from optuna.trial import FixedTrial, FrozenTrial, Trial, TrialState
 
 from optuna_deelbo import ConfigError
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.data._tasks import digits_task
-from optuna_deelbo.tuning._sampler import LEARNED_ATTR_PREFIX, DEELBoSampler, learned_names, without_learned
+from optuna_deelbo.task._builtin import digits_task
+from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.tuning._sampler import DEELBoSampler, learned_names, without_learned
+from optuna_deelbo.tuning.attrs import LEARNED_PREFIX
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, task_objective
 from optuna_deelbo.tuning.strategies._base import LR_RANGE, WEIGHT_DECAY_RANGE
 
@@ -384,8 +385,8 @@ def _check_deelbo_trial(trial: FrozenTrial, task: TaskSpec) -> None:
     assert attrs["mode"] == "deelbo"
     assert trial.params["weight_decay"] == WEIGHT_DECAY_RANGE[0]  # only the placeholder
     for name in ("lambda", "weight_decay", "tau", "sigma"):
-        assert _positive_finite(attrs[LEARNED_ATTR_PREFIX + name]), (name, attrs.get(LEARNED_ATTR_PREFIX + name))
-    trace = attrs[LEARNED_ATTR_PREFIX + "trace"]
+        assert _positive_finite(attrs[LEARNED_PREFIX + name]), (name, attrs.get(LEARNED_PREFIX + name))
+    trace = attrs[LEARNED_PREFIX + "trace"]
     assert isinstance(trace, list) and trace
     assert all(isinstance(row, list) and len(row) == 4 for row in trace)
     steps = [row[0] for row in trace]
@@ -404,7 +405,7 @@ def _check_deelbo_trial(trial: FrozenTrial, task: TaskSpec) -> None:
 def _check_map_trial(trial: FrozenTrial) -> None:
     attrs = trial.user_attrs
     assert attrs["mode"] == "map"
-    assert not [k for k in attrs if k.startswith(LEARNED_ATTR_PREFIX)]
+    assert not [k for k in attrs if k.startswith(LEARNED_PREFIX)]
     assert trial.value is not None and math.isfinite(trial.value)
     assert trial.value == attrs["val:nll"]
 

@@ -50,7 +50,7 @@ def test_full_pass_and_elbo_are_the_closed_forms_at_a_point_posterior() -> None:
     """With sigma at the floor every draw is the mean: E_q[NLL] is the mean weights' NLL exactly."""
     x, y = _data()
     objective = _objective(init_sigma=od.bayes.SIGMA_FLOOR)
-    scores = od.selection_scores(objective, x, y, train_loss=0.123, rules=("train-loss", "full-pass", "elbo"))
+    scores = od.bayes.selection_scores(objective, x, y, train_loss=0.123, rules=("train-loss", "full-pass", "elbo"))
     nll = od.evaluate(objective.model, x, y).nll
     kl = float(objective.kl_terms()[0].detach())
     assert scores["train-loss"] == 0.123
@@ -119,7 +119,7 @@ def test_laplace_score_prefers_a_fitted_model_on_separable_data() -> None:
         optimizer.zero_grad()
         nn.functional.cross_entropy(fitted.model(x), y).backward()
         optimizer.step()
-    score = {name: od.laplace_neg_log_evidence(o, x, y) for name, o in (("fit", fitted), ("init", untrained))}
+    score = {name: od.bayes.laplace_neg_log_evidence(o, x, y) for name, o in (("fit", fitted), ("init", untrained))}
     assert score["fit"] < score["init"]
     assert all(math.isfinite(v) for v in score.values())
 
@@ -139,16 +139,16 @@ def _tiny_task(**recipe: object) -> od.TaskSpec:
     )
 
 
-@pytest.mark.parametrize("rule", od.SELECTION_RULES)
+@pytest.mark.parametrize("rule", od.bayes.SELECTION_RULES)
 def test_deelbo_strategy_keeps_the_learning_rate_with_the_lowest_score(rule: str) -> None:
     task = _tiny_task(selection=rule)
     storage = optuna.storages.InMemoryStorage()
-    result = od.get_strategy("deelbo").run(task, storage, "tiny/deelbo")
+    result = od.tuning.run_strategy(od.tuning.get_strategy("deelbo"), task, storage, "tiny/deelbo")
     trials = optuna.load_study(study_name="tiny/deelbo", storage=storage).trials
     stored = {t.params["lr"]: t.user_attrs[f"select:{rule}"] for t in trials}
     assert all(t.value == t.user_attrs[f"select:{rule}"] and t.user_attrs["select:rule"] == rule for t in trials)
     assert result.best_params["lr"] == min(stored, key=stored.__getitem__)
     # the stored scores are those of the runs themselves (fit_deelbo is seeded)
     lr = od.tuning.strategies.LEARNING_RATES[1]
-    objective, run = od.fit_deelbo(task, lr)
-    assert od.score_deelbo_run(task, objective, run)[rule] == pytest.approx(stored[lr], rel=1e-6)
+    objective, run = od.tuning.fit_deelbo(task, lr)
+    assert od.tuning.score_deelbo_run(task, objective, run)[rule] == pytest.approx(stored[lr], rel=1e-6)

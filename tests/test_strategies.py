@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from optuna_deelbo.tuning.strategies._base import reporting_overhead_s
+from optuna_deelbo.tuning._study import reporting_overhead_s
 
 
 def _trial(value: float, **attrs: float) -> optuna.trial.FrozenTrial:

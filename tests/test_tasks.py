@@ -1,4 +1,4 @@
-"""Tests for :mod:`optuna_deelbo.data._tasks` and SWAG collection in :func:`optuna_deelbo.data.pretrain`.
+"""Tests for :mod:`optuna_deelbo.task._builtin` and SWAG collection in :func:`optuna_deelbo.data.pretrain`.
 
 The Split-CIFAR tests read the real CIFAR-10 (JPEG) archives from ``../shared/data`` (skipped
 when absent). Decoding them takes ~13 s, so one cache directory is shared by the whole module
@@ -19,16 +19,17 @@ import torch
 from conftest import CIFAR_DATA_DIR
 from torch import Tensor, nn
 
-import optuna_deelbo.data._models as models_module
-import optuna_deelbo.data._tasks as tasks_module
+import optuna_deelbo.task._builtin as tasks_module
+import optuna_deelbo.task._pretrain as pretrain_module
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.data._cifar import load_cifar10_jpeg, split_classes
-from optuna_deelbo.data._models import Pretrained, SmallCNN, pretrain
 from optuna_deelbo.data._splits import Split
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.data._tasks import digits_task, split_cifar_task
+from optuna_deelbo.models._small_cnn import SmallCNN
+from optuna_deelbo.task._builtin import digits_task, split_cifar_task
+from optuna_deelbo.task._pretrain import Pretrained, pretrain
+from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning._fit import fit_deelbo
 
 DATA_DIR = CIFAR_DATA_DIR
@@ -155,9 +156,9 @@ def _tiny_source(seed: int = 0) -> Split:
 
 
 def _recording_train(monkeypatch: pytest.MonkeyPatch) -> dict[int, Tensor]:
-    """Make ``models.train`` record the flat body weights after every step (after SWAG's own hook)."""
+    """Make ``_pretrain.train_model`` record the flat body weights after every step (after SWAG's own hook)."""
     snapshots: dict[int, Tensor] = {}
-    real = models_module.train
+    real = pretrain_module.train_model
 
     def recording(objective: Any, *args: Any, on_step: Callable[[int], None] | None = None, **kwargs: Any) -> Any:
         groups = ParameterGroups.split(objective.model, ("head.",))
@@ -170,7 +171,7 @@ def _recording_train(monkeypatch: pytest.MonkeyPatch) -> dict[int, Tensor]:
 
         return real(objective, *args, on_step=hook, **kwargs)
 
-    monkeypatch.setattr(models_module, "train", recording)
+    monkeypatch.setattr(pretrain_module, "train_model", recording)
     return snapshots
 
 

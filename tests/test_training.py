@@ -21,9 +21,9 @@ from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObje
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
 from optuna_deelbo.data._splits import digits_transfer
-from optuna_deelbo.data._tasks import digits_task
+from optuna_deelbo.task._builtin import digits_task
 from optuna_deelbo.train._divergence import DivergenceRule
-from optuna_deelbo.train._training import TrainConfig, evaluate, train
+from optuna_deelbo.train._training import TrainConfig, evaluate, train_model
 from optuna_deelbo.tuning._fit import fit_deelbo
 
 F64 = torch.float64
@@ -140,20 +140,20 @@ def test_train_config_accepts_edge_settings() -> None:
 
 def test_train_on_empty_data_raises() -> None:
     with pytest.raises(ConfigError, match="empty"):
-        train(map_objective(), torch.zeros(0, 4, dtype=F64), torch.zeros(0, dtype=torch.long), config())
+        train_model(map_objective(), torch.zeros(0, 4, dtype=F64), torch.zeros(0, dtype=torch.long), config())
 
 
 @pytest.mark.parametrize("y_shape", [(19,), (21,), (20, 1), ()])
 def test_train_label_shape_mismatch_raises(y_shape: tuple[int, ...]) -> None:
     x, _ = blobs(20)
     with pytest.raises(ConfigError, match="labels"):
-        train(map_objective(), x, torch.zeros(y_shape, dtype=torch.long), config())
+        train_model(map_objective(), x, torch.zeros(y_shape, dtype=torch.long), config())
 
 
 def test_train_bad_device_raises() -> None:
     x, y = blobs(20)
     with pytest.raises(ConfigError, match="device"):
-        train(map_objective(), x, y, config(device="not-a-device"))
+        train_model(map_objective(), x, y, config(device="not-a-device"))
 
 
 # --- train: MAP -----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_map_training_fits_a_separable_problem() -> None:
     objective = map_objective()
     x, y = blobs(90)
     before = evaluate(objective.model, x, y)
-    result = train(objective, x, y, config(steps=60, log_every=5))
+    result = train_model(objective, x, y, config(steps=60, log_every=5))
     after = evaluate(objective.model, x, y)
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     assert last < 0.5 * first
@@ -180,15 +180,15 @@ def test_training_updates_model_in_place_and_is_seeded() -> None:
     a, b = map_objective(), map_objective()
     ptrs = [p.data_ptr() for p in a.model.parameters()]
     start = [p.detach().clone() for p in a.model.parameters()]
-    ra = train(a, x, y, config(seed=3))
-    rb = train(b, x, y, config(seed=3))
+    ra = train_model(a, x, y, config(seed=3))
+    rb = train_model(b, x, y, config(seed=3))
     assert [p.data_ptr() for p in a.model.parameters()] == ptrs
     assert any(not torch.equal(p.detach(), s) for p, s in zip(a.model.parameters(), start, strict=True))
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert ra.final_loss == rb.final_loss
     c = map_objective()
-    rc = train(c, x, y, config(seed=4))  # another minibatch order
+    rc = train_model(c, x, y, config(seed=4))  # another minibatch order
     assert rc.final_loss != ra.final_loss
 
 
@@ -196,7 +196,7 @@ def test_training_updates_model_in_place_and_is_seeded() -> None:
 def test_history_rows(steps: int, log_every: int, expected: list[int]) -> None:
     objective = recording_objective()
     x, y = blobs(40)
-    result = train(objective, x, y, config(steps=steps, log_every=log_every, batch_size=10))
+    result = train_model(objective, x, y, config(steps=steps, log_every=log_every, batch_size=10))
     assert [row["step"] for row in result.history] == expected
     for row in result.history:
         assert set(row) == {"step", "loss", "nll", "penalty", "lr"}
@@ -213,7 +213,7 @@ def test_history_rows(steps: int, log_every: int, expected: list[int]) -> None:
 
 def test_cosine_schedule_decays_to_zero() -> None:
     x, y = blobs(40)
-    result = train(map_objective(), x, y, config(lr=0.08, steps=40, log_every=10))
+    result = train_model(map_objective(), x, y, config(lr=0.08, steps=40, log_every=10))
     lrs = [row["lr"] for row in result.history]
     # the logged lr is the one *after* the step: 0.04 * (1 + cos(pi * step / 40))
     for row in result.history:
@@ -224,7 +224,7 @@ def test_cosine_schedule_decays_to_zero() -> None:
 
 def test_without_cosine_the_lr_stays_constant() -> None:
     x, y = blobs(40)
-    result = train(map_objective(), x, y, config(lr=0.08, steps=30, cosine=False))
+    result = train_model(map_objective(), x, y, config(lr=0.08, steps=30, cosine=False))
     assert [row["lr"] for row in result.history] == [0.08] * 3
 
 
@@ -240,7 +240,7 @@ def test_without_cosine_the_lr_stays_constant() -> None:
 def test_final_loss_is_mean_over_last_epoch(n: int, batch_size: int, steps: int, tail: int) -> None:
     objective = recording_objective()
     x, y = blobs(n)
-    result = train(objective, x, y, config(steps=steps, batch_size=batch_size, log_every=5))
+    result = train_model(objective, x, y, config(steps=steps, batch_size=batch_size, log_every=5))
     assert len(objective.losses) == steps
     assert set(objective.batch_sizes) == {min(batch_size, n)}
     expected_loss = sum(objective.losses[-tail:]) / tail
@@ -263,7 +263,7 @@ def test_each_epoch_visits_every_example_once() -> None:
     net, groups = make_net()
     x, y = blobs(30)
     x[:, 0] = torch.arange(30, dtype=F64)  # tag each row
-    train(Spy(net, groups, l2sp_prior(net, groups), 0.0), x, y, config(steps=6, batch_size=10, lr=1e-4))
+    train_model(Spy(net, groups, l2sp_prior(net, groups), 0.0), x, y, config(steps=6, batch_size=10, lr=1e-4))
     for epoch in range(2):
         rows = torch.cat(seen[3 * epoch : 3 * epoch + 3])
         assert sorted(rows.long().tolist()) == list(range(30))
@@ -276,7 +276,7 @@ def deelbo_run(n: int, seed: int = 0, steps: int = 150) -> tuple[DEELBoObjective
     net, groups = make_net()
     objective = DEELBoObjective(net, groups, l2sp_prior(net, groups), n_train=n, kappa=None)
     x, y = blobs(n, seed=seed)
-    result = train(objective, x, y, config(steps=steps, batch_size=20, lr=0.05, seed=seed))
+    result = train_model(objective, x, y, config(steps=steps, batch_size=20, lr=0.05, seed=seed))
     return objective, result.history
 
 
@@ -310,7 +310,7 @@ def test_huge_learning_rate_diverges_with_step_in_message(log_every: int) -> Non
     x, y = blobs(30)
     only_non_finite = DivergenceRule(max_sigma=None, nll_factor=None)  # the NLL rule would stop it sooner
     with pytest.raises(TrainingDiverged) as info:
-        train(
+        train_model(
             map_objective(weight_decay=1.0),
             x,
             y,
@@ -328,7 +328,7 @@ def test_huge_learning_rate_diverges_with_step_in_message(log_every: int) -> Non
 
 def test_clipping_prevents_the_same_divergence() -> None:
     x, y = blobs(30)
-    result = train(map_objective(weight_decay=1.0), x, y, config(lr=1e-3, clip_norm=1.0, steps=20, log_every=1))
+    result = train_model(map_objective(weight_decay=1.0), x, y, config(lr=1e-3, clip_norm=1.0, steps=20, log_every=1))
     assert all(math.isfinite(row["loss"]) for row in result.history)
 
 
@@ -342,7 +342,7 @@ def test_always_prune_pruner_stops_training_after_first_report() -> None:
     x, y = blobs(60)
     xv, yv = blobs(30, seed=9)
     with pytest.raises(optuna.TrialPruned, match="step 10"):
-        train(objective, x, y, config(steps=40, eval_every=10), val=(xv, yv), trial=trial)
+        train_model(objective, x, y, config(steps=40, eval_every=10), val=(xv, yv), trial=trial)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     frozen = study.trials[0]
     assert frozen.state == optuna.trial.TrialState.PRUNED
@@ -357,7 +357,7 @@ def test_reports_every_eval_every_and_at_the_end_without_pruning() -> None:
     objective = map_objective()
     x, y = blobs(60)
     xv, yv = blobs(30, seed=9)
-    result = train(objective, x, y, config(steps=25, eval_every=10, log_every=5), val=(xv, yv), trial=trial)
+    result = train_model(objective, x, y, config(steps=25, eval_every=10, log_every=5), val=(xv, yv), trial=trial)
     study.tell(trial, result.final_loss)
     values = study.trials[0].intermediate_values
     assert sorted(values) == [10, 20, 25]
@@ -372,7 +372,7 @@ def test_without_val_the_running_training_loss_is_reported() -> None:
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     trial = study.ask()
     x, y = blobs(60)
-    result = train(map_objective(), x, y, config(steps=20, eval_every=10, log_every=5), trial=trial)
+    result = train_model(map_objective(), x, y, config(steps=20, eval_every=10, log_every=5), trial=trial)
     study.tell(trial, result.final_loss)
     values = study.trials[0].intermediate_values
     rows = {int(r["step"]): r["loss"] for r in result.history}
@@ -472,7 +472,7 @@ def test_channels_last_converts_the_model_and_matches_the_default_layout() -> No
     runs = {}
     for layout in (False, True):
         objective = _conv_objective("map")
-        runs[layout] = train(objective, x, y, config(steps=12, batch_size=10, log_every=4, channels_last=layout))
+        runs[layout] = train_model(objective, x, y, config(steps=12, batch_size=10, log_every=4, channels_last=layout))
         conv = objective.model[0].weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == layout
         assert conv.is_contiguous() != layout
@@ -485,7 +485,7 @@ def test_channels_last_deelbo_samples_keep_the_layout() -> None:
     objective = _conv_objective("deelbo")
     assert isinstance(objective, DEELBoObjective)
     x, y = _images()
-    result = train(objective, x, y, config(steps=6, batch_size=10, log_every=3, channels_last=True))
+    result = train_model(objective, x, y, config(steps=6, batch_size=10, log_every=3, channels_last=True))
     assert all(math.isfinite(r["lambda"]) and r["lambda"] > 0 for r in result.history)
     draw = objective.posterior.sample()
     assert draw["0.weight"].is_contiguous(memory_format=torch.channels_last)
@@ -496,8 +496,8 @@ def test_channels_last_deelbo_samples_keep_the_layout() -> None:
 def test_compile_matches_eager_training() -> None:
     x, y = _images()
     eager, compiled = _conv_objective("deelbo"), _conv_objective("deelbo")
-    a = train(eager, x, y, config(steps=6, batch_size=10, log_every=2))
-    b = train(compiled, x, y, config(steps=6, batch_size=10, log_every=2, compile=True))
+    a = train_model(eager, x, y, config(steps=6, batch_size=10, log_every=2))
+    b = train_model(compiled, x, y, config(steps=6, batch_size=10, log_every=2, compile=True))
     assert getattr(compiled.model, "_compiled_call_impl", None) is not None
     assert getattr(eager.model, "_compiled_call_impl", None) is None
     for row_a, row_b in zip(a.history, b.history, strict=True):

@@ -20,11 +20,11 @@ from optuna.trial import TrialState
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.cli import main
-from optuna_deelbo.train._checkpoint import ATTR_RESUMED_STEP, ATTR_RESUMED_TRIAL, ATTR_STEP
-from optuna_deelbo.tuning._recipe import RECIPE_ATTR, TaskRecipe
+from optuna_deelbo.task._stored import BuiltinTask
 from optuna_deelbo.tuning._storage import open_storage
+from optuna_deelbo.tuning._study import plan_strategy_study, run_strategy
 from optuna_deelbo.tuning._trial_queue import queue_progress
-from optuna_deelbo.tuning._worker import plan_strategy_study
+from optuna_deelbo.tuning.attrs import BUILTIN_TASK, CHECKPOINT_STEP, RESUMED_STEP, RESUMED_TRIAL
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -50,10 +50,10 @@ def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_proce
 
     procs = [_worker(postgres_url, name, "--device", "cpu") for _ in range(8)]
     # The reference meanwhile: the same strategy and recipe in this one process (checkpoints off).
-    recipe = TaskRecipe.from_json(optuna.load_study(study_name=name, storage=postgres_url).user_attrs[RECIPE_ATTR])
+    recipe = BuiltinTask.from_json(optuna.load_study(study_name=name, storage=postgres_url).user_attrs[BUILTIN_TASK])
     task, _ = recipe.build("cpu")
     reference_storage = optuna.storages.InMemoryStorage()
-    reference = get_strategy("grid").run(task, reference_storage, "reference")
+    reference = run_strategy(get_strategy("grid"), task, reference_storage, "reference")
     outputs = wait_all(procs, 240)
 
     ran = [int(out.split(": ran ")[1].split()[0]) for out in outputs]
@@ -64,7 +64,7 @@ def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_proce
     assert len(trials) == planned and all(t.state == TrialState.COMPLETE for t in trials)
     params = [(t.params["lr"], t.params["weight_decay"]) for t in trials]
     assert sorted(params) == sorted((lr, wd) for lr in LEARNING_RATES for wd in WEIGHT_DECAYS)  # none lost/doubled
-    assert all(t.user_attrs[ATTR_STEP] == 30 for t in trials)  # the workers checkpointed (every 10 of 40 steps)
+    assert all(t.user_attrs[CHECKPOINT_STEP] == 30 for t in trials)  # the workers checkpointed (every 10 of 40 steps)
     reference_study = optuna.load_study(study_name="reference", storage=reference_storage)
     expected = {(t.params["lr"], t.params["weight_decay"]): t.value for t in reference_study.trials}
     assert {p: t.value for p, t in zip(params, trials, strict=True)} == expected  # bit for bit, trial by trial
@@ -79,7 +79,7 @@ def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_proce
 
 def test_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'crash.db'}"
-    recipe = TaskRecipe(
+    recipe = BuiltinTask(
         n_train=50, pretrain_steps=20, batch_size=16, steps=150, checkpoint_every=15, artifacts=str(tmp_path / "art")
     )
     task, _ = recipe.build("cpu")
@@ -93,7 +93,7 @@ def test_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path) 
     victim = None
     while victim is None and time.monotonic() < deadline:
         running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
-        victim = next((t for t in running if t.user_attrs.get(ATTR_STEP, 0) > 0), None)
+        victim = next((t for t in running if t.user_attrs.get(CHECKPOINT_STEP, 0) > 0), None)
         time.sleep(0.05)
     assert victim is not None, "no trial wrote a checkpoint"
     os.kill(doomed.pid, signal.SIGKILL)
@@ -104,11 +104,11 @@ def test_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path) 
     wait_all([rescuer], 240)
     study = optuna.load_study(study_name=name, storage=storage)
     killed = study.trials[victim.number]
-    checkpoint_step = killed.user_attrs[ATTR_STEP]  # the newest checkpoint it wrote before it died
+    checkpoint_step = killed.user_attrs[CHECKPOINT_STEP]  # the newest checkpoint it wrote before it died
     assert killed.state == TrialState.FAIL and 0 < checkpoint_step < 150
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
-    assert retry.user_attrs[ATTR_RESUMED_STEP] == checkpoint_step and retry.user_attrs[ATTR_RESUMED_TRIAL] == 0
+    assert retry.user_attrs[RESUMED_STEP] == checkpoint_step and retry.user_attrs[RESUMED_TRIAL] == 0
     progress = queue_progress(study)
     assert progress.done and progress.complete == progress.planned == 4 and progress.failed == 0
     assert progress.retried == 1
@@ -126,9 +126,9 @@ def test_worker_and_finish_errors_name_the_problem(tmp_path: Path, capsys: pytes
     assert main(["worker", "--storage", url, "--study", "missing"]) == 2
     assert "study 'missing' does not exist in this storage (studies there: 'plain')" in capsys.readouterr().err
     assert main(["worker", "--storage", url, "--study", "plain"]) == 2
-    assert "study 'plain' has no task recipe" in capsys.readouterr().err
+    assert "study 'plain' has no stored built-in task" in capsys.readouterr().err
     assert main(["finish", "--storage", url, "--study", "plain"]) == 2
-    assert "has no task recipe" in capsys.readouterr().err
+    assert "has no stored built-in task" in capsys.readouterr().err
 
     with __import__("socket").socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -144,17 +144,17 @@ def test_worker_and_finish_errors_name_the_problem(tmp_path: Path, capsys: pytes
 
 
 def test_recipe_round_trips_and_refuses_bad_json() -> None:
-    recipe = TaskRecipe(n_train=50, steps=7, checkpoint_every=5, artifacts="/tmp/x")
-    assert TaskRecipe.from_json(recipe.to_json()) == recipe
+    recipe = BuiltinTask(n_train=50, steps=7, checkpoint_every=5, artifacts="/tmp/x")
+    assert BuiltinTask.from_json(recipe.to_json()) == recipe
     with pytest.raises(ConfigError, match="version None is not supported"):
-        TaskRecipe.from_json({"dataset": "digits"})
+        BuiltinTask.from_json({"dataset": "digits"})
     with pytest.raises(ConfigError, match=r"unknown keys \['epochs'\]"):
-        TaskRecipe.from_json({**recipe.to_json(), "epochs": 3})
+        BuiltinTask.from_json({**recipe.to_json(), "epochs": 3})
     with pytest.raises(ConfigError, match="must be a JSON object"):
-        TaskRecipe.from_json("digits")
+        BuiltinTask.from_json("digits")
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'"):
-        TaskRecipe(dataset="mnist")
+        BuiltinTask(dataset="mnist")
     with pytest.raises(ConfigError, match="checkpoint_every needs an artifacts directory"):
-        TaskRecipe(checkpoint_every=10)
+        BuiltinTask(checkpoint_every=10)
     with pytest.raises(ConfigError, match="steps must be a positive integer"):
-        TaskRecipe(steps=0)
+        BuiltinTask(steps=0)

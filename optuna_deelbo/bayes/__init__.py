@@ -1,9 +1,10 @@
-"""The Bayesian layer: priors, the weight posterior, SWAG, the DE-ELBo step and objectives, learning-rate selection."""
+"""The Bayesian layer (no Optuna here): priors, weight posterior, SWAG, the DE-ELBo step and objectives, selection."""
 
 from __future__ import annotations
 
-from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
-from optuna_deelbo.bayes._deelbo import FAILURE_REASON_ATTR, LEARNED_ATTR_PREFIX, BatchNormWarning, DEELBo
+from optuna_deelbo._deprecated import moved_names
+from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
+from optuna_deelbo.bayes._deelbo import BatchNormWarning, DEELBo
 from optuna_deelbo.bayes._deelbo_recipe import (
     PRIOR_STRUCTURES,
     RECIPE_NAMES,
@@ -12,8 +13,6 @@ from optuna_deelbo.bayes._deelbo_recipe import (
     SIGMA_MODES,
     SIGMA_OPTIMIZERS,
     DEELBoRecipe,
-    check_sigma_mode,
-    resolve_recipe,
 )
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
 from optuna_deelbo.bayes._posterior import (
@@ -28,8 +27,6 @@ from optuna_deelbo.bayes._selection import expected_nll, laplace_neg_log_evidenc
 from optuna_deelbo.bayes._swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
 
 __all__ = [
-    "FAILURE_REASON_ATTR",
-    "LEARNED_ATTR_PREFIX",
     "POSTERIOR_SIGMA_MODES",
     "PRIOR_NAMES",
     "PRIOR_STRUCTURES",
@@ -56,11 +53,16 @@ __all__ = [
     "SWAGMoments",
     "SigmaMode",
     "WeightPosterior",
-    "batchnorm_layers",
-    "check_sigma_mode",
     "expected_nll",
     "laplace_neg_log_evidence",
     "recalibrate_batchnorm",
-    "resolve_recipe",
     "selection_scores",
 ]
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "FAILURE_REASON_ATTR": "optuna_deelbo.tuning.attrs:FAILURE_REASON",
+        "LEARNED_ATTR_PREFIX": "optuna_deelbo.tuning.attrs:LEARNED_PREFIX",
+    },
+)

@@ -8,7 +8,7 @@ One implementation of the DE-ELBo step, used by :func:`optuna_deelbo.fit` (throu
     for x, y in loader:
         loss = reg.loss(criterion(reg(x), y))  # mean NLL of a sampled forward + KL / (kappa N)
         opt.zero_grad(); loss.backward(); opt.step()
-    reg.report(trial)  # learned:lambda / tau / sigma / weight_decay user attrs
+    od.report_learned(trial, reg)  # learned:lambda / tau / sigma / weight_decay user attrs (tuning layer)
     return reg.selection_score(train_set)  # the trial's value: the final DE-ELBo over all N
 
 ``reg(x)`` runs the model with one posterior draw ``theta + sigma * eps`` when the model is in
@@ -25,14 +25,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import optuna
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from optuna_deelbo._batches import count_examples
+from optuna_deelbo._deprecated import call_moved
 from optuna_deelbo._divergence_rule import DivergenceRule
-from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, check_sigma_mode
@@ -42,12 +42,7 @@ from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRan
 from optuna_deelbo.bayes._selection import BatchNormMode, expected_nll
 from optuna_deelbo.bayes._wiring import WiringCheck, group_weights, optimizer_groups
 
-__all__ = ["FAILURE_REASON_ATTR", "LEARNED_ATTR_PREFIX", "BatchNormWarning", "DEELBo", "n_examples"]
-
-#: User-attr prefix under which a trial stores each learned value (``learned:weight_decay``).
-LEARNED_ATTR_PREFIX = "learned:"
-#: User attr of a pruned trial: why (e.g. ``"diverging: ..."``).
-FAILURE_REASON_ATTR = "failure:reason"
+__all__ = ["BatchNormWarning", "DEELBo", "n_examples"]
 
 
 class BatchNormWarning(UserWarning):
@@ -375,49 +370,42 @@ class DEELBo(nn.Module):
         lam = float(self.body_prior.optimal_variance(mean, sigma))
         return dict.fromkeys(self.groups.body, lam)
 
-    def learned_attrs(self) -> dict[str, Any]:
-        """The trial user attrs of the learned values at the current weights (see :meth:`report`)."""
+    def learned_values(self) -> dict[str, Any]:
+        """The learned values at the current weights, by plain name.
+
+        ``lambda`` (body prior variance, weight units squared), ``weight_decay`` (the MAP weight decay
+        it equals, :meth:`equivalent_weight_decay`), ``sigma`` (mean posterior std), ``tau`` (head prior
+        variance, when the model has a head), ``lambda_layers`` (per tensor, with ``prior_structure="layer"``),
+        and ``mode`` (``"deelbo"``) and ``kappa``. :func:`optuna_deelbo.report_learned` writes them on a trial
+        (as ``learned:<name>``).
+        """
         with torch.no_grad():
             _, lam_t, tau_t = self.kl_terms()  # one evaluation for lambda and tau
         lam = float(lam_t)
-        attrs: dict[str, Any] = {
+        values: dict[str, Any] = {
             "mode": "deelbo",
             "kappa": self.kappa,
-            LEARNED_ATTR_PREFIX + "lambda": lam,
-            LEARNED_ATTR_PREFIX + "weight_decay": self.equivalent_weight_decay(lam),
-            LEARNED_ATTR_PREFIX + "sigma": self.sigma,
+            "lambda": lam,
+            "weight_decay": self.equivalent_weight_decay(lam),
+            "sigma": self.sigma,
         }
         if tau_t is not None:
-            attrs[LEARNED_ATTR_PREFIX + "tau"] = float(tau_t)
+            values["tau"] = float(tau_t)
         if self.prior_structure == "layer":
-            attrs[LEARNED_ATTR_PREFIX + "lambda_layers"] = self.layer_variances()
-        return attrs
+            values["lambda_layers"] = self.layer_variances()
+        return values
 
-    def report(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        """Write :meth:`learned_attrs` to ``trial`` (``learned:lambda``, ``learned:weight_decay``, ...); returns them.
-
-        Under :class:`~optuna_deelbo.tuning.DEELBoSampler` this is what tells the study that
-        the trial learned its ``weight_decay`` instead of training with the placeholder.
-        """
-        if not isinstance(trial, optuna.trial.BaseTrial):
-            raise ConfigError(f"report() takes an optuna trial, got {type(trial).__name__}")
-        try:
-            self.check_divergence()
-        except TrainingDiverged as exc:
-            trial.set_user_attr(FAILURE_REASON_ATTR, str(exc))
-            raise optuna.TrialPruned(f"diverged: {exc}") from exc
-        attrs = self.learned_attrs()
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return attrs
+    def report(self, trial: Any) -> dict[str, Any]:
+        """Deprecated (removed in 0.4): ``od.report_learned(trial, reg)``."""
+        return call_moved("DEELBo.report(trial)", "optuna_deelbo.tuning:report_learned", trial, self)
 
     def check_divergence(self) -> None:
         """Raise :class:`~optuna_deelbo.TrainingDiverged` if the run so far counts as diverged.
 
         The rule is ``od.fit``'s (:class:`~optuna_deelbo.DivergenceRule`: a non-finite NLL, a
         posterior std above ``max_sigma``, or the running NLL -- a moving average over about
-        the last 10 steps -- above ``nll_factor`` times the first step's). :meth:`report` and
-        :meth:`selection_score` call it; :meth:`report` then prunes the trial with the reason
+        the last 10 steps -- above ``nll_factor`` times the first step's). :func:`optuna_deelbo.report_learned`
+        and :meth:`selection_score` call it; ``report_learned`` then prunes the trial with the reason
         in its ``failure:reason`` user attr, as ``od.fit`` does.
         """
         self.health.check(self.posterior.max_sigma())

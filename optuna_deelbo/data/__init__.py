@@ -1,15 +1,11 @@
-"""Data and models: digits and CIFAR-10 transfer splits, backbones, the task specification and built-in tasks."""
+"""Data: digits and CIFAR-10 transfer splits, CIFAR readers and on-device augmentation.
+
+Models live in :mod:`optuna_deelbo.models`, tasks (TaskSpec, the built-in tasks) in :mod:`optuna_deelbo.task`.
+"""
 
 from __future__ import annotations
 
-from optuna_deelbo.data._backbones import (
-    BACKBONE_NAMES,
-    Backbone,
-    CifarBasicBlock,
-    CifarResNet,
-    build_backbone,
-    load_checkpoint,
-)
+from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.data._cifar import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -20,36 +16,39 @@ from optuna_deelbo.data._cifar import (
     load_cifar10_torchvision,
     split_classes,
 )
-from optuna_deelbo.data._models import SmallCNN, pretrain, with_new_head
 from optuna_deelbo.data._splits import Split, TransferData, digits_transfer, stratified_indices, train_val_split
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.data._tasks import DATASET_NAMES, digits_task, split_cifar_task
 
 __all__ = [
-    "BACKBONE_NAMES",
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
-    "DATASET_NAMES",
-    "Backbone",
-    "CifarBasicBlock",
-    "CifarResNet",
     "DeviceAugment",
-    "SmallCNN",
     "Split",
-    "TaskSpec",
     "TransferData",
-    "build_backbone",
     "default_cache_dir",
-    "digits_task",
     "digits_transfer",
-    "load_checkpoint",
     "load_cifar10_jpeg",
     "load_cifar10_torchvision",
-    "pretrain",
-    "split_cifar_task",
     "split_classes",
     "stratified_indices",
     "train_val_split",
-    "with_new_head",
 ]
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "BACKBONE_NAMES": "optuna_deelbo.models:BACKBONE_NAMES",
+        "Backbone": "optuna_deelbo.models:Backbone",
+        "CifarBasicBlock": "optuna_deelbo.models:CifarBasicBlock",
+        "CifarResNet": "optuna_deelbo.models:CifarResNet",
+        "build_backbone": "optuna_deelbo.models:build_backbone",
+        "load_checkpoint": "optuna_deelbo.models:load_checkpoint",
+        "SmallCNN": "optuna_deelbo.models:SmallCNN",
+        "with_new_head": "optuna_deelbo.models:with_new_head",
+        "pretrain": "optuna_deelbo.task:pretrain",
+        "TaskSpec": "optuna_deelbo.task:TaskSpec",
+        "DATASET_NAMES": "optuna_deelbo.task:DATASET_NAMES",
+        "digits_task": "optuna_deelbo.task:digits_task",
+        "split_cifar_task": "optuna_deelbo.task:split_cifar_task",
+    },
+)

@@ -26,6 +26,7 @@ from torch import Tensor
 from optuna_deelbo._errors import ConfigError, MissingDependency
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
+from optuna_deelbo.tuning._sampler import report_learned
 
 try:
     import lightning.pytorch as pl
@@ -137,7 +138,7 @@ class DEELBoCallback(pl.Callback):
         if self.recalibrate and loader is not None:
             self._recalibrate(pl_module, loader)
         if self.trial is not None and trainer.is_global_zero:
-            self.deelbo.report(self.trial)
+            report_learned(self.trial, self.deelbo)
 
     @torch.no_grad()
     def _recalibrate(self, pl_module: pl.LightningModule, loader: Any) -> None:

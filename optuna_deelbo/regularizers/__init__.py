@@ -1,7 +1,8 @@
-"""Classic regularizers: penalties (L1, L2, L1/2), batch mixing, structural noise, their combination."""
+"""Classic regularizers (no Optuna here): penalties (L1, L2, L1/2), batch mixing, structural noise, combined."""
 
 from __future__ import annotations
 
+from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.regularizers._mixing import (
     BatchMixing,
     cutmix,
@@ -13,7 +14,7 @@ from optuna_deelbo.regularizers._mixing import (
     soft_cross_entropy,
 )
 from optuna_deelbo.regularizers._penalties import PENALTY_NAMES, Penalty
-from optuna_deelbo.regularizers._regularization import RETRAIN_RULES, SEARCHABLE, Regularization, suggest_regularization
+from optuna_deelbo.regularizers._regularization import RETRAIN_RULES, SEARCHABLE, Regularization
 from optuna_deelbo.regularizers._structural import (
     check_probability,
     residual_blocks,
@@ -39,5 +40,6 @@ __all__ = [
     "set_head_dropout",
     "set_stochastic_depth",
     "soft_cross_entropy",
-    "suggest_regularization",
 ]
+
+__getattr__ = moved_names(__name__, {"suggest_regularization": "optuna_deelbo.tuning:suggest_regularization"})

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import optuna
 from torch import nn
 
 from optuna_deelbo._errors import ConfigError
@@ -21,14 +20,14 @@ from optuna_deelbo.regularizers._mixing import BatchMixing
 from optuna_deelbo.regularizers._penalties import PENALTY_NAMES, Penalty
 from optuna_deelbo.regularizers._structural import check_probability, set_head_dropout, set_stochastic_depth
 
-__all__ = ["RETRAIN_RULES", "SEARCHABLE", "Regularization", "suggest_regularization"]
+__all__ = ["FLOAT_SPACE", "RETRAIN_RULES", "SEARCHABLE", "Regularization"]
 
 #: How an early-stopped MAP winner is retrained on train + val (Goodfellow et al. Alg. 7.2 / 7.3).
 RETRAIN_RULES: tuple[str, ...] = ("steps", "continue")
 
 #: Ranges :func:`suggest_regularization` searches for the continuous settings once switched on
 #: (each has its own on/off parameter ``use_<name>``, so "off" is a point TPE can find exactly).
-_FLOAT_SPACE: dict[str, tuple[float, float]] = {
+FLOAT_SPACE: dict[str, tuple[float, float]] = {
     "dropout": (0.05, 0.5),
     "stochastic_depth": (0.05, 0.5),
     "label_smoothing": (0.01, 0.3),
@@ -37,7 +36,7 @@ _FLOAT_SPACE: dict[str, tuple[float, float]] = {
     "erasing_p": (0.05, 0.5),
 }
 #: Every name :func:`suggest_regularization` can search.
-SEARCHABLE: tuple[str, ...] = ("penalty", *_FLOAT_SPACE, "cutout_size", "restart_period")
+SEARCHABLE: tuple[str, ...] = ("penalty", *FLOAT_SPACE, "cutout_size", "restart_period")
 
 
 @dataclass(frozen=True)
@@ -113,33 +112,3 @@ class Regularization:
             set_head_dropout(model, head_prefixes, self.dropout)
         if self.stochastic_depth > 0:
             set_stochastic_depth(model, self.stochastic_depth)
-
-
-def suggest_regularization(trial: optuna.trial.BaseTrial, names: tuple[str, ...]) -> Regularization:
-    """Let a (TPE) trial choose the regularizers listed in ``names`` (the others stay off).
-
-    Search space: ``penalty`` in {none, l1, l2, l-half} with log-uniform strength in
-    [1e-7, 1e-2]; each continuous setting has a switch ``use_<name>`` in {False, True} and,
-    when on, ``dropout``, ``stochastic_depth`` in [0.05, 0.5], ``label_smoothing`` in
-    [0.01, 0.3], ``mixup_alpha``, ``cutmix_alpha`` in [0.1, 1], ``erasing_p`` in [0.05, 0.5];
-    ``cutout_size`` in {0, ..., 16}; ``restart_period`` in {none, 25, 50, 100} steps. Every
-    regularizer can thus be exactly off, as in the plain search.
-    """
-    unknown = [n for n in names if n not in SEARCHABLE]
-    if unknown:
-        raise ConfigError(f"unknown regularizer(s) {unknown}; searchable: {SEARCHABLE}")
-    values: dict[str, object] = {}
-    if "penalty" in names:
-        kind = trial.suggest_categorical("penalty", ["none", *PENALTY_NAMES])
-        if kind != "none":
-            values["penalty"] = kind
-            values["penalty_strength"] = trial.suggest_float("penalty_strength", 1e-7, 1e-2, log=True)
-    for name, (low, high) in _FLOAT_SPACE.items():
-        if name in names and trial.suggest_categorical(f"use_{name}", [False, True]):
-            values[name] = trial.suggest_float(name, low, high)
-    if "cutout_size" in names:
-        values["cutout_size"] = trial.suggest_int("cutout_size", 0, 16)
-    if "restart_period" in names:
-        period = trial.suggest_categorical("restart_period", [0, 25, 50, 100])
-        values["restart_period"] = int(period) or None
-    return Regularization(**values)  # type: ignore[arg-type]

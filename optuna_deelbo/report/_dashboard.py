@@ -28,7 +28,8 @@ import optuna
 from optuna_deelbo._errors import MissingDependency
 from optuna_deelbo.report._figures import accuracy_vs_time_figure, trajectory_figure
 from optuna_deelbo.report._tables import deelbo_verdict, load_comparisons
-from optuna_deelbo.tuning.strategies import StrategyResult
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._study import StrategyResult
 
 __all__ = [
     "ACCURACY_GRAPH_ID",
@@ -47,15 +48,15 @@ TRAJECTORY_GRAPH_ID = "deelbo-trajectories"
 _HOW_TO_READ = {
     "selection_score": (
         "Each trial trains on all N with the DE-ELBo; its **value is the score of the selection rule** named "
-        "in the `select:rule` user attr (by default `train-loss`, the final training DE-ELBo loss; lower wins; "
+        f"in the `{A.SELECT_RULE}` user attr (by default `train-loss`, the final training DE-ELBo loss; lower wins; "
         "no validation split). The weight decay is not searched: it is learned, see the "
-        "`learned:lambda`, `learned:tau`, `learned:sigma`, `learned:weight_decay` user attrs and "
-        "`learned:trace` (`[[step, lambda, tau, sigma], ...]`). `test:accuracy` per trial is reporting only."
+        f"`{A.LEARNED_LAMBDA}`, `{A.LEARNED_TAU}`, `{A.LEARNED_SIGMA}`, `{A.LEARNED_WEIGHT_DECAY}` user attrs and "
+        f"`{A.LEARNED_TRACE}` (`[[step, lambda, tau, sigma], ...]`). `{A.TEST_ACCURACY}` per trial is reporting only."
     ),
     "val_nll": (
         "Each trial trains MAP on 80 % of the N examples; its **value is the validation NLL** on the other "
-        "20 % (nats per example, lower wins); `val:accuracy` beside it. The winner is retrained on all N "
-        "and only that model is tested (study attrs `test:accuracy`, `time:retrain_s`)."
+        f"20 % (nats per example, lower wins); `{A.VAL_ACCURACY}` beside it. The winner is retrained on all N "
+        f"and only that model is tested (study attrs `{A.TEST_ACCURACY}`, `{A.TIME_RETRAIN_S}`)."
     ),
 }
 
@@ -77,23 +78,23 @@ def _dashboard() -> ModuleType:
 def study_note(study: optuna.study.Study, comparison: Sequence[StrategyResult]) -> str:
     """The markdown note of one strategy study: what it is, how to read it, its result and verdict."""
     attrs = study.user_attrs
-    task = attrs.get("task") or {}
+    task = attrs.get(A.TASK) or {}
     metric = (study.metric_names or ["value"])[0]
     this = next((r for r in comparison if r.study_name == study.study_name), None)
     lines = [
-        f"## {attrs.get('strategy', '?')} on {task.get('name', '?')}",
+        f"## {attrs.get(A.STRATEGY, '?')} on {task.get('name', '?')}",
         "",
-        f"**What this study is:** {attrs.get('description', 'a strategy run')}. Task `{task.get('name', '?')}`: "
+        f"**What this study is:** {attrs.get(A.DESCRIPTION, 'a strategy run')}. Task `{task.get('name', '?')}`: "
         f"N = {task.get('N', '?')} training examples, prior `{task.get('prior', '?')}`, "
         f"{task.get('steps', '?')} SGD steps per configuration. One of {len(comparison)} strategies "
         f"compared on this task ({', '.join(r.strategy for r in comparison)}): same data, same steps.",
         "",
         f"**How to read it:** {_HOW_TO_READ.get(metric, f'the objective value is `{metric}` (lower wins).')} "
-        "`time:trial_s` is each trial's wall-clock; the study attrs `time:tuning_s`, `time:retrain_s`, "
-        "`time:total_s` are the strategy's cost.",
+        f"`{A.TIME_TRIAL_S}` is each trial's wall-clock; the study attrs `{A.TIME_TUNING_S}`, `{A.TIME_RETRAIN_S}`, "
+        f"`{A.TIME_TOTAL_S}` are the strategy's cost.",
     ]
-    if any(t.user_attrs.get("lambda:trajectory") for t in study.get_trials(deepcopy=False)):
-        lines += ["", "The weight decay follows a schedule: `lambda:trajectory` is `[[first step, value], ...]`."]
+    if any(t.user_attrs.get(A.LAMBDA_TRAJECTORY) for t in study.get_trials(deepcopy=False)):
+        lines += ["", f"The weight decay follows a schedule: `{A.LAMBDA_TRAJECTORY}` is `[[first step, value], ...]`."]
     if this is not None:
         acc = "n/a" if math.isnan(this.test_accuracy) else f"{100 * this.test_accuracy:.1f}%"
         lines += [

@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from optuna_deelbo.report._budget import CurvePoint
-from optuna_deelbo.tuning.strategies import StrategyResult
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._study import StrategyResult
 
 __all__ = [
     "STRATEGY_COLORS",
@@ -81,11 +82,11 @@ def learned_trajectories_figure(study: optuna.study.Study) -> go.Figure:
         horizontal_spacing=0.08,
         subplot_titles=("lambda (body prior)", "tau (head prior)", "sigma (posterior std)"),
     )
-    for k, trial in enumerate(t for t in _complete(study) if t.user_attrs.get("learned:trace")):
-        trace = trial.user_attrs["learned:trace"]
+    for k, trial in enumerate(t for t in _complete(study) if t.user_attrs.get(A.LEARNED_TRACE)):
+        trace = trial.user_attrs[A.LEARNED_TRACE]
         steps = [row[0] for row in trace]
         color = _TRIAL_COLORS[k % len(_TRIAL_COLORS)]
-        chosen = trial.number == study.user_attrs.get("best_trial")
+        chosen = trial.number == study.user_attrs.get(A.BEST_TRIAL)
         for col in (1, 2, 3):
             values = [r[col] for r in trace]
             if all(isinstance(v, float) and math.isnan(v) for v in values):
@@ -115,12 +116,12 @@ def learned_trajectories_figure(study: optuna.study.Study) -> go.Figure:
 
 def weight_decay_trajectories_figure(study: optuna.study.Study) -> go.Figure:
     """A schedule strategy's ``lambda:trajectory``: weight decay (log axis) against step, one line per trial."""
-    task = study.user_attrs.get("task") or {}
+    task = study.user_attrs.get(A.TASK) or {}
     fig = go.Figure()
-    for k, trial in enumerate(t for t in _complete(study) if t.user_attrs.get("lambda:trajectory")):
-        rows = trial.user_attrs["lambda:trajectory"]
+    for k, trial in enumerate(t for t in _complete(study) if t.user_attrs.get(A.LAMBDA_TRAJECTORY)):
+        rows = trial.user_attrs[A.LAMBDA_TRAJECTORY]
         last = max(int(task.get("steps", 0)), int(rows[-1][0]))
-        chosen = trial.number == study.user_attrs.get("best_trial")
+        chosen = trial.number == study.user_attrs.get(A.BEST_TRIAL)
         fig.add_trace(
             go.Scatter(
                 x=[r[0] for r in rows] + [last],
@@ -141,9 +142,9 @@ def weight_decay_trajectories_figure(study: optuna.study.Study) -> go.Figure:
 def trajectory_figure(study: optuna.study.Study) -> go.Figure | None:
     """The study's trajectory figure: learned (DE-ELBo), scheduled weight decay, or ``None`` (fixed)."""
     trials = _complete(study)
-    if any(t.user_attrs.get("learned:trace") for t in trials):
+    if any(t.user_attrs.get(A.LEARNED_TRACE) for t in trials):
         return learned_trajectories_figure(study)
-    if any(t.user_attrs.get("lambda:trajectory") for t in trials):
+    if any(t.user_attrs.get(A.LAMBDA_TRAJECTORY) for t in trials):
         return weight_decay_trajectories_figure(study)
     return None
 

@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.report._figures import accuracy_vs_time_figure, trajectory_figure
-from optuna_deelbo.tuning.strategies import StrategyResult
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._study import StrategyResult
 
 __all__ = [
     "comparison_key",
@@ -90,7 +91,7 @@ def load_comparisons(storage: optuna.storages.BaseStorage) -> dict[str, list[Str
     """
     groups: dict[str, list[StrategyResult]] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if "strategy" not in summary.user_attrs or "time:total_s" not in summary.user_attrs:
+        if A.STRATEGY not in summary.user_attrs or A.TIME_TOTAL_S not in summary.user_attrs:
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         groups.setdefault(comparison_key(summary.study_name), []).append(StrategyResult.from_study(study))
@@ -108,14 +109,14 @@ _TRIAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("lr", "param:lr", ".0e"),
     ("weight decay", "param:weight_decay", ".1e"),
     ("value", "value", ".4f"),
-    ("val NLL", "val:nll", ".4f"),
-    ("val acc %", "val:accuracy", ".1%"),
-    ("test acc %", "test:accuracy", ".1%"),
-    ("learned weight decay", "learned:weight_decay", ".2e"),
-    ("lambda", "learned:lambda", ".2e"),
-    ("tau", "learned:tau", ".2e"),
-    ("sigma", "learned:sigma", ".2e"),
-    ("trial s", "time:trial_s", ".1f"),
+    ("val NLL", A.VAL_NLL, ".4f"),
+    ("val acc %", A.VAL_ACCURACY, ".1%"),
+    ("test acc %", A.TEST_ACCURACY, ".1%"),
+    ("learned weight decay", A.LEARNED_WEIGHT_DECAY, ".2e"),
+    ("lambda", A.LEARNED_LAMBDA, ".2e"),
+    ("tau", A.LEARNED_TAU, ".2e"),
+    ("sigma", A.LEARNED_SIGMA, ".2e"),
+    ("trial s", A.TIME_TRIAL_S, ".1f"),
 )
 
 
@@ -135,11 +136,11 @@ def trials_table_html(study: optuna.study.Study) -> str:
     A weight decay under DEELBoSampler is learned, so its placeholder parameter is not shown.
     """
     trials = study.get_trials(deepcopy=False)
-    learned = ("weight_decay",) if any(t.user_attrs.get("mode") == "deelbo" for t in trials) else ()
+    learned = ("weight_decay",) if any(t.user_attrs.get(A.MODE) == "deelbo" for t in trials) else ()
     columns = [c for c in _TRIAL_COLUMNS if any(_trial_value(t, c[1], learned) is not None for t in trials)]
     head = "".join(f"<th>{html.escape(c[0])}</th>" for c in ("trial", "state", *(c[0] for c in columns)))
     rows = []
-    best = study.user_attrs.get("best_trial")
+    best = study.user_attrs.get(A.BEST_TRIAL)
     for t in trials:
         cells = [str(t.number), t.state.name.lower()]
         cells += [_cell(_trial_value(t, key, learned), fmt) for _, key, fmt in columns]
@@ -166,7 +167,7 @@ def _comparison_parts(results: Sequence[StrategyResult], storage: optuna.storage
     ]
     for r in results:
         study = optuna.load_study(study_name=r.study_name, storage=storage)
-        description = study.user_attrs.get("description", "")
+        description = study.user_attrs.get(A.DESCRIPTION, "")
         parts.append(f"<h3>{html.escape(r.strategy)}: {html.escape(str(description))}</h3>")
         parts.append(
             f"<p>study <code>{html.escape(r.study_name)}</code>; chosen: {html.escape(str(r.best_params))}; "

@@ -5,58 +5,35 @@ code): the objective's state (model weights, posterior sigma), optimizer and LR-
 state, the torch / CUDA / Python / NumPy RNG states, the minibatch order and cursor, the step,
 and the logs that decide the final numbers (history rows, the last epoch's losses, early
 stopping and adaptive-schedule state). The prior's lambda and tau are closed-form functions of
-those weights, so they need no state of their own. :func:`optuna_deelbo.train.train` writes
+those weights, so they need no state of their own. :func:`optuna_deelbo.train.train_model` writes
 them through a :class:`CheckpointHook` and resumes from one with ``resume=``.
 
-:class:`Checkpointing` keeps them per Optuna trial in an artifact store
-(``optuna.artifacts.FileSystemArtifactStore`` by default, so optuna-dashboard lists them) in
-two alternating slots, so a process killed while writing one still leaves the previous one
-whole. A retried trial (Optuna's ``RetryHeartbeatStaleTrialCallback`` system attrs
-``failed_trial`` / ``retry_history``) resumes from the newest checkpoint of the trials it retries.
-
-Trial user attrs written (see the README):
-
-* ``checkpoint:artifact_id`` (str), ``checkpoint:step`` (int): the newest checkpoint of this
-  configuration (a retry carries its predecessor's until it writes its own)
-* ``resumed_from_step`` (int, 0 = started from scratch), ``resumed_from_trial`` (int),
-  ``resumed_from_artifact`` (str): where a retry picked up
-* ``checkpoint:resume_error`` (str): why a checkpoint could not be used (the run restarted at step 0)
+Where the bytes go is not this module's business: a :class:`CheckpointStore` (Optuna's artifact
+store per trial, :class:`optuna_deelbo.tuning.Checkpointing`) hands out hooks and finds the state
+a retried trial resumes from.
 """
 
 from __future__ import annotations
 
 import io
 import random
-import tempfile
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.trial import FrozenTrial
 
-from optuna_deelbo._errors import CheckpointError, ConfigError
+from optuna_deelbo._errors import CheckpointError
 from optuna_deelbo._validation import positive_int
 
 __all__ = [
-    "ATTR_ARTIFACT",
-    "ATTR_RESUMED_ARTIFACT",
-    "ATTR_RESUMED_STEP",
-    "ATTR_RESUMED_TRIAL",
-    "ATTR_RESUME_ERROR",
-    "ATTR_STEP",
     "CHECKPOINT_FORMAT",
     "CheckpointHook",
-    "Checkpointing",
+    "CheckpointStore",
     "Resume",
     "check_fingerprint",
     "copy_tensors",
-    "default_artifacts_dir",
     "from_bytes",
     "rng_state",
     "set_rng_state",
@@ -65,13 +42,6 @@ __all__ = [
 
 #: Tag stored in every checkpoint; a file without it is refused.
 CHECKPOINT_FORMAT = "optuna-deelbo-checkpoint/1"
-ATTR_ARTIFACT = "checkpoint:artifact_id"
-ATTR_STEP = "checkpoint:step"
-ATTR_RESUMED_STEP = "resumed_from_step"
-ATTR_RESUMED_TRIAL = "resumed_from_trial"
-ATTR_RESUMED_ARTIFACT = "resumed_from_artifact"
-ATTR_RESUME_ERROR = "checkpoint:resume_error"
-_SLOT_NAMES = ("checkpoint-a.pt", "checkpoint-b.pt")
 
 
 @dataclass(frozen=True)
@@ -172,15 +142,6 @@ def check_fingerprint(state: Mapping[str, Any], expected: Mapping[str, Any]) -> 
         raise CheckpointError(f"checkpoint belongs to another run ({details})")
 
 
-def default_artifacts_dir(storage_url: str) -> Path:
-    """Where checkpoints go by default: ``<db>-artifacts`` next to a SQLite file, else ``./deelbo-artifacts``."""
-    prefix = "sqlite:///"
-    if storage_url.startswith(prefix) and storage_url[len(prefix) :] not in ("", ":memory:"):
-        db = Path(storage_url[len(prefix) :])
-        return (db.parent / f"{db.stem}-artifacts").resolve()
-    return Path("deelbo-artifacts").resolve()
-
-
 @dataclass(frozen=True)
 class Resume:
     """A checkpoint found for a retried trial: its state, artifact id and the trial that wrote it."""
@@ -195,108 +156,15 @@ class Resume:
         return int(self.state["step"])
 
 
-def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
-    return storage.get_trial(trial_id)
+class CheckpointStore(Protocol):
+    """Where a trial's checkpoints live (``TaskSpec.checkpointing``); ``trial`` is the objective's Optuna trial."""
 
+    @property
+    def every(self) -> int:
+        """Steps between two checkpoints."""
 
-class _TrialWriter:
-    """Writes a trial's checkpoints into two alternating artifact slots and points the user attrs at the newest."""
+    def hook(self, trial: Any) -> CheckpointHook:
+        """The hook the training loop saves ``trial``'s states through."""
 
-    def __init__(self, trial: optuna.trial.Trial, store: optuna.artifacts._protocol.ArtifactStore) -> None:
-        self.trial = trial
-        self.store = store
-        self.slots: list[str | None] = [None, None]
-        self.written = 0
-
-    def __call__(self, state: dict[str, Any]) -> None:
-        slot = self.written % 2
-        data = to_bytes(state)
-        artifact_id = self.slots[slot]
-        if artifact_id is None:
-            with tempfile.TemporaryDirectory(prefix="deelbo-ckpt-") as tmp:
-                path = Path(tmp) / _SLOT_NAMES[slot]
-                path.write_bytes(data)
-                artifact_id = upload_artifact(
-                    artifact_store=self.store,
-                    file_path=str(path),
-                    study_or_trial=self.trial,
-                    mimetype="application/octet-stream",
-                )
-            self.slots[slot] = artifact_id
-        else:
-            self.store.write(artifact_id, io.BytesIO(data))
-        # Only now, with the bytes fully written, does the trial point at this slot.
-        self.trial.set_user_attr(ATTR_ARTIFACT, artifact_id)
-        self.trial.set_user_attr(ATTR_STEP, int(state["step"]))
-        self.written += 1
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """Checkpoint every ``every`` steps of a trial's training into an artifact store.
-
-    Args:
-        store: any ``optuna.artifacts`` store; :meth:`filesystem` builds the default one.
-        every: steps between two checkpoints (> 0).
-    """
-
-    store: optuna.artifacts._protocol.ArtifactStore
-    every: int = 50
-
-    def __post_init__(self) -> None:
-        positive_int(self.every, "checkpoint interval (steps)")
-
-    @classmethod
-    def filesystem(cls, directory: str | Path, every: int = 50) -> Checkpointing:
-        """A :class:`FileSystemArtifactStore` in ``directory`` (created if missing)."""
-        path = Path(directory)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the artifact directory {str(path)!r}: {exc}") from exc
-        return cls(FileSystemArtifactStore(path), every)
-
-    def hook(self, trial: optuna.trial.Trial) -> CheckpointHook:
-        """The hook that stores ``trial``'s checkpoints (two slots, newest named by ``checkpoint:artifact_id``)."""
-        return CheckpointHook(self.every, _TrialWriter(trial, self.store))
-
-    def find_resume(self, trial: optuna.trial.Trial) -> Resume | None:
-        """The newest checkpoint of the trials ``trial`` retries, or ``None`` for a fresh trial.
-
-        Walks Optuna's ``retry_history`` (newest first) to the first trial that wrote one.
-
-        Raises:
-            CheckpointError: the checkpoint named by that trial is missing or unreadable.
-        """
-        system_attrs = _frozen(trial.study, trial.number).system_attrs
-        history = list(system_attrs.get("retry_history") or [])
-        if not history and "failed_trial" in system_attrs:
-            history = [system_attrs["failed_trial"]]
-        for number in reversed(history):
-            attrs = _frozen(trial.study, int(number)).user_attrs
-            artifact_id = attrs.get(ATTR_ARTIFACT)
-            if artifact_id is None:
-                continue
-            try:
-                with self.store.open_reader(artifact_id) as reader:
-                    data = reader.read()
-            except Exception as exc:  # ArtifactNotFound, OSError, a remote store's errors
-                raise CheckpointError(f"checkpoint {artifact_id} of trial {number} cannot be read: {exc}") from exc
-            state = from_bytes(data, source=f"{artifact_id} of trial {number}")
-            return Resume(state=state, artifact_id=str(artifact_id), trial_number=int(number))
-        return None
-
-    def resume_or_restart(self, trial: optuna.trial.Trial) -> Resume | None:
-        """:meth:`find_resume`, but an unusable checkpoint only warns (the run restarts at step 0).
-
-        A worker fleet must not stall on one damaged file: the retry trains from scratch, which
-        costs time but gives the same result; the reason is kept as ``checkpoint:resume_error``.
-        """
-        try:
-            return self.find_resume(trial)
-        except CheckpointError as exc:
-            warnings.warn(f"trial {trial.number}: restarting from step 0: {exc}", RuntimeWarning, stacklevel=2)
-            trial.set_user_attr(ATTR_RESUME_ERROR, str(exc))
-            return None
+    def find_resume(self, trial: Any) -> Resume | None:
+        """The newest state of the trials ``trial`` retries, or ``None``; raises CheckpointError if unreadable."""

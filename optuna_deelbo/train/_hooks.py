@@ -9,7 +9,7 @@ Every hook sees the run's :class:`~optuna_deelbo.train.LoopState` and may act
 * ``close()`` always, ``finish()`` after a run that was not interrupted by an exception;
 * ``state()`` / ``restore(state)``: their part of a checkpoint.
 
-:func:`optuna_deelbo.train.train` builds them in this order: step callback, weight-decay
+:func:`optuna_deelbo.train.train_model` builds them in this order: step callback, weight-decay
 control, divergence check, evaluation (validation, pruning, early stopping), checkpointing,
 progress bar.
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import optuna
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from optuna_deelbo._optuna_trial import Trial, report_or_prune
 from optuna_deelbo.bayes._objectives import MAPObjective
 from optuna_deelbo.train._checkpoint import CheckpointHook, copy_tensors
 from optuna_deelbo.train._divergence import DivergenceMonitor
@@ -33,7 +33,7 @@ from optuna_deelbo.train._state import LoopState
 from optuna_deelbo.train._types import evaluate
 
 __all__ = [
-    "Checkpointing",
+    "CheckpointWriter",
     "DivergenceCheck",
     "Evaluation",
     "ProgressBar",
@@ -150,7 +150,7 @@ class Evaluation(TrainHook):
     def __init__(
         self,
         loop: LoopState,
-        trial: optuna.trial.Trial | None,
+        trial: Trial | None,
         val: Split | None,
         eval_transform: Callable[[Tensor], Tensor] | None,
     ) -> None:
@@ -175,9 +175,7 @@ class Evaluation(TrainHook):
         else:
             value = loop.running_loss(self._last_loss)
         if self.trial is not None:
-            self.trial.report(value, step)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} with intermediate value {value:.4g}")
+            report_or_prune(self.trial, value, step)
         if self.stopper is None:
             return False
         stop = self.stopper.update(step, value, loop.running_loss(self._last_loss))
@@ -205,7 +203,7 @@ class Evaluation(TrainHook):
             self.best_state = copy_tensors(state["best_state"], self.loop.device)
 
 
-class Checkpointing(TrainHook):
+class CheckpointWriter(TrainHook):
     """``hook.save(state)`` after every ``hook.every``-th step but the last; ``hooks`` add their state."""
 
     def __init__(self, loop: LoopState, hook: CheckpointHook, hooks: list[TrainHook]) -> None:

@@ -2,7 +2,7 @@
 
 :class:`LoopState` does one optimiser step at a time (:meth:`LoopState.step`), keeps the
 running sums the log rows average, and turns all of it into a checkpoint (:meth:`snapshot`) and
-back (:meth:`restore`). The loop itself (:func:`optuna_deelbo.train.train`) only orders these
+back (:meth:`restore`). The loop itself (:func:`optuna_deelbo.train.train_model`) only orders these
 calls and the hooks' (:mod:`optuna_deelbo.train._hooks`).
 """
 

@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import optuna
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._optuna_trial import Trial
 from optuna_deelbo.bayes._objectives import MAPObjective, Objective
 from optuna_deelbo.train._checkpoint import CheckpointHook
 from optuna_deelbo.train._hooks import (
-    Checkpointing,
+    CheckpointWriter,
     DivergenceCheck,
     Evaluation,
     ProgressBar,
@@ -36,7 +36,7 @@ from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule
 from optuna_deelbo.train._state import LoopState
 from optuna_deelbo.train._types import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, run_fingerprint
 
-__all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "run_fingerprint", "train"]
+__all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "run_fingerprint", "train_model"]
 
 
 def _check_extras(
@@ -53,14 +53,14 @@ def _check_extras(
         raise ConfigError("the adaptive weight-decay rule compares train and validation accuracy: pass val")
 
 
-def train(
+def train_model(
     objective: Objective,
     x: Tensor,
     y: Tensor,
     config: TrainConfig,
     *,
     val: tuple[Tensor, Tensor] | None = None,
-    trial: optuna.trial.Trial | None = None,
+    trial: Trial | None = None,
     desc: str = "train",
     transform: Callable[[Tensor], Tensor] | None = None,
     eval_transform: Callable[[Tensor], Tensor] | None = None,
@@ -116,7 +116,7 @@ def train(
         hooks.append(WeightDecayControl(loop, objective, weight_decay_schedule, val, eval_transform))
     hooks += [DivergenceCheck(loop), Evaluation(loop, trial, val, eval_transform)]
     if checkpoint is not None:
-        hooks.append(Checkpointing(loop, checkpoint, list(hooks)))
+        hooks.append(CheckpointWriter(loop, checkpoint, list(hooks)))
     if resume is not None:
         loop.restore(resume)
         for hook in hooks:

@@ -1,92 +1,106 @@
-"""The Optuna side: DEELBoSampler, fit, strategies, planned studies and workers, storages, compare."""
+"""The Optuna side: DEELBoSampler, fit, the strategies, the study lifecycle, the attr schema, storages and workers.
+
+* :func:`fit` trains one configuration in an objective (MAP or DE-ELBo, by the study's sampler);
+  :func:`report_learned` is the own-loop counterpart for :class:`~optuna_deelbo.DEELBo`.
+* :mod:`~optuna_deelbo.tuning.attrs`: every trial / study user-attr key, and :func:`best_params`.
+* :mod:`~optuna_deelbo.tuning.strategies`: what each search runs; the study lifecycle
+  (:func:`compare`, :func:`run_strategy`, :func:`plan_compare`, :func:`finish_planned_study`, ...)
+  runs it in a storage (:func:`open_storage`), in one process or many (:func:`run_worker`).
+"""
 
 from __future__ import annotations
 
-from optuna_deelbo.tuning._compare import parse_strategies, run_compare, study_name_for
-from optuna_deelbo.tuning._fit import (
-    RetrainResult,
-    fit,
-    fit_deelbo,
-    fit_map,
-    recalibrate_for_mean_weights,
-    retrain,
-    score_deelbo_run,
-)
-from optuna_deelbo.tuning._recipe import RECIPE_ATTR, RECIPE_VERSION, TaskRecipe
+from optuna_deelbo._deprecated import moved_names
+from optuna_deelbo.tuning import attrs
+from optuna_deelbo.tuning._checkpoints import Checkpointing, default_artifacts_dir, worker_checkpointing
+from optuna_deelbo.tuning._fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
 from optuna_deelbo.tuning._sampler import (
-    LEARNED_ATTR_PREFIX,
     DEELBoSampler,
     PlaceholderWarning,
-    best_params,
     learned_names,
-    learned_params,
+    report_learned,
     without_learned,
 )
-from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, POSTGRES_CONNECT_TIMEOUT_S, SQLITE_TIMEOUT_S, open_storage
-from optuna_deelbo.tuning._trial_queue import (
-    PLANNED_ATTR,
-    PlannedStudy,
-    QueueEmpty,
-    QueueProgress,
-    plan_study,
-    queue_progress,
-    requeue_interrupted,
-    retried_numbers,
-    run_queue,
-)
-from optuna_deelbo.tuning._worker import (
-    DEFAULT_GRACE_PERIOD_S,
-    DEFAULT_HEARTBEAT_S,
-    RECONNECT_PAUSES_S,
+from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
+from optuna_deelbo.tuning._study import (
+    IF_EXISTS,
     PlannedJob,
+    StrategyResult,
+    compare,
+    create_strategy_study,
     finish_planned_study,
+    finish_strategy,
     load_planned_job,
+    parse_strategies,
+    plan_compare,
     plan_strategy_study,
-    run_worker,
+    refuse_existing,
+    resume_strategy_study,
+    run_strategy,
     search_seconds,
+    study_name_for,
 )
+from optuna_deelbo.tuning._trial_queue import PlannedStudy, QueueProgress, queue_progress, requeue_interrupted
+from optuna_deelbo.tuning._worker import DEFAULT_GRACE_PERIOD_S, DEFAULT_HEARTBEAT_S, run_worker
+from optuna_deelbo.tuning.attrs import best_params, learned_params
+from optuna_deelbo.tuning.strategies import get_strategy
+from optuna_deelbo.tuning.strategies.tpe import suggest_regularization
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD_S",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_STORAGE",
-    "LEARNED_ATTR_PREFIX",
-    "PLANNED_ATTR",
-    "POSTGRES_CONNECT_TIMEOUT_S",
-    "RECIPE_ATTR",
-    "RECIPE_VERSION",
-    "RECONNECT_PAUSES_S",
-    "SQLITE_TIMEOUT_S",
+    "IF_EXISTS",
+    "Checkpointing",
     "DEELBoSampler",
     "PlaceholderWarning",
     "PlannedJob",
     "PlannedStudy",
-    "QueueEmpty",
     "QueueProgress",
     "RetrainResult",
-    "TaskRecipe",
+    "StrategyResult",
+    "attrs",
     "best_params",
+    "compare",
+    "create_strategy_study",
+    "default_artifacts_dir",
     "finish_planned_study",
+    "finish_strategy",
     "fit",
     "fit_deelbo",
     "fit_map",
+    "get_strategy",
     "learned_names",
     "learned_params",
     "load_planned_job",
     "open_storage",
     "parse_strategies",
+    "plan_compare",
     "plan_strategy_study",
-    "plan_study",
     "queue_progress",
-    "recalibrate_for_mean_weights",
+    "refuse_existing",
+    "report_learned",
     "requeue_interrupted",
+    "resume_strategy_study",
     "retrain",
-    "retried_numbers",
-    "run_compare",
-    "run_queue",
+    "run_strategy",
     "run_worker",
     "score_deelbo_run",
     "search_seconds",
     "study_name_for",
+    "suggest_regularization",
     "without_learned",
+    "worker_checkpointing",
 ]
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "run_compare": "optuna_deelbo.tuning:compare",
+        "TaskRecipe": "optuna_deelbo.task:BuiltinTask",
+        "RECIPE_ATTR": "optuna_deelbo.tuning.attrs:BUILTIN_TASK",
+        "RECIPE_VERSION": "optuna_deelbo.task:BUILTIN_TASK_VERSION",
+        "LEARNED_ATTR_PREFIX": "optuna_deelbo.tuning.attrs:LEARNED_PREFIX",
+        "PLANNED_ATTR": "optuna_deelbo.tuning.attrs:PLANNED",
+    },
+)

@@ -37,23 +37,18 @@ import torch
 from torch import nn
 
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
-from optuna_deelbo._validation import nonnegative_finite, positive_finite, require_minimize
+from optuna_deelbo._validation import nonnegative_finite, positive_finite
 from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
 from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.bayes._selection import selection_scores
 from optuna_deelbo.data._splits import Split
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.train._checkpoint import (
-    ATTR_RESUME_ERROR,
-    ATTR_RESUMED_ARTIFACT,
-    ATTR_RESUMED_STEP,
-    ATTR_RESUMED_TRIAL,
-    CheckpointHook,
-)
+from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.train._checkpoint import CheckpointHook
 from optuna_deelbo.train._early_stopping import continue_until
 from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule
-from optuna_deelbo.train._training import Metrics, TrainResult, evaluate, train
-from optuna_deelbo.tuning._sampler import LEARNED_ATTR_PREFIX, learned_names
+from optuna_deelbo.train._training import Metrics, TrainResult, evaluate, train_model
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._sampler import learned_names
 
 __all__ = [
     "RetrainResult",
@@ -95,7 +90,7 @@ def fit_map(
             (``task.regularization.patience``) and by an adaptive schedule.
         schedule: pull-down / pull-up / adaptive weight decay (see :func:`train`).
         steps: overrides ``task.steps`` (e.g. retraining for an early-stopped step count).
-        checkpoint, resume: see :func:`~optuna_deelbo.train.train`.
+        checkpoint, resume: see :func:`~optuna_deelbo.train.train_model`.
     """
     _check_hparams(lr, weight_decay)
     model = task.build_model()
@@ -105,7 +100,7 @@ def fit_map(
     config = task.train_config(lr, steps)
     if val is not None and task.regularization.patience is not None:
         config = dataclasses.replace(config, patience=task.regularization.patience)
-    result = train(
+    result = train_model(
         objective,
         data.x,
         data.y,
@@ -137,7 +132,7 @@ def fit_deelbo(
     prior structure, clipping and sigma's optimiser; with ``bn_recalibration`` the BatchNorm
     statistics are recomputed with the mean weights after training (inside the timed loop's
     result: ``result.seconds`` includes it). ``checkpoint`` and ``resume``: see
-    :func:`~optuna_deelbo.train.train`.
+    :func:`~optuna_deelbo.train.train_model`.
     """
     _check_hparams(lr, None)
     recipe = task.deelbo_recipe
@@ -154,7 +149,7 @@ def fit_deelbo(
         share_head_sigma=recipe.share_head_sigma,
         prior_structure=recipe.prior_structure,
     )
-    result = train(
+    result = train_model(
         objective,
         task.train.x,
         task.train.y,
@@ -243,20 +238,34 @@ def _resumable(
     if trial is None or checkpointing is None:
         return run(None, None)
     hook = checkpointing.hook(trial)
-    found = checkpointing.resume_or_restart(trial)
-    attrs[ATTR_RESUMED_STEP] = found.step if found is not None else 0
+    try:
+        found = checkpointing.find_resume(trial)
+    except CheckpointError as exc:  # unreadable: restart
+        _restarting(trial, exc, attrs)
+        found = None
+    attrs[A.RESUMED_STEP] = found.step if found is not None else 0
     if found is None:
         return run(hook, None)
-    attrs[ATTR_RESUMED_TRIAL], attrs[ATTR_RESUMED_ARTIFACT] = found.trial_number, found.artifact_id
-    trial.set_user_attr(ATTR_RESUMED_STEP, found.step)  # visible while the trial runs
+    attrs[A.RESUMED_TRIAL], attrs[A.RESUMED_ARTIFACT] = found.trial_number, found.artifact_id
+    trial.set_user_attr(A.RESUMED_STEP, found.step)  # visible while the trial runs
     try:
         return run(hook, found.state)
-    except CheckpointError as exc:
-        warnings.warn(f"trial {trial.number}: restarting from step 0: {exc}", RuntimeWarning, stacklevel=2)
-        attrs[ATTR_RESUME_ERROR] = str(exc)
-        attrs[ATTR_RESUMED_STEP] = 0
-        del attrs[ATTR_RESUMED_TRIAL], attrs[ATTR_RESUMED_ARTIFACT]
+    except CheckpointError as exc:  # readable but of another run: restart
+        _restarting(trial, exc, attrs)
+        attrs[A.RESUMED_STEP] = 0
+        del attrs[A.RESUMED_TRIAL], attrs[A.RESUMED_ARTIFACT]
         return run(hook, None)
+
+
+def _restarting(trial: optuna.trial.Trial, exc: CheckpointError, attrs: dict[str, Any]) -> None:
+    """A checkpoint cannot be used: warn, keep the reason (also on the trial at once), train from step 0.
+
+    A worker fleet must not stall on one damaged file: the retry trains from scratch, which
+    costs time but gives the same result.
+    """
+    warnings.warn(f"trial {trial.number}: restarting from step 0: {exc}", RuntimeWarning, stacklevel=3)
+    trial.set_user_attr(A.CHECKPOINT_RESUME_ERROR, str(exc))
+    attrs[A.CHECKPOINT_RESUME_ERROR] = str(exc)
 
 
 def _fresh(schedule: StepSchedule | AdaptiveFeedback | None) -> StepSchedule | AdaptiveFeedback | None:
@@ -278,19 +287,33 @@ def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainRes
     Returns:
         The trial's value: the score of the task recipe's selection rule.
     """
-    attrs.update(objective.deelbo.learned_attrs())  # the values at the final weights, as DEELBo.report writes
-    attrs[LEARNED_ATTR_PREFIX + "trace"] = _trace(result.history)
+    attrs.update(A.prefixed_learned(objective.deelbo.learned_values()))  # at the final weights, as report_learned
+    attrs[A.LEARNED_TRACE] = _trace(result.history)
     start = time.perf_counter()
     rule = task.deelbo_recipe.selection
-    attrs["select:rule"] = rule
-    attrs["select:" + rule] = value = score_deelbo_run(task, objective, result)[rule]
-    attrs["time:select_s"] = time.perf_counter() - start
+    attrs[A.SELECT_RULE] = rule
+    attrs[A.select_key(rule)] = value = score_deelbo_run(task, objective, result)[rule]
+    attrs[A.TIME_SELECT_S] = time.perf_counter() - start
     start = time.perf_counter()
     test = _test_metrics(task, objective.model)
     if test is not None:
-        attrs["test:nll"], attrs["test:accuracy"] = test.nll, test.accuracy
-        attrs["time:test_eval_s"] = time.perf_counter() - start
+        attrs[A.TEST_NLL], attrs[A.TEST_ACCURACY] = test.nll, test.accuracy
+        attrs[A.TIME_TEST_EVAL_S] = time.perf_counter() - start
     return value
+
+
+def _require_minimize(trial: optuna.trial.BaseTrial, what: str) -> None:
+    """Refuse a trial whose (single-objective) study maximises: ``what`` returns a loss to minimise.
+
+    Trials without a study (``optuna.trial.FixedTrial``) and multi-objective studies pass.
+    """
+    study = getattr(trial, "study", None)
+    directions = getattr(study, "directions", None)
+    if directions is not None and len(directions) == 1 and directions[0] == optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(
+            f"{what} returns a loss to minimise, but study {getattr(study, 'study_name', '?')!r} has "
+            "direction 'maximize'; create the study with direction='minimize'"
+        )
 
 
 def fit(
@@ -324,7 +347,7 @@ def fit(
         raise ConfigError(f"trial must be the objective's optuna trial, got {type(trial).__name__}")
     if not isinstance(task, TaskSpec):
         raise ConfigError(f"task must be an optuna_deelbo.TaskSpec, got {type(task).__name__}")
-    require_minimize(trial, "od.fit")
+    _require_minimize(trial, "od.fit")
     start = time.perf_counter()
     attrs: dict[str, Any] = {}
     live_trial = trial if isinstance(trial, optuna.trial.Trial) else None
@@ -358,21 +381,21 @@ def fit(
                 attrs,
             )
             metrics = evaluate(model, val_split.x, val_split.y, transform=task.eval_transform)
-            attrs["mode"] = "map"
+            attrs[A.MODE] = "map"
             if result.best_step is not None:
-                attrs["train:best_step"], attrs["train:stopped_step"] = result.best_step, result.stopped_step
-                attrs["train:loss_at_best"] = result.train_loss_at_best
+                attrs[A.TRAIN_BEST_STEP], attrs[A.TRAIN_STOPPED_STEP] = result.best_step, result.stopped_step
+                attrs[A.TRAIN_LOSS_AT_BEST] = result.train_loss_at_best
             if schedule is not None:
-                attrs["lambda:trajectory"] = _weight_decay_trajectory(schedule, result.stopped_step)
-            attrs["val:nll"], attrs["val:accuracy"] = metrics.nll, metrics.accuracy
+                attrs[A.LAMBDA_TRAJECTORY] = _weight_decay_trajectory(schedule, result.stopped_step)
+            attrs[A.VAL_NLL], attrs[A.VAL_ACCURACY] = metrics.nll, metrics.accuracy
             value = metrics.nll
-        attrs["train:loss"], attrs["train:nll"] = result.final_loss, result.final_nll
-        attrs["time:train_s"] = result.seconds
+        attrs[A.TRAIN_LOSS], attrs[A.TRAIN_NLL] = result.final_loss, result.final_nll
+        attrs[A.TIME_TRAIN_S] = result.seconds
     except TrainingDiverged as exc:
-        attrs["failure:reason"] = str(exc)
+        attrs[A.FAILURE_REASON] = str(exc)
         raise optuna.TrialPruned(str(exc)) from exc
     finally:
-        attrs["time:trial_s"] = time.perf_counter() - start
+        attrs[A.TIME_TRIAL_S] = time.perf_counter() - start
         for key, val in attrs.items():
             trial.set_user_attr(key, val)
     return value
@@ -435,7 +458,7 @@ def _continue_training(
     last: list[TrainResult] = []
 
     def step_fn() -> float:
-        last.append(train(objective, task.train.x, task.train.y, config, mixing=task.mixing(), desc="continue"))
+        last.append(train_model(objective, task.train.x, task.train.y, config, mixing=task.mixing(), desc="continue"))
         return evaluate(model, val.x, val.y, transform=task.eval_transform).nll
 
     continue_until(target, step_fn, max_steps=chunk * max(1, task.steps // chunk), check_every=chunk)

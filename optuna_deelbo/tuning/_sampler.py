@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -18,22 +19,16 @@ from optuna.distributions import (
 )
 from optuna.samplers import BaseSampler, GridSampler
 
-from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.bayes._deelbo import LEARNED_ATTR_PREFIX
+from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo.bayes._deelbo import DEELBo
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._optuna_internals import grid_search_space
 
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
-__all__ = [
-    "LEARNED_ATTR_PREFIX",
-    "DEELBoSampler",
-    "PlaceholderWarning",
-    "best_params",
-    "learned_names",
-    "learned_params",
-    "without_learned",
-]
+__all__ = ["DEELBoSampler", "PlaceholderWarning", "learned_names", "report_learned", "without_learned"]
 
 
 def _placeholder(param_name: str, distribution: BaseDistribution) -> Any:
@@ -51,10 +46,10 @@ class DEELBoSampler(BaseSampler):
     ...)``. For every name in ``learned`` this sampler answers with a fixed placeholder (the
     distribution's lower bound, or its first choice) without asking the base sampler, and
     :func:`optuna_deelbo.fit` sees that the trial runs under a ``DEELBoSampler`` and learns
-    the value with the DE-ELBo instead (an own loop: ``od.DEELBo(...).report(trial)``). The
+    the value with the DE-ELBo instead (an own loop: ``od.report_learned(trial, reg)``). The
     learned value lands on the trial as the user attr ``learned:<name>``;
     ``trial.params[<name>]`` and so ``study.best_params`` (and optuna-dashboard's params
-    column) hold only the placeholder: read :func:`best_params` / :func:`learned_params`.
+    column) hold only the placeholder: read :func:`~optuna_deelbo.best_params` / :func:`~optuna_deelbo.learned_params`.
 
     Example:
         .. code-block:: python
@@ -77,7 +72,7 @@ class DEELBoSampler(BaseSampler):
         if not names or not all(isinstance(n, str) and n for n in names):
             raise ConfigError(f"learned must be a non-empty sequence of parameter names, got {learned!r}")
         if isinstance(base_sampler, GridSampler):
-            grid = getattr(base_sampler, "_search_space", {})
+            grid = grid_search_space(base_sampler)
             empty = sorted(name for name, values in grid.items() if len(values) == 0)
             if empty:
                 raise ConfigError(f"the base GridSampler's grid has no values for {empty}; list at least one each")
@@ -144,13 +139,13 @@ def _warn_if_placeholder_only(trial: FrozenTrial, state: TrialState, learned: fr
     if state != TrialState.COMPLETE:
         return
     asked = sorted(learned & set(trial.params))
-    if not asked or any(key.startswith(LEARNED_ATTR_PREFIX) for key in trial.user_attrs):
+    if not asked or any(key.startswith(A.LEARNED_PREFIX) for key in trial.user_attrs):
         return
     placeholders = ", ".join(f"{name}={trial.params[name]!r}" for name in asked)
     warnings.warn(
         f"trial {trial.number} ran under DEELBoSampler but recorded no learned values: its objective "
         f"trained with the placeholder {placeholders} (plain MAP). Train through "
-        "od.fit(trial, task, ...) or call od.DEELBo(...).report(trial) before returning.",
+        "od.fit(trial, task, ...) or call od.report_learned(trial, reg) before returning.",
         PlaceholderWarning,
         stacklevel=2,
     )
@@ -172,24 +167,24 @@ def without_learned(search_space: dict[str, Iterable[Any]], learned: Iterable[st
     return {name: list(values) for name, values in search_space.items() if name not in drop}
 
 
-def learned_params(trial: FrozenTrial) -> dict[str, Any]:
-    """``trial.params`` with each learned name's placeholder replaced by the value the trial learned.
+def report_learned(trial: BaseTrial, reg: DEELBo) -> dict[str, Any]:
+    """Write what ``reg`` learned on ``trial`` (``learned:lambda``, ``learned:weight_decay``, ...); returns the attrs.
 
-    A name is replaced when the trial has a ``learned:<name>`` user attr (``od.fit`` and
-    ``DEELBo.report`` write ``learned:weight_decay``); other params are as sampled.
+    Under :class:`DEELBoSampler` this is what tells the study that the trial learned its
+    ``weight_decay`` instead of training with the placeholder. A diverged run (``reg.check_divergence()``)
+    is pruned instead, with the reason in ``failure:reason``.
+
+    Raises:
+        ConfigError: ``trial`` is not an Optuna trial. optuna.TrialPruned: the run diverged.
     """
-    params = dict(trial.params)
-    for name in params:
-        key = LEARNED_ATTR_PREFIX + name
-        if key in trial.user_attrs:
-            params[name] = trial.user_attrs[key]
-    return params
-
-
-def best_params(study: Study) -> dict[str, Any]:
-    """What ``study.best_params`` would be if the learned values were params: :func:`learned_params` of the best trial.
-
-    Under :class:`DEELBoSampler` ``study.best_params["weight_decay"]`` is the placeholder the
-    objective was handed (the distribution's lower bound); this gives the learned one.
-    """
-    return learned_params(study.best_trial)
+    if not isinstance(trial, optuna.trial.BaseTrial):
+        raise ConfigError(f"report_learned() takes an optuna trial, got {type(trial).__name__}")
+    try:
+        reg.check_divergence()
+    except TrainingDiverged as exc:
+        trial.set_user_attr(A.FAILURE_REASON, str(exc))
+        raise optuna.TrialPruned(f"diverged: {exc}") from exc
+    attrs = A.prefixed_learned(reg.learned_values())
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return attrs

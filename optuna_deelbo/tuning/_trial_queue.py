@@ -20,13 +20,19 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._optuna_internals import (
+    clear_trials_cache,
+    heartbeat_enabled,
+    study_id,
+    study_storage,
+    trial_id,
+)
 
 __all__ = [
-    "PLANNED_ATTR",
     "PlannedStudy",
     "QueueEmpty",
     "QueueProgress",
@@ -37,8 +43,6 @@ __all__ = [
     "run_queue",
 ]
 
-#: Study user attr: how many trials were planned (enqueued) when the study was created.
-PLANNED_ATTR = "planned_trials"
 
 Objective = Callable[[optuna.trial.Trial], float]
 
@@ -58,14 +62,15 @@ class PlannedStudy(optuna.Study):
         """Take the oldest WAITING trial (atomically), or raise :class:`QueueEmpty`."""
         if fixed_distributions:
             raise ConfigError("a planned study's trials carry their own parameters; fixed_distributions is not used")
-        self._thread_local.cached_all_trials = None  # as Study.ask: see other workers' trials
-        trial_id = self._pop_waiting_trial_id()
-        if trial_id is None:
+        clear_trials_cache(self)  # as Study.ask: see other workers' trials
+        taken = self._pop_waiting_trial_id()
+        if taken is None:
             raise QueueEmpty(self.study_name)
-        if is_heartbeat_enabled(self._storage):
+        storage = study_storage(self)
+        if heartbeat_enabled(storage):
             # Beat at once: a trial with no heartbeat at all is never taken for dead.
-            self._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-        return optuna.Trial(self, trial_id)
+            storage.record_heartbeat(taken)  # type: ignore[attr-defined]
+        return optuna.Trial(self, taken)
 
     def _pop_waiting_trial_id(self) -> int | None:
         """The oldest WAITING retry (``failed_trial`` system attr) first, then the oldest WAITING trial.
@@ -73,19 +78,20 @@ class PlannedStudy(optuna.Study):
         A retry takes the place of the trial it replaces: run first, it leaves the trials after it
         seeing the finished trials they would have seen without the interruption.
         """
-        waiting = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        storage = study_storage(self)
+        waiting = storage.get_all_trials(study_id(self), deepcopy=False, states=(TrialState.WAITING,))
         for trial in sorted(waiting, key=lambda t: ("failed_trial" not in t.system_attrs, t.number)):
             try:
-                if self._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                    return trial._trial_id
+                if storage.set_trial_state_values(trial_id(trial), state=TrialState.RUNNING):
+                    return trial_id(trial)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
         return None
 
     @classmethod
-    def of(cls, study: optuna.Study) -> PlannedStudy:
-        """The same study (name, storage, sampler, pruner) as a :class:`PlannedStudy`."""
-        return cls(study_name=study.study_name, storage=study._storage, sampler=study.sampler, pruner=study.pruner)
+    def of(cls, study: optuna.Study, storage: optuna.storages.BaseStorage) -> PlannedStudy:
+        """The same study (name, sampler, pruner) in ``storage`` (the one it was opened with), as a PlannedStudy."""
+        return cls(study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner)
 
 
 def plan_study(study: optuna.Study, planned: Sequence[Mapping[str, Any]]) -> None:
@@ -94,7 +100,7 @@ def plan_study(study: optuna.Study, planned: Sequence[Mapping[str, Any]]) -> Non
         raise ConfigError(f"study {study.study_name!r}: no trial planned")
     for params in planned:
         study.enqueue_trial(dict(params))
-    study.set_user_attr(PLANNED_ATTR, len(planned))
+    study.set_user_attr(A.PLANNED, len(planned))
 
 
 def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -116,9 +122,9 @@ def requeue_interrupted(study: optuna.Study, *, fail_running: bool = True) -> in
     ``retry_history`` that Optuna's ``RetryFailedTrialCallback`` writes, so
     :func:`queue_progress` counts it as replaced. Returns the number of retries queued.
     """
-    storage = study._storage
+    storage = study_storage(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if fail_running else ():
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     queued = 0
@@ -178,7 +184,7 @@ def queue_progress(study: optuna.Study) -> QueueProgress:
 
     failed = [t for t in trials if t.state == TrialState.FAIL]
     return QueueProgress(
-        planned=int(study.user_attrs.get(PLANNED_ATTR, 0)),
+        planned=int(study.user_attrs.get(A.PLANNED, 0)),
         waiting=count(TrialState.WAITING),
         running=count(TrialState.RUNNING),
         complete=count(TrialState.COMPLETE),
@@ -237,7 +243,7 @@ def run_queue(
                     break
         if ran > before:
             continue  # a pass that ran something: look again (retries may have been queued meanwhile)
-        heartbeats = all(is_heartbeat_enabled(study._storage) for study, _ in jobs)
+        heartbeats = all(heartbeat_enabled(study_storage(study)) for study, _ in jobs)
         if not (wait_for_running and heartbeats):
             return ran
         if all(queue_progress(study).running == 0 for study, _ in jobs):

@@ -1,4 +1,4 @@
-"""Strategies: each builds one Optuna study from a shared :class:`~optuna_deelbo.data.TaskSpec`."""
+"""Strategies: what each search runs (sampler, planned trials, objective) on a shared TaskSpec."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ from collections.abc import Sequence
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.tuning.strategies._base import (
-    IF_EXISTS,
     LEARNING_RATES,
     LR_RANGE,
-    PLAN_ATTR,
     WEIGHT_DECAY_RANGE,
     WEIGHT_DECAYS,
     Strategy,
-    StrategyResult,
     check_learning_rates,
-    refuse_existing,
     task_objective,
 )
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
@@ -25,10 +21,8 @@ from optuna_deelbo.tuning.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStr
 
 __all__ = [
     "DEFAULT_STRATEGIES",
-    "IF_EXISTS",
     "LEARNING_RATES",
     "LR_RANGE",
-    "PLAN_ATTR",
     "SEARCHED_REGULARIZERS",
     "STRATEGY_NAMES",
     "WEIGHT_DECAYS",
@@ -39,12 +33,10 @@ __all__ = [
     "PullDownStrategy",
     "PullUpStrategy",
     "Strategy",
-    "StrategyResult",
     "TPERegStrategy",
     "TPEStrategy",
     "check_learning_rates",
     "get_strategy",
-    "refuse_existing",
     "task_objective",
 ]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning._sampler import DEELBoSampler
 from optuna_deelbo.tuning.strategies._base import Strategy
 

@@ -14,8 +14,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule, pull_down, pull_up
+from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
 from optuna_deelbo.tuning.strategies._base import WEIGHT_DECAYS, Strategy
 
@@ -88,7 +89,7 @@ class AdaptiveStrategy(_ScheduledStrategy):
         return AdaptiveFeedback(1e-4, every=max(1, task.steps // ADAPTIVE_UPDATES))
 
     def retrain_best(self, task: TaskSpec, best: FrozenTrial) -> RetrainResult:
-        trajectory = best.user_attrs["lambda:trajectory"]
+        trajectory = best.user_attrs[A.LAMBDA_TRAJECTORY]
         every = max(1, task.steps // ADAPTIVE_UPDATES)
         replay = replay_schedule(trajectory, every)
         return retrain(task, best.params["lr"], _first_value(replay), schedule=replay)

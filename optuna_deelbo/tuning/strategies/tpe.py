@@ -12,15 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.regularizers._regularization import SEARCHABLE, Regularization, suggest_regularization
+from optuna_deelbo.regularizers._penalties import PENALTY_NAMES
+from optuna_deelbo.regularizers._regularization import FLOAT_SPACE, SEARCHABLE, Regularization
+from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
 from optuna_deelbo.tuning.strategies._base import WEIGHT_DECAY_RANGE, WEIGHT_DECAYS, Strategy
 
-__all__ = ["SEARCHED_REGULARIZERS", "TPERegStrategy", "TPEStrategy", "TrialSeededTPESampler"]
+__all__ = ["SEARCHED_REGULARIZERS", "TPERegStrategy", "TPEStrategy", "TrialSeededTPESampler", "suggest_regularization"]
 
 #: What ``tpe-reg`` searches besides lr and weight decay (see :func:`suggest_regularization`).
 SEARCHED_REGULARIZERS: tuple[str, ...] = (
@@ -33,25 +35,84 @@ SEARCHED_REGULARIZERS: tuple[str, ...] = (
 )
 
 
-class TrialSeededTPESampler(optuna.samplers.TPESampler):
+def suggest_regularization(trial: optuna.trial.BaseTrial, names: tuple[str, ...]) -> Regularization:
+    """Let a (TPE) trial choose the regularizers listed in ``names`` (the others stay off).
+
+    Search space: ``penalty`` in {none, l1, l2, l-half} with log-uniform strength in
+    [1e-7, 1e-2]; each continuous setting has a switch ``use_<name>`` in {False, True} and,
+    when on, ``dropout``, ``stochastic_depth`` in [0.05, 0.5], ``label_smoothing`` in
+    [0.01, 0.3], ``mixup_alpha``, ``cutmix_alpha`` in [0.1, 1], ``erasing_p`` in [0.05, 0.5];
+    ``cutout_size`` in {0, ..., 16}; ``restart_period`` in {none, 25, 50, 100} steps. Every
+    regularizer can thus be exactly off, as in the plain search.
+    """
+    unknown = [n for n in names if n not in SEARCHABLE]
+    if unknown:
+        raise ConfigError(f"unknown regularizer(s) {unknown}; searchable: {SEARCHABLE}")
+    values: dict[str, object] = {}
+    if "penalty" in names:
+        kind = trial.suggest_categorical("penalty", ["none", *PENALTY_NAMES])
+        if kind != "none":
+            values["penalty"] = kind
+            values["penalty_strength"] = trial.suggest_float("penalty_strength", 1e-7, 1e-2, log=True)
+    for name, (low, high) in FLOAT_SPACE.items():
+        if name in names and trial.suggest_categorical(f"use_{name}", [False, True]):
+            values[name] = trial.suggest_float(name, low, high)
+    if "cutout_size" in names:
+        values["cutout_size"] = trial.suggest_int("cutout_size", 0, 16)
+    if "restart_period" in names:
+        period = trial.suggest_categorical("restart_period", [0, 25, 50, 100])
+        values["restart_period"] = int(period) or None
+    return Regularization(**values)  # type: ignore[arg-type]
+
+
+class TrialSeededTPESampler(optuna.samplers.BaseSampler):
     """Optuna's TPE whose random draws for trial ``k`` depend only on ``(seed, k)``.
 
     A plain seeded ``TPESampler`` draws from one stream across trials, so after an interruption a
-    fresh sampler would propose other values than the uninterrupted run did. Reseeding per trial
-    number makes trial ``k``'s proposal a function of the seed, ``k`` and the finished trials, so
-    ``optuna-deelbo compare --resume`` (where a retried trial runs first, see
-    :class:`~optuna_deelbo.tuning.PlannedStudy`) ends with the trials of an uninterrupted run.
+    fresh sampler would propose other values than the uninterrupted run did. Here every trial gets
+    a fresh ``TPESampler(seed=f(seed, k))`` (public API only; TPE keeps no other state between
+    trials: it reads the finished trials from the study), so trial ``k``'s proposal is a function
+    of the seed, ``k`` and the finished trials, and ``optuna-deelbo compare --resume`` (where a
+    retried trial runs first, see :class:`~optuna_deelbo.tuning.PlannedStudy`) ends with the
+    trials of an uninterrupted run.
+
+    Args:
+        seed: the base seed. kwargs: passed to every ``TPESampler``.
     """
 
     def __init__(self, seed: int, **kwargs: Any) -> None:
-        super().__init__(seed=seed, **kwargs)
         self._base_seed = int(seed)
+        self._kwargs = kwargs
+        self._tpe = optuna.samplers.TPESampler(seed=self._base_seed, **kwargs)
+
+    def trial_seed(self, number: int) -> int:
+        """The seed of trial ``number``'s sampler."""
+        return (self._base_seed * 1_000_003 + number) % 2**32
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial_seed = (self._base_seed * 1_000_003 + trial.number) % 2**32
-        self._rng.rng.seed(trial_seed)
-        self._random_sampler._rng.rng.seed(trial_seed)
-        super().before_trial(study, trial)
+        self._tpe = optuna.samplers.TPESampler(seed=self.trial_seed(trial.number), **self._kwargs)
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._tpe.after_trial(study, trial, state, values)
 
 
 class TPEStrategy(Strategy):

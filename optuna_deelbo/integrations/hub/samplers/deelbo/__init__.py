@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from optuna_deelbo import DEELBo, DEELBoSampler, fit, without_learned
+from optuna_deelbo import DEELBo, DEELBoSampler, fit
+from optuna_deelbo.tuning import without_learned
 
 __all__ = ["DEELBo", "DEELBoSampler", "fit", "without_learned"]

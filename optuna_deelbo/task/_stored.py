@@ -1,38 +1,35 @@
-"""``TaskRecipe``: the few JSON values that rebuild a built-in task in another process.
+"""``BuiltinTask``: the few JSON values that rebuild a built-in task (digits, Split-CIFAR) in another process.
 
-A planner stores the recipe as the study user attr ``task_recipe`` (:data:`RECIPE_ATTR`);
-every ``optuna-deelbo worker`` rebuilds the same :class:`~optuna_deelbo.data.TaskSpec` from it
-(the source pretraining is seeded, so every worker gets the same pretrained weights on the
-same device type and thread count). ``optuna-deelbo compare`` builds its task from one too.
-"""
+A planner stores it as the study user attr ``task_recipe`` (:data:`~optuna_deelbo.tuning.attrs.TASK_ATTR`; the
+key keeps its first name so that studies planned by 0.2 still load); every ``optuna-deelbo worker`` rebuilds the
+same :class:`~optuna_deelbo.task.TaskSpec` from it (the source pretraining is seeded, so every worker gets the
+same pretrained weights on the same device type and thread count). ``optuna-deelbo compare`` builds its task from
+one too. (A *recipe* in this package is how DE-ELBo trains: :class:`~optuna_deelbo.bayes.DEELBoRecipe`, the
+``deelbo`` field here.)"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe
 from optuna_deelbo.bayes._priors import PRIOR_NAMES
-from optuna_deelbo.data._backbones import BACKBONE_NAMES
-from optuna_deelbo.data._task import TaskSpec
-from optuna_deelbo.data._tasks import DATASET_NAMES, digits_task, split_cifar_task
-from optuna_deelbo.train._checkpoint import Checkpointing
+from optuna_deelbo.models._backbones import BACKBONE_NAMES
+from optuna_deelbo.task._builtin import DATASET_NAMES, digits_task, split_cifar_task
+from optuna_deelbo.task._spec import TaskSpec
 
-__all__ = ["RECIPE_ATTR", "RECIPE_VERSION", "TaskRecipe"]
+__all__ = ["BUILTIN_TASK_VERSION", "BuiltinTask"]
 
-#: Study user attr holding :meth:`TaskRecipe.to_json`.
-RECIPE_ATTR = "task_recipe"
-#: Stored as ``"version"``; a recipe of another version is refused.
-RECIPE_VERSION = 1
+#: Stored as ``"version"``; a task of another version is refused.
+BUILTIN_TASK_VERSION = 1
 
 
 @dataclass(frozen=True)
-class TaskRecipe:
+class BuiltinTask:
     """How to build a built-in task (see ``optuna-deelbo compare --help`` for each setting).
 
     Attributes:
@@ -86,39 +83,33 @@ class TaskRecipe:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (with ``"version"``) that :meth:`from_json` reads back."""
-        return {"version": RECIPE_VERSION, **dataclasses.asdict(self)}
+        return {"version": BUILTIN_TASK_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_json(cls, data: object) -> TaskRecipe:
+    def from_json(cls, data: object) -> BuiltinTask:
         """Read :meth:`to_json`'s dict.
 
         Raises:
             ConfigError: not a dict, another version, an unknown key or a bad value.
         """
         if not isinstance(data, Mapping):
-            raise ConfigError(f"a task recipe must be a JSON object, got {type(data).__name__}")
+            raise ConfigError(f"a stored built-in task must be a JSON object, got {type(data).__name__}")
         fields = dict(data)
         version = fields.pop("version", None)
-        if version != RECIPE_VERSION:
-            raise ConfigError(f"task recipe version {version!r} is not supported (expected {RECIPE_VERSION})")
+        if version != BUILTIN_TASK_VERSION:
+            raise ConfigError(
+                f"stored built-in task version {version!r} is not supported (expected {BUILTIN_TASK_VERSION})"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise ConfigError(f"task recipe has unknown keys {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"stored built-in task has unknown keys {unknown}; known: {sorted(known)}")
         return cls(**fields)
-
-    def checkpointing(self, artifacts: str | Path | None = None) -> Checkpointing | None:
-        """The workers' checkpoint store (``artifacts`` overrides the recipe's directory), or ``None``."""
-        if self.checkpoint_every is None:
-            return None
-        directory = artifacts if artifacts is not None else self.artifacts
-        assert directory is not None  # __post_init__
-        return Checkpointing.filesystem(directory, every=self.checkpoint_every)
 
     def build(self, device: str | None = None, *, progress: bool = False) -> tuple[TaskSpec, float]:
         """Pretrain on the source task and return the target task and the pretraining seconds.
 
-        The task carries no checkpointing; a worker adds :meth:`checkpointing`.
+        The task carries no checkpointing; a worker adds :func:`~optuna_deelbo.tuning.worker_checkpointing`.
         """
         common: dict[str, Any] = {
             "seed": self.seed,

@@ -19,7 +19,7 @@ from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, IsotropicGau
 from optuna_deelbo.data._splits import Split, stratified_indices, train_val_split
 from optuna_deelbo.regularizers._mixing import BatchMixing
 from optuna_deelbo.regularizers._regularization import Regularization
-from optuna_deelbo.train._checkpoint import Checkpointing
+from optuna_deelbo.train._checkpoint import CheckpointStore
 from optuna_deelbo.train._divergence import DivergenceRule
 from optuna_deelbo.train._training import TrainConfig, resolve_device
 
@@ -94,7 +94,7 @@ class TaskSpec:
     regularization: Regularization = field(default_factory=Regularization)
     train_transform: Callable[[Tensor], Tensor] | None = None
     eval_transform: Callable[[Tensor], Tensor] | None = None
-    checkpointing: Checkpointing | None = None
+    checkpointing: CheckpointStore | None = None
     divergence: DivergenceRule = field(default_factory=DivergenceRule)
     _body_dim: int = field(init=False, repr=False, default=0)
 

@@ -21,7 +21,6 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.bayes._priors import PRIOR_NAMES
 from optuna_deelbo.bayes._swag import SWAGMoments
-from optuna_deelbo.data._backbones import BACKBONE_NAMES, Backbone, build_backbone, load_checkpoint
 from optuna_deelbo.data._cifar import (
     DeviceAugment,
     default_cache_dir,
@@ -29,9 +28,11 @@ from optuna_deelbo.data._cifar import (
     load_cifar10_torchvision,
     split_classes,
 )
-from optuna_deelbo.data._models import SmallCNN, pretrain, with_new_head
 from optuna_deelbo.data._splits import Split, digits_transfer, stratified_indices
-from optuna_deelbo.data._task import TaskSpec
+from optuna_deelbo.models._backbones import BACKBONE_NAMES, Backbone, build_backbone, load_checkpoint
+from optuna_deelbo.models._small_cnn import SmallCNN, with_new_head
+from optuna_deelbo.task._pretrain import pretrain
+from optuna_deelbo.task._spec import TaskSpec
 
 __all__ = ["DATASET_NAMES", "digits_task", "split_cifar_task"]
 

@@ -1,0 +1,183 @@
+"""The user-attr schema: every key this package writes on a trial or a study, and the readers of learned values.
+
+Nothing else in the package spells a key: writers and readers (``od.fit``, the strategies, the
+study lifecycle, the reports, the dashboard notes, the CLI) go through these names, so renaming
+one key cannot break a report silently. The values are what optuna-dashboard shows.
+
+Trial user attrs (floats unless noted; times in seconds, losses in nats per example):
+
+* :data:`MODE` (str: ``"deelbo"`` / ``"map"``), :data:`KAPPA` (DE-ELBo likelihood weight ``D / N``)
+* ``learned:<name>`` (:func:`learned_key`): :data:`LEARNED_LAMBDA`, :data:`LEARNED_WEIGHT_DECAY`,
+  :data:`LEARNED_TAU`, :data:`LEARNED_SIGMA`, :data:`LEARNED_LAMBDA_LAYERS` (dict, per layer),
+  :data:`LEARNED_TRACE` (``[[step, lambda, tau, sigma], ...]``)
+* :data:`TRAIN_LOSS`, :data:`TRAIN_NLL` (final-epoch means), :data:`TRAIN_BEST_STEP`,
+  :data:`TRAIN_STOPPED_STEP`, :data:`TRAIN_LOSS_AT_BEST` (early stopping)
+* :data:`SELECT_RULE` (str) and ``select:<rule>`` (:func:`select_key`): the DE-ELBo selection rule and score
+* :data:`VAL_NLL`, :data:`VAL_ACCURACY` (MAP, 20 % split); :data:`TEST_NLL`, :data:`TEST_ACCURACY`
+* :data:`TIME_TRAIN_S`, :data:`TIME_TRIAL_S`, :data:`TIME_SELECT_S`, :data:`TIME_TEST_EVAL_S`
+* :data:`LAMBDA_TRAJECTORY` (``[[step, weight decay], ...]`` of a schedule), :data:`FAILURE_REASON` (str)
+* checkpoints: :data:`CHECKPOINT_ARTIFACT` (str), :data:`CHECKPOINT_STEP` (int), :data:`RESUMED_STEP` (int),
+  :data:`RESUMED_TRIAL` (int), :data:`RESUMED_ARTIFACT` (str), :data:`CHECKPOINT_RESUME_ERROR` (str)
+
+Study user attrs: :data:`STRATEGY`, :data:`DESCRIPTION`, :data:`TASK` (name, N, prior, steps),
+:data:`PLAN` (what a resumed study must match), :data:`PLANNED` (int), :data:`BUILTIN_TASK` (the JSON a worker
+rebuilds the task from), and once finished :data:`TIME_TUNING_S`, :data:`TIME_RETRAIN_S`,
+:data:`TIME_TOTAL_S`, :data:`TEST_ACCURACY`, :data:`TEST_NLL`, :data:`BEST_TRIAL` (int), :data:`BEST_PARAMS` (dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+__all__ = [
+    "BEST_PARAMS",
+    "BEST_TRIAL",
+    "BUILTIN_TASK",
+    "CHECKPOINT_ARTIFACT",
+    "CHECKPOINT_RESUME_ERROR",
+    "CHECKPOINT_STEP",
+    "DESCRIPTION",
+    "FAILURE_REASON",
+    "KAPPA",
+    "LAMBDA_TRAJECTORY",
+    "LEARNED_LAMBDA",
+    "LEARNED_LAMBDA_LAYERS",
+    "LEARNED_PREFIX",
+    "LEARNED_SIGMA",
+    "LEARNED_TAU",
+    "LEARNED_TRACE",
+    "LEARNED_WEIGHT_DECAY",
+    "MODE",
+    "PLAN",
+    "PLANNED",
+    "RESUMED_ARTIFACT",
+    "RESUMED_STEP",
+    "RESUMED_TRIAL",
+    "SELECT_PREFIX",
+    "SELECT_RULE",
+    "STRATEGY",
+    "TASK",
+    "TEST_ACCURACY",
+    "TEST_NLL",
+    "TIME_RETRAIN_S",
+    "TIME_SELECT_S",
+    "TIME_TEST_EVAL_S",
+    "TIME_TOTAL_S",
+    "TIME_TRAIN_S",
+    "TIME_TRIAL_S",
+    "TIME_TUNING_S",
+    "TRAIN_BEST_STEP",
+    "TRAIN_LOSS",
+    "TRAIN_LOSS_AT_BEST",
+    "TRAIN_NLL",
+    "TRAIN_STOPPED_STEP",
+    "VAL_ACCURACY",
+    "VAL_NLL",
+    "best_params",
+    "learned_floats",
+    "learned_key",
+    "learned_params",
+    "prefixed_learned",
+    "select_key",
+]
+
+# --- trial attrs -------------------------------------------------------------------------------------------
+MODE = "mode"
+KAPPA = "kappa"
+LEARNED_PREFIX = "learned:"
+
+
+def learned_key(name: str) -> str:
+    """``"learned:<name>"``: the trial attr of a value DE-ELBo learned (``weight_decay``, ``lambda``, ...)."""
+    return LEARNED_PREFIX + name
+
+
+LEARNED_LAMBDA = learned_key("lambda")
+LEARNED_WEIGHT_DECAY = learned_key("weight_decay")
+LEARNED_TAU = learned_key("tau")
+LEARNED_SIGMA = learned_key("sigma")
+LEARNED_LAMBDA_LAYERS = learned_key("lambda_layers")
+LEARNED_TRACE = learned_key("trace")
+TRAIN_LOSS = "train:loss"
+TRAIN_NLL = "train:nll"
+TRAIN_BEST_STEP = "train:best_step"
+TRAIN_STOPPED_STEP = "train:stopped_step"
+TRAIN_LOSS_AT_BEST = "train:loss_at_best"
+SELECT_PREFIX = "select:"
+SELECT_RULE = SELECT_PREFIX + "rule"
+VAL_NLL = "val:nll"
+VAL_ACCURACY = "val:accuracy"
+TEST_NLL = "test:nll"
+TEST_ACCURACY = "test:accuracy"
+TIME_TRAIN_S = "time:train_s"
+TIME_TRIAL_S = "time:trial_s"
+TIME_SELECT_S = "time:select_s"
+TIME_TEST_EVAL_S = "time:test_eval_s"
+LAMBDA_TRAJECTORY = "lambda:trajectory"
+FAILURE_REASON = "failure:reason"
+CHECKPOINT_ARTIFACT = "checkpoint:artifact_id"
+CHECKPOINT_STEP = "checkpoint:step"
+CHECKPOINT_RESUME_ERROR = "checkpoint:resume_error"
+RESUMED_STEP = "resumed_from_step"
+RESUMED_TRIAL = "resumed_from_trial"
+RESUMED_ARTIFACT = "resumed_from_artifact"
+
+# --- study attrs -------------------------------------------------------------------------------------------
+STRATEGY = "strategy"
+DESCRIPTION = "description"
+TASK = "task"
+PLAN = "plan"
+PLANNED = "planned_trials"
+#: The stored :class:`~optuna_deelbo.task.BuiltinTask` (key kept from 0.2, so older planned studies load).
+BUILTIN_TASK = "task_recipe"
+TIME_TUNING_S = "time:tuning_s"
+TIME_RETRAIN_S = "time:retrain_s"
+TIME_TOTAL_S = "time:total_s"
+BEST_TRIAL = "best_trial"
+BEST_PARAMS = "best_params"
+
+
+def select_key(rule: str) -> str:
+    """``"select:<rule>"``: the trial attr holding a selection rule's score."""
+    return SELECT_PREFIX + rule
+
+
+def prefixed_learned(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:meth:`DEELBo.learned_values <optuna_deelbo.DEELBo.learned_values>` as trial attrs.
+
+    The learned values get the ``learned:`` prefix; ``mode`` and ``kappa`` keep their names.
+    """
+    return {k if k in (MODE, KAPPA) else learned_key(k): v for k, v in values.items()}
+
+
+def learned_floats(trial: FrozenTrial) -> dict[str, float]:
+    """A trial's ``learned:*`` attrs that are numbers (not traces or per-layer dicts), keys with the prefix."""
+    return {k: v for k, v in trial.user_attrs.items() if k.startswith(LEARNED_PREFIX) and isinstance(v, float)}
+
+
+def learned_params(trial: FrozenTrial) -> dict[str, Any]:
+    """``trial.params`` with each learned name's placeholder replaced by the value the trial learned.
+
+    A name is replaced when the trial has a ``learned:<name>`` user attr (``od.fit`` and
+    ``od.report_learned`` write ``learned:weight_decay``); other params are as sampled.
+    """
+    params = dict(trial.params)
+    for name in params:
+        key = learned_key(name)
+        if key in trial.user_attrs:
+            params[name] = trial.user_attrs[key]
+    return params
+
+
+def best_params(study: Study) -> dict[str, Any]:
+    """What ``study.best_params`` would be if the learned values were params: :func:`learned_params` of the best trial.
+
+    Under :class:`~optuna_deelbo.DEELBoSampler` ``study.best_params["weight_decay"]`` is the
+    placeholder the objective was handed (the distribution's lower bound); this gives the learned one.
+    """
+    return learned_params(study.best_trial)
