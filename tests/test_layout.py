@@ -63,9 +63,9 @@ def _imports_optuna(tree: ast.AST) -> bool:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import) and any(a.name == "optuna" or a.name.startswith("optuna.") for a in node.names):
             return True
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "optuna" or node.module.startswith("optuna."):
-                return True
+        module = node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
+        if module and (module == "optuna" or module.startswith("optuna.")):
+            return True
     return False
 
 

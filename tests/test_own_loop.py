@@ -178,7 +178,7 @@ def test_learned_values_and_report_write_the_user_attrs() -> None:
     assert reg.tau is not None and reg.tau > 0 and reg.sigma == pytest.approx(0.02)
     study = optuna.create_study()
     trial = study.ask()
-    attrs = reg.report(trial)
+    attrs = od.report_learned(trial, reg)
     study.tell(trial, 0.0)
     stored = study.trials[0].user_attrs
     assert stored == attrs and stored["learned:lambda"] == pytest.approx(lam) and stored["mode"] == "deelbo"
@@ -197,7 +197,7 @@ def _toy_objective(report: bool):  # type: ignore[no-untyped-def]
         loss.backward()
         optimizer.step()
         if report:
-            reg.report(trial)
+            od.report_learned(trial, reg)
         return float(loss.detach())
 
     return objective
@@ -206,7 +206,7 @@ def _toy_objective(report: bool):  # type: ignore[no-untyped-def]
 def test_a_trial_that_never_reports_warns_about_the_placeholder() -> None:
     sampler = od.DEELBoSampler(optuna.samplers.GridSampler({"lr": [0.1, 0.01]}))
     study = optuna.create_study(sampler=sampler)
-    with pytest.warns(od.PlaceholderWarning, match=r"trial 0 .*weight_decay=1e-07 .*DEELBo\(\.\.\.\)\.report\(trial\)"):
+    with pytest.warns(od.PlaceholderWarning, match=r"trial 0 .*weight_decay=1e-07 .*od\.report_learned\(trial, reg\)"):
         study.optimize(_toy_objective(report=False), n_trials=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", od.PlaceholderWarning)
@@ -302,7 +302,7 @@ def test_bad_loss_calls_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="before a sampled forward"):
         reg.loss(nn.functional.cross_entropy(reg(x), y))
     with pytest.raises(ConfigError, match="optuna trial"):
-        reg.report("trial")  # type: ignore[arg-type]
+        od.report_learned("trial", reg)
 
 
 def test_token_level_language_model_loss() -> None:

@@ -63,7 +63,19 @@ PUBLIC_NAMES = [
 ]
 
 #: Each subpackage's ``__all__`` size: its real public surface (a change here is a change of the API).
-SUBPACKAGE_SIZES = {"bayes": 30, "data": 13, "models": 8, "regularizers": 17, "report": 24, "task": 8, "train": 20, "tuning": 44, "tuning.attrs": 49, "tuning.strategies": 18, "integrations": 1}
+SUBPACKAGE_SIZES = {
+    "bayes": 30,
+    "data": 13,
+    "models": 8,
+    "regularizers": 17,
+    "report": 24,
+    "task": 8,
+    "train": 20,
+    "tuning": 44,
+    "tuning.attrs": 49,
+    "tuning.strategies": 18,
+    "integrations": 1,
+}
 
 CLI_OPTIONS = {
     "compare": [

@@ -174,7 +174,7 @@ def test_case6_best_params_shows_the_learned_weight_decay(task: od.TaskSpec) -> 
         trial.suggest_float("weight_decay", 1e-7, 1e-2, log=True)
         reg = od.DEELBo(task.build_model(), n_train=len(x), head=task.head_prefixes)
         _train(reg, lambda r: r.optimizer(torch.optim.SGD, lr=lr, momentum=0.9), x, y)
-        reg.report(trial)
+        od.report_learned(trial, reg)
         return reg.selection_score((x, y))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,7 +199,7 @@ def test_case8_a_diverged_own_loop_is_flagged_as_in_fit(task: od.TaskSpec) -> No
     study = optuna.create_study()
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned):
-        reg.report(trial)
+        od.report_learned(trial, reg)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert re.match("non-finite|diverging|exploding", study.trials[0].user_attrs["failure:reason"])
     healthy = od.DEELBo(task.build_model(), n_train=len(x), head=task.head_prefixes)

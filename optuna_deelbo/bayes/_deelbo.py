@@ -35,10 +35,16 @@ from optuna_deelbo._divergence_rule import DivergenceRule
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
-from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, check_sigma_mode
+from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, DEELBoRecipe, check_sigma_mode
 from optuna_deelbo.bayes._loop_health import LoopHealth
 from optuna_deelbo.bayes._posterior import ParameterGroups, SigmaMode, WeightPosterior
-from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.bayes._priors import (
+    GaussianPrior,
+    IsotropicGaussian,
+    LowRankGaussian,
+    body_prior_for,
+    head_prior_for,
+)
 from optuna_deelbo.bayes._selection import BatchNormMode, expected_nll
 from optuna_deelbo.bayes._wiring import WiringCheck, group_weights, optimizer_groups
 
@@ -54,26 +60,6 @@ def n_examples(n_train: object) -> int:
     if isinstance(n_train, (int, float)) or n_train is None or isinstance(n_train, str):
         return positive_int(n_train, "n_train (N)")
     return positive_int(count_examples(n_train), "n_train (N)")
-
-
-def _body_prior(prior: str | GaussianPrior, model: nn.Module, groups: ParameterGroups) -> GaussianPrior:
-    """``"l2-sp"`` (mean = the body's current weights), ``"l2-zero"``, or a given prior (dimension checked)."""
-    params = dict(model.named_parameters())
-    body = groups.flat(params, "body").detach()
-    if isinstance(prior, GaussianPrior):
-        if prior.dim != body.numel():
-            raise ConfigError(f"body prior covers {prior.dim} weights but the model's body has {body.numel()}")
-        return prior.to(device=body.device, dtype=body.dtype)
-    if prior == "l2-sp":
-        return IsotropicGaussian(body.clone())
-    if prior == "l2-zero":
-        return IsotropicGaussian(torch.zeros_like(body))
-    if prior == "ptyl":
-        raise ConfigError(
-            "prior='ptyl' needs SWAG moments of the pretraining run: pass "
-            "od.LowRankGaussian(mean, diagonal, factor) built from od.SWAGMoments"
-        )
-    raise ConfigError(f"unknown prior {prior!r}; choose 'l2-sp', 'l2-zero' or pass a GaussianPrior")
 
 
 def _prior_state(prior: GaussianPrior | None) -> dict[str, Tensor] | None:
@@ -163,7 +149,7 @@ class DEELBo(nn.Module):
             raise ConfigError(f"unknown prior_structure {prior_structure!r}; choose one of {PRIOR_STRUCTURES}")
         self.model = model
         self.groups = groups
-        self.body_prior = _body_prior(prior, model, groups)
+        self.body_prior = body_prior_for(prior, groups.flat(dict(model.named_parameters()), "body").detach())
         #: ``"l2-sp"`` by name: the mean is taken from the weights at the first training forward.
         self._l2sp = isinstance(prior, str) and prior == "l2-sp"
         self._prior_mean_pending = self._l2sp
@@ -173,14 +159,9 @@ class DEELBo(nn.Module):
                 f"not {type(self.body_prior).__name__}"
             )
         params = dict(model.named_parameters())
-        ref = params[groups.body[0]]
         self.head_prior: GaussianPrior | None = None
         if groups.head:
-            dim = groups.numel(model, "head")
-            head_prior = head_prior or IsotropicGaussian.zero(dim, dtype=ref.dtype, device=ref.device)
-            if head_prior.dim != dim:
-                raise ConfigError(f"head prior covers {head_prior.dim} weights but the model's head has {dim}")
-            self.head_prior = head_prior.to(device=ref.device, dtype=ref.dtype)
+            self.head_prior = head_prior_for(head_prior, groups.flat(params, "head").detach())
         elif head_prior is not None:
             raise ConfigError("head_prior given but no head: pass head=(prefix, ...) naming its parameters")
         self.prior_structure = prior_structure
@@ -197,6 +178,34 @@ class DEELBo(nn.Module):
         if not check_wiring:
             self._wiring.close()
         self.health = LoopHealth(divergence or DivergenceRule())
+
+    @classmethod
+    def from_recipe(
+        cls,
+        model: nn.Module,
+        n_train: int | object,
+        prior: str | GaussianPrior,
+        recipe: DEELBoRecipe,
+        *,
+        head: Sequence[str] | ParameterGroups = (),
+        kappa: float | None = None,
+    ) -> DEELBo:
+        """A DEELBo with the posterior and prior structure of a :class:`~optuna_deelbo.bayes.DEELBoRecipe`.
+
+        The recipe's ``sigma_mode``, ``init_sigma``, ``share_head_sigma`` and ``prior_structure`` (the
+        training settings -- clipping, sigma's optimiser, selection -- are the loop's and ``od.fit``'s).
+        """
+        return cls(
+            model,
+            n_train,
+            prior,
+            head=head,
+            kappa=kappa,
+            sigma_mode=recipe.sigma_mode,
+            init_sigma=recipe.init_sigma,
+            share_head_sigma=recipe.share_head_sigma,
+            prior_structure=recipe.prior_structure,
+        )
 
     # --- the step -----------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import nonnegative_finite
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._posterior import ParameterGroups, SigmaMode, WeightPosterior
-from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian
+from optuna_deelbo.bayes._priors import GaussianPrior, checked_prior, head_prior_for
 from optuna_deelbo.regularizers._penalties import Penalty
 
 __all__ = ["DEELBoObjective", "LossRecord", "MAPObjective", "Objective"]
@@ -58,11 +57,6 @@ def _autocast(x: Tensor, enabled: bool) -> contextlib.AbstractContextManager[obj
     return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
 
 
-def _check_prior(prior: GaussianPrior, dim: int, what: str) -> None:
-    if prior.dim != dim:
-        raise ConfigError(f"{what} prior covers {prior.dim} weights but the model's {what} has {dim}")
-
-
 class Objective(nn.Module):
     """Common base: a model, its body/head split and the two priors."""
 
@@ -80,15 +74,15 @@ class Objective(nn.Module):
         self.penalty = penalty
         self._attach_model(model)
         self.groups = groups
-        ref = next(model.parameters())
-        _check_prior(body_prior, groups.numel(model, "body"), "body")
-        self.body_prior = body_prior.to(device=ref.device, dtype=ref.dtype)
-        self.head_prior: GaussianPrior | None = None
-        if groups.head:
-            dim = groups.numel(model, "head")
-            head_prior = head_prior or IsotropicGaussian.zero(dim, dtype=ref.dtype, device=ref.device)
-            _check_prior(head_prior, dim, "head")
-            self.head_prior = head_prior.to(device=ref.device, dtype=ref.dtype)
+        self._init_priors(model, groups, body_prior, head_prior)
+
+    def _init_priors(
+        self, model: nn.Module, groups: ParameterGroups, body_prior: GaussianPrior, head_prior: GaussianPrior | None
+    ) -> None:
+        """Hold the priors, checked against the body / head, on the model's device (default head: N(0, tau I))."""
+        params = dict(model.named_parameters())
+        self.body_prior = checked_prior(body_prior, groups.flat(params, "body").detach(), "body")
+        self.head_prior = head_prior_for(head_prior, groups.flat(params, "head").detach()) if groups.head else None
 
     def _attach_model(self, model: nn.Module) -> None:
         """Register ``model`` as this objective's ``model`` submodule (its state_dict prefix ``model.``)."""
@@ -193,15 +187,38 @@ class DEELBoObjective(Objective):
         self.deelbo = DEELBo(
             model,
             n_train,
-            self.body_prior,
+            body_prior,
             head=groups,
-            head_prior=self.head_prior,
+            head_prior=head_prior,
             kappa=kappa,
             sigma_mode=sigma_mode,
             init_sigma=init_sigma,
             share_head_sigma=share_head_sigma,
             prior_structure=prior_structure,
         )
+
+    @classmethod
+    def around(cls, deelbo: DEELBo, penalty: Penalty | None = None) -> DEELBoObjective:
+        """The objective of a ready :class:`~optuna_deelbo.bayes.DEELBo` (e.g. :meth:`DEELBo.from_recipe`), as is."""
+        self = cls.__new__(cls)
+        Objective.__init__(self, deelbo.model, deelbo.groups, deelbo.body_prior, deelbo.head_prior, penalty)
+        self.deelbo = deelbo
+        return self
+
+    def _init_priors(
+        self, model: nn.Module, groups: ParameterGroups, body_prior: GaussianPrior, head_prior: GaussianPrior | None
+    ) -> None:
+        """The priors are :attr:`deelbo`'s (checked and held there once; see :attr:`body_prior`)."""
+
+    @property
+    def body_prior(self) -> GaussianPrior:  # type: ignore[override]
+        """:attr:`deelbo`'s body prior (one object: a ``.to()`` of the DEELBo moves it)."""
+        return self.deelbo.body_prior
+
+    @property
+    def head_prior(self) -> GaussianPrior | None:  # type: ignore[override]
+        """:attr:`deelbo`'s head prior."""
+        return self.deelbo.head_prior
 
     def _attach_model(self, model: nn.Module) -> None:
         """The model is :attr:`deelbo`'s (registered there once)."""

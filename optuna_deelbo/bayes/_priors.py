@@ -38,6 +38,9 @@ __all__ = [
     "GaussianPrior",
     "IsotropicGaussian",
     "LowRankGaussian",
+    "body_prior_for",
+    "checked_prior",
+    "head_prior_for",
 ]
 
 #: Names accepted wherever a prior family is chosen by name (CLI, task specs).
@@ -328,3 +331,54 @@ class LowRankGaussian(GaussianPrior):
             self.diagonal.to(device=device, dtype=dtype),
             self.factor.to(device=device, dtype=dtype),
         )
+
+
+def body_prior_for(
+    family: str | GaussianPrior,
+    body: Tensor,
+    *,
+    mean: Tensor | None = None,
+    covariance: tuple[Tensor, Tensor] | None = None,
+) -> GaussianPrior:
+    """The body prior for the flat body weights ``body`` ``(D,)``, on their device and dtype.
+
+    Args:
+        family: ``"l2-sp"`` (mean = ``body``, the pretrained weights), ``"l2-zero"`` (mean 0),
+            ``"ptyl"`` (low rank + diagonal: needs ``covariance``), or a ready prior (dimension checked).
+        mean: overrides the family's mean ``(D,)``.
+        covariance: ``(diagonal (D,), factor (D, K))`` of ``Sigma`` for ``"ptyl"``.
+
+    Raises:
+        ConfigError: an unknown family, a dimension that does not match ``body``, PTYL without covariance.
+    """
+    if isinstance(family, GaussianPrior):
+        return checked_prior(family, body, "body")
+    if family not in PRIOR_NAMES:
+        raise ConfigError(f"unknown prior {family!r}; choose 'l2-sp', 'l2-zero' or pass a GaussianPrior")
+    if mean is not None:
+        center = mean.to(device=body.device, dtype=body.dtype)
+    elif family == "l2-zero":
+        center = torch.zeros_like(body)
+    else:
+        center = body.detach().clone()
+    if family == "ptyl":
+        if covariance is None:
+            raise ConfigError(
+                "prior='ptyl' needs SWAG moments of the pretraining run: pass "
+                "od.LowRankGaussian(mean, diagonal, factor) built from od.bayes.SWAGMoments"
+            )
+        diagonal, factor = covariance
+        return LowRankGaussian(center, diagonal.to(center), factor.to(center))
+    return IsotropicGaussian(center)
+
+
+def checked_prior(prior: GaussianPrior, like: Tensor, what: str) -> GaussianPrior:
+    """``prior`` on ``like``'s device and dtype, checked to cover ``like.numel()`` weights (``what``: body/head)."""
+    if prior.dim != like.numel():
+        raise ConfigError(f"{what} prior covers {prior.dim} weights but the model's {what} has {like.numel()}")
+    return prior.to(device=like.device, dtype=like.dtype)
+
+
+def head_prior_for(prior: GaussianPrior | None, head: Tensor) -> GaussianPrior:
+    """The head prior for the flat head weights ``head`` ``(H,)``: ``prior`` (checked) or ``N(0, tau I)``."""
+    return checked_prior(prior, head, "head") if prior is not None else IsotropicGaussian(torch.zeros_like(head))

@@ -15,7 +15,7 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite, positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.bayes._posterior import ParameterGroups
-from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
+from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, body_prior_for
 from optuna_deelbo.data._splits import Split, stratified_indices, train_val_split
 from optuna_deelbo.regularizers._mixing import BatchMixing
 from optuna_deelbo.regularizers._regularization import Regularization
@@ -208,20 +208,8 @@ class TaskSpec:
 
     def body_prior(self, model: nn.Module) -> GaussianPrior:
         """The body prior of :attr:`prior`'s family for a model built by :meth:`build_model`."""
-        groups = self.groups(model)
-        params = dict(model.named_parameters())
-        ref = params[groups.body[0]]
-        if self.prior_mean is not None:
-            mean = self.prior_mean.to(device=ref.device, dtype=ref.dtype)
-        elif self.prior == "l2-zero":
-            mean = torch.zeros(self._body_dim, device=ref.device, dtype=ref.dtype)
-        else:
-            mean = groups.flat(params, "body").detach().clone()
-        if self.prior == "ptyl":
-            assert self.prior_covariance is not None
-            diagonal, factor = self.prior_covariance
-            return LowRankGaussian(mean, diagonal.to(mean), factor.to(mean))
-        return IsotropicGaussian(mean)
+        body = self.groups(model).flat(dict(model.named_parameters()), "body").detach()
+        return body_prior_for(self.prior, body, mean=self.prior_mean, covariance=self.prior_covariance)
 
     def signature(self) -> dict[str, Any]:
         """What a study of this task must have been planned with to be resumed (JSON-safe).

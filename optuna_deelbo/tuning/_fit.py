@@ -39,6 +39,7 @@ from torch import nn
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
 from optuna_deelbo._validation import nonnegative_finite, positive_finite
 from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
+from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.bayes._selection import selection_scores
 from optuna_deelbo.data._splits import Split
@@ -137,18 +138,10 @@ def fit_deelbo(
     _check_hparams(lr, None)
     recipe = task.deelbo_recipe
     model = task.build_model()
-    objective = DEELBoObjective(
-        model,
-        task.groups(model),
-        task.body_prior(model),
-        n_train=task.n_train,
-        kappa=task.kappa,
-        sigma_mode=recipe.sigma_mode,
-        init_sigma=recipe.init_sigma,
-        penalty=task.regularization.penalty_fn,
-        share_head_sigma=recipe.share_head_sigma,
-        prior_structure=recipe.prior_structure,
+    deelbo = DEELBo.from_recipe(
+        model, task.n_train, task.body_prior(model), recipe, head=task.groups(model), kappa=task.kappa
     )
+    objective = DEELBoObjective.around(deelbo, penalty=task.regularization.penalty_fn)
     result = train_model(
         objective,
         task.train.x,

@@ -96,25 +96,34 @@ def run_worker(
     storage = open_storage(
         storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
     )
-    tasks: dict[BuiltinTask, TaskSpec] = {}
-    jobs = []
-    for name in dict.fromkeys(study_names):
-        job = load_planned_job(storage, name, device=device, artifacts=artifacts, tasks=tasks)
-        study = PlannedStudy(
-            study_name=name, storage=storage, sampler=job.strategy.sampler(job.task), pruner=job.strategy.pruner()
-        )
-        jobs.append((study, job.strategy.objective(job.task)))
-    return _run_surviving_outages(jobs, storage_url, poll_s=poll_s, on_trial=on_trial)
+    tasks: dict[BuiltinTask, TaskSpec] = {}  # built once: a join retried after an outage does not pretrain again
+
+    def join() -> list[Job]:
+        jobs = []
+        for name in dict.fromkeys(study_names):
+            job = load_planned_job(storage, name, device=device, artifacts=artifacts, tasks=tasks)
+            study = PlannedStudy(
+                study_name=name, storage=storage, sampler=job.strategy.sampler(job.task), pruner=job.strategy.pruner()
+            )
+            jobs.append((study, job.strategy.objective(job.task)))
+        return jobs
+
+    return _run_surviving_outages(join, storage_url, poll_s=poll_s, on_trial=on_trial)
+
+
+Job = tuple[PlannedStudy, Callable[[optuna.Trial], float]]
 
 
 def _run_surviving_outages(
-    jobs: Sequence[tuple[PlannedStudy, Callable[[optuna.Trial], float]]],
+    join: Callable[[], list[Job]],
     storage_url: str,
     *,
     poll_s: float,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None,
 ) -> int:
-    """:func:`run_queue` again after each storage outage (see :data:`RECONNECT_PAUSES_S`); trials run here.
+    """``join()`` the studies, then :func:`run_queue`, again after each storage outage (see
+    :data:`RECONNECT_PAUSES_S`); returns the trials run here. An outage while joining (a worker
+    still pretraining when the database went away) is waited out like one while training.
 
     A trial cut off by the outage is left RUNNING without heartbeats; once the storage is back, a
     worker fails it as stale and its retry runs (from its checkpoint), so each planned trial still
@@ -131,8 +140,11 @@ def _run_surviving_outages(
         if on_trial is not None:
             on_trial(study, trial)
 
+    jobs: list[Job] | None = None
     while True:
         try:
+            if jobs is None:
+                jobs = join()
             run_queue(jobs, poll_s=poll_s, on_trial=count)
             return ran
         except optuna.exceptions.UpdateFinishedTrialError as exc:
