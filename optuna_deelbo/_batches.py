@@ -118,7 +118,7 @@ def to_tensors(data: object, batch_size: int = 512) -> tuple[Tensor, Tensor]:
             collate_fn=data.collate_fn,
             num_workers=data.num_workers,
         )
-    xs, ys = zip(*labelled_batches(data, batch_size), strict=True) if count_examples(data) else ((), ())
-    if not xs:
+    if count_examples(data) == 0:
         raise ConfigError("the data set is empty")
+    xs, ys = zip(*labelled_batches(data, batch_size), strict=True)
     return torch.cat(xs), torch.cat(ys)

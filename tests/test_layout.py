@@ -111,3 +111,62 @@ def test_the_private_attribute_check_would_catch_the_old_uses() -> None:
         "    store: optuna.artifacts._protocol.ArtifactStore",
     ):
         assert _PRIVATE.search(line), line
+
+
+#: Modules tested in a file named after a concept rather than the module (each listed file must name the
+#: module or one of its public names). Every other module with logic has ``tests/test_<name>.py``.
+MODULE_TESTS: dict[str, tuple[str, ...]] = {
+    "_deprecated.py": ("test_public_api.py",),
+    "_divergence_rule.py": ("test_divergence.py",),
+    "bayes/_deelbo.py": ("test_own_loop.py", "test_user_mistakes.py"),
+    "data/_splits.py": ("test_tasks.py",),
+    "integrations/lightning.py": ("test_integrations.py",),
+    "models/_small_cnn.py": ("test_backbones.py",),
+    "regularizers/_structural.py": ("test_regularization.py",),
+    "report/_tables.py": ("test_dashboard.py",),
+    "task/_builtin.py": ("test_tasks.py",),
+    "task/_pretrain.py": ("test_tasks.py",),
+    "task/_spec.py": ("test_tasks.py", "test_bad_inputs.py"),
+    "task/_stored.py": ("test_workers.py", "test_deelbo_recipe.py"),
+    "train/_types.py": ("test_training.py",),
+    "tuning/_checkpoints.py": ("test_checkpoint.py",),
+    "tuning/_fit.py": ("test_batchnorm.py", "test_checkpoint.py", "test_regularization.py"),
+    "tuning/_storage.py": ("test_outages.py", "test_workers.py"),
+    "tuning/_trial_queue.py": ("test_resume.py", "test_workers.py"),
+    "tuning/strategies/_base.py": ("test_strategies.py",),
+    "tuning/strategies/deelbo.py": ("test_strategies.py",),
+    "tuning/strategies/grid.py": ("test_strategies.py",),
+    "tuning/strategies/tpe.py": ("test_strategies.py", "test_regularization.py"),
+}
+#: Modules without logic of their own (exceptions, re-exports).
+NO_LOGIC = ("_errors.py",)
+TESTS = Path(__file__).resolve().parent
+
+
+def _public_names(module: Path) -> set[str]:
+    tree = ast.parse(module.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return {e.value for e in ast.walk(node.value) if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+    return set()
+
+
+def test_every_module_with_logic_has_its_tests() -> None:
+    missing = []
+    for path in _modules():
+        rel = str(path.relative_to(PACKAGE))
+        if path.name == "__init__.py" or rel in NO_LOGIC:
+            continue
+        own = TESTS / f"test_{path.stem.lstrip('_')}.py"
+        if own.exists():
+            continue
+        files = MODULE_TESTS.get(rel)
+        if not files:
+            missing.append(rel)
+            continue
+        dotted = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        words = {dotted, *(_public_names(path) - {"__all__"})}
+        for name in files:
+            text = (TESTS / name).read_text()
+            assert any(re.search(rf"\b{re.escape(w)}\b", text) for w in words), f"{name} never names {rel}"
+    assert not missing, f"add tests/test_<module>.py or an entry in MODULE_TESTS: {missing}"

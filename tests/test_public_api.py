@@ -197,3 +197,14 @@ def test_cli_subcommands_and_options_are_pinned() -> None:
         for command, parser in sub.choices.items()
     }
     assert found == CLI_OPTIONS
+
+
+def test_an_unknown_name_is_still_an_attribute_error() -> None:
+    """``moved_names`` serves only the names it lists: a typo is an AttributeError, as without it."""
+    from optuna_deelbo._deprecated import moved_names
+
+    with pytest.raises(AttributeError, match=r"module 'optuna_deelbo' has no attribute 'fitt'"):
+        od.fitt  # type: ignore[attr-defined]  # noqa: B018
+    assert not hasattr(od.tuning, "TaskSpec")
+    with pytest.raises(AttributeError, match=r"'pkg' has no attribute 'x'"):
+        moved_names("pkg", {})("x")

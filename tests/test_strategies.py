@@ -5,7 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
+import optuna_deelbo as od
 from optuna_deelbo.tuning._study import reporting_overhead_s
+from optuna_deelbo.tuning.strategies import WEIGHT_DECAYS, DEELBoStrategy, GridStrategy
+from optuna_deelbo.tuning.strategies.tpe import TrialSeededTPESampler
 
 
 def _trial(value: float, **attrs: float) -> optuna.trial.FrozenTrial:
@@ -25,3 +28,42 @@ def test_reporting_overhead_keeps_only_the_chosen_models_test_evaluation() -> No
 def test_reporting_overhead_is_zero_without_test_evaluations() -> None:
     trials = [_trial(1.0), _trial(0.5, **{"time:train_s": 9.0})]
     assert reporting_overhead_s(trials, trials[1]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def task() -> od.TaskSpec:
+    return od.digits_task(50, steps=4, batch_size=16, pretrain_steps=10)[0]
+
+
+def test_deelbo_plans_one_trial_per_learning_rate_and_learns_the_weight_decay(task: od.TaskSpec) -> None:
+    strategy = DEELBoStrategy([0.1, 0.01])
+    assert strategy.planned_params(task) == [{"lr": 0.1}, {"lr": 0.01}] and not strategy.retrain_winner
+    sampler = strategy.sampler(task)
+    assert isinstance(sampler, od.DEELBoSampler) and sampler.learned == {"weight_decay"}
+    assert isinstance(sampler.base_sampler, optuna.samplers.GridSampler)
+
+
+def test_grid_plans_every_pair_and_retrains_the_winner(task: od.TaskSpec) -> None:
+    strategy = GridStrategy([0.1, 0.01])
+    planned = strategy.planned_params(task)
+    assert len(planned) == 2 * len(WEIGHT_DECAYS) == strategy.n_trials()
+    assert {(p["lr"], p["weight_decay"]) for p in planned} == {(a, b) for a in (0.1, 0.01) for b in WEIGHT_DECAYS}
+    assert strategy.retrain_winner and strategy.metric_name == "val_nll"
+
+
+def test_tpe_proposals_depend_only_on_the_seed_and_trial_number() -> None:
+    """TrialSeededTPESampler (a fresh public TPESampler per trial): trial k's proposal is the same in any run."""
+
+    def proposals(order: list[int]) -> dict[int, float]:
+        study = optuna.create_study(sampler=TrialSeededTPESampler(seed=3, n_startup_trials=2))
+        out = {}
+        for _ in order:
+            trial = study.ask()
+            out[trial.number] = trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, out[trial.number] ** 2)
+        return out
+
+    first, again = proposals([0, 1, 2, 3]), proposals([0, 1, 2, 3])
+    assert first == again
+    assert len(set(first.values())) == 4
+    assert TrialSeededTPESampler(seed=3).trial_seed(5) == (3 * 1_000_003 + 5) % 2**32

@@ -31,5 +31,5 @@ def run(module: ModuleType, n_trials: int = 4) -> optuna.Study:
 
 if __name__ == "__main__":
     study = run(optunahub.load_module("samplers/deelbo"))
-    best = study.best_trial
-    print(f"lr {best.params['lr']}: learned weight decay {best.user_attrs['learned:weight_decay']:.3g}")
+    best = od.best_params(study)  # study.best_params holds the placeholder weight decay; this the learned one
+    print(f"lr {best['lr']}: learned weight decay {best['weight_decay']:.3g}")

@@ -1,0 +1,38 @@
+"""_validation.py: the shared argument checks accept exactly the numbers they name (fuzzed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optuna_deelbo import ConfigError
+from optuna_deelbo._validation import nonnegative_finite, positive_finite, positive_int
+
+_ANYTHING = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=3))
+
+
+@given(_ANYTHING)
+def test_positive_int_takes_only_whole_numbers_above_zero(value: object) -> None:
+    """Whole numbers (``3`` or ``3.0``, as a JSON round trip may give) > 0, returned as int."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = real and value == int(value) and value > 0  # type: ignore[arg-type]
+    if ok:
+        result = positive_int(value, "n")
+        assert result == value and type(result) is int
+    else:
+        with pytest.raises(ConfigError, match=r"^n must be"):
+            positive_int(value, "n")
+
+
+@given(_ANYTHING)
+def test_finite_checks_refuse_nan_inf_bools_and_text(value: object) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    for check, low_ok in ((positive_finite, lambda v: v > 0), (nonnegative_finite, lambda v: v >= 0)):
+        if number and low_ok(value):
+            assert check(value, "lr") == float(value)  # type: ignore[arg-type]
+        else:
+            with pytest.raises(ConfigError, match=r"^lr must be"):
+                check(value, "lr")
