@@ -9,19 +9,22 @@ core count means other jobs competed for the CPU, which inflates wall-clock numb
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
-__all__ = ["RESULTS", "RunRecord", "commit", "machine"]
+__all__ = ["RESULTS", "RunRecord", "commit", "machine", "result_row", "write_csv"]
 
 #: benchmarks/results/, where every table and figure goes.
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,3 +118,28 @@ class RunRecord:
             " other jobs share this machine, so wall-clock numbers can be inflated when the load exceeds the cores",
         ]
         return "\n".join(lines)
+
+
+def write_csv(path: Path | str, rows: Sequence[Mapping[str, Any]], *, ignore: Sequence[str] = ()) -> Path:
+    """Write ``rows`` (one dict each, the first one's keys as the header, minus ``ignore``) to ``path``; returns it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k not in ignore], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def result_row(result: Any, **leading: Any) -> dict[str, Any]:
+    """One CSV row of a :class:`~optuna_deelbo.tuning.StrategyResult` after the ``leading`` columns (N, seed, ...)."""
+    return {
+        **leading,
+        "strategy": result.strategy,
+        "trials": result.n_trials,
+        "total_s": result.total_s,
+        "test_accuracy": result.test_accuracy,
+        "test_nll": result.test_nll,
+        "best_params": result.best_params,
+        "learned": result.learned,
+    }

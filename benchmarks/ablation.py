@@ -36,12 +36,12 @@ from typing import Any
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.bayes._deelbo_recipe import RECIPES, SELECTION_RULES, DEELBoRecipe
-from optuna_deelbo.tuning._fit import fit_deelbo, recalibrate_for_mean_weights, score_deelbo_run
+from optuna_deelbo.bayes import RECIPES, SELECTION_RULES, DEELBoRecipe
+from optuna_deelbo.tuning import fit_deelbo, recalibrate_for_mean_weights, score_deelbo_run
 from optuna_deelbo.tuning.strategies import LEARNING_RATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, RunRecord
+from _record import RESULTS, RunRecord, write_csv
 
 #: variant name -> (recipe changes against the v0.1 recipe, budget multiplier). ``default`` and
 #: ``paper`` are the named recipes as they stand; the BatchNorm-recalibrated rows (``+bn``) are post-hoc.
@@ -296,15 +296,9 @@ def write_tables(record: RunRecord, args: argparse.Namespace) -> None:
         with path.open() as f:
             rows += list(csv.DictReader(f))
     table = aggregate(rows, sorted({r["variant"] for r in rows}))
-    with (RESULTS / "ablation.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in table[0] if k != "per_seed"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(RESULTS / "ablation.csv", table, ignore=("per_seed",))
     lr_rows = per_lr(rows)
-    with (RESULTS / "ablation-per-lr.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(lr_rows[0]))
-        writer.writeheader()
-        writer.writerows(lr_rows)
+    write_csv(RESULTS / "ablation-per-lr.csv", lr_rows)
     default_rule = RECIPES["default"].selection
     lines = [
         "# DE-ELBo recipe ablation",

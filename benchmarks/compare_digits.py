@@ -17,13 +17,13 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.report._tables import results_table
-from optuna_deelbo.tuning._study import compare
+from optuna_deelbo.report import results_table
+from optuna_deelbo.tuning import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, RunRecord, commit, machine
+from _record import RESULTS, RunRecord
 
-__all__ = ["commit", "machine", "main"]  # commit, machine: kept importable for older scripts
+__all__ = ["main"]
 
 
 def main() -> None:

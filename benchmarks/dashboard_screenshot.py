@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args()
 
-    from optuna_deelbo.report._dashboard import save_storage_to_dashboard, serve_dashboard
+    from optuna_deelbo.report import save_storage_to_dashboard, serve_dashboard
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _ensure_studies(args.storage)

@@ -34,7 +34,7 @@ import optuna
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning._study import compare
+from optuna_deelbo.tuning import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord

@@ -15,7 +15,6 @@ Writes benchmarks/results/memorisation.{md,csv}.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime as dt
 import os
@@ -30,7 +29,7 @@ import optuna_deelbo as od
 from optuna_deelbo.tuning.strategies import LEARNING_RATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_digits import commit, machine
+from _record import commit, machine, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -136,11 +135,7 @@ def main() -> None:
     load_end = os.getloadavg()
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
 
     def col(fraction: float, method: str, key: str) -> list[float]:
         return [float(r[key]) for r in rows if r["fraction"] == fraction and r["method"] == method]  # type: ignore[arg-type]

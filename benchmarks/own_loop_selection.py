@@ -22,13 +22,12 @@ accuracy is never used to pick).
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import asdict, dataclass
 
 import optuna
 import torch
-from _record import RESULTS, RunRecord
+from _record import RESULTS, RunRecord, write_csv
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -157,10 +156,7 @@ def main() -> None:
         for cosine in (False, True):
             rows += [own_loop(task, lr, seed, cosine=cosine, batchnorm=args.batchnorm) for lr in LRS]
         print(f"seed {seed} done", flush=True)
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    write_csv(out + ".csv", [asdict(r) for r in rows])
     lines = [f"# Own-loop learning-rate selection (digits, N = 100), selection_score(batchnorm={args.batchnorm!r})"]
     lines += ["", record.header(), ""]
     lines += ["## Picks and selection regret (test-accuracy points; 0 = the pick is the loop's best lr)", ""]

@@ -42,13 +42,18 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 import optuna_deelbo as od
-from optuna_deelbo.report._budget import CurvePoint, incumbent_curve, incumbents, subsample_curve
-from optuna_deelbo.report._figures import accuracy_vs_compute_figure
-from optuna_deelbo.report._tables import write_storage_report
-from optuna_deelbo.tuning._study import study_name_for
+from optuna_deelbo.report import (
+    CurvePoint,
+    accuracy_vs_compute_figure,
+    incumbent_curve,
+    incumbents,
+    subsample_curve,
+    write_storage_report,
+)
+from optuna_deelbo.tuning import study_name_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, RunRecord
+from _record import RESULTS, RunRecord, write_csv
 
 __all__ = ["DEBIAN_CHROMIUM", "main", "use_debian_chromium"]
 
@@ -369,10 +374,7 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     # --- CSVs -------------------------------------------------------------------------------
-    with stem.with_suffix(".csv").open("w", newline="") as fh:
-        table = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        table.writeheader()
-        table.writerows(rows)
+    write_csv(stem.with_suffix(".csv"), rows)
     mean_curves = {n: {label: _mean_curve(cs) for label, cs in by.items()} for n, by in curves.items()}
     fig2 = Path(f"{stem}-figure2")
     with fig2.with_suffix(".csv").open("w", newline="") as fh:
@@ -481,7 +483,7 @@ def main() -> None:
     report = write_storage_report(
         f"{stem}-report.html", storage, title=f"paper benchmark: {label} ({device.type})", plotlyjs="cdn"
     )
-    from optuna_deelbo.report._dashboard import dashboard_available, save_storage_to_dashboard
+    from optuna_deelbo.report import dashboard_available, save_storage_to_dashboard
 
     if dashboard_available():
         save_storage_to_dashboard(storage)

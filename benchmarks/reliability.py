@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import os
 import shutil
@@ -43,11 +42,9 @@ import torch
 from optuna.trial import TrialState
 
 import optuna_deelbo as od
-from optuna_deelbo.task._stored import BuiltinTask
-from optuna_deelbo.train._divergence import DivergenceRule
-from optuna_deelbo.tuning._sampler import DEELBoSampler
-from optuna_deelbo.tuning._study import plan_strategy_study, search_seconds
-from optuna_deelbo.tuning._trial_queue import queue_progress
+from optuna_deelbo.task import BuiltinTask
+from optuna_deelbo.train import DivergenceRule
+from optuna_deelbo.tuning import DEELBoSampler, plan_strategy_study, queue_progress, search_seconds
 from optuna_deelbo.tuning.attrs import CHECKPOINT_STEP, RESUMED_STEP
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 
@@ -55,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from _postgres import PostgresServer, find_bin_dir, postgres_server  # noqa: E402
-from _record import RESULTS, RunRecord  # noqa: E402
+from _record import RESULTS, RunRecord, write_csv  # noqa: E402
 from _safety import BAD_VALUES, interrupt_cli, run_cli, snapshot, value_options  # noqa: E402
 
 __all__ = ["main"]
@@ -350,11 +347,7 @@ def _write(
     *,
     url_given: bool,
 ) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     base = rows[0]["trials_per_min_busy"]
     table = [
         "| workers | trials | busy s | trials / min (busy) | speed-up | wall s (incl. start-up) | trials / min (wall) |"

@@ -17,7 +17,6 @@ per width and strategy, and the gain of each schedule over the best fixed weight
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import functools
 import os
@@ -29,10 +28,10 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning._study import compare
+from optuna_deelbo.tuning import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_digits import commit, machine
+from _record import commit, machine, result_row, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("grid", "pulldown", "pullup", "adaptive", "deelbo")
@@ -87,15 +86,8 @@ def main() -> None:
             for r in compare(task, STRATEGIES, storage, if_exists="overwrite"):
                 rows.append(
                     {
-                        "width": width,
-                        "seed": seed,
-                        "strategy": r.strategy,
-                        "trials": r.n_trials,
-                        "total_s": r.total_s,
-                        "test_accuracy": r.test_accuracy,
-                        "test_nll": r.test_nll,
-                        "best_params": r.best_params,
-                        "learned_weight_decay": r.learned.get("learned:weight_decay", float("nan")),
+                        **result_row(r, width=width, seed=seed),
+                        "learned_weight_decay": r.learned.get(od.tuning.attrs.LEARNED_WEIGHT_DECAY, float("nan")),
                     }
                 )
                 print(f"width {width} seed {seed} {r.strategy}: {100 * r.test_accuracy:.1f}% in {r.total_s:.1f} s")
@@ -103,11 +95,7 @@ def main() -> None:
     load_end = os.getloadavg()
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
 
     def acc(width: int, strategy: str) -> list[float]:
         return [float(r["test_accuracy"]) for r in rows if r["width"] == width and r["strategy"] == strategy]  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ over seeds and total wall-clock per strategy and N.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
@@ -20,10 +19,10 @@ from pathlib import Path
 import optuna
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning._study import compare
+from optuna_deelbo.tuning import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, RunRecord
+from _record import RESULTS, RunRecord, result_row, write_csv
 
 
 def _ints(text: str) -> list[int]:
@@ -69,30 +68,14 @@ def main() -> None:
             )
             pretrain_total += pretrain_s
             for r in compare(task, args.strategies.split(","), storage, if_exists="overwrite"):
-                records.append(
-                    {
-                        "N": n,
-                        "seed": seed,
-                        "strategy": r.strategy,
-                        "trials": r.n_trials,
-                        "total_s": r.total_s,
-                        "test_accuracy": r.test_accuracy,
-                        "test_nll": r.test_nll,
-                        "best_params": r.best_params,
-                        "learned": r.learned,
-                    }
-                )
+                records.append(result_row(r, N=n, seed=seed))
                 print(
                     f"N={n} seed={seed} {r.strategy}: {r.total_s:.1f} s, acc {100 * r.test_accuracy:.1f}%", flush=True
                 )
 
     tag = args.tag or device.type
     out = RESULTS / f"split-cifar-{tag}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    write_csv(out.with_suffix(".csv"), records)
 
     lines = [
         "| N | strategy | accuracy % mean (min-max) | total s mean | trials |",

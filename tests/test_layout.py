@@ -170,3 +170,14 @@ def test_every_module_with_logic_has_its_tests() -> None:
             text = (TESTS / name).read_text()
             assert any(re.search(rf"\b{re.escape(w)}\b", text) for w in words), f"{name} never names {rel}"
     assert not missing, f"add tests/test_<module>.py or an entry in MODULE_TESTS: {missing}"
+
+
+def test_benchmarks_use_the_public_api() -> None:
+    """Benchmarks are what a user could write: no private module of the package (DESIGN.md's rule)."""
+    private = re.compile(r"(from|import) optuna_deelbo(\.\w+)*\._\w+|\bod(\.\w+)*\._[a-z]\w*")
+    found = []
+    for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if private.search(line):
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert not found, found

@@ -71,7 +71,7 @@ SUBPACKAGE_SIZES = {
     "report": 24,
     "task": 8,
     "train": 20,
-    "tuning": 44,
+    "tuning": 45,
     "tuning.attrs": 49,
     "tuning.strategies": 18,
     "integrations": 1,

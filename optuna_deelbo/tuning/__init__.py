@@ -13,7 +13,15 @@ from __future__ import annotations
 from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.tuning import attrs
 from optuna_deelbo.tuning._checkpoints import Checkpointing, default_artifacts_dir, worker_checkpointing
-from optuna_deelbo.tuning._fit import RetrainResult, fit, fit_deelbo, fit_map, retrain, score_deelbo_run
+from optuna_deelbo.tuning._fit import (
+    RetrainResult,
+    fit,
+    fit_deelbo,
+    fit_map,
+    recalibrate_for_mean_weights,
+    retrain,
+    score_deelbo_run,
+)
 from optuna_deelbo.tuning._sampler import (
     DEELBoSampler,
     PlaceholderWarning,
@@ -78,6 +86,7 @@ __all__ = [
     "plan_compare",
     "plan_strategy_study",
     "queue_progress",
+    "recalibrate_for_mean_weights",
     "refuse_existing",
     "report_learned",
     "requeue_interrupted",
