@@ -109,3 +109,16 @@ def postgres_url(postgres_server_url: str, request: pytest.FixtureRequest) -> st
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return postgres_server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_task() -> object:
+    """A digits task small enough to build in a second (N = 50, 4 steps of 16, 10 pretraining steps); read-only."""
+    import optuna_deelbo as od
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return od.digits_task(50, steps=4, batch_size=16, pretrain_steps=10)[0]
+    finally:
+        torch.set_num_threads(previous)

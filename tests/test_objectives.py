@@ -11,35 +11,13 @@ import math
 
 import pytest
 import torch
+from _nets import D_ALL, D_BODY, D_HEAD, F64, Net, make_net
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
-
-F64 = torch.float64
-D_BODY = 32 + 8 + 8 + 8  # Linear(4, 8) + BatchNorm1d(8)
-D_HEAD = 24 + 3  # Linear(8, 3)
-D_ALL = D_BODY + D_HEAD
-
-
-class Net(nn.Module):
-    """``body`` = Linear(4, 8) + BatchNorm1d(8) + ReLU, ``head`` = Linear(8, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-def make_net(seed: int = 0) -> tuple[Net, ParameterGroups]:
-    torch.manual_seed(seed)
-    net = Net().to(F64)
-    return net, ParameterGroups.split(net, ("head.",))
 
 
 def batch(n: int = 12, seed: int = 1) -> tuple[Tensor, Tensor]:

@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
+from _nets import D_BODY, D_HEAD, F64, Net, make_net
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._posterior import POSTERIOR_SIGMA_MODES, SIGMA_FLOOR, ParameterGroups, WeightPosterior
 
-F64 = torch.float64
 BODY = ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")
 HEAD = ("head.weight", "head.bias")
 SHAPES = {
@@ -26,32 +26,12 @@ SHAPES = {
     "head.weight": (3, 8),
     "head.bias": (3,),
 }
-D_BODY = 32 + 8 + 8 + 8
-D_HEAD = 24 + 3
-
-
-class Net(nn.Module):
-    """``body`` = Linear(4, 8) + BatchNorm1d(8) + ReLU, ``head`` = Linear(8, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-def make_net(seed: int = 0) -> Net:
-    torch.manual_seed(seed)
-    return Net().to(F64)
 
 
 def make_posterior(
     sigma_mode: str = "scalar", init_sigma: float = 0.1, seed: int = 0
 ) -> tuple[Net, ParameterGroups, WeightPosterior]:
-    net = make_net(seed)
-    groups = ParameterGroups.split(net, ("head.",))
+    net, groups = make_net(seed)
     return net, groups, WeightPosterior(net, groups, sigma_mode=sigma_mode, init_sigma=init_sigma)  # type: ignore[arg-type]
 
 
@@ -70,35 +50,35 @@ def inputs(n: int = 16, seed: int = 1) -> Tensor:
 
 
 def test_split_by_prefix() -> None:
-    groups = ParameterGroups.split(make_net(), ("head.",))
+    groups = ParameterGroups.split(make_net()[0], ("head.",))
     assert groups.body == BODY
     assert groups.head == HEAD
 
 
 def test_split_without_prefixes_puts_everything_in_body() -> None:
-    groups = ParameterGroups.split(make_net())
+    groups = ParameterGroups.split(make_net()[0])
     assert groups.body == BODY + HEAD
     assert groups.head == ()
 
 
 def test_split_with_several_prefixes() -> None:
-    groups = ParameterGroups.split(make_net(), ("head.", "body.1."))
+    groups = ParameterGroups.split(make_net()[0], ("head.", "body.1."))
     assert groups.body == ("body.0.weight", "body.0.bias")
     assert groups.head == ("body.1.weight", "body.1.bias", *HEAD)
 
 
 def test_split_prefix_matching_nothing_raises() -> None:
     with pytest.raises(ConfigError, match="fc"):
-        ParameterGroups.split(make_net(), ("fc.",))
+        ParameterGroups.split(make_net()[0], ("fc.",))
 
 
 def test_split_everything_in_head_raises() -> None:
     with pytest.raises(ConfigError, match="head"):
-        ParameterGroups.split(make_net(), ("body.", "head."))
+        ParameterGroups.split(make_net()[0], ("body.", "head."))
 
 
 def test_split_no_trainable_parameters_raises() -> None:
-    net = make_net()
+    net = make_net()[0]
     net.requires_grad_(False)
     with pytest.raises(ConfigError, match="trainable"):
         ParameterGroups.split(net)
@@ -107,7 +87,7 @@ def test_split_no_trainable_parameters_raises() -> None:
 
 
 def test_split_excludes_frozen_parameters() -> None:
-    net = make_net()
+    net = make_net()[0]
     net.body[0].weight.requires_grad_(False)
     net.head.bias.requires_grad_(False)
     groups = ParameterGroups.split(net, ("head.",))
@@ -122,7 +102,7 @@ def test_split_excludes_frozen_parameters() -> None:
 
 
 def test_flat_and_numel() -> None:
-    net = make_net()
+    net = make_net()[0]
     groups = ParameterGroups.split(net, ("head.",))
     params = dict(net.named_parameters())
     assert groups.numel(net, "body") == D_BODY
@@ -158,7 +138,7 @@ def test_rho_parameters_per_mode(mode: str, expected: dict[str, tuple[int, ...]]
 
 
 def test_scalar_mode_without_head_has_only_body_rho() -> None:
-    net = make_net()
+    net = make_net()[0]
     post = WeightPosterior(net, ParameterGroups.split(net), "scalar", 0.5)
     assert list(post.rho.keys()) == ["body"]
     assert post.flat_sigma("body").shape == ()
@@ -218,14 +198,14 @@ def test_means_are_the_module_parameters_not_copies() -> None:
 
 @pytest.mark.parametrize("mode", ["bogus", "Scalar", ""])
 def test_bad_sigma_mode_raises(mode: str) -> None:
-    net = make_net()
+    net = make_net()[0]
     with pytest.raises(ConfigError, match="sigma_mode"):
         WeightPosterior(net, ParameterGroups.split(net), sigma_mode=mode)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("init_sigma", [0.0, -1e-3, math.nan, math.inf])
 def test_bad_init_sigma_raises(init_sigma: float) -> None:
-    net = make_net()
+    net = make_net()[0]
     with pytest.raises(ConfigError, match="init_sigma"):
         WeightPosterior(net, ParameterGroups.split(net), init_sigma=init_sigma)
 
@@ -421,7 +401,7 @@ def test_predict_proba_negative_samples_raises() -> None:
 
 
 def test_init_sigma_below_the_floor_raises() -> None:
-    net = make_net()
+    net = make_net()[0]
     with pytest.raises(ConfigError, match=r"init_sigma must be >= the posterior std floor 1e-12"):
         WeightPosterior(net, ParameterGroups.split(net), init_sigma=1e-13)
     WeightPosterior(net, ParameterGroups.split(net), init_sigma=SIGMA_FLOOR)  # the floor itself is fine
@@ -436,7 +416,7 @@ EXTREME_RHOS = (-1e4, -200.0, -104.0, -95.0, -30.0, 0.0, 30.0, 1e4)
 @pytest.mark.parametrize("rho", EXTREME_RHOS)
 def test_sigma_positive_finite_with_finite_log_gradient(dtype: torch.dtype, mode: str, rho: float) -> None:
     """sigma = max(softplus(rho), 1e-12): never 0 or NaN, and d log(sigma) / d rho is finite (0/0 without the floor)."""
-    net = make_net().to(dtype)
+    net = make_net()[0].to(dtype)
     post = WeightPosterior(net, ParameterGroups.split(net, ("head.",)), sigma_mode=mode)  # type: ignore[arg-type]
     with torch.no_grad():
         for r in post.sigma_parameters():

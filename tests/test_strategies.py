@@ -30,9 +30,9 @@ def test_reporting_overhead_is_zero_without_test_evaluations() -> None:
     assert reporting_overhead_s(trials, trials[1]) == 0.0
 
 
-@pytest.fixture(scope="module")
-def task() -> od.TaskSpec:
-    return od.digits_task(50, steps=4, batch_size=16, pretrain_steps=10)[0]
+@pytest.fixture
+def task(tiny_digits_task: od.TaskSpec) -> od.TaskSpec:
+    return tiny_digits_task
 
 
 def test_deelbo_plans_one_trial_per_learning_rate_and_learns_the_weight_decay(task: od.TaskSpec) -> None:

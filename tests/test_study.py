@@ -19,9 +19,9 @@ from optuna_deelbo.tuning import attrs as A
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-@pytest.fixture(scope="module")
-def task() -> od.TaskSpec:
-    return od.digits_task(50, steps=4, batch_size=16, pretrain_steps=10)[0]
+@pytest.fixture
+def task(tiny_digits_task: od.TaskSpec) -> od.TaskSpec:
+    return tiny_digits_task
 
 
 def test_a_created_study_holds_its_plan_and_attrs(task: od.TaskSpec) -> None:

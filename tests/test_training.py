@@ -14,6 +14,7 @@ import shutil
 import optuna
 import pytest
 import torch
+from _nets import F64, Net, make_net
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
@@ -26,26 +27,7 @@ from optuna_deelbo.train._divergence import DivergenceRule
 from optuna_deelbo.train._training import TrainConfig, evaluate, train_model
 from optuna_deelbo.tuning._fit import fit_deelbo
 
-F64 = torch.float64
 CENTERS = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]], dtype=F64)
-
-
-class Net(nn.Module):
-    """``body`` = Linear(4, 8) + BatchNorm1d(8) + ReLU, ``head`` = Linear(8, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-def make_net(seed: int = 0) -> tuple[Net, ParameterGroups]:
-    torch.manual_seed(seed)
-    net = Net().to(F64)
-    return net, ParameterGroups.split(net, ("head.",))
 
 
 def blobs(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
