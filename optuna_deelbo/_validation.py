@@ -19,6 +19,10 @@ def _finite_number(value: object) -> float | None:
 
 def positive_int(value: object, what: str) -> int:
     """``value`` as an ``int`` if it is a whole number > 0 (not a bool, NaN or inf)."""
+    if isinstance(value, int) and not isinstance(value, bool):  # exact: no float round trip (2**53 + 1 stays)
+        if value <= 0:
+            raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+        return value
     number = _finite_number(value)
     if number is None or number != int(number) or number <= 0:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}")

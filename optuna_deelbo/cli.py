@@ -145,7 +145,7 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
     cmp.add_argument(
         "--plan-only",
         action="store_true",
-        help="create each strategy's study with its trials queued and the task recipe stored, train nothing; "
+        help="create each strategy's study with its trials queued and the built-in task stored, train nothing; "
         "then run `optuna-deelbo worker` (any number) and `optuna-deelbo finish`",
     )
     existing = cmp.add_mutually_exclusive_group()

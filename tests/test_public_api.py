@@ -187,6 +187,8 @@ def test_old_calls_still_work_with_a_deprecation_warning() -> None:
     with pytest.warns(DeprecationWarning, match=r"report_learned"):
         attrs = reg.report(trial)
     assert attrs == od.tuning.attrs.prefixed_learned(reg.learned_values())
+    with pytest.warns(DeprecationWarning, match=r"prefixed_learned"):
+        assert reg.learned_attrs() == attrs
     assert study.trials[0].user_attrs[od.tuning.attrs.LEARNED_WEIGHT_DECAY] == attrs["learned:weight_decay"]
 
 

@@ -36,3 +36,8 @@ def test_finite_checks_refuse_nan_inf_bools_and_text(value: object) -> None:
         else:
             with pytest.raises(ConfigError, match=r"^lr must be"):
                 check(value, "lr")
+
+
+def test_a_large_integer_is_kept_exactly() -> None:
+    """Found by the property test above: 2**53 + 1 went through a float and came back as 2**53."""
+    assert positive_int(2**53 + 1, "n") == 2**53 + 1

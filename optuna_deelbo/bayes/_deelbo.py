@@ -404,6 +404,12 @@ class DEELBo(nn.Module):
             values["lambda_layers"] = self.layer_variances()
         return values
 
+    def learned_attrs(self) -> dict[str, Any]:
+        """Deprecated (removed in 0.4): ``od.tuning.attrs.prefixed_learned(reg.learned_values())``."""
+        return call_moved(
+            "DEELBo.learned_attrs()", "optuna_deelbo.tuning.attrs:prefixed_learned", self.learned_values()
+        )
+
     def report(self, trial: Any) -> dict[str, Any]:
         """Deprecated (removed in 0.4): ``od.report_learned(trial, reg)``."""
         return call_moved("DEELBo.report(trial)", "optuna_deelbo.tuning:report_learned", trial, self)

@@ -2,7 +2,7 @@
 
 The same user objective runs under any sampler. Under :class:`DEELBoSampler` with
 ``"weight_decay"`` learned, :func:`fit` trains with the DE-ELBo on all ``N`` examples and
-returns the score of the task recipe's selection rule (``train-loss`` by default: the final
+returns the score of the task's DE-ELBo recipe's selection rule (``train-loss`` by default: the final
 training DE-ELBo loss); otherwise it trains MAP with the suggested weight
 decay on the 80 % split and returns the validation NLL. Both are minimised.
 
@@ -179,7 +179,7 @@ def score_deelbo_run(
     """Selection scores of a finished :func:`fit_deelbo` run (nats per example, lower is better).
 
     Args:
-        rules: names from ``SELECTION_RULES``; ``None`` = the task recipe's own rule only.
+        rules: names from ``SELECTION_RULES``; ``None`` = the task's DE-ELBo recipe's own rule only.
     """
     recipe = task.deelbo_recipe
     return selection_scores(
@@ -278,7 +278,7 @@ def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainRes
     """Fill ``attrs`` with a finished DE-ELBo run's learned values, selection score and test metrics.
 
     Returns:
-        The trial's value: the score of the task recipe's selection rule.
+        The trial's value: the score of the task's DE-ELBo recipe's selection rule.
     """
     attrs.update(A.prefixed_learned(objective.deelbo.learned_values()))  # at the final weights, as report_learned
     attrs[A.LEARNED_TRACE] = _trace(result.history)

@@ -14,7 +14,7 @@ __all__ = ["DEELBoStrategy"]
 
 
 class DEELBoStrategy(Strategy):
-    """Four DE-ELBo runs on all N; the lowest score of the task recipe's selection rule wins (no validation set).
+    """Four DE-ELBo runs on all N; the lowest score of the DE-ELBo recipe's selection rule wins (no validation set).
 
     The trial value is that score (``select:<rule>`` user attr; ``train-loss`` by default: the
     final training DE-ELBo loss), see :data:`optuna_deelbo.SELECTION_RULES`.
