@@ -24,13 +24,15 @@ from typing import Any
 import optuna
 import torch
 
-__all__ = ["RESULTS", "RunRecord", "commit", "machine", "result_row", "write_csv"]
+__all__ = ["RESULTS", "RunRecord", "commit", "machine", "result_row", "step_line", "write_csv"]
 
 #: benchmarks/results/, where every table and figure goes.
 RESULTS = Path(__file__).resolve().parent / "results"
 
 #: Set by benchmarks/regenerate.py so each results file also names the one command that made it.
 REGENERATE_ENV = "OPTUNA_DEELBO_REGENERATE"
+#: Set by benchmarks/regenerate.py to the step's name, which every results file names.
+REGENERATE_STEP_ENV = "OPTUNA_DEELBO_REGENERATE_STEP"
 
 
 def machine() -> str:
@@ -93,6 +95,7 @@ class RunRecord:
     started: dt.datetime
     load_start: str
     parent: str | None = field(default=None)
+    step: str | None = field(default=None)
 
     @classmethod
     def start(cls) -> RunRecord:
@@ -103,6 +106,7 @@ class RunRecord:
             started=dt.datetime.now(dt.timezone.utc),
             load_start=_load(),
             parent=os.environ.get(REGENERATE_ENV),
+            step=os.environ.get(REGENERATE_STEP_ENV),
         )
 
     def header(self, device: str | None = None) -> str:
@@ -114,10 +118,20 @@ class RunRecord:
         lines += [
             f"- date: {_utc(self.started)} to {_utc(ended)}; commit: {self.revision}",
             f"- command: `{self.command}`" + (f" (run by `{self.parent}`)" if self.parent else ""),
+            step_line(self.step),
             f"- load average (1 / 5 / 15 min) at start {self.load_start}, at end {_load()}, on {os.cpu_count()} cores:"
             " other jobs share this machine, so wall-clock numbers can be inflated when the load exceeds the cores",
         ]
         return "\n".join(lines)
+
+
+def step_line(step: str | None) -> str:
+    """The header line naming the regenerate step that writes a results file (tests/test_regenerate.py checks it)."""
+    if step is None:
+        return (
+            "- regenerate step: none (an ad-hoc run: rerun it through `python benchmarks/regenerate.py --only <step>`)"
+        )
+    return f"- regenerate step: `{step}` (`python benchmarks/regenerate.py --only {step}`)"
 
 
 def write_csv(path: Path | str, rows: Sequence[Mapping[str, Any]], *, ignore: Sequence[str] = ()) -> Path:

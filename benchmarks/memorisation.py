@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
-import os
 import statistics
 import sys
 import time
@@ -29,7 +27,7 @@ import optuna_deelbo as od
 from optuna_deelbo.tuning.strategies import LEARNING_RATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import commit, machine, write_csv
+from _record import RunRecord, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,7 +78,7 @@ def _cell(values: list[float], scale: float = 100.0, fmt: str = ".1f") -> str:
 
 
 def main() -> None:
-    revision = commit()  # the code that runs, even if HEAD moves during a long run
+    record = RunRecord.start()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fractions", type=_floats, default=[0.0, 0.2, 0.5, 1.0])
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
@@ -89,7 +87,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "memorisation"))
     args = parser.parse_args()
 
-    load_start = os.getloadavg()
     started = time.perf_counter()
     rows: list[dict[str, object]] = []
     for seed in args.seeds:
@@ -132,7 +129,6 @@ def main() -> None:
                     f"test {row['test_acc']:.3f}, lambda {row['lambda']:.3g}"
                 )
     wall = time.perf_counter() - started
-    load_end = os.getloadavg()
 
     out = Path(args.out)
     write_csv(out.with_suffix(".csv"), rows)
@@ -161,11 +157,7 @@ def main() -> None:
     trend = " -> ".join(f"{lam[f]:.2g} at {f:.0%}" for f in args.fractions)
     text = f"""# Memorisation check: random labels, DE-ELBo vs MAP without weight decay
 
-- machine: {machine()}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
-- command: `python {" ".join(sys.argv)}`
-- load average (1, 5, 15 min) at start {tuple(round(x, 1) for x in load_start)}, at end
-  {tuple(round(x, 1) for x in load_end)} (other jobs shared the CPU; only accuracies are reported)
+{record.header()}
 - task: the embedded default (SmallCNN pretrained on digits 0-4, fine-tuned on 5-9, prior L2-SP),
   N = {args.n_train}, {args.steps} SGD steps x batch 64, seeds {", ".join(map(str, args.seeds))}; a fraction of
   the N training labels is replaced by uniformly random classes (about 1 in 5 of those land on the

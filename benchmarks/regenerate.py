@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import REGENERATE_ENV, RESULTS
+from _record import REGENERATE_ENV, REGENERATE_STEP_ENV, RESULTS
 
 #: benchmarks/, where the scripts are.
 HERE = Path(__file__).resolve().parent
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     for step, argv_ in plan:
         print(f"== {step.name}: {shlex.join(argv_)}", flush=True)
         start = time.perf_counter()
-        rc = subprocess.run(argv_, env=env, check=False).returncode
+        rc = subprocess.run(argv_, env={**env, REGENERATE_STEP_ENV: step.name}, check=False).returncode
         timings.append(f"{step.name}: {time.perf_counter() - start:.0f} s" + ("" if rc == 0 else f" (exit {rc})"))
         if rc != 0:
             failed.append(step.name)

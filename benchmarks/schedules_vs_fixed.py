@@ -17,9 +17,7 @@ per width and strategy, and the gain of each schedule over the best fixed weight
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
-import os
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ import optuna_deelbo as od
 from optuna_deelbo.tuning import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import commit, machine, result_row, write_csv
+from _record import RunRecord, result_row, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("grid", "pulldown", "pullup", "adaptive", "deelbo")
@@ -64,7 +62,7 @@ def _summary(values: list[float]) -> str:
 
 
 def main() -> None:
-    revision = commit()  # the code that runs, even if HEAD moves during a long run
+    record = RunRecord.start()  # the code that runs, even if HEAD moves during a long run
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", type=_ints, default=[8, 16, 32])
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
@@ -77,7 +75,6 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
-    load_start = os.getloadavg()
     started = time.perf_counter()
     rows: list[dict[str, object]] = []
     for width in args.widths:
@@ -92,7 +89,6 @@ def main() -> None:
                 )
                 print(f"width {width} seed {seed} {r.strategy}: {100 * r.test_accuracy:.1f}% in {r.total_s:.1f} s")
     wall = time.perf_counter() - started
-    load_end = os.getloadavg()
 
     out = Path(args.out)
     write_csv(out.with_suffix(".csv"), rows)
@@ -135,12 +131,7 @@ def main() -> None:
     n_test = len(example.test) if example.test else 0
     text = f"""# Weight-decay schedules vs the best fixed weight decay, 3 widths
 
-- machine: {machine()}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; commit: {revision}
-- command: `python {" ".join(sys.argv)}`
-- load average (1, 5, 15 min) at start {tuple(round(x, 1) for x in load_start)}, at end
-  {tuple(round(x, 1) for x in load_end)}: other jobs shared the 2 cores during this run, so the
-  seconds below are upper bounds; accuracies are unaffected (CPU runs are deterministic).
+{record.header()}
 - task: SmallCNN of width w (channels w, 2w, 2w) trained from scratch (prior `l2-zero`) on digits
   5-9, N = {args.n_train} training examples per seed (seeds {", ".join(map(str, args.seeds))}),
   {n_test} test images, {args.steps} SGD steps x batch {args.batch_size} for every run

@@ -79,3 +79,23 @@ def test_every_results_file_names_the_step_that_writes_it(tmp_path: Path) -> Non
     (tmp_path / "adhoc-run.md").write_text("# made by hand\n")
     (tmp_path / "scratch.db").write_text("")
     assert orphan_results(tmp_path) == ["adhoc-run.md"]
+
+
+def test_every_results_record_names_its_regenerate_step() -> None:
+    """Each markdown record says which step writes it (its CSV / figures are that step's outputs too)."""
+    from regenerate import step_writing
+
+    for md in sorted((regenerate.HERE / "results").glob("*.md")):
+        step = step_writing(md.name)
+        assert f"- regenerate step: `{step}`" in md.read_text(), md.name
+
+
+def test_a_run_through_regenerate_names_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import _record
+
+    monkeypatch.setenv(_record.REGENERATE_STEP_ENV, "memorisation")
+    assert "- regenerate step: `memorisation` (`python benchmarks/regenerate.py --only memorisation`)" in (
+        _record.RunRecord.start().header()
+    )
+    monkeypatch.delenv(_record.REGENERATE_STEP_ENV)
+    assert "regenerate step: none (an ad-hoc run" in _record.RunRecord.start().header()
