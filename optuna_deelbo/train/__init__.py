@@ -1,6 +1,6 @@
 """The training loop (:func:`train_model`) and what it needs: configs, minibatches, schedules, checkpoint states.
 
-The loop's hooks (:mod:`optuna_deelbo.train._hooks`), its state and the checkpoint byte format are
+The loop's hooks, its state and the checkpoint byte format are
 internals; where checkpoints are stored per Optuna trial is :class:`optuna_deelbo.tuning.Checkpointing`.
 """
 

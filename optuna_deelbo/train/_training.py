@@ -93,7 +93,7 @@ def train_model(
             needs ``val``; train accuracy on up to 1,024 fixed training examples). The value
             used is logged as ``weight_decay`` in every history row.
         checkpoint: ``save(state)`` after every ``every``-th step but the last: weights, sigma,
-            optimizer, scheduler, RNGs, minibatch order, logs (see :mod:`optuna_deelbo.train._checkpoint`).
+            optimizer, scheduler, RNGs, minibatch order, logs (see :class:`optuna_deelbo.train.CheckpointHook`).
         resume: a state from ``checkpoint`` (same objective, data and ``config``): training
             continues after its step and ends with the weights and losses of an uninterrupted
             run (bit for bit on CPU; CUDA kernels may be nondeterministic). ``weight_decay_schedule``

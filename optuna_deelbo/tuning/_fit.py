@@ -19,7 +19,7 @@ Trial user attrs written (all floats unless noted):
 * ``failure:reason`` (str) when training diverged and the trial was pruned
 * with ``task.checkpointing``: ``checkpoint:artifact_id``, ``checkpoint:step``,
   ``resumed_from_step`` (int), ``resumed_from_trial``, ``resumed_from_artifact``,
-  ``checkpoint:resume_error`` (see :mod:`optuna_deelbo.train._checkpoint`)
+  ``checkpoint:resume_error`` (see :class:`optuna_deelbo.tuning.Checkpointing`)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The study is planned once (:func:`~optuna_deelbo.tuning.plan_strategy_study`, ``compare --plan-only``) and
 finished once (:func:`~optuna_deelbo.tuning.finish_planned_study`, ``optuna-deelbo finish``): both live in the
-study lifecycle (:mod:`optuna_deelbo.tuning._study`). In between, :func:`run_worker` (on any number of
+study lifecycle (:mod:`optuna_deelbo.tuning`). In between, :func:`run_worker` (on any number of
 processes and machines sharing the storage) rebuilds each study's task from its stored built-in task and
 takes planned trials until the queue is empty (:func:`~optuna_deelbo.tuning.run_queue`). Its storage has
 heartbeats: a trial whose worker died is failed once ``grace_period`` has passed and queued again

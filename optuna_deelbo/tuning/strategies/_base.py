@@ -1,6 +1,6 @@
 """What every strategy shares: the learning-rate and weight-decay grids, the user objective, the Strategy base.
 
-A strategy says what to search; the study it runs in is :mod:`optuna_deelbo.tuning._study`'s.
+A strategy says what to search; the study lifecycle in :mod:`optuna_deelbo.tuning` runs it.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def task_objective(task: TaskSpec, lr_range: tuple[float, float] = LR_RANGE) -> 
 class Strategy(ABC):
     """A way to choose hyperparameters: its sampler, pruner, planned trials, objective and how to retrain.
 
-    The study lifecycle (:mod:`optuna_deelbo.tuning._study`) does the rest: the study is created
+    The study lifecycle (:mod:`optuna_deelbo.tuning`) does the rest: the study is created
     with every planned trial enqueued (:func:`~optuna_deelbo.tuning.create_strategy_study`), worked
     off by one process (:func:`~optuna_deelbo.tuning.run_strategy`) or by many (``optuna-deelbo
     worker``), then :func:`~optuna_deelbo.tuning.finish_strategy` picks the winner, retrains it if
