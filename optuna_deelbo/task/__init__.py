@@ -12,6 +12,7 @@ from optuna_deelbo.task._builtin import DATASET_NAMES, digits_task, split_cifar_
 from optuna_deelbo.task._pretrain import Pretrained, pretrain
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.task._stored import BUILTIN_TASK_VERSION, BuiltinTask
+from optuna_deelbo.task._text import text_task, tokenize, wordnet_task
 
 __all__ = [
     "BUILTIN_TASK_VERSION",
@@ -22,4 +23,7 @@ __all__ = [
     "digits_task",
     "pretrain",
     "split_cifar_task",
+    "text_task",
+    "tokenize",
+    "wordnet_task",
 ]
