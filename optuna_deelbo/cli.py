@@ -109,16 +109,27 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
         help=f"comma list from {','.join(STRATEGY_NAMES)} (default %(default)s)",
     )
     cmp.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL (default %(default)s)")
-    cmp.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="default: embedded digits")
     cmp.add_argument(
-        "--data-dir", default=None, help="cifar10-jpeg: folder with the archives; cifar10: torchvision root"
+        "--dataset",
+        default="digits",
+        choices=DATASET_NAMES,
+        help="default: embedded digits; wordnet-4: text (WordNet definitions, all-MiniLM-L6-v2; extra [text])",
+    )
+    cmp.add_argument(
+        "--data-dir",
+        default=None,
+        help="cifar10-jpeg: folder with the archives; cifar10: torchvision root; wordnet-4: WordNet folder "
+        "(default /usr/share/wordnet)",
     )
     cmp.add_argument(
         "--backbone", default=None, choices=BACKBONE_NAMES, help="CIFAR tasks only (default cifar-resnet20)"
     )
     cmp.add_argument("--cache-dir", default=None, help="decoded images + pretrained checkpoints (CIFAR tasks)")
     cmp.add_argument(
-        "--n-train", type=_positive_int, default=None, help="target training-set size N (digits 100, CIFAR 50)"
+        "--n-train",
+        type=_positive_int,
+        default=None,
+        help="target training-set size N (digits 100, CIFAR 50, wordnet-4 40)",
     )
     cmp.add_argument("--prior", default="l2-sp", choices=PRIOR_NAMES)
     cmp.add_argument(
@@ -127,8 +138,10 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
         choices=RECIPE_NAMES,
         help="how DE-ELBo trains and picks its learning rate (README: 'Which recipe choices matter')",
     )
-    cmp.add_argument("--steps", type=_positive_int, default=300, help="SGD steps per configuration")
-    cmp.add_argument("--batch-size", type=_positive_int, default=64)
+    cmp.add_argument(
+        "--steps", type=_positive_int, default=None, help="SGD steps per configuration (default 300, wordnet-4 150)"
+    )
+    cmp.add_argument("--batch-size", type=_positive_int, default=None, help="default 64, wordnet-4 16")
     cmp.add_argument("--pretrain-steps", type=_positive_int, default=None, help="digits 400, CIFAR 2000")
     cmp.add_argument(
         "--lrs",
@@ -224,14 +237,20 @@ def _if_exists(args: argparse.Namespace) -> str:
     return "resume" if args.resume else "overwrite" if args.overwrite else "error"
 
 
+#: ``(steps, batch size)`` per configuration when ``--steps`` / ``--batch-size`` are not given.
+BUDGETS: dict[str, tuple[int, int]] = {"wordnet-4": (150, 16)}
+DEFAULT_BUDGET = (300, 64)
+
+
 def _builtin_task(args: argparse.Namespace, *, artifacts: str | None = None) -> BuiltinTask:
+    steps, batch_size = BUDGETS.get(args.dataset, DEFAULT_BUDGET)
     return BuiltinTask(
         dataset=args.dataset,
         n_train=args.n_train,
         seed=args.seed,
         prior=args.prior,
-        steps=args.steps,
-        batch_size=args.batch_size,
+        steps=args.steps or steps,
+        batch_size=args.batch_size or batch_size,
         pretrain_steps=args.pretrain_steps,
         data_dir=args.data_dir,
         backbone=args.backbone or DEFAULT_BACKBONE,
@@ -291,6 +310,14 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
             raise ConfigError(
                 f"{', '.join(given)}: for the CIFAR tasks only, not --dataset digits "
                 "(the embedded digits task always uses its small CNN); drop them or pick --dataset cifar10-jpeg"
+            )
+    if args.dataset == "wordnet-4":
+        names = ("backbone", "cache_dir", "pretrain_steps")
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n)]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: not for --dataset wordnet-4 (its encoder is the packaged all-MiniLM-L6-v2, "
+                "already pretrained); drop them"
             )
     if not args.plan_only:
         given = [f"--{n.replace('_', '-')}" for n in ("checkpoint_every", "artifacts") if getattr(args, n)]

@@ -1,7 +1,7 @@
 """Shared test settings: the hypothesis profile (derandomized under CI),
 where the real CIFAR-10 JPEG archives are (tests needing them skip when absent),
 one CPU thread for small workloads, one tiny ``compare`` run shared by the dashboard and report tests,
-and a real PostgreSQL server (Debian's binaries) with a fresh database per test."""
+Debian's WordNet for the text tests, and a real PostgreSQL server (Debian's binaries) with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -76,6 +76,18 @@ def tiny_compare_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     finally:
         torch.set_num_threads(previous)
     return url
+
+
+@pytest.fixture(scope="session")
+def wordnet_dir() -> Path:
+    """Debian's WordNet 3.0 (``apt-get install wordnet-base``); skipped when absent, unless ``$CI`` is set."""
+    from optuna_deelbo.data import WORDNET_DIR
+
+    if not (WORDNET_DIR / "data.noun").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but WordNet is not installed (apt-get install wordnet-base)")
+        pytest.skip("WordNet not found under /usr/share/wordnet (apt-get install wordnet-base)")
+    return WORDNET_DIR
 
 
 @pytest.fixture(scope="session")

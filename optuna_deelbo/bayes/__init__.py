@@ -23,7 +23,7 @@ from optuna_deelbo.bayes._posterior import (
     WeightPosterior,
 )
 from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
-from optuna_deelbo.bayes._selection import expected_nll, laplace_neg_log_evidence, selection_scores
+from optuna_deelbo.bayes._selection import BatchNLL, expected_nll, laplace_neg_log_evidence, selection_scores
 from optuna_deelbo.bayes._swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "SIGMA_OPTIMIZERS",
     "SWAG_FORMAT",
     "SWAG_FORMAT_VERSION",
+    "BatchNLL",
     "BatchNormWarning",
     "DEELBo",
     "DEELBoObjective",

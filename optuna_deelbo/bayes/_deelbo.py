@@ -45,7 +45,7 @@ from optuna_deelbo.bayes._priors import (
     body_prior_for,
     head_prior_for,
 )
-from optuna_deelbo.bayes._selection import BatchNormMode, expected_nll
+from optuna_deelbo.bayes._selection import BatchNLL, BatchNormMode, expected_nll
 from optuna_deelbo.bayes._wiring import WiringCheck, group_weights, optimizer_groups
 
 __all__ = ["BatchNormWarning", "DEELBo", "n_examples"]
@@ -436,6 +436,7 @@ class DEELBo(nn.Module):
         batch_size: int = 512,
         transform: Callable[[Tensor], Tensor] | None = None,
         batchnorm: BatchNormMode = "batch",
+        batch_nll: BatchNLL | None = None,
     ) -> float:
         """The trial value that picks the learning rate: the final DE-ELBo over the whole training set.
 
@@ -457,6 +458,8 @@ class DEELBo(nn.Module):
                 own-loop-selection-running.md): with ``"running"`` a posterior std of 0.06 raised the
                 score of the best learning rate from 0.21 to 1.22 nats and the rule picked a
                 worse one; the weights were trained with batch statistics, not running ones.
+            batch_nll: for batches that are not ``(inputs, labels)`` (a Hugging Face loader's dicts):
+                ``(forward, batch) -> (mean NLL, examples)``, see :data:`~optuna_deelbo.bayes.BatchNLL`.
 
         Raises:
             ConfigError: ``data`` does not hold ``n_train`` examples.
@@ -485,6 +488,7 @@ class DEELBo(nn.Module):
             transform=transform,
             loss_fn=loss_fn,
             batchnorm=batchnorm,
+            batch_nll=batch_nll,
         )
         kl = float(self.kl_terms()[0])
         return nll + kl / (self.kappa * self.n_train)

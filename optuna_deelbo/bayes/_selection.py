@@ -19,9 +19,10 @@ run scores lowest. All but ``train-loss`` read the whole training set once more,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,10 @@ BatchNormMode = Literal["running", "batch"]
 BATCHNORM_MODES: tuple[str, ...] = ("running", "batch")
 #: ``loss_fn(output, labels)``: the batch's mean NLL (nats per example), as a 0-d tensor.
 LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``batch_nll(forward, batch) -> (mean NLL, examples)`` for batches that are not ``(inputs, labels)``
+#: (e.g. a Hugging Face dict of ``input_ids``, ``attention_mask``, ``labels``): ``forward(*args, **kwargs)``
+#: runs the model with the posterior draw; the function moves the batch to the device itself.
+BatchNLL = Callable[[Callable[..., Any], Any], tuple[Tensor, int]]
 
 
 class _HasPosterior(Protocol):
@@ -69,6 +74,11 @@ def _batches(x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> lis
     ]
 
 
+def _call_with(model: nn.Module, weights: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+    """``model(*args, **kwargs)`` with its parameters replaced by ``weights``."""
+    return functional_call(model, weights, args, kwargs)
+
+
 def _cross_entropy(output: Tensor, labels: Tensor) -> Tensor:
     return nn.functional.cross_entropy(output.float(), labels)
 
@@ -85,6 +95,7 @@ def expected_nll(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     batchnorm: BatchNormMode = "running",
+    batch_nll: BatchNLL | None = None,
 ) -> float:
     """``E_q[NLL]``: the mean NLL (nats per example) on the data averaged over ``samples`` posterior draws.
 
@@ -97,6 +108,9 @@ def expected_nll(
             the reference code's criterion); ``"batch"``: with each batch's own statistics, as in
             the training forwards the posterior was fitted with (the running statistics are
             left as they were). Every other layer is in eval mode either way.
+        batch_nll: scores each raw batch of ``x`` (an iterable of batches, e.g. a ``DataLoader``)
+            instead of ``loss_fn(model(inputs), labels)``; see :data:`BatchNLL`. ``x`` is then read
+            as it is, once per draw.
 
     The draws come from a generator seeded by ``seed`` (same draws for every run that is compared).
     """
@@ -121,6 +135,12 @@ def expected_nll(
     try:
         for _ in range(samples):
             weights = source.posterior.sample(generator)
+            if batch_nll is not None:
+                forward = functools.partial(_call_with, model, weights)
+                for batch in data:  # type: ignore[attr-defined]
+                    nll, count = batch_nll(forward, batch)
+                    total += nll.double() * count
+                continue
             for xb, yb in labelled_batches(data, batch_size):
                 xb, yb = xb.to(device), yb.to(device)
                 inputs = transform(xb) if transform is not None else xb

@@ -1,4 +1,4 @@
-"""Models: the embedded task's small CNN, CIFAR backbones (ResNet-20 and torchvision's) and head replacement."""
+"""Models: the embedded task's small CNN, CIFAR backbones (ResNet-20, torchvision's), head replacement, text models."""
 
 from __future__ import annotations
 
@@ -11,14 +11,28 @@ from optuna_deelbo.models._backbones import (
     load_checkpoint,
 )
 from optuna_deelbo.models._small_cnn import SmallCNN, with_new_head
+from optuna_deelbo.models._text import (
+    CachedTopClassifier,
+    TextClassifier,
+    load_sequence_classifier,
+    load_tokenizer,
+    packaged_encoder_dir,
+    reset_head,
+)
 
 __all__ = [
     "BACKBONE_NAMES",
     "Backbone",
+    "CachedTopClassifier",
     "CifarBasicBlock",
     "CifarResNet",
     "SmallCNN",
+    "TextClassifier",
     "build_backbone",
     "load_checkpoint",
+    "load_sequence_classifier",
+    "load_tokenizer",
+    "packaged_encoder_dir",
+    "reset_head",
     "with_new_head",
 ]

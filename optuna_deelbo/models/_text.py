@@ -129,17 +129,29 @@ class TextClassifier(nn.Module):
         return logits
 
 
-def _bert_parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None, nn.Module, nn.Module]:
-    """``(base model, pooler, dropout, classifier)`` of a BERT-style ``...ForSequenceClassification``."""
+def _bert_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module | None, nn.Module, nn.Module]:
+    """``(base, encoder layers, pooler, dropout, classifier)`` of a BERT-style ``...ForSequenceClassification``."""
     base = getattr(model, "base_model", None)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if base is None or not isinstance(layers, nn.ModuleList) or not hasattr(model, "classifier"):
+    classifier = getattr(model, "classifier", None)
+    if (
+        not isinstance(base, nn.Module)
+        or not isinstance(layers, nn.ModuleList)
+        or not isinstance(classifier, nn.Module)
+    ):
         raise ConfigError(
             f"{type(model).__name__} is not a BERT-style classifier (base_model.encoder.layer, classifier): "
             "use TextClassifier (all layers trained) instead"
         )
-    dropout = getattr(model, "dropout", None) or nn.Identity()
-    return base, getattr(base, "pooler", None), dropout, model.classifier
+    dropout = getattr(model, "dropout", None)
+    pooler = getattr(base, "pooler", None)
+    return (
+        base,
+        layers,
+        pooler if isinstance(pooler, nn.Module) else None,
+        dropout if isinstance(dropout, nn.Module) else nn.Identity(),
+        classifier,
+    )
 
 
 class CachedTopClassifier(nn.Module):
@@ -150,27 +162,42 @@ class CachedTopClassifier(nn.Module):
     text given to :meth:`build`. Its parameters are only the trained part (``layers.*``, ``pooler.*``,
     ``classifier.*``; the head prefix is ``classifier.``); the cache is a non-persistent buffer
     shared by every copy made with :meth:`fresh`.
+
+    Args:
+        layers, pooler, dropout, classifier: the trained part (``pooler=None``: the first token's state).
+        states: the bottom's outputs ``(M, L, H)``.
+        mask: ``(M, L)`` bool, True where a token is attended (not padding).
     """
 
-    def __init__(self, layers: nn.ModuleList, pooler: nn.Module | None, dropout: nn.Module, classifier: nn.Module,
-                 states: Tensor, mask: Tensor) -> None:  # fmt: skip
+    states: Tensor
+    additive_mask: Tensor
+
+    def __init__(
+        self,
+        layers: nn.ModuleList,
+        pooler: nn.Module | None,
+        dropout: nn.Module,
+        classifier: nn.Module,
+        states: Tensor,
+        mask: Tensor,
+    ) -> None:
         super().__init__()
         self.layers = layers
         self.pooler = pooler
         self.dropout = dropout
         self.classifier = classifier
-        self.register_buffer("states", states, persistent=False)  # (M, L, H)
+        self.register_buffer("states", states, persistent=False)
         # additive mask (M, 1, 1, L): 0 where attended, the dtype's minimum at padding
         additive = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
         self.register_buffer("additive_mask", additive, persistent=False)
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: nn.Module, ids: Tensor, pad_token_id: int, trainable_layers: int,
-              batch_size: int = 256) -> CachedTopClassifier:  # fmt: skip
-        """Run ``model``'s embeddings and bottom layers (eval mode) once over ``ids (M, L)``; keep the top copy."""
-        base, pooler, dropout, classifier = _bert_parts(model)
-        layers = base.encoder.layer
+    def build(
+        cls, model: nn.Module, ids: Tensor, pad_token_id: int, trainable_layers: int, batch_size: int = 256
+    ) -> CachedTopClassifier:
+        """Run ``model``'s embeddings and bottom layers (eval mode) once over ``ids (M, L)``; keep a copy of the top."""
+        base, layers, pooler, dropout, classifier = _bert_parts(model)
         if not 1 <= trainable_layers <= len(layers):
             raise ConfigError(f"trainable_layers must be 1..{len(layers)} for this encoder, got {trainable_layers}")
         was_training = model.training
@@ -184,20 +211,15 @@ class CachedTopClassifier(nn.Module):
                 chunks.append(out.hidden_states[cut])
         finally:
             model.train(was_training)
-        states = torch.cat(chunks)
-        top = nn.ModuleList(copy.deepcopy(layers[cut:]))
-        return cls(top, copy.deepcopy(pooler), copy.deepcopy(dropout), copy.deepcopy(classifier), states,
-                   (ids != pad_token_id))  # fmt: skip
+        top = nn.ModuleList(copy.deepcopy(list(layers[cut:])))
+        parts = copy.deepcopy((pooler, dropout, classifier))
+        return cls(top, *parts, states=torch.cat(chunks), mask=ids != pad_token_id)
 
     def fresh(self) -> CachedTopClassifier:
         """A copy of the trainable part (new parameter tensors) sharing this cache."""
+        layers, pooler, dropout, classifier = copy.deepcopy((self.layers, self.pooler, self.dropout, self.classifier))
         return CachedTopClassifier(
-            copy.deepcopy(self.layers),
-            copy.deepcopy(self.pooler),
-            copy.deepcopy(self.dropout),
-            copy.deepcopy(self.classifier),
-            self.states,
-            self.additive_mask[:, 0, 0, :] == 0,
+            layers, pooler, dropout, classifier, self.states, self.additive_mask[:, 0, 0, :] == 0
         )
 
     def forward(self, index: Tensor) -> Tensor:

@@ -34,10 +34,12 @@ from optuna_deelbo.models._small_cnn import SmallCNN, with_new_head
 from optuna_deelbo.task._pretrain import pretrain
 from optuna_deelbo.task._spec import TaskSpec
 
-__all__ = ["DATASET_NAMES", "digits_task", "split_cifar_task"]
+__all__ = ["CIFAR_DATASETS", "DATASET_NAMES", "digits_task", "split_cifar_task"]
 
-#: Names accepted by ``optuna-deelbo compare --dataset``.
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10-jpeg", "cifar10")
+#: Names accepted by ``optuna-deelbo compare --dataset`` (``wordnet-4``: :func:`~optuna_deelbo.task.wordnet_task`).
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10-jpeg", "cifar10", "wordnet-4")
+#: CIFAR-10 tasks (need ``data_dir``; take a backbone and a cache folder).
+CIFAR_DATASETS: tuple[str, ...] = ("cifar10-jpeg", "cifar10")
 
 
 #: Learning rate of Split-CIFAR source pretraining (SGD with momentum, cosine decay).

@@ -18,9 +18,11 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe
 from optuna_deelbo.bayes._priors import PRIOR_NAMES
+from optuna_deelbo.data._text import WORDNET_DIR
 from optuna_deelbo.models._backbones import BACKBONE_NAMES
-from optuna_deelbo.task._builtin import DATASET_NAMES, digits_task, split_cifar_task
+from optuna_deelbo.task._builtin import CIFAR_DATASETS, DATASET_NAMES, digits_task, split_cifar_task
 from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.task._text import wordnet_task
 
 __all__ = ["BUILTIN_TASK_VERSION", "BuiltinTask"]
 
@@ -33,11 +35,13 @@ class BuiltinTask:
     """How to build a built-in task (see ``optuna-deelbo compare --help`` for each setting).
 
     Attributes:
-        dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``).
-        n_train: target training-set size N; ``None`` = digits 100, CIFAR 50.
+        dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``;
+            ``"wordnet-4"`` needs Debian's ``wordnet-base`` and the ``[text]`` extra).
+        n_train: target training-set size N; ``None`` = digits 100, CIFAR 50, wordnet-4 40.
         seed, prior, steps, batch_size: as in :func:`~optuna_deelbo.data.digits_task`.
         pretrain_steps: source pretraining steps; ``None`` = digits 400, CIFAR 2000.
-        data_dir, backbone, cache_dir: CIFAR tasks only.
+        data_dir: CIFAR: the archives' folder; wordnet-4: the WordNet folder (default /usr/share/wordnet).
+        backbone, cache_dir: CIFAR tasks only.
         checkpoint_every: steps between two checkpoints of a worker's trial (``None`` = none).
         artifacts: the checkpoint directory every worker shares (a worker may override it
             with ``--artifacts`` when the same store is mounted elsewhere).
@@ -74,7 +78,7 @@ class BuiltinTask:
                 positive_int(value, name)
         positive_int(self.steps, "steps")
         positive_int(self.batch_size, "batch_size")
-        if self.dataset != "digits" and self.data_dir is None:
+        if self.dataset in CIFAR_DATASETS and self.data_dir is None:
             raise ConfigError(
                 f"dataset {self.dataset} needs data_dir (--data-dir; e.g. ../shared/data for cifar10-jpeg)"
             )
@@ -122,6 +126,13 @@ class BuiltinTask:
         if self.dataset == "digits":
             return digits_task(
                 100 if self.n_train is None else self.n_train, pretrain_steps=self.pretrain_steps or 400, **common
+            )
+        if self.dataset == "wordnet-4":
+            return wordnet_task(
+                40 if self.n_train is None else self.n_train,
+                progress=progress,
+                wordnet_dir=WORDNET_DIR if self.data_dir is None else self.data_dir,
+                **common,
             )
         assert self.data_dir is not None  # __post_init__
         return split_cifar_task(

@@ -47,7 +47,9 @@ def _examples(data: TextExamples | tuple[object, object], what: str) -> TextExam
         return data
     if isinstance(data, tuple) and len(data) == 2:
         texts, labels = data
-        return TextExamples.of(list(texts), labels)  # type: ignore[call-overload]
+        if not isinstance(texts, (list, tuple)) or not isinstance(labels, (list, tuple, Tensor)):
+            raise ConfigError(f"{what}: (texts, labels) must be a list of strings and a list or tensor of labels")
+        return TextExamples.of(list(texts), labels)
     raise ConfigError(f"{what} must be TextExamples or a (texts, labels) pair, got {type(data).__name__}")
 
 

@@ -18,11 +18,13 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
 * :data:`LAMBDA_TRAJECTORY` (``[[step, weight decay], ...]`` of a schedule), :data:`FAILURE_REASON` (str)
 * checkpoints: :data:`CHECKPOINT_ARTIFACT` (str), :data:`CHECKPOINT_STEP` (int), :data:`RESUMED_STEP` (int),
   :data:`RESUMED_TRIAL` (int), :data:`RESUMED_ARTIFACT` (str), :data:`CHECKPOINT_RESUME_ERROR` (str)
+* :data:`SAVED_MODEL_DIR` (str): where the Hugging Face integration saved the trial's model
 
 Study user attrs: :data:`STRATEGY`, :data:`DESCRIPTION`, :data:`TASK` (name, N, prior, steps),
 :data:`PLAN` (what a resumed study must match), :data:`PLANNED` (int), :data:`BUILTIN_TASK` (the JSON a worker
 rebuilds the task from), and once finished :data:`TIME_TUNING_S`, :data:`TIME_RETRAIN_S`,
-:data:`TIME_TOTAL_S`, :data:`TEST_ACCURACY`, :data:`TEST_NLL`, :data:`BEST_TRIAL` (int), :data:`BEST_PARAMS` (dict).
+:data:`TIME_TOTAL_S`, :data:`TEST_ACCURACY`, :data:`TEST_NLL`, :data:`BEST_TRIAL` (int), :data:`BEST_PARAMS` (dict);
+:data:`BEST_MODEL_DIR` (dict) from the Hugging Face integration.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 __all__ = [
+    "BEST_MODEL_DIR",
     "BEST_PARAMS",
     "BEST_TRIAL",
     "BUILTIN_TASK",
@@ -58,6 +61,7 @@ __all__ = [
     "RESUMED_ARTIFACT",
     "RESUMED_STEP",
     "RESUMED_TRIAL",
+    "SAVED_MODEL_DIR",
     "SELECT_PREFIX",
     "SELECT_RULE",
     "STRATEGY",
@@ -126,6 +130,8 @@ CHECKPOINT_RESUME_ERROR = "checkpoint:resume_error"
 RESUMED_STEP = "resumed_from_step"
 RESUMED_TRIAL = "resumed_from_trial"
 RESUMED_ARTIFACT = "resumed_from_artifact"
+#: Where a Hugging Face trial's model was saved (``DEELBoTrainer(keep_best=True)``; str).
+SAVED_MODEL_DIR = "saved:model_dir"
 
 # --- study attrs -------------------------------------------------------------------------------------------
 STRATEGY = "strategy"
@@ -140,6 +146,8 @@ TIME_RETRAIN_S = "time:retrain_s"
 TIME_TOTAL_S = "time:total_s"
 BEST_TRIAL = "best_trial"
 BEST_PARAMS = "best_params"
+#: ``{"trial": number, "path": folder}``: the best trial's saved model (``DEELBoTrainer(keep_best=True)``).
+BEST_MODEL_DIR = "best_model_dir"
 
 
 def select_key(rule: str) -> str:

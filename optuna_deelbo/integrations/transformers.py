@@ -1,0 +1,359 @@
+"""``DEELBoTrainer``: DE-ELBo inside the Hugging Face ``transformers.Trainer`` (extra ``[transformers]``).
+
+A drop-in subclass: the model, data, collator and ``TrainingArguments`` stay as they are::
+
+    trainer = DEELBoTrainer(model=model, args=TrainingArguments(..., weight_decay=0.0), train_dataset=train)
+    trainer.train()                      # NLL + KL / (kappa N), lambda and tau in closed form every step
+    trainer.deelbo.learned_values()      # {"lambda": ..., "tau": ..., "sigma": ..., "weight_decay": ...}
+
+What it changes, and nothing else:
+
+* the training loss is the Trainer's own (the model's NLL, label smoothing or ``compute_loss_func``
+  included) under one posterior draw of the weights, plus ``KL / (kappa N)`` from the same
+  :class:`~optuna_deelbo.bayes.DEELBo` that every other entry point uses; evaluation and
+  prediction use the mean weights (the model as it is);
+* the posterior std joins the Trainer's optimizer (one more parameter group, under its schedule);
+  the Trainer's ``weight_decay`` must be 0 (the KL is the weight decay): a non-zero value is
+  refused, except the placeholder that :class:`~optuna_deelbo.DEELBoSampler` hands
+  ``hyperparameter_search``, which is replaced by 0;
+* gradient accumulation adds the KL once per optimizer step (also when the model scales its loss by
+  ``num_items_in_batch``); mixed precision computes the KL in float32; ``save_model`` and every
+  checkpoint hold the mean weights as ``save_pretrained`` writes them (``from_pretrained`` loads them)
+  and the posterior std and prior in ``deelbo_state.pt``, which ``train(resume_from_checkpoint=...)``
+  restores;
+* after training: BatchNorm statistics recomputed for the mean weights (models that have any), the
+  selection score (the final DE-ELBo over the whole training set, :meth:`DEELBo.selection_score`)
+  computed and used as the objective of ``hyperparameter_search`` (no validation set needed), the
+  learned values written to the logs (``deelbo/lambda``, ...) and to the Optuna trial as ``learned:*``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+import torch
+from torch import Tensor, nn
+
+from optuna_deelbo._errors import ConfigError, MissingDependency
+from optuna_deelbo.bayes._batchnorm import batchnorm_layers
+from optuna_deelbo.bayes._deelbo import DEELBo
+from optuna_deelbo.bayes._priors import GaussianPrior
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._sampler import DEELBoSampler, report_learned
+
+try:
+    import transformers
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependency(
+        "optuna_deelbo.integrations.transformers needs the transformers package: "
+        "pip install 'optuna-deelbo[transformers]'"
+    ) from exc
+
+__all__ = ["DEELBO_STATE_NAME", "DEELBoTrainer", "default_head"]
+
+#: The file beside a checkpoint's weights that holds the posterior std and the priors.
+DEELBO_STATE_NAME = "deelbo_state.pt"
+#: Attribute names of a new task head in ``transformers``' ``...For<Task>`` models.
+_HEAD_NAMES = ("classifier", "score", "qa_outputs")
+#: The folder under ``output_dir`` where ``keep_best=True`` keeps the best trial's model.
+BEST_TRIAL_DIR = "best-trial"
+
+
+def default_head(model: nn.Module) -> tuple[str, ...]:
+    """Parameter-name prefixes of ``model``'s new task head (``classifier`` / ``score`` / ``qa_outputs``), or none."""
+    names = {name for name, _ in model.named_children()}
+    return tuple(f"{name}." for name in _HEAD_NAMES if name in names)
+
+
+def _learns_weight_decay(trial: object) -> bool:
+    """``trial`` runs under a :class:`DEELBoSampler` that learns ``weight_decay`` (the Trainer's name)."""
+    study = getattr(trial, "study", None)
+    sampler = getattr(study, "sampler", None)
+    return isinstance(sampler, DEELBoSampler) and "weight_decay" in sampler.learned
+
+
+class DEELBoTrainer(transformers.Trainer):
+    """A ``transformers.Trainer`` that trains with the DE-ELBo (see the module docstring).
+
+    Args:
+        *args, **kwargs: ``transformers.Trainer``'s (``model`` or ``model_init``, ``args``,
+            ``train_dataset``, ...). ``optimizers=(optimizer, scheduler)`` is refused (the posterior
+            std must join the optimizer): choose it with ``args.optim`` or ``optimizer_cls_and_kwargs``.
+        prior: body prior, ``"l2-sp"`` (mean = the weights when training starts: the pretrained
+            ones), ``"l2-zero"`` or a :class:`~optuna_deelbo.bayes.GaussianPrior`.
+        head: parameter-name prefixes of the new head (zero-mean prior, own variance ``tau``);
+            ``None`` = :func:`default_head` (``classifier.``, ``score.`` or ``qa_outputs.``).
+        n_train: ``N``; default ``len(train_dataset)``.
+        selection: ``"deelbo"`` (default): the objective ``hyperparameter_search`` minimises is the
+            selection score on the training set; ``"eval"``: the Trainer's own (``compute_objective``
+            of an evaluation, which needs an ``eval_dataset``).
+        selection_samples: posterior draws of the selection score.
+        keep_best: under ``hyperparameter_search``, save the model of each trial that beats every
+            earlier one to ``<output_dir>/best-trial`` (study attr ``best_model_dir``).
+        deelbo_kwargs: passed to :class:`~optuna_deelbo.bayes.DEELBo` (``init_sigma``, ``kappa``,
+            ``sigma_mode``, ...).
+
+    Attributes:
+        deelbo: the run's :class:`~optuna_deelbo.bayes.DEELBo` (``None`` before training starts).
+        selection_score: the last run's score (nats per example), or ``None``.
+        study: the Optuna study of the last trial trained (``hyperparameter_search``'s), or ``None``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        prior: str | GaussianPrior = "l2-sp",
+        head: Sequence[str] | None = None,
+        n_train: int | None = None,
+        selection: str = "deelbo",
+        selection_samples: int = 10,
+        keep_best: bool = False,
+        deelbo_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        optimizers = kwargs.get("optimizers", (None, None))
+        if optimizers is not None and any(o is not None for o in optimizers):
+            raise ConfigError(
+                "DEELBoTrainer builds the optimizer itself (the posterior std joins it): choose it with "
+                "TrainingArguments(optim=...) or optimizer_cls_and_kwargs=(cls, kwargs), not optimizers=(...)"
+            )
+        if selection not in ("deelbo", "eval"):
+            raise ConfigError(f"selection must be 'deelbo' or 'eval', got {selection!r}")
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1 or self.args.n_gpu > 1:
+            raise ConfigError(
+                "DEELBoTrainer trains on one device (the posterior std is outside DDP / DataParallel); "
+                "use CUDA_VISIBLE_DEVICES=<one GPU>, or the Lightning callback for DDP"
+            )
+        self.prior = prior
+        self.head = None if head is None else tuple(head)
+        self.n_train = n_train
+        self.selection = selection
+        self.selection_samples = selection_samples
+        self.keep_best = keep_best
+        self.deelbo_kwargs = dict(deelbo_kwargs or {})
+        self.deelbo: DEELBo | None = None
+        self.selection_score: float | None = None
+        self.study: optuna.Study | None = None
+        self._restored: dict[str, Tensor] | None = None
+
+    # --- the posterior ------------------------------------------------------------------------------
+    @property
+    def _net(self) -> nn.Module:
+        """The model being trained (``model_init``'s for the current trial)."""
+        if not isinstance(self.model, nn.Module):
+            raise ConfigError("DEELBoTrainer has no model yet: pass model= or model_init=")
+        return self.model
+
+    def _output_dir(self) -> str:
+        return str(self.args.output_dir if self.args.output_dir is not None else "trainer_output")
+
+    def _n_train(self) -> int:
+        if self.n_train is not None:
+            return int(self.n_train)
+        try:
+            return len(self.train_dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise ConfigError("the training dataset has no len(): pass DEELBoTrainer(n_train=N)") from None
+
+    def _ensure_deelbo(self) -> DEELBo:
+        """The run's DEELBo over ``self.model`` (a new one when ``model_init`` made a new model)."""
+        net = self._net
+        if self.deelbo is None or self.deelbo.model is not net:
+            head = self.head if self.head is not None else default_head(net)
+            self.deelbo = DEELBo(net, self._n_train(), self.prior, head=head, **self.deelbo_kwargs)
+            self.deelbo.to(next(net.parameters()).device)
+            if self._restored is not None:
+                self._apply_state(self._restored)
+                self._restored = None
+        return self.deelbo
+
+    def _apply_state(self, state: Mapping[str, Tensor]) -> None:
+        assert self.deelbo is not None
+        missing, unexpected = self.deelbo.load_state_dict(dict(state), strict=False)
+        if unexpected or any(not k.startswith("model.") for k in missing):
+            raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this model: {unexpected or missing}")
+
+    def _check_weight_decay(self) -> None:
+        if not self.args.weight_decay:
+            return
+        if _learns_weight_decay(getattr(self, "_trial", None)):
+            self.args.weight_decay = 0.0  # DEELBoSampler's placeholder: the KL learns it instead
+            return
+        raise ConfigError(
+            f"TrainingArguments(weight_decay={self.args.weight_decay!r}): the DE-ELBo learns the weight decay (the KL "
+            "term), a second pull would shrink the weights and the posterior std twice; set weight_decay=0.0"
+        )
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer over the weights (weight decay 0) plus one group for the posterior std."""
+        self._check_weight_decay()
+        deelbo = self._ensure_deelbo()
+        had = self.optimizer is not None
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        rho = list(deelbo.sigma_parameters())
+        listed = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not had and not any(id(p) in listed for p in rho):
+            optimizer.add_param_group({"params": rho, "weight_decay": 0.0})
+        return optimizer
+
+    # --- the step -----------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """Training: the Trainer's loss under one posterior draw, plus ``KL / (kappa N)``; evaluation: unchanged."""
+        if not self._net.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        deelbo = self._ensure_deelbo()
+        parent_loss = super().compute_loss  # the next class's loss (the Trainer's, or a mixed-in trainer's)
+
+        def sampled(**batch: Any) -> tuple[Tensor, Any]:
+            out = parent_loss(model, batch, True, num_items_in_batch)
+            assert isinstance(out, tuple)
+            return out[0], out[1]
+
+        nll, outputs = deelbo.call_sampled(sampled, **inputs)
+        loss = deelbo.loss(nll)
+        if self._loss_scaled_for_accumulation(num_items_in_batch):
+            # the loss is a share of the accumulated batch's (sum / num_items): the Trainer does not divide
+            # it by the accumulation steps, so the KL is spread over the micro-batches here
+            loss = nll + (loss - nll) / max(1, int(getattr(self, "current_gradient_accumulation_steps", 1)))
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_scaled_for_accumulation(self, num_items_in_batch: Tensor | int | None) -> bool:
+        """The Trainer's own test of whether the loss is already normalised over the accumulated batch."""
+        fixed = getattr(self, "loss_is_scaled_for_ga", None)
+        if fixed is not None:
+            return bool(fixed)
+        accepts = bool(getattr(self, "model_accepts_loss_kwargs", False))
+        return (accepts and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's logs, with ``deelbo/lambda``, ``deelbo/sigma`` (and ``deelbo/tau``) on training logs."""
+        if self.deelbo is not None and "loss" in logs:
+            values = self.deelbo.learned_values()
+            logs = {**logs, **{f"deelbo/{k}": float(values[k]) for k in ("lambda", "tau", "sigma") if k in values}}
+        super().log(logs, start_time)
+
+    # --- a run --------------------------------------------------------------------------------------
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``Trainer.train``, then BatchNorm recalibration, the selection score and the learned values (see above).
+
+        ``trial``: an Optuna trial (``hyperparameter_search`` passes it; an own objective may too):
+        gets the ``learned:*`` attrs; a diverged run prunes it (``failure:reason``).
+        """
+        if isinstance(trial, optuna.trial.BaseTrial) and self.selection == "deelbo":
+            study = getattr(trial, "study", None)
+            if study is not None and study.direction != optuna.study.StudyDirection.MINIMIZE:
+                raise ConfigError(
+                    "the DE-ELBo selection score is lower-is-better: hyperparameter_search(direction='minimize')"
+                )
+        self.deelbo = None  # a new posterior per run
+        self._trial = trial
+        if isinstance(trial, optuna.trial.BaseTrial):
+            self.study = getattr(trial, "study", None)
+        output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        deelbo = self._ensure_deelbo()
+        net = self._net
+        if batchnorm_layers(net):
+            ordered = self.get_eval_dataloader(self.train_dataset)
+            deelbo.recalibrate_batchnorm(
+                (self._prepare_inputs(batch) for batch in ordered), call=lambda batch: net(**batch)
+            )
+        if isinstance(trial, optuna.trial.BaseTrial):
+            report_learned(trial, deelbo)  # prunes a diverged run
+        else:
+            deelbo.check_divergence()
+        self.selection_score = self._score(deelbo)
+        if self.selection == "deelbo":
+            self.objective: float | None = self.selection_score
+        if isinstance(trial, optuna.trial.BaseTrial):
+            trial.set_user_attr(A.SELECT_RULE, "full-pass")
+            trial.set_user_attr(A.select_key("full-pass"), self.selection_score)
+            if self.keep_best:
+                self._keep_if_best(trial, self.selection_score)
+        final = {f"deelbo/{k}": float(v) for k, v in deelbo.learned_values().items() if isinstance(v, float)}
+        self.log({**final, "deelbo/selection_score": self.selection_score})
+        return output
+
+    def _score(self, deelbo: DEELBo) -> float:
+        """The final DE-ELBo over the whole training set (nats per example), dropout off, batch BatchNorm statistics."""
+        loader = self.get_eval_dataloader(self.train_dataset)  # in order, unshuffled, the Trainer's collator
+
+        def batch_nll(forward: Any, batch: Any) -> tuple[Tensor, int]:
+            batch = self._prepare_inputs(batch)
+            outputs = forward(**batch)
+            loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs[0]
+            if loss is None:
+                raise ConfigError("the model returned no loss: the training set's batches need their labels")
+            labels = batch.get("labels")
+            count = int(labels.shape[0]) if isinstance(labels, Tensor) else int(next(iter(batch.values())).shape[0])
+            return loss.float(), count
+
+        return deelbo.selection_score(
+            loader, samples=self.selection_samples, batch_nll=batch_nll, seed=int(self.args.seed)
+        )
+
+    def _keep_if_best(self, trial: optuna.trial.BaseTrial, score: float) -> None:
+        study = getattr(trial, "study", None)
+        if study is None:
+            return
+        done = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        best = min((v for v in done if v is not None), default=math.inf)
+        if not score < best:
+            return
+        path = os.path.join(self._output_dir(), BEST_TRIAL_DIR)
+        self.save_model(path)
+        trial.set_user_attr(A.SAVED_MODEL_DIR, path)
+        study.set_user_attr(A.BEST_MODEL_DIR, {"trial": trial.number, "path": path})
+
+    def hyperparameter_search(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.hyperparameter_search``; with Optuna, the best run's hyperparameters hold the learned values.
+
+        Under :class:`~optuna_deelbo.DEELBoSampler` the study's ``best_params["weight_decay"]`` is the
+        placeholder the Trainer was handed; the returned ``BestRun.hyperparameters`` are
+        :func:`~optuna_deelbo.learned_params` of the best trial instead (the weight decay the DE-ELBo
+        learned). The study is :attr:`study`.
+        """
+        best = super().hyperparameter_search(*args, **kwargs)
+        if self.study is None or isinstance(best, list) or not hasattr(best, "run_id"):
+            return best
+        trial = next((t for t in self.study.get_trials(deepcopy=False) if str(t.number) == str(best.run_id)), None)
+        if trial is None:
+            return best
+        return type(best)(best.run_id, best.objective, A.learned_params(trial), getattr(best, "run_summary", None))
+
+    # --- saving and resuming ------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+        """``save_pretrained`` of the mean weights (the Trainer's), plus the posterior std and priors."""
+        super()._save(output_dir, state_dict)
+        if self.deelbo is None or not self.args.should_save:
+            return
+        folder = output_dir if output_dir is not None else self._output_dir()
+        state = {k: v for k, v in self.deelbo.state_dict().items() if not k.startswith("model.")}
+        torch.save(state, os.path.join(folder, DEELBO_STATE_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, DEELBO_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"{resume_from_checkpoint} has no {DEELBO_STATE_NAME}: it was not written by DEELBoTrainer, so the "
+                "posterior std and the prior mean cannot be restored"
+            )
+        self._restored = torch.load(path, map_location="cpu", weights_only=True)
+        self.deelbo = None
