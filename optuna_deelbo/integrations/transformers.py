@@ -16,8 +16,9 @@ What it changes, and nothing else:
   the Trainer's ``weight_decay`` must be 0 (the KL is the weight decay): a non-zero value is
   refused, except the placeholder that :class:`~optuna_deelbo.DEELBoSampler` hands
   ``hyperparameter_search``, which is replaced by 0;
-* gradient accumulation adds the KL once per optimizer step (also when the model scales its loss by
-  ``num_items_in_batch``); mixed precision computes the KL in float32; ``save_model`` and every
+* gradient accumulation gives the same step as one batch of all the micro-batches, the KL added once
+  (the model's loss is taken per micro-batch as its mean; a ``compute_loss_func`` normalised by
+  ``num_items_in_batch`` keeps its own scaling); mixed precision computes the KL in float32; ``save_model`` and every
   checkpoint hold the mean weights as ``save_pretrained`` writes them (``from_pretrained`` loads them)
   and the posterior std and prior in ``deelbo_state.pt``, which ``train(resume_from_checkpoint=...)``
   restores;
@@ -136,6 +137,8 @@ class DEELBoTrainer(transformers.Trainer):
         self.selection_samples = selection_samples
         self.keep_best = keep_best
         self.deelbo_kwargs = dict(deelbo_kwargs or {})
+        # compute_loss (below) returns the micro-batch's mean unless a compute_loss_func normalises by num_items
+        self.loss_is_scaled_for_ga = self.compute_loss_func is not None
         self.deelbo: DEELBo | None = None
         self.selection_score: float | None = None
         self.study: optuna.Study | None = None
@@ -214,27 +217,25 @@ class DEELBoTrainer(transformers.Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         deelbo = self._ensure_deelbo()
         parent_loss = super().compute_loss  # the next class's loss (the Trainer's, or a mixed-in trainer's)
+        # The model's own loss is the micro-batch's mean (num_items_in_batch withheld), which the Trainer divides by
+        # the accumulation steps (loss_is_scaled_for_ga False): mean NLL + KL / (kappa N) per optimizer step. (Given
+        # num_items_in_batch, a model that ignores it -- BertForSequenceClassification in transformers 5.24 --
+        # would have its NLL summed over the micro-batches, G times the KL's weight.)
+        items = num_items_in_batch if self.compute_loss_func is not None else None
+        self.model_accepts_loss_kwargs = self.model_accepts_loss_kwargs and items is not None
 
         def sampled(**batch: Any) -> tuple[Tensor, Any]:
-            out = parent_loss(model, batch, True, num_items_in_batch)
+            out = parent_loss(model, batch, True, items)
             assert isinstance(out, tuple)
             return out[0], out[1]
 
         nll, outputs = deelbo.call_sampled(sampled, **inputs)
         loss = deelbo.loss(nll)
-        if self._loss_scaled_for_accumulation(num_items_in_batch):
-            # the loss is a share of the accumulated batch's (sum / num_items): the Trainer does not divide
-            # it by the accumulation steps, so the KL is spread over the micro-batches here
+        if self.loss_is_scaled_for_ga:
+            # a compute_loss_func's loss is a share of the accumulated batch's (sum / num_items): the Trainer does
+            # not divide it by the accumulation steps, so the KL is spread over the micro-batches here
             loss = nll + (loss - nll) / max(1, int(getattr(self, "current_gradient_accumulation_steps", 1)))
         return (loss, outputs) if return_outputs else loss
-
-    def _loss_scaled_for_accumulation(self, num_items_in_batch: Tensor | int | None) -> bool:
-        """The Trainer's own test of whether the loss is already normalised over the accumulated batch."""
-        fixed = getattr(self, "loss_is_scaled_for_ga", None)
-        if fixed is not None:
-            return bool(fixed)
-        accepts = bool(getattr(self, "model_accepts_loss_kwargs", False))
-        return (accepts and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's logs, with ``deelbo/lambda``, ``deelbo/sigma`` (and ``deelbo/tau``) on training logs."""

