@@ -37,6 +37,15 @@ def test_smoke_run_writes_both_parts(tmp_path: Path) -> None:
     assert all(math.isfinite(r) and r > 0 for r in ratios)
     accuracies = [float(r[5]) for r in rows if r[0] == "split-cifar" and r[1] in ("deelbo", "grid")]
     assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies)
+    # the text part: WordNet-4 with every weight of the packaged encoder
+    assert "WordNet-4 text" in text and "| deelbo | 8 | 4 |" in text
+    assert sorted(r[1] for r in rows if r[0] == "text") == ["deelbo", "grid"]
+
+
+def test_parts_can_be_chosen(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        gpu_check.main(["--smoke", "--parts", "step-time,nonsense"])
+    assert exc.value.code == 2
 
 
 def test_smoke_sizes_are_small_and_the_full_run_measures_every_backbone() -> None:

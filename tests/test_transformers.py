@@ -53,7 +53,11 @@ class _Texts(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": self.labels[i]}
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(LENGTH, dtype=torch.long),
+            "labels": self.labels[i],
+        }
 
 
 def _args(tmp_path: Path, **overrides: Any) -> Any:
