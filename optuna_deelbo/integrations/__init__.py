@@ -1,6 +1,8 @@
 """Integrations with other tools, each behind its own optional extra and imported on demand.
 
 * :mod:`optuna_deelbo.integrations.lightning`: ``DEELBoCallback`` for PyTorch Lightning (``[lightning]``);
+* :mod:`optuna_deelbo.integrations.transformers`: ``DEELBoTrainer`` for Hugging Face ``transformers.Trainer``
+  (``[transformers]``);
 * ``hub/samplers/deelbo/``: the optunahub package (a registry folder, installed with this package):
   ``optunahub.load_local_module("samplers/deelbo", registry_root=optunahub_registry_root())``.
 
