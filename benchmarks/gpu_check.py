@@ -144,6 +144,11 @@ def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespac
     )
     task = task.with_test_subset(sizes.test_images)
     print(f"Split-CIFAR N={sizes.n_train}: data + pretraining {time.perf_counter() - start:.0f} s", flush=True)
+    return _deelbo_vs_grid(task, pretrain_s)
+
+
+def _deelbo_vs_grid(task: od.TaskSpec, prepare_s: float) -> list[dict[str, Any]]:
+    """One row per strategy of a DE-ELBo vs grid comparison in memory (``prepare_s``: data + pretraining)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()
     rows = []
@@ -151,13 +156,13 @@ def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespac
         rows.append(
             {
                 "strategy": r.strategy,
-                "n_train": sizes.n_train,
+                "n_train": task.n_train,
                 "trials": r.n_trials,
                 "total_s": r.total_s,
                 "test_accuracy": r.test_accuracy,
                 "test_nll": r.test_nll,
                 "best_params": r.best_params,
-                "pretrain_s": pretrain_s,
+                "pretrain_s": prepare_s,
             }
         )
         print(f"  {r.strategy}: {r.total_s:.1f} s, {100 * r.test_accuracy:.1f} %", flush=True)
@@ -177,23 +182,7 @@ def text_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
         device=str(device),
     )
     print(f"WordNet-4 N={sizes.text_n}: data + encoder {time.perf_counter() - start:.0f} s", flush=True)
-    storage = optuna.storages.InMemoryStorage()
-    rows = []
-    for r in compare(task, ["deelbo", "grid"], storage, if_exists="overwrite"):
-        rows.append(
-            {
-                "strategy": r.strategy,
-                "n_train": sizes.text_n,
-                "trials": r.n_trials,
-                "total_s": r.total_s,
-                "test_accuracy": r.test_accuracy,
-                "test_nll": r.test_nll,
-                "best_params": r.best_params,
-                "pretrain_s": prepare_s,
-            }
-        )
-        print(f"  {r.strategy}: {r.total_s:.1f} s, {100 * r.test_accuracy:.1f} %", flush=True)
-    return rows
+    return _deelbo_vs_grid(task, prepare_s)
 
 
 def _device_line(device: torch.device) -> str:
