@@ -38,7 +38,7 @@ def test_smoke_run_writes_both_parts(tmp_path: Path) -> None:
     accuracies = [float(r[5]) for r in rows if r[0] == "split-cifar" and r[1] in ("deelbo", "grid")]
     assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies)
     # the text part: WordNet-4 with every weight of the packaged encoder
-    assert "WordNet-4 text" in text and "| deelbo | 8 | 4 |" in text
+    assert "WordNet-4 text" in text and "| deelbo | 8 | 1 |" in text and "| grid | 8 | 6 |" in text
     assert sorted(r[1] for r in rows if r[0] == "text") == ["deelbo", "grid"]
 
 
