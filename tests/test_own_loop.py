@@ -324,3 +324,23 @@ def test_token_level_language_model_loss() -> None:
         loss.backward()
         optimizer.step()
     assert float(loss.detach()) < first and math.isfinite(reg.lam) and reg.tau is not None
+
+
+def test_posterior_state_round_trips_and_refuses_another_model() -> None:
+    """The checkpoints of the Lightning and Hugging Face integrations hold this state beside the weights."""
+    torch.manual_seed(0)
+    a = od.DEELBo(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), 10, "l2-zero", head=("1.",))
+    with torch.no_grad():
+        for rho in a.sigma_parameters():
+            rho.fill_(-3.0)
+    state = a.posterior_state()
+    assert state and not any(k.startswith("model.") for k in state)
+    b = od.DEELBo(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), 10, "l2-zero", head=("1.",))
+    b.load_posterior_state(state)
+    assert b.sigma == pytest.approx(a.sigma)
+    other = od.DEELBo(nn.Linear(4, 2), 10, "l2-zero")  # no head: the head's prior and rho are unexpected
+    with pytest.raises(od.ConfigError, match="does not fit this model"):
+        other.load_posterior_state(state)
+    wider = od.DEELBo(nn.Sequential(nn.Linear(5, 3), nn.Linear(3, 2)), 10, "l2-zero", head=("1.",))
+    with pytest.raises(od.ConfigError, match=r"does not fit this model.*size mismatch"):
+        wider.load_posterior_state(state)

@@ -520,6 +520,27 @@ class DEELBo(nn.Module):
         return layers
 
     # --- state ------------------------------------------------------------------------------
+    def posterior_state(self) -> dict[str, Tensor]:
+        """:meth:`state_dict` without the model's weights: the posterior std and the priors (the L2-SP mean).
+
+        For checkpoints that already hold the weights (Lightning's, the Hugging Face Trainer's).
+        """
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+    def load_posterior_state(self, state: Mapping[str, Tensor]) -> None:
+        """Load :meth:`posterior_state`'s dict (the weights stay as they are).
+
+        Raises:
+            ConfigError: the state belongs to another model (unexpected, missing or differently shaped keys).
+        """
+        try:
+            missing, unexpected = self.load_state_dict(dict(state), strict=False)
+        except RuntimeError as exc:  # a tensor of another shape: another model's state
+            reason = str(exc).strip().splitlines()[-1].strip()
+            raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this model: {reason}") from None
+        if unexpected or any(not k.startswith("model.") for k in missing):
+            raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this model: {unexpected or missing}")
+
     def _register_prior_buffers(self) -> None:
         """The priors' tensors as buffers (``body_prior_mean``, ...): in ``state_dict``, moved by ``.to()``."""
         for group, prior in (("body", self.body_prior), ("head", self.head_prior)):

@@ -174,7 +174,7 @@ class DEELBoCallback(pl.Callback):
         """
         if self.deelbo is None:
             return {}
-        return {"deelbo": {k: v for k, v in self.deelbo.state_dict().items() if not k.startswith("model.")}}
+        return {"deelbo": self.deelbo.posterior_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the posterior std and the priors (applied at fit start if Lightning restores callbacks first)."""
@@ -188,9 +188,7 @@ class DEELBoCallback(pl.Callback):
     def _apply(self, state: dict[str, Any]) -> None:
         assert self.deelbo is not None
         if "deelbo" in state:
-            missing, unexpected = self.deelbo.load_state_dict(state["deelbo"], strict=False)
-            if unexpected or any(not k.startswith("model.") for k in missing):
-                raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this module: {unexpected or missing}")
+            self.deelbo.load_posterior_state(state["deelbo"])
         else:  # checkpoints of optuna-deelbo <= 0.2: the posterior std only
             self.deelbo.posterior.load_state_dict(state["posterior"])
 

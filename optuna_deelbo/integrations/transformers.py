@@ -44,7 +44,7 @@ from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
 from optuna_deelbo.tuning import attrs as A
-from optuna_deelbo.tuning._sampler import DEELBoSampler, report_learned
+from optuna_deelbo.tuning._sampler import learned_names, report_learned
 
 try:
     import transformers
@@ -68,13 +68,6 @@ def default_head(model: nn.Module) -> tuple[str, ...]:
     """Parameter-name prefixes of ``model``'s new task head (``classifier`` / ``score`` / ``qa_outputs``), or none."""
     names = {name for name, _ in model.named_children()}
     return tuple(f"{name}." for name in _HEAD_NAMES if name in names)
-
-
-def _learns_weight_decay(trial: object) -> bool:
-    """``trial`` runs under a :class:`DEELBoSampler` that learns ``weight_decay`` (the Trainer's name)."""
-    study = getattr(trial, "study", None)
-    sampler = getattr(study, "sampler", None)
-    return isinstance(sampler, DEELBoSampler) and "weight_decay" in sampler.learned
 
 
 class DEELBoTrainer(transformers.Trainer):
@@ -171,20 +164,15 @@ class DEELBoTrainer(transformers.Trainer):
             self.deelbo = DEELBo(net, self._n_train(), self.prior, head=head, **self.deelbo_kwargs)
             self.deelbo.to(next(net.parameters()).device)
             if self._restored is not None:
-                self._apply_state(self._restored)
+                self.deelbo.load_posterior_state(self._restored)
                 self._restored = None
         return self.deelbo
-
-    def _apply_state(self, state: Mapping[str, Tensor]) -> None:
-        assert self.deelbo is not None
-        missing, unexpected = self.deelbo.load_state_dict(dict(state), strict=False)
-        if unexpected or any(not k.startswith("model.") for k in missing):
-            raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this model: {unexpected or missing}")
 
     def _check_weight_decay(self) -> None:
         if not self.args.weight_decay:
             return
-        if _learns_weight_decay(getattr(self, "_trial", None)):
+        trial = getattr(self, "_trial", None)
+        if isinstance(trial, optuna.trial.BaseTrial) and "weight_decay" in learned_names(trial):
             self.args.weight_decay = 0.0  # DEELBoSampler's placeholder: the KL learns it instead
             return
         raise ConfigError(
@@ -345,8 +333,7 @@ class DEELBoTrainer(transformers.Trainer):
         if self.deelbo is None or not self.args.should_save:
             return
         folder = output_dir if output_dir is not None else self._output_dir()
-        state = {k: v for k, v in self.deelbo.state_dict().items() if not k.startswith("model.")}
-        torch.save(state, os.path.join(folder, DEELBO_STATE_NAME))
+        torch.save(self.deelbo.posterior_state(), os.path.join(folder, DEELBO_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

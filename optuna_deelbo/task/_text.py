@@ -7,6 +7,7 @@ definitions in 4 classes (Debian ``wordnet-base``), all-MiniLM-L6-v2 from the re
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def text_task(
     if trainable_layers is None:
 
         def factory() -> nn.Module:
-            fresh = _copy(base)
+            fresh = copy.deepcopy(base)
             reset_head(fresh)
             return TextClassifier(fresh, pad)
 
@@ -137,12 +138,6 @@ def text_task(
         progress=progress,
         recipe=recipe,
     )
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def wordnet_task(
