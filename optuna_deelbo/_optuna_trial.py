@@ -11,10 +11,12 @@ from typing import TypeAlias
 
 import optuna
 
-__all__ = ["Trial", "report_or_prune"]
+__all__ = ["Trial", "TrialPruned", "report_or_prune"]
 
 #: The trial type the loop accepts (a live trial of ``study.optimize``).
 Trial: TypeAlias = optuna.trial.Trial
+#: What :func:`report_or_prune` raises (a batched run ends only the pruned member).
+TrialPruned: TypeAlias = optuna.TrialPruned
 
 
 def report_or_prune(trial: Trial, value: float, step: int) -> None:

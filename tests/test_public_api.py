@@ -74,7 +74,7 @@ SUBPACKAGE_SIZES = {
     "task": 11,
     "train": 20,
     "tuning": 45,
-    "tuning.attrs": 51,
+    "tuning.attrs": 53,
     "tuning.strategies": 18,
     "integrations": 1,
 }

@@ -253,6 +253,20 @@ class DEELBo(nn.Module):
         sample = {"model." + name: value for name, value in self.posterior.sample().items()}
         return functional_call(_MethodCall(self.model, fn), sample, args, kwargs)
 
+    def sampled_weights(self, *inputs: Any, noise: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """One posterior draw by parameter name, for a forward this object does not run itself.
+
+        A batched search (:func:`optuna_deelbo.train.train_batched`) runs several members' draws
+        in one ``vmap``-ed forward; this does the bookkeeping of a sampled forward (L2-SP mean
+        fixed at the first one, the batch-size check on ``inputs``) so that :meth:`loss` follows.
+
+        Args:
+            inputs: the forward's inputs (checked as in :meth:`forward`).
+            noise: ``eps`` by name (:meth:`WeightPosterior.draw_noise`), shared by the members; drawn here if ``None``.
+        """
+        self._before_sampled_forward(inputs)
+        return self.posterior.sample(noise=noise)
+
     def kl_terms(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(KL, lam*, tau*)``: the total KL in nats with both variances at their (detached) optimum."""
         post = self.posterior

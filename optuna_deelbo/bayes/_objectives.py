@@ -272,6 +272,13 @@ class DEELBoObjective(Objective):
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
         with _autocast(x, amp):
             logits = self.deelbo(x)
+        return self.record(logits, y)
+
+    def record(self, logits: Tensor, y: Tensor) -> LossRecord:
+        """The step's record from the logits ``(B, C)`` of a sampled forward (:meth:`DEELBo.sampled_weights`).
+
+        ``forward`` is ``record(deelbo(x), y)``; a batched search calls it once per member.
+        """
         nll = nn.functional.cross_entropy(logits.float(), y)
         loss = self.deelbo.loss(nll)
         terms = self.deelbo.last_terms

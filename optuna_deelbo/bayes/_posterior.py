@@ -170,14 +170,27 @@ class WeightPosterior(nn.Module):
         """The group's posterior mean as one flat vector ``(D,)``."""
         return self.groups.flat(self.means(), group)
 
-    def sample(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """One reparameterised draw ``theta + sigma * eps`` per trainable parameter (differentiable)."""
+    def draw_noise(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Standard normal ``eps`` shaped like each trainable parameter, drawn in parameter order.
+
+        :meth:`sample` draws exactly these (same RNG stream), so posteriors of equally shaped
+        models that share one ``draw_noise`` (a batched learning-rate search) get the draws that
+        their own :meth:`sample` would have made from the same RNG state.
+        """
+        return {name: torch.empty_like(mean).normal_(generator=generator) for name, mean in self.means().items()}
+
+    def sample(
+        self, generator: torch.Generator | None = None, *, noise: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """One reparameterised draw ``theta + sigma * eps`` per trainable parameter (differentiable).
+
+        Args:
+            generator: the RNG of ``eps`` (default: torch's global one).
+            noise: ``eps`` given (:meth:`draw_noise`'s dict) instead of drawn.
+        """
+        eps = self.draw_noise(generator) if noise is None else noise  # keeps each mean's memory format
         sigmas = self.sigmas()
-        out: dict[str, Tensor] = {}
-        for name, mean in self.means().items():
-            eps = torch.empty_like(mean).normal_(generator=generator)  # keeps mean's memory format
-            out[name] = torch.addcmul(mean, sigmas[name], eps)
-        return out
+        return {name: torch.addcmul(mean, sigmas[name], eps[name]) for name, mean in self.means().items()}
 
     def forward_sample(self, *args: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Run the module with one sampled set of weights (buffers, e.g. BatchNorm, update as usual)."""

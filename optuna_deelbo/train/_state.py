@@ -129,6 +129,15 @@ class LoopState:
 
     def step(self, transform: Batch | None, mixing: Mixing | None) -> LossRecord:
         """Draw the next minibatch, augment / mix it, and take one optimiser step; returns the objective's record."""
+        xb, yb = self.next_batch(transform, mixing)
+        record = self.objective(xb, yb, amp=self.amp)
+        self.zero_grad()
+        record.loss.backward()
+        self.apply_gradients()
+        return record
+
+    def next_batch(self, transform: Batch | None, mixing: Mixing | None) -> tuple[Tensor, Tensor]:
+        """The next minibatch ``(x (B, ...), y (B,) or soft targets (B, K))``: augmented, mixed, laid out."""
         idx = self.batches.next()
         xb = self.x[idx] if transform is None else transform(self.x[idx])
         yb: Tensor = self.y[idx]
@@ -136,11 +145,16 @@ class LoopState:
             xb, yb = mixing(xb, yb)
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        record = self.objective(xb, yb, amp=self.amp)
+        return xb, yb
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of every trained tensor (weights and sigma)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.sigma_optimizer is not None:
             self.sigma_optimizer.zero_grad(set_to_none=True)
-        record.loss.backward()
+
+    def apply_gradients(self) -> None:
+        """Clip the gradient norm (``config.clip_norm``), step the optimisers and the schedule."""
         if self.config.clip_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
         self.optimizer.step()
@@ -148,7 +162,6 @@ class LoopState:
             self.sigma_optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return record
 
     @staticmethod
     def logged(record: LossRecord) -> dict[str, Tensor]:

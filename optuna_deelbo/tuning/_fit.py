@@ -53,11 +53,15 @@ from optuna_deelbo.tuning._sampler import learned_names
 
 __all__ = [
     "RetrainResult",
+    "deelbo_objective",
+    "deelbo_outcome",
+    "finish_deelbo_training",
     "fit",
     "fit_deelbo",
     "fit_map",
     "recalibrate_for_mean_weights",
     "retrain",
+    "run_attrs",
     "score_deelbo_run",
 ]
 
@@ -136,12 +140,7 @@ def fit_deelbo(
     :func:`~optuna_deelbo.train.train_model`.
     """
     _check_hparams(lr, None)
-    recipe = task.deelbo_recipe
-    model = task.build_model()
-    deelbo = DEELBo.from_recipe(
-        model, task.n_train, task.body_prior(model), recipe, head=task.groups(model), kappa=task.kappa
-    )
-    objective = DEELBoObjective.around(deelbo, penalty=task.regularization.penalty_fn)
+    objective = deelbo_objective(task)
     result = train_model(
         objective,
         task.train.x,
@@ -154,11 +153,28 @@ def fit_deelbo(
         checkpoint=checkpoint,
         resume=resume,
     )
-    if recipe.bn_recalibration:
-        start = time.perf_counter()
-        recalibrate_for_mean_weights(task, model)
-        result.seconds += time.perf_counter() - start
+    finish_deelbo_training(task, objective, result)
     return objective, result
+
+
+def deelbo_objective(task: TaskSpec) -> DEELBoObjective:
+    """A fresh DE-ELBo objective for ``task``: its model (seeded), prior, head and recipe's posterior."""
+    model = task.build_model()
+    deelbo = DEELBo.from_recipe(
+        model, task.n_train, task.body_prior(model), task.deelbo_recipe, head=task.groups(model), kappa=task.kappa
+    )
+    return DEELBoObjective.around(deelbo, penalty=task.regularization.penalty_fn)
+
+
+def finish_deelbo_training(task: TaskSpec, objective: DEELBoObjective, result: TrainResult) -> None:
+    """After a DE-ELBo run: with the recipe's ``bn_recalibration``, BatchNorm statistics for the mean weights.
+
+    The seconds it takes are added to ``result.seconds``.
+    """
+    if task.deelbo_recipe.bn_recalibration:
+        start = time.perf_counter()
+        recalibrate_for_mean_weights(task, objective.model)
+        result.seconds += time.perf_counter() - start
 
 
 def recalibrate_for_mean_weights(task: TaskSpec, model: nn.Module) -> int:
@@ -274,8 +290,8 @@ def _test_metrics(task: TaskSpec, model: nn.Module) -> Metrics | None:
     return evaluate(model, task.test.x, task.test.y, transform=task.eval_transform)
 
 
-def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainResult, attrs: dict[str, Any]) -> float:
-    """Fill ``attrs`` with a finished DE-ELBo run's learned values, selection score and test metrics.
+def deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainResult, attrs: dict[str, Any]) -> float:
+    """Fill ``attrs`` with a finished DE-ELBo run's learned values, selection score, test metrics and run log.
 
     Returns:
         The trial's value: the score of the task's DE-ELBo recipe's selection rule.
@@ -292,7 +308,14 @@ def _deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainRes
     if test is not None:
         attrs[A.TEST_NLL], attrs[A.TEST_ACCURACY] = test.nll, test.accuracy
         attrs[A.TIME_TEST_EVAL_S] = time.perf_counter() - start
+    run_attrs(result, attrs)
     return value
+
+
+def run_attrs(result: TrainResult, attrs: dict[str, Any]) -> None:
+    """The attrs every finished run gets: final training loss and NLL, training seconds."""
+    attrs[A.TRAIN_LOSS], attrs[A.TRAIN_NLL] = result.final_loss, result.final_nll
+    attrs[A.TIME_TRAIN_S] = result.seconds
 
 
 def _require_minimize(trial: optuna.trial.BaseTrial, what: str) -> None:
@@ -354,7 +377,7 @@ def fit(
                 lambda hook, state: fit_deelbo(task, lr, trial=live_trial, checkpoint=hook, resume=state),
                 attrs,
             )
-            value = _deelbo_outcome(task, objective, result, attrs)
+            value = deelbo_outcome(task, objective, result, attrs)
         else:
             train_split, val_split = task.train_val
             model, result = _resumable(
@@ -382,8 +405,7 @@ def fit(
                 attrs[A.LAMBDA_TRAJECTORY] = _weight_decay_trajectory(schedule, result.stopped_step)
             attrs[A.VAL_NLL], attrs[A.VAL_ACCURACY] = metrics.nll, metrics.accuracy
             value = metrics.nll
-        attrs[A.TRAIN_LOSS], attrs[A.TRAIN_NLL] = result.final_loss, result.final_nll
-        attrs[A.TIME_TRAIN_S] = result.seconds
+            run_attrs(result, attrs)
     except TrainingDiverged as exc:
         attrs[A.FAILURE_REASON] = str(exc)
         raise optuna.TrialPruned(str(exc)) from exc

@@ -28,8 +28,8 @@ def study_id(study: optuna.Study) -> int:
     return study._study_id
 
 
-def trial_id(trial: FrozenTrial) -> int:
-    """The storage's id of a trial (``FrozenTrial._trial_id``; a trial number is only unique within its study)."""
+def trial_id(trial: FrozenTrial | optuna.trial.Trial) -> int:
+    """The storage's id of a trial (``._trial_id``; a trial number is only unique within its study)."""
     return trial._trial_id
 
 

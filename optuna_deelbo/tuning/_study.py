@@ -28,7 +28,7 @@ from optuna_deelbo.task._stored import BuiltinTask
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._checkpoints import worker_checkpointing
 from optuna_deelbo.tuning._storage import open_storage
-from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, queue_progress, requeue_interrupted, run_queue
+from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, queue_progress, requeue_interrupted
 from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, Strategy, get_strategy
 
 __all__ = [
@@ -225,11 +225,7 @@ def run_strategy(
     if done_before and A.TIME_TOTAL_S in study.user_attrs and queue_progress(study).done:
         return StrategyResult.from_study(study)
     start = time.perf_counter()
-    run_queue(
-        [(PlannedStudy.of(study, storage), strategy.objective(task))],
-        show_progress_bar=show_progress_bar,
-        on_trial=on_trial,
-    )
+    strategy.work_off(PlannedStudy.of(study, storage), task, show_progress_bar=show_progress_bar, on_trial=on_trial)
     return finish_strategy(strategy, task, study, _trial_seconds(done_before) + time.perf_counter() - start)
 
 

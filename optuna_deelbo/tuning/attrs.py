@@ -19,6 +19,8 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
 * checkpoints: :data:`CHECKPOINT_ARTIFACT` (str), :data:`CHECKPOINT_STEP` (int), :data:`RESUMED_STEP` (int),
   :data:`RESUMED_TRIAL` (int), :data:`RESUMED_ARTIFACT` (str), :data:`CHECKPOINT_RESUME_ERROR` (str)
 * :data:`SAVED_MODEL_DIR` (str): where the Hugging Face integration saved the trial's model
+* :data:`BATCHED_MEMBERS` (int), :data:`BATCHED_WITH` (list of int): the trial trained in a batched search
+  (:data:`TIME_TRAIN_S` is then its share, the batch's wall-clock over the members)
 
 Study user attrs: :data:`STRATEGY`, :data:`DESCRIPTION`, :data:`TASK` (name, N, prior, steps),
 :data:`PLAN` (what a resumed study must match), :data:`PLANNED` (int), :data:`BUILTIN_TASK` (the JSON a worker
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 __all__ = [
+    "BATCHED_MEMBERS",
+    "BATCHED_WITH",
     "BEST_MODEL_DIR",
     "BEST_PARAMS",
     "BEST_TRIAL",
@@ -132,6 +136,10 @@ RESUMED_TRIAL = "resumed_from_trial"
 RESUMED_ARTIFACT = "resumed_from_artifact"
 #: Where a Hugging Face trial's model was saved (``DEELBoTrainer(keep_best=True)``; str).
 SAVED_MODEL_DIR = "saved:model_dir"
+#: How many learning rates trained together in one batched model with this trial (int; absent: on its own).
+BATCHED_MEMBERS = "batched:members"
+#: The trial numbers of that batch, this one included (list of int).
+BATCHED_WITH = "batched:with"
 
 # --- study attrs -------------------------------------------------------------------------------------------
 STRATEGY = "strategy"

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
+from optuna_deelbo.tuning._trial_queue import PlannedStudy, run_queue
 
 __all__ = [
     "LEARNING_RATES",
@@ -25,6 +26,7 @@ __all__ = [
     "WEIGHT_DECAY_RANGE",
     "Strategy",
     "check_learning_rates",
+    "suggest_hyperparameters",
     "task_objective",
 ]
 
@@ -51,12 +53,18 @@ def check_learning_rates(values: Sequence[float]) -> tuple[float, ...]:
     return lrs
 
 
+def suggest_hyperparameters(trial: optuna.trial.Trial, lr_range: tuple[float, float] = LR_RANGE) -> tuple[float, float]:
+    """``(lr, weight_decay)`` as the user objective suggests them (a placeholder weight decay under DEELBoSampler)."""
+    lr = trial.suggest_float("lr", *lr_range, log=lr_range[0] < lr_range[1])
+    weight_decay = trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True)
+    return lr, weight_decay
+
+
 def task_objective(task: TaskSpec, lr_range: tuple[float, float] = LR_RANGE) -> Callable[[optuna.trial.Trial], float]:
     """The one user objective every strategy optimises (what a user would write)."""
 
     def objective(trial: optuna.trial.Trial) -> float:
-        lr = trial.suggest_float("lr", *lr_range, log=lr_range[0] < lr_range[1])
-        weight_decay = trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True)
+        lr, weight_decay = suggest_hyperparameters(trial, lr_range)
         return fit(trial, task, lr=lr, weight_decay=weight_decay)
 
     return objective
@@ -112,6 +120,20 @@ class Strategy(ABC):
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         """The study's objective; by default the user objective of :func:`task_objective`."""
         return task_objective(task, self.lr_range)
+
+    def work_off(
+        self,
+        study: PlannedStudy,
+        task: TaskSpec,
+        *,
+        show_progress_bar: bool = False,
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> int:
+        """Run ``study``'s waiting trials in this process; returns how many ran.
+
+        By default one after another through Optuna's ``optimize`` (:func:`~optuna_deelbo.tuning.run_queue`).
+        """
+        return run_queue([(study, self.objective(task))], show_progress_bar=show_progress_bar, on_trial=on_trial)
 
     def retrain_best(self, task: TaskSpec, best: FrozenTrial) -> RetrainResult:
         """Retrain the chosen configuration on all ``N`` (only if :attr:`retrain_winner`)."""

@@ -1,0 +1,239 @@
+"""The batched learning-rate search (train/_batched.py, tuning/_batched.py): each member equals its own run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import optuna
+import pytest
+import torch
+from _nets import F64, make_net
+from torch import nn
+
+import optuna_deelbo as od
+from optuna_deelbo._errors import TrainingDiverged
+from optuna_deelbo.bayes import DEELBoObjective, IsotropicGaussian, MAPObjective, recalibrate_batchnorm
+from optuna_deelbo.train import TrainConfig, train_model
+from optuna_deelbo.train._batched import BatchingUnsupported, batching_obstacle, probe_batched_forward, train_batched
+from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._batched import fit_deelbo_batched
+from optuna_deelbo.tuning._fit import fit_deelbo
+from optuna_deelbo.tuning.strategies import DEELBoStrategy
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+class NoBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.2))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _objective(model: nn.Module) -> DEELBoObjective:
+    groups = od.bayes.ParameterGroups.split(model, ("head.",))
+    body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
+    return DEELBoObjective(model, groups, IsotropicGaussian(body), n_train=40, init_sigma=1e-2)
+
+
+def _build(kind: str) -> nn.Module:
+    if kind == "batchnorm":
+        return make_net(0)[0]
+    torch.manual_seed(0)
+    return NoBatchNorm().to(F64)
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(40, 4, generator=g, dtype=F64), torch.randint(0, 3, (40,), generator=g)
+
+
+def _configs() -> list[TrainConfig]:
+    base = TrainConfig(lr=0.1, steps=12, batch_size=8, log_every=3, progress=False, device="cpu", seed=3)
+    # per member: learning rate, clipping (the 0.05 clip binds), sigma's learning rate
+    return [
+        base,
+        dataclasses.replace(base, lr=0.03, clip_norm=0.05),
+        dataclasses.replace(base, lr=0.3, clip_norm=None, sigma_lr=0.01),
+    ]
+
+
+def _numbers(values: dict[str, object]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def _augment(x: torch.Tensor) -> torch.Tensor:
+    return x + 0.1 * torch.randn_like(x)  # draws from the global RNG, as the image augmentations do
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "dropout"])
+def test_every_member_equals_its_own_sequential_run(kind: str) -> None:
+    x, y = _data()
+    configs = _configs()
+    sequential = []
+    for config in configs:
+        objective = _objective(_build(kind))
+        result = train_model(objective, x, y, config, transform=_augment)
+        sequential.append((objective, result))
+    objectives = [_objective(_build(kind)) for _ in configs]
+    outcomes = train_batched(objectives, x, y, configs, transform=_augment)
+    for (seq, seq_result), objective, result in zip(sequential, objectives, outcomes, strict=True):
+        assert isinstance(result, od.train.TrainResult)
+        if kind == "batchnorm":  # the batched forward keeps no running statistics: recompute both
+            recalibrate_batchnorm(seq.model, x)
+            recalibrate_batchnorm(objective.model, x)
+        for (name, a), b in zip(seq.state_dict().items(), objective.state_dict().values(), strict=True):
+            assert torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12), name
+        assert len(seq_result.history) == len(result.history) == 4
+        for row_a, row_b in zip(seq_result.history, result.history, strict=True):
+            assert row_a.keys() == row_b.keys()
+            for key in row_a:
+                assert math.isclose(row_a[key], row_b[key], rel_tol=1e-9, abs_tol=1e-12), key
+        assert math.isclose(seq_result.final_loss, result.final_loss, rel_tol=1e-9)
+        assert _numbers(seq.deelbo.learned_values()) == pytest.approx(
+            _numbers(objective.deelbo.learned_values()), rel=1e-9
+        )
+    # the members really differ (learning rate, clipping): not one run copied three times
+    finals = [r.final_loss for r in outcomes if isinstance(r, od.train.TrainResult)]
+    assert len(set(finals)) == 3
+
+
+def test_a_diverging_member_stops_alone_and_the_others_train_on() -> None:
+    x, y = _data()
+    base = _configs()[0]
+    configs = [base, dataclasses.replace(base, lr=1e6, clip_norm=None)]
+    objectives = [_objective(_build("dropout")) for _ in configs]
+    outcomes = train_batched(objectives, x, y, configs)
+    assert isinstance(outcomes[1], TrainingDiverged)
+    alone = _objective(_build("dropout"))
+    result = train_model(alone, x, y, base)
+    assert isinstance(outcomes[0], od.train.TrainResult)
+    assert math.isclose(outcomes[0].final_loss, result.final_loss, rel_tol=1e-9)
+
+
+def test_a_pruned_member_stops_alone() -> None:
+    class PruneTrialOne(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return trial.number == 1
+
+    study = optuna.create_study(pruner=PruneTrialOne())
+    trials = [study.ask() for _ in range(2)]
+    x, y = _data()
+    configs = [dataclasses.replace(c, eval_every=4) for c in _configs()[:2]]
+    outcomes = train_batched([_objective(_build("dropout")) for _ in configs], x, y, configs, trials=trials)
+    assert isinstance(outcomes[0], od.train.TrainResult)
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    assert "step 4" in str(outcomes[1])
+
+
+def test_obstacles_are_named() -> None:
+    configs = _configs()[:2]
+    model = _build("dropout")
+    shared = _objective(model)
+    assert "own copy" in str(batching_obstacle([shared, shared], configs))
+    assert "differ in ['steps']" in str(
+        batching_obstacle(
+            [_objective(_build("dropout")) for _ in range(2)], [configs[0], dataclasses.replace(configs[1], steps=5)]
+        )
+    )
+    groups = od.bayes.ParameterGroups.split(model, ("head.",))
+    body = groups.flat(dict(model.named_parameters()), "body").detach()
+    map_objective = MAPObjective(model, groups, IsotropicGaussian(body), 1e-3)
+    assert "only DE-ELBo" in str(batching_obstacle([map_objective, _objective(_build("dropout"))], configs))
+    other = _build("dropout")
+    with torch.no_grad():
+        other.body[0].weight.requires_grad_(False)
+    assert "differ" in str(batching_obstacle([_objective(_build("dropout")), _objective(other)], configs))
+    with pytest.raises(BatchingUnsupported, match="differ in"):
+        train_batched([_objective(_build("dropout")), _objective(other)], *_data(), configs)
+
+
+class ItemInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return self.head(h / float(h.abs().max()))  # a host read: impossible under vmap
+
+
+def test_a_model_that_cannot_run_under_vmap_is_named_before_anything_trains() -> None:
+    torch.manual_seed(0)
+    objectives = [_objective(ItemInForward().to(F64)) for _ in range(2)]
+    before = [p.detach().clone() for p in objectives[0].parameters()]
+    with pytest.raises(BatchingUnsupported, match="vmap"):
+        probe_batched_forward(objectives, _data()[0], _configs()[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, objectives[0].parameters(), strict=True))
+
+
+def test_fit_deelbo_batched_equals_fit_deelbo_on_digits(tiny_digits_task: od.TaskSpec) -> None:
+    task = dataclasses.replace(tiny_digits_task, steps=6)
+    lrs = [0.03, 0.01]
+    runs = fit_deelbo_batched(task, lrs)
+    for lr, run in zip(lrs, runs, strict=True):
+        assert isinstance(run, tuple)
+        objective, result = run
+        alone, alone_result = fit_deelbo(task, lr)
+        assert math.isclose(result.final_loss, alone_result.final_loss, rel_tol=1e-4)
+        assert _numbers(objective.deelbo.learned_values()) == pytest.approx(
+            _numbers(alone.deelbo.learned_values()), rel=1e-3
+        )
+        for a, b in zip(alone.state_dict().values(), objective.state_dict().values(), strict=True):  # BN recalibrated
+            assert torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5)
+
+
+def _search(
+    task: od.TaskSpec, batched: str, name: str
+) -> tuple[od.tuning.StrategyResult, list[optuna.trial.FrozenTrial]]:
+    storage = optuna.storages.InMemoryStorage()
+    strategy = DEELBoStrategy([0.03, 0.01, 0.003], batched=batched)
+    result = od.tuning.run_strategy(strategy, task, storage, name)
+    return result, optuna.load_study(study_name=name, storage=storage).trials
+
+
+def test_the_batched_search_writes_the_sequential_searchs_trials(tiny_digits_task: od.TaskSpec) -> None:
+    task = dataclasses.replace(tiny_digits_task, steps=6)
+    sequential, seq_trials = _search(task, "off", "seq")
+    batched, bat_trials = _search(task, "on", "bat")
+    assert [t.params for t in seq_trials] == [t.params for t in bat_trials]
+    assert [t.state for t in bat_trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for a, b in zip(seq_trials, bat_trials, strict=True):
+        assert b.value == pytest.approx(a.value, rel=1e-4)
+        assert b.user_attrs[A.BATCHED_MEMBERS] == 3 and b.user_attrs[A.BATCHED_WITH] == [0, 1, 2]
+        assert A.BATCHED_MEMBERS not in a.user_attrs
+        extra = set(b.user_attrs) - set(a.user_attrs)
+        assert extra == {A.BATCHED_MEMBERS, A.BATCHED_WITH}
+        for key in (A.LEARNED_LAMBDA, A.LEARNED_SIGMA, A.LEARNED_TAU, A.LEARNED_WEIGHT_DECAY, A.TRAIN_LOSS):
+            assert b.user_attrs[key] == pytest.approx(a.user_attrs[key], rel=1e-3), key
+        assert b.user_attrs[A.TEST_ACCURACY] == pytest.approx(a.user_attrs[A.TEST_ACCURACY], abs=2e-3)
+    assert batched.best_params == sequential.best_params
+    assert batched.n_trials == sequential.n_trials == 3
+    assert batched.test_accuracy == pytest.approx(sequential.test_accuracy, abs=2e-3)
+
+
+def test_batched_on_falls_back_with_a_warning_where_it_cannot_batch(tiny_digits_task: od.TaskSpec) -> None:
+    recipe = dataclasses.replace(tiny_digits_task.deelbo_recipe, bn_recalibration=False)
+    task = dataclasses.replace(tiny_digits_task, recipe=recipe)
+    with pytest.warns(RuntimeWarning, match="bn_recalibration=False"):
+        _, trials = _search(task, "on", "fallback")
+    assert all(A.BATCHED_MEMBERS not in t.user_attrs for t in trials)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_auto_batches_only_on_cuda(tiny_digits_task: od.TaskSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = dataclasses.replace(tiny_digits_task, device=None)  # CUDA where there is one
+    assert not DEELBoStrategy(batched="auto").batches(dataclasses.replace(tiny_digits_task, device="cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not DEELBoStrategy(batched="auto").batches(task)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert DEELBoStrategy(batched="auto").batches(task)
+    monkeypatch.undo()
+    assert DEELBoStrategy(batched="on").batches(tiny_digits_task)
+    with pytest.raises(od.ConfigError, match="batched mode"):
+        DEELBoStrategy(batched="yes")
