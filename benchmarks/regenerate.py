@@ -82,6 +82,15 @@ STEPS: tuple[Step, ...] = (
         ("compare-digits.md", "compare-digits.csv"),
     ),
     Step(
+        "batched",
+        "batched.py",
+        {
+            "cpu": ("--device", "cpu", "--threads", "1", "--data-dir", "{data_dir}"),
+            "cuda": ("--device", "cuda", "--data-dir", "{data_dir}"),
+        },
+        ("batched-{device}.md", "batched-{device}.csv"),
+    ),
+    Step(
         "overhead",
         "overhead.py",
         {"cpu": ("--device", "cpu"), "cuda": ("--device", "cuda", "--batch-size", "128", "--steps", "30")},

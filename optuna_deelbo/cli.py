@@ -47,7 +47,7 @@ from optuna_deelbo.tuning import (
     plan_compare,
     run_worker,
 )
-from optuna_deelbo.tuning.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, check_learning_rates
+from optuna_deelbo.tuning.strategies import BATCHED_MODES, DEFAULT_STRATEGIES, STRATEGY_NAMES, check_learning_rates
 
 __all__ = ["build_parser", "main"]
 
@@ -148,6 +148,12 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
         type=_learning_rates,
         default=None,
         help="comma list: the learning-rate grid of every strategy (default 0.1,0.03,0.01,0.003)",
+    )
+    cmp.add_argument(
+        "--batched",
+        default="auto",
+        choices=BATCHED_MODES,
+        help="train DE-ELBo's learning rates as one batched model (default auto: on a CUDA device)",
     )
     cmp.add_argument("--tpe-trials", type=_positive_int, default=None, help="default: the grid's trial count")
     cmp.add_argument("--seed", type=_seed, default=0, help="seeds data split, pretraining and training")
@@ -323,6 +329,11 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
         given = [f"--{n.replace('_', '-')}" for n in ("checkpoint_every", "artifacts") if getattr(args, n)]
         if given:
             raise ConfigError(f"{', '.join(given)}: for --plan-only runs only (the workers' checkpoints)")
+    elif args.batched == "on":
+        raise ConfigError(
+            "--batched on: workers take planned trials one at a time (the workers are the parallelism); "
+            "drop --plan-only to train the DE-ELBo learning rates as one batched model in this process"
+        )
 
 
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -373,6 +384,7 @@ def _compare(args: argparse.Namespace) -> int:
         show_progress_bar=not args.no_progress and sys.stderr.isatty(),
         if_exists=_if_exists(args),
         on_trial=None if sys.stdout.isatty() else _progress_line,
+        batched=args.batched,
     )
     print()
     print(results_table(results))

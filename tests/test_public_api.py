@@ -84,6 +84,7 @@ CLI_OPTIONS = {
         "--artifacts",
         "--backbone",
         "--batch-size",
+        "--batched",
         "--cache-dir",
         "--checkpoint-every",
         "--compile",

@@ -341,9 +341,15 @@ class StrategyResult:
 
 # --- several strategies, in one process or planned for workers --------------------------------------------------
 def _strategies(
-    strategies: str | Sequence[str], tpe_trials: int | None, learning_rates: Sequence[float] | None
+    strategies: str | Sequence[str],
+    tpe_trials: int | None,
+    learning_rates: Sequence[float] | None,
+    batched: str = "auto",
 ) -> list[Strategy]:
-    return [get_strategy(n, tpe_trials=tpe_trials, learning_rates=learning_rates) for n in parse_strategies(strategies)]
+    return [
+        get_strategy(n, tpe_trials=tpe_trials, learning_rates=learning_rates, batched=batched)
+        for n in parse_strategies(strategies)
+    ]
 
 
 def compare(
@@ -356,15 +362,19 @@ def compare(
     show_progress_bar: bool = False,
     if_exists: str = "error",
     on_trial: OnTrial | None = None,
+    batched: str = "auto",
 ) -> list[StrategyResult]:
     """Run each strategy as its own study in ``storage``; return their results in order.
+
+    ``batched``: whether the DE-ELBo search trains its learning rates as one batched model
+    (:data:`~optuna_deelbo.tuning.strategies.BATCHED_MODES`; ``"auto"``: on a CUDA device).
 
     ``if_exists``: what to do with a study of the same name (see :func:`create_strategy_study`):
     ``"error"`` (default) refuses before anything runs, ``"resume"`` continues, ``"overwrite"`` replaces.
     ``learning_rates``: every strategy's grid (default ``LEARNING_RATES``). ``on_trial(study, trial)``:
     called after every trial finished here (the CLI prints a progress line).
     """
-    built = _strategies(strategies, tpe_trials, learning_rates)  # fail fast on bad options
+    built = _strategies(strategies, tpe_trials, learning_rates, batched)  # fail fast on bad options
     if if_exists == "error":  # refuse before the first strategy trains, not after it
         refuse_existing(storage, [study_name_for(task, s.name) for s in built])
     return [

@@ -14,12 +14,13 @@ from optuna_deelbo.tuning.strategies._base import (
     check_learning_rates,
     task_objective,
 )
-from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
+from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
 from optuna_deelbo.tuning.strategies.grid import GridStrategy
 from optuna_deelbo.tuning.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
 from optuna_deelbo.tuning.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, TPEStrategy
 
 __all__ = [
+    "BATCHED_MODES",
     "DEFAULT_STRATEGIES",
     "LEARNING_RATES",
     "LR_RANGE",
@@ -47,16 +48,24 @@ DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
 
 
 def get_strategy(
-    name: str, *, tpe_trials: int | None = None, learning_rates: Sequence[float] | None = None
+    name: str,
+    *,
+    tpe_trials: int | None = None,
+    learning_rates: Sequence[float] | None = None,
+    batched: str = "auto",
 ) -> Strategy:
     """The strategy called ``name`` (learning-rate grid ``learning_rates``, default :data:`LEARNING_RATES`).
 
+    ``batched``: the DE-ELBo strategy's :data:`BATCHED_MODES` (the other strategies ignore it).
+
     Raises:
-        ConfigError: an unknown name or a bad grid.
+        ConfigError: an unknown name, a bad grid or batched mode.
     """
     lrs = learning_rates
+    if batched not in BATCHED_MODES:
+        raise ConfigError(f"unknown batched mode {batched!r}; choose one of {BATCHED_MODES}")
     if name == "deelbo":
-        return DEELBoStrategy(lrs)
+        return DEELBoStrategy(lrs, batched=batched)
     if name == "grid":
         return GridStrategy(lrs)
     if name == "tpe":
