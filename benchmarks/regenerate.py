@@ -93,7 +93,21 @@ STEPS: tuple[Step, ...] = (
     Step(
         "overhead",
         "overhead.py",
-        {"cpu": ("--device", "cpu"), "cuda": ("--device", "cuda", "--batch-size", "128", "--steps", "30")},
+        {
+            "cpu": ("--device", "cpu", "--threads", "1", "--repeats", "9", "--data-dir", "{data_dir}"),
+            "cuda": (
+                "--device",
+                "cuda",
+                "--batch-size",
+                "128",
+                "--steps",
+                "30",
+                "--repeats",
+                "5",
+                "--data-dir",
+                "{data_dir}",
+            ),
+        },
         ("overhead-{device}.md",),
     ),
     Step(

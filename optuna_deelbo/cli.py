@@ -46,6 +46,7 @@ from optuna_deelbo.tuning import (
     parse_strategies,
     plan_compare,
     run_worker,
+    serve_grpc_proxy,
 )
 from optuna_deelbo.tuning.strategies import BATCHED_MODES, DEFAULT_STRATEGIES, STRATEGY_NAMES, check_learning_rates
 
@@ -236,7 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--storage", required=True, help="the shared SQLAlchemy URL")
     fin.add_argument("--study", action="append", required=True, help="study name (repeat for several)")
     fin.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    prx = sub.add_parser(
+        "proxy",
+        help="serve a database through Optuna's gRPC storage proxy (workers then use --storage grpc://HOST:PORT)",
+        description="Run Optuna's gRPC storage proxy in front of a database until interrupted: workers connect with "
+        "--storage grpc://HOST:PORT and hold one gRPC channel each instead of database connections. Use it when "
+        "the database's connections are the bottleneck; the proxy carries no heartbeats.",
+    )
+    prx.add_argument("--storage", required=True, help="the database's SQLAlchemy URL (PostgreSQL for many workers)")
+    prx.add_argument("--host", default="localhost", help="address to listen on (default %(default)s)")
+    prx.add_argument("--port", type=_port, default=13000, help="port to listen on (default %(default)s)")
     return parser
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {text!r}")
+    return value
 
 
 def _if_exists(args: argparse.Namespace) -> str:
@@ -445,6 +463,19 @@ def _finish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    print(
+        f"serving {args.storage} at grpc://{args.host}:{args.port} (Ctrl-C stops); workers: "
+        f"optuna-deelbo worker --storage grpc://{args.host}:{args.port} --study NAME",
+        flush=True,
+    )
+    try:
+        serve_grpc_proxy(args.storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        print("proxy stopped", flush=True)
+    return 0
+
+
 class _NoInterruptTraceback(logging.Filter):
     """Drop Optuna's "trial failed" record (with traceback) for an interrupt: the CLI says it in one line."""
 
@@ -499,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(args)
         if args.command == "finish":
             return _finish(args)
+        if args.command == "proxy":
+            return _proxy(args)
     except (ConfigError, MissingDependency, StorageError, TrainingDiverged) as exc:
         print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
         return 2

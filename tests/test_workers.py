@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _optional import optional_import
 from _safety import wait_all
 from optuna.trial import TrialState
 
@@ -75,6 +77,58 @@ def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_proce
     assert finished["best_trial"] == reference_study.user_attrs["best_trial"]
     assert finished["test:accuracy"] == reference.test_accuracy  # the retrained winner, too
     assert queue_progress(study).done
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_four_workers_through_a_grpc_proxy_in_front_of_postgres_run_every_trial_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    optional_import("grpc", "grpc")
+    port = _free_port()
+    argv = [sys.executable, "-m", "optuna_deelbo.cli", "proxy", "--storage", postgres_url, "--host", "127.0.0.1"]
+    proxy = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"grpc://127.0.0.1:{port}"
+    try:
+        artifacts = ["--artifacts", str(tmp_path / "artifacts")]
+        plan = ["compare", "--plan-only", "--storage", url, "--strategies", "grid", *TASK_FLAGS, "--steps", "8"]
+        assert main([*plan, *artifacts, "--device", "cpu"]) == 0  # planned through the proxy too
+        name = "digits-N50-seed0/l2-sp/grid"
+        outputs = wait_all([_worker(url, name, "--device", "cpu") for _ in range(4)], 240)
+        assert all("no heartbeats" in out for out in outputs)  # each worker says what the proxy cannot do
+        ran = [int(out.split(": ran ")[1].split()[0]) for out in outputs]
+        planned = len(LEARNING_RATES) * len(WEIGHT_DECAYS)
+        assert sum(ran) == planned and sum(n > 0 for n in ran) >= 2, ran
+        trials = optuna.load_study(study_name=name, storage=postgres_url).get_trials()  # the database itself
+        assert len(trials) == planned and all(t.state == TrialState.COMPLETE for t in trials)
+        params = sorted((t.params["lr"], t.params["weight_decay"]) for t in trials)
+        assert params == sorted((lr, wd) for lr in LEARNING_RATES for wd in WEIGHT_DECAYS)  # 0 lost, 0 duplicated
+        assert main(["finish", "--storage", url, "--study", name, "--device", "cpu"]) == 0
+        assert "best_params" in optuna.load_study(study_name=name, storage=postgres_url).user_attrs
+    finally:
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=30)
+    assert f"serving {postgres_url} at {url}" in out
+
+
+def test_grpc_storage_urls_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    optional_import("grpc", "grpc")
+    from optuna_deelbo._errors import StorageError
+    from optuna_deelbo.tuning import _storage
+
+    with pytest.raises(StorageError, match="grpc://HOST:PORT"):
+        open_storage("grpc://localhost")
+    with pytest.raises(ConfigError, match="no heartbeats"):
+        open_storage("grpc://localhost:1", heartbeat_interval=10)
+    monkeypatch.setattr(_storage, "GRPC_CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(StorageError, match="optuna-deelbo proxy --storage"):
+        open_storage(f"grpc://127.0.0.1:{_free_port()}")
+    with pytest.raises(StorageError, match="serves a database"):
+        _storage.serve_grpc_proxy("grpc://localhost:13000")
 
 
 def test_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> None:

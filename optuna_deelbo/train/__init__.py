@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from optuna_deelbo._deprecated import REMOVED_IN
+from optuna_deelbo.train._batched import BatchingUnsupported, train_batched
 from optuna_deelbo.train._checkpoint import CheckpointHook, CheckpointStore, Resume
 from optuna_deelbo.train._divergence import DIVERGENCE_KINDS, DivergenceRule
 from optuna_deelbo.train._early_stopping import EarlyStopping, continue_until, retrain_steps
@@ -22,6 +23,7 @@ from optuna_deelbo.train._training import Metrics, TrainConfig, TrainResult, eva
 __all__ = [
     "DIVERGENCE_KINDS",
     "AdaptiveFeedback",
+    "BatchingUnsupported",
     "CheckpointHook",
     "CheckpointStore",
     "DivergenceRule",
@@ -39,6 +41,7 @@ __all__ = [
     "pull_up",
     "resolve_device",
     "retrain_steps",
+    "train_batched",
     "train_model",
 ]
 

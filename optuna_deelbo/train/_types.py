@@ -139,6 +139,7 @@ class TrainResult:
             the DE-ELBo, lambda, tau and sigma.
         val_history: ``(step, val_nll, val_accuracy)`` at every ``eval_every`` step.
         seconds: wall-clock of the loop (s).
+        recalibrate_s: of ``seconds``, the BatchNorm recalibration after training (DE-ELBo runs; s).
         best_step: with early stopping, the step whose weights were kept (else ``None``).
         stopped_step: the last step run (``steps`` unless early stopping ended sooner).
         train_loss_at_best: running training loss at ``best_step`` (for retraining rule 7.3).
@@ -149,6 +150,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     val_history: list[tuple[int, float, float]] = field(default_factory=list)
     seconds: float = 0.0
+    recalibrate_s: float = 0.0
     best_step: int | None = None
     stopped_step: int = 0
     train_loss_at_best: float | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.tuning import attrs
+from optuna_deelbo.tuning._batched import fit_deelbo_batched
 from optuna_deelbo.tuning._checkpoints import Checkpointing, default_artifacts_dir, worker_checkpointing
 from optuna_deelbo.tuning._fit import (
     RetrainResult,
@@ -29,7 +30,7 @@ from optuna_deelbo.tuning._sampler import (
     report_learned,
     without_learned,
 )
-from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage
+from optuna_deelbo.tuning._storage import DEFAULT_STORAGE, open_storage, serve_grpc_proxy
 from optuna_deelbo.tuning._study import (
     IF_EXISTS,
     PlannedJob,
@@ -76,6 +77,7 @@ __all__ = [
     "finish_strategy",
     "fit",
     "fit_deelbo",
+    "fit_deelbo_batched",
     "fit_map",
     "get_strategy",
     "learned_names",
@@ -96,6 +98,7 @@ __all__ = [
     "run_worker",
     "score_deelbo_run",
     "search_seconds",
+    "serve_grpc_proxy",
     "study_name_for",
     "suggest_regularization",
     "without_learned",

@@ -11,7 +11,18 @@ import sqlalchemy
 from optuna_deelbo._errors import ConfigError, StorageError
 from optuna_deelbo._validation import positive_int
 
-__all__ = ["DEFAULT_STORAGE", "POSTGRES_CONNECT_TIMEOUT_S", "SQLITE_TIMEOUT_S", "open_storage"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "GRPC_SCHEME",
+    "POSTGRES_CONNECT_TIMEOUT_S",
+    "SQLITE_TIMEOUT_S",
+    "is_grpc_url",
+    "open_storage",
+    "serve_grpc_proxy",
+]
+
+#: A storage URL ``grpc://host:port`` connects through Optuna's gRPC storage proxy (``optuna-deelbo proxy``).
+GRPC_SCHEME = "grpc://"
 
 #: Where ``optuna-deelbo compare`` writes when no ``--storage`` is given.
 DEFAULT_STORAGE = "sqlite:///deelbo.db"
@@ -23,17 +34,83 @@ POSTGRES_CONNECT_TIMEOUT_S = 10
 _LIBPQ_DIALECTS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # take libpq's connect_timeout
 
 
+def is_grpc_url(url: object) -> bool:
+    """Whether ``url`` names a gRPC storage proxy (``grpc://host:port``)."""
+    return isinstance(url, str) and url.startswith(GRPC_SCHEME)
+
+
+def _grpc_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of ``grpc://host:port``."""
+    host, sep, port = url.removeprefix(GRPC_SCHEME).rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StorageError(f"a gRPC storage URL is grpc://HOST:PORT (e.g. grpc://localhost:13000), got {url!r}")
+    return host, int(port)
+
+
+def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
+    """A client of the gRPC storage proxy at ``url`` (checked: the proxy answers)."""
+    host, port = _grpc_address(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    except ImportError as exc:
+        raise StorageError(
+            f"cannot open storage {url!r}: {exc}; install the gRPC client: pip install 'optuna-deelbo[grpc]'"
+        ) from exc
+    try:
+        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT_S)
+    except Exception as exc:  # grpc.FutureTimeoutError
+        proxy.close()
+        raise StorageError(
+            f"cannot open storage {url!r}: no gRPC storage proxy answers at {host}:{port} within "
+            f"{GRPC_CONNECT_TIMEOUT_S} s; start one with `optuna-deelbo proxy --storage <database URL> --port {port}`"
+        ) from exc
+    return proxy
+
+
+#: How long a gRPC client waits for the proxy to answer before the storage counts as unreachable (s).
+GRPC_CONNECT_TIMEOUT_S = 10
+
+
+def serve_grpc_proxy(url: str, *, host: str = "localhost", port: int = 13000) -> None:
+    """Serve the database ``url`` through Optuna's gRPC storage proxy at ``host:port`` until interrupted.
+
+    Workers then pass ``grpc://host:port`` as their storage: each keeps one gRPC channel instead of a
+    database connection pool, and the proxy (one process, Optuna's cached storage) talks to the
+    database (``optuna.storages.run_grpc_proxy_server``).
+
+    Raises:
+        StorageError: ``url`` is not a database (a proxy cannot front another proxy) or cannot be opened;
+            the gRPC server package is missing, or the port cannot be bound.
+    """
+    if is_grpc_url(url):
+        raise StorageError(f"the proxy serves a database (sqlite:///..., postgresql+psycopg://...), not {url!r}")
+    storage = optuna.storages.get_storage(open_storage(url))  # Optuna's cache in front of the RDB, as it advises
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+    except ImportError as exc:
+        raise StorageError(f"{exc}; install the gRPC server: pip install 'optuna-deelbo[grpc]'") from exc
+    except RuntimeError as exc:  # grpc: the port cannot be bound
+        raise StorageError(f"cannot serve the storage proxy on {host}:{port}: {exc}") from exc
+
+
 def open_storage(
     url: str,
     *,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int | None = 3,
-) -> optuna.storages.RDBStorage:
-    """An RDB storage for any SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://...``).
+) -> optuna.storages.BaseStorage:
+    """An RDB storage for any SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://...``), or a gRPC proxy.
 
     Args:
-        url: the database; SQLite for one machine, PostgreSQL (psycopg 3) for many workers.
+        url: the database; SQLite for one machine, PostgreSQL (psycopg 3) for many workers;
+            ``grpc://host:port`` for Optuna's storage proxy in front of it (``optuna-deelbo proxy``) when
+            the database's connections become the bottleneck. The proxy carries no heartbeats (Optuna's
+            ``GrpcStorageProxy`` has none): the heartbeat settings are then refused.
         heartbeat_interval: seconds between a running trial's heartbeats; ``None`` = no
             heartbeats. With heartbeats, a trial whose process died is marked failed by the next
             worker that asks for a trial once ``grace_period`` has passed, and is queued again
@@ -51,6 +128,13 @@ def open_storage(
     """
     if not isinstance(url, str) or "://" not in url:
         raise StorageError(f"storage must be a SQLAlchemy URL such as {DEFAULT_STORAGE!r}, got {url!r}")
+    if is_grpc_url(url):
+        if heartbeat_interval is not None:
+            raise ConfigError(
+                "the gRPC storage proxy carries no heartbeats (Optuna's GrpcStorageProxy has none): open it "
+                "without heartbeat_interval, or connect to the database itself for heartbeats"
+            )
+        return _grpc_proxy(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval is not None:
         interval = positive_int(heartbeat_interval, "heartbeat interval (s)")

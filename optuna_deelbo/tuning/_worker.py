@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial
 from optuna_deelbo._errors import ConfigError, StorageError
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.task._stored import BuiltinTask
-from optuna_deelbo.tuning._storage import open_storage
+from optuna_deelbo.tuning._storage import is_grpc_url, open_storage
 from optuna_deelbo.tuning._study import load_planned_job
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, run_queue
 
@@ -54,8 +54,21 @@ def _connection_lost(exc: BaseException) -> bool:
             return True
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
             return True
+        if _grpc_unavailable(seen):
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _grpc_unavailable(exc: BaseException) -> bool:
+    """A gRPC call that failed because the storage proxy is down or unreachable (``StatusCode.UNAVAILABLE``)."""
+    code = getattr(exc, "code", None)
+    if not callable(code) or type(exc).__module__.split(".")[0] != "grpc":
+        return False
+    try:
+        return getattr(code(), "name", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    except Exception:
+        return False
 
 
 def _reason(exc: BaseException) -> str:
@@ -78,7 +91,8 @@ def run_worker(
     """Work off the queues of planned studies until nothing is waiting or running; return the trials run here.
 
     Args:
-        storage_url: the shared RDB storage (PostgreSQL for many machines, SQLite for one).
+        storage_url: the shared RDB storage (PostgreSQL for many machines, SQLite for one), or
+            ``grpc://host:port``: a gRPC storage proxy in front of it (``optuna-deelbo proxy``; no heartbeats).
         study_names: studies created by :func:`~optuna_deelbo.tuning.plan_strategy_study`, worked off in order.
         device: where this worker trains (``None`` = CUDA when present).
         heartbeat_interval, grace_period, max_retry: see
@@ -93,9 +107,19 @@ def run_worker(
     """
     if not study_names:
         raise ConfigError("no study given: pass at least one --study NAME")
-    storage = open_storage(
-        storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
-    )
+    if is_grpc_url(storage_url):
+        print(
+            f"worker {os.getpid()}: through the gRPC storage proxy there are no heartbeats (Optuna's proxy has none): "
+            "a trial whose worker dies stays RUNNING; once the workers have left, `optuna-deelbo compare --resume` "
+            "with the plan's settings runs it",
+            file=sys.stderr,
+            flush=True,
+        )
+        storage = open_storage(storage_url)
+    else:
+        storage = open_storage(
+            storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
+        )
     tasks: dict[BuiltinTask, TaskSpec] = {}  # built once: a join retried after an outage does not pretrain again
 
     def join() -> list[Job]:

@@ -14,7 +14,8 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
   :data:`TRAIN_STOPPED_STEP`, :data:`TRAIN_LOSS_AT_BEST` (early stopping)
 * :data:`SELECT_RULE` (str) and ``select:<rule>`` (:func:`select_key`): the DE-ELBo selection rule and score
 * :data:`VAL_NLL`, :data:`VAL_ACCURACY` (MAP, 20 % split); :data:`TEST_NLL`, :data:`TEST_ACCURACY`
-* :data:`TIME_TRAIN_S`, :data:`TIME_TRIAL_S`, :data:`TIME_SELECT_S`, :data:`TIME_TEST_EVAL_S`
+* :data:`TIME_TRAIN_S` (with :data:`TIME_RECALIBRATE_S`), :data:`TIME_TRIAL_S`, :data:`TIME_SELECT_S`,
+  :data:`TIME_TEST_EVAL_S`
 * :data:`LAMBDA_TRAJECTORY` (``[[step, weight decay], ...]`` of a schedule), :data:`FAILURE_REASON` (str)
 * checkpoints: :data:`CHECKPOINT_ARTIFACT` (str), :data:`CHECKPOINT_STEP` (int), :data:`RESUMED_STEP` (int),
   :data:`RESUMED_TRIAL` (int), :data:`RESUMED_ARTIFACT` (str), :data:`CHECKPOINT_RESUME_ERROR` (str)
@@ -72,6 +73,7 @@ __all__ = [
     "TASK",
     "TEST_ACCURACY",
     "TEST_NLL",
+    "TIME_RECALIBRATE_S",
     "TIME_RETRAIN_S",
     "TIME_SELECT_S",
     "TIME_TEST_EVAL_S",
@@ -126,6 +128,8 @@ TIME_TRAIN_S = "time:train_s"
 TIME_TRIAL_S = "time:trial_s"
 TIME_SELECT_S = "time:select_s"
 TIME_TEST_EVAL_S = "time:test_eval_s"
+#: Of :data:`TIME_TRAIN_S`: recomputing BatchNorm statistics for the mean weights after a DE-ELBo run.
+TIME_RECALIBRATE_S = "time:recalibrate_s"
 LAMBDA_TRAJECTORY = "lambda:trajectory"
 FAILURE_REASON = "failure:reason"
 CHECKPOINT_ARTIFACT = "checkpoint:artifact_id"

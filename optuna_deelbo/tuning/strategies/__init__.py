@@ -12,6 +12,7 @@ from optuna_deelbo.tuning.strategies._base import (
     WEIGHT_DECAYS,
     Strategy,
     check_learning_rates,
+    suggest_hyperparameters,
     task_objective,
 )
 from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
@@ -38,6 +39,7 @@ __all__ = [
     "TPEStrategy",
     "check_learning_rates",
     "get_strategy",
+    "suggest_hyperparameters",
     "task_objective",
 ]
 
