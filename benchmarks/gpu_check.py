@@ -15,6 +15,10 @@ Usage:  python benchmarks/gpu_check.py            # on the GPU machine: writes b
    200 steps x 32, 32 tokens, one seed, tested on the 2,000 fixed definitions. Estimated ~1.5 min
    on an H200 (29 runs of 200 steps of a 22.7 M-weight encoder); needs Debian's wordnet-base and the
    ``[text]`` extra. ``--parts`` drops parts when the lent time is short.
+4. The DE-ELBo search in one run (issue 25, benchmarks/batched.py's rows): on the same Split-CIFAR task
+   and on digits (N = 100, SmallCNN, 300 x 64), one DE-ELBo run (lr 0.03), the 4-learning-rate search one
+   trial after another, and the same search as one batched model (``torch.func.vmap``); with the grid
+   row of part 2, how much cheaper than grid the whole search is.
 
 Everything is made on the machine from the JPEG archives and the package: no download. With
 ``--smoke`` the sizes shrink (batch 8, 2 timed steps, N = 50, 5 fine-tuning and pretraining
@@ -47,7 +51,7 @@ from overhead import KINDS, time_steps
 
 GOALS = {"deelbo-iso": 1.03, "deelbo-ptyl": 1.08}
 #: The parts of the check, in the order they run (``--parts``).
-PARTS = ("step-time", "split-cifar", "text")
+PARTS = ("step-time", "split-cifar", "text", "batched")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Sizes:
     text_length: int = 32
     text_test: int = 2000
     text_lrs: tuple[float, ...] | None = None  # None: the default 4 learning rates
+    digits_steps: int = 300
+    digits_pretrain_steps: int = 400
 
     @classmethod
     def smoke(cls) -> Sizes:
@@ -92,6 +98,8 @@ class Sizes:
             text_length=12,
             text_test=40,
             text_lrs=(0.01,),  # 1 DE-ELBo + 6 grid runs of the 22.7 M-weight encoder: the CPU test's time
+            digits_steps=5,
+            digits_pretrain_steps=5,
         )
 
 
@@ -132,8 +140,8 @@ def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
     return rows
 
 
-def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """DE-ELBo (default recipe) vs grid search on Split-CIFAR at ``sizes.n_train``, one seed."""
+def split_cifar(sizes: Sizes, device: torch.device, args: argparse.Namespace) -> tuple[od.TaskSpec, float]:
+    """The Split-CIFAR task at ``sizes.n_train`` (test subset of ``sizes.test_images``) and its pretraining s."""
     start = time.perf_counter()
     task, pretrain_s = od.split_cifar_task(
         sizes.n_train,
@@ -146,7 +154,41 @@ def split_cifar_rows(sizes: Sizes, device: torch.device, args: argparse.Namespac
     )
     task = task.with_test_subset(sizes.test_images)
     print(f"Split-CIFAR N={sizes.n_train}: data + pretraining {time.perf_counter() - start:.0f} s", flush=True)
-    return _deelbo_vs_grid(task, pretrain_s)
+    return task, pretrain_s
+
+
+def batched_rows(tasks: list[tuple[str, od.TaskSpec]]) -> list[dict[str, Any]]:
+    """Per task: one DE-ELBo run, the search sequential, the search batched (total s, test accuracy, exactness)."""
+    from batched import SINGLE_LR, exactness, run_search
+
+    from optuna_deelbo.tuning.strategies import DEELBoStrategy
+
+    rows = []
+    for name, task in tasks:
+        single = run_search(task, name, "single", DEELBoStrategy([SINGLE_LR], batched="off"))
+        sequential = run_search(task, name, "sequential", DEELBoStrategy(batched="off"))
+        batched = run_search(task, name, "batched", DEELBoStrategy(batched="on"))
+        worst = max(
+            (
+                abs(e["value_seq"] - e["value_bat"])
+                for e in exactness(sequential, batched)
+                if e["value_seq"] is not None
+            ),
+            default=float("nan"),
+        )
+        for row in (single, sequential, batched):
+            rows.append(
+                {
+                    "task": name,
+                    "search": row.search,
+                    "trials": len(row.trials),
+                    "total_s": row.result.total_s,
+                    "x_single": row.result.total_s / single.result.total_s,
+                    "test_accuracy": row.result.test_accuracy,
+                    "max_value_diff": worst,
+                }
+            )
+    return rows
 
 
 def _deelbo_vs_grid(
@@ -203,12 +245,18 @@ def write_results(
     steps: list[dict[str, Any]],
     cifar: list[dict[str, Any]],
     text: list[dict[str, Any]] | None = None,
+    batched: list[dict[str, Any]] | None = None,
 ) -> None:
     """gpu-check.md (tables, goals, sizes) and gpu-check.csv (every row of every part run)."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "gpu-check.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        for part, rows in (("step-time", steps), ("split-cifar", cifar), ("text", text or [])):
+        for part, rows in (
+            ("step-time", steps),
+            ("split-cifar", cifar),
+            ("text", text or []),
+            ("batched", batched or []),
+        ):
             if rows:
                 writer.writerow(["part", *rows[0]])
                 writer.writerows([part, *row.values()] for row in rows)
@@ -241,6 +289,21 @@ def write_results(
             lines.append(
                 f"| {r['strategy']} | {r['n_train']} | {r['trials']} | {r['total_s']:.1f} | "
                 f"{100 * r['test_accuracy']:.1f} | {r['test_nll']:.3f} |"
+            )
+    if batched:
+        grid = next((r["total_s"] for r in cifar if r["strategy"] == "grid"), None)
+        lines += [
+            "",
+            "The DE-ELBo search in one run (issue 25; goal: batched <= 1.5x one run, >= 10x cheaper than grid):",
+            "",
+        ]
+        lines += ["| task | search | trials | total s | x one run | grid / this | test accuracy % | max value diff |"]
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for r in batched:
+            cheaper = f"{grid / r['total_s']:.1f}" if grid is not None and r["task"] == "split-cifar" else "-"
+            lines.append(
+                f"| {r['task']} | {r['search']} | {r['trials']} | {r['total_s']:.1f} | {r['x_single']:.2f} | "
+                f"{cheaper} | {100 * r['test_accuracy']:.1f} | {r['max_value_diff']:.2g} |"
             )
     (out / "gpu-check.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'gpu-check.md'}")
@@ -275,9 +338,16 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not parts:
         parser.error(f"--parts: unknown {unknown or parts}; choose from {','.join(PARTS)}")
     steps = step_time_rows(sizes, device) if "step-time" in parts else []
-    cifar = split_cifar_rows(sizes, device, args) if "split-cifar" in parts else []
+    cifar_task = split_cifar(sizes, device, args) if {"split-cifar", "batched"} & set(parts) else None
+    cifar = _deelbo_vs_grid(*cifar_task) if cifar_task is not None and "split-cifar" in parts else []
     text = text_rows(sizes, device) if "text" in parts else []
-    write_results(out, record, device, sizes, steps, cifar, text)
+    batched: list[dict[str, Any]] = []
+    if cifar_task is not None and "batched" in parts:
+        digits, _ = od.digits_task(
+            100, steps=sizes.digits_steps, pretrain_steps=sizes.digits_pretrain_steps, device=str(device)
+        )
+        batched = batched_rows([("split-cifar", cifar_task[0]), ("digits", digits)])
+    write_results(out, record, device, sizes, steps, cifar, text, batched)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ STEPS: tuple[Step, ...] = (
         },
         ("batched-{device}.md", "batched-{device}.csv"),
     ),
+    Step("storage-ladder", "storage_ladder.py", {d: () for d in DEVICES}, ("storage-ladder.md",)),
     Step(
         "overhead",
         "overhead.py",

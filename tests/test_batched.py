@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -14,6 +15,7 @@ from torch import nn
 import optuna_deelbo as od
 from optuna_deelbo._errors import TrainingDiverged
 from optuna_deelbo.bayes import DEELBoObjective, IsotropicGaussian, MAPObjective, recalibrate_batchnorm
+from optuna_deelbo.cli import main
 from optuna_deelbo.train import TrainConfig, train_model
 from optuna_deelbo.train._batched import BatchingUnsupported, batching_obstacle, probe_batched_forward, train_batched
 from optuna_deelbo.tuning import attrs as A
@@ -237,3 +239,17 @@ def test_auto_batches_only_on_cuda(tiny_digits_task: od.TaskSpec, monkeypatch: p
     assert DEELBoStrategy(batched="on").batches(tiny_digits_task)
     with pytest.raises(od.ConfigError, match="batched mode"):
         DEELBoStrategy(batched="yes")
+
+
+def test_compare_batched_on_writes_batched_trials_and_plan_only_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'batched.db'}"
+    tiny = ["--steps", "6", "--pretrain-steps", "10", "--n-train", "50", "--no-progress", "--report", ""]
+    assert main(["compare", "--storage", url, "--strategies", "deelbo", "--batched", "on", *tiny]) == 0
+    trials = optuna.load_study(study_name="digits-N50-seed0/l2-sp/deelbo", storage=url).trials
+    assert [t.user_attrs[A.BATCHED_MEMBERS] for t in trials] == [4, 4, 4, 4]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert "deelbo" in capsys.readouterr().out
+    assert main(["compare", "--plan-only", "--storage", url, "--batched", "on", *tiny]) == 2
+    assert "--batched on: workers take planned trials one at a time" in capsys.readouterr().err

@@ -40,6 +40,11 @@ def test_smoke_run_writes_both_parts(tmp_path: Path) -> None:
     # the text part: WordNet-4 with every weight of the packaged encoder
     assert "WordNet-4 text" in text and "| deelbo | 8 | 1 |" in text and "| grid | 8 | 6 |" in text
     assert sorted(r[1] for r in rows if r[0] == "text") == ["deelbo", "grid"]
+    # the batched search (issue 25): one run, sequential and batched on both tasks; the same trial values
+    assert "The DE-ELBo search in one run" in text
+    searches = [(r[1], r[2]) for r in rows if r[0] == "batched"]
+    assert searches == [(t, s) for t in ("split-cifar", "digits") for s in ("single", "sequential", "batched")]
+    assert all(float(r[-1]) < 1e-3 for r in rows if r[0] == "batched")  # max |value seq - value batched|
 
 
 def test_parts_can_be_chosen(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ SUBPACKAGE_SIZES = {
     "report": 24,
     "task": 11,
     "train": 22,
-    "tuning": 47,
+    "tuning": 48,
     "tuning.attrs": 54,
     "tuning.strategies": 20,
     "integrations": 1,
@@ -126,6 +126,11 @@ CLI_OPTIONS = {
         "--device",
         "--storage",
         "--study",
+    ],
+    "proxy": [
+        "--host",
+        "--port",
+        "--storage",
     ],
 }
 

@@ -49,7 +49,13 @@ from optuna_deelbo.tuning._study import (
     search_seconds,
     study_name_for,
 )
-from optuna_deelbo.tuning._trial_queue import PlannedStudy, QueueProgress, queue_progress, requeue_interrupted
+from optuna_deelbo.tuning._trial_queue import (
+    PlannedStudy,
+    QueueEmpty,
+    QueueProgress,
+    queue_progress,
+    requeue_interrupted,
+)
 from optuna_deelbo.tuning._worker import DEFAULT_GRACE_PERIOD_S, DEFAULT_HEARTBEAT_S, run_worker
 from optuna_deelbo.tuning.attrs import best_params, learned_params
 from optuna_deelbo.tuning.strategies import get_strategy
@@ -65,6 +71,7 @@ __all__ = [
     "PlaceholderWarning",
     "PlannedJob",
     "PlannedStudy",
+    "QueueEmpty",
     "QueueProgress",
     "RetrainResult",
     "StrategyResult",
