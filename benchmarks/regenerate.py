@@ -90,6 +90,12 @@ STEPS: tuple[Step, ...] = (
         },
         ("batched-{device}.md", "batched-{device}.csv"),
     ),
+    Step(
+        "batched-sensitivity",
+        "batched_sensitivity.py",
+        {d: ("--device", d, "--threads", "1", "--data-dir", "{data_dir}") for d in DEVICES},
+        ("batched-sensitivity.md",),
+    ),
     Step("storage-ladder", "storage_ladder.py", {d: () for d in DEVICES}, ("storage-ladder.md",)),
     Step(
         "overhead",
