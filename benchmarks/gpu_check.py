@@ -168,11 +168,11 @@ def batched_rows(tasks: list[tuple[str, od.TaskSpec]]) -> list[dict[str, Any]]:
         single = run_search(task, name, "single", DEELBoStrategy([SINGLE_LR], batched="off"))
         sequential = run_search(task, name, "sequential", DEELBoStrategy(batched="off"))
         batched = run_search(task, name, "batched", DEELBoStrategy(batched="on"))
-        worst = max(
+        worst = max(  # relative: |seq - batched| / |seq| of the trial values (float32 rounding, amplified by training)
             (
-                abs(e["value_seq"] - e["value_bat"])
+                abs(e["value_seq"] - e["value_bat"]) / max(abs(e["value_seq"]), 1e-12)
                 for e in exactness(sequential, batched)
-                if e["value_seq"] is not None
+                if e["value_seq"] is not None and e["value_bat"] is not None
             ),
             default=float("nan"),
         )
@@ -185,7 +185,7 @@ def batched_rows(tasks: list[tuple[str, od.TaskSpec]]) -> list[dict[str, Any]]:
                     "total_s": row.result.total_s,
                     "x_single": row.result.total_s / single.result.total_s,
                     "test_accuracy": row.result.test_accuracy,
-                    "max_value_diff": worst,
+                    "max_rel_value_diff": worst,
                 }
             )
     return rows
@@ -297,13 +297,15 @@ def write_results(
             "The DE-ELBo search in one run (issue 25; goal: batched <= 1.5x one run, >= 10x cheaper than grid):",
             "",
         ]
-        lines += ["| task | search | trials | total s | x one run | grid / this | test accuracy % | max value diff |"]
+        lines += [
+            "| task | search | trials | total s | x one run | grid / this | test accuracy % | max rel. value diff |"
+        ]
         lines.append("|---|---|---|---|---|---|---|---|")
         for r in batched:
             cheaper = f"{grid / r['total_s']:.1f}" if grid is not None and r["task"] == "split-cifar" else "-"
             lines.append(
                 f"| {r['task']} | {r['search']} | {r['trials']} | {r['total_s']:.1f} | {r['x_single']:.2f} | "
-                f"{cheaper} | {100 * r['test_accuracy']:.1f} | {r['max_value_diff']:.2g} |"
+                f"{cheaper} | {100 * r['test_accuracy']:.1f} | {r['max_rel_value_diff']:.2g} |"
             )
     (out / "gpu-check.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'gpu-check.md'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -102,6 +103,41 @@ def test_every_member_equals_its_own_sequential_run(kind: str) -> None:
     # the members really differ (learning rate, clipping): not one run copied three times
     finals = [r.final_loss for r in outcomes if isinstance(r, od.train.TrainResult)]
     assert len(set(finals)) == 3
+
+
+def test_cifar_resnet20_members_equal_their_sequential_runs_in_float64() -> None:
+    """The Split-CIFAR network (BatchNorm, residual blocks, in-place ReLU) under vmap, with the image augmentation."""
+    built = od.models.build_backbone("cifar-resnet20", 5, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 5, (16,), generator=g)
+    augment = od.data.DeviceAugment(train=True)
+
+    def transform(batch: torch.Tensor) -> torch.Tensor:
+        return augment(batch).double()
+
+    def objective() -> DEELBoObjective:
+        model = copy.deepcopy(built.model).double()
+        groups = od.bayes.ParameterGroups.split(model, built.head_prefixes)
+        body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
+        return DEELBoObjective(model, groups, IsotropicGaussian(body), n_train=16, init_sigma=1e-2)
+
+    base = TrainConfig(lr=0.1, steps=3, batch_size=8, log_every=1, progress=False, device="cpu")
+    configs = [base, dataclasses.replace(base, lr=0.01, clip_norm=0.5)]
+    sequential = []
+    for config in configs:
+        alone = objective()
+        train_model(alone, x, y, config, transform=transform)
+        sequential.append(alone)
+    members = [objective() for _ in configs]
+    outcomes = train_batched(members, x, y, configs, transform=transform)
+    assert all(isinstance(o, od.train.TrainResult) for o in outcomes)
+    for alone, member in zip(sequential, members, strict=True):
+        for model in (alone.model, member.model):
+            torch.manual_seed(0)  # the augmentation's draws, as od.fit's recalibration seeds them
+            recalibrate_batchnorm(model, x, transform=transform)
+        for (name, a), b in zip(alone.state_dict().items(), member.state_dict().values(), strict=True):
+            assert torch.allclose(a.double(), b.double(), rtol=1e-8, atol=1e-11), name
 
 
 def test_a_diverging_member_stops_alone_and_the_others_train_on() -> None:

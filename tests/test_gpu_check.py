@@ -44,7 +44,7 @@ def test_smoke_run_writes_both_parts(tmp_path: Path) -> None:
     assert "The DE-ELBo search in one run" in text
     searches = [(r[1], r[2]) for r in rows if r[0] == "batched"]
     assert searches == [(t, s) for t in ("split-cifar", "digits") for s in ("single", "sequential", "batched")]
-    assert all(float(r[-1]) < 1e-3 for r in rows if r[0] == "batched")  # max |value seq - value batched|
+    assert all(float(r[-1]) < 1e-2 for r in rows if r[0] == "batched")  # max relative |value seq - batched|
 
 
 def test_parts_can_be_chosen(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from optuna_deelbo.tuning._batched import fit_deelbo_batched
 from optuna_deelbo.tuning._checkpoints import Checkpointing, default_artifacts_dir, worker_checkpointing
 from optuna_deelbo.tuning._fit import (
     RetrainResult,
+    deelbo_objective,
+    finish_deelbo_training,
     fit,
     fit_deelbo,
     fit_map,
@@ -79,7 +81,9 @@ __all__ = [
     "best_params",
     "compare",
     "create_strategy_study",
+    "deelbo_objective",
     "default_artifacts_dir",
+    "finish_deelbo_training",
     "finish_planned_study",
     "finish_strategy",
     "fit",
