@@ -1,6 +1,6 @@
 """The storage ladder: trials per second through SQLite, PostgreSQL and the gRPC proxy, with W workers.
 
-Usage: python benchmarks/storage_ladder.py [--workers 1,4,8] [--trials 40]
+Usage: python benchmarks/storage_ladder.py [--workers 1,4,8] [--trials 100]
 
 Writes benchmarks/results/storage-ladder.md. Each worker is its own process that takes planned
 trials of one study (the package's ``PlannedStudy``: a WAITING trial handed to one worker under the
@@ -8,8 +8,8 @@ database's lock) and writes what ``od.fit`` writes on a DE-ELBo trial (19 user a
 intermediate value every 50 of 300 steps, the result) with no training at all: the storage-bound
 end of the ladder, where the database and its connections are the only cost. Rungs: one SQLite file
 (``BEGIN IMMEDIATE``), PostgreSQL 15 (a throw-away server from Debian's binaries, tests/_postgres.py),
-and Optuna's gRPC storage proxy (``optuna-deelbo proxy``) in front of that PostgreSQL. Every run
-checks that each planned trial completed exactly once.
+and Optuna's gRPC storage proxy (``optuna-deelbo proxy``) in front of that PostgreSQL. The clock starts
+once every worker process has connected. Every run checks that each planned trial completed exactly once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -57,9 +58,11 @@ ATTRS = {
 }
 
 
-def _worker(url: str, study_name: str, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _worker(url: str, study_name: str, out: mp.Queue, ready: Any, go: Any) -> None:  # type: ignore[type-arg]
     storage = open_storage(url)
     study = PlannedStudy(study_name=study_name, storage=storage)
+    ready.release()
+    go.wait()  # timing starts when every worker is connected (process start and imports are not storage cost)
     ran = 0
     while True:
         try:
@@ -83,14 +86,18 @@ def run_rung(url: str, check_url: str, workers: int, trials: int, name: str) -> 
         study.enqueue_trial({"lr": 10 ** (-1 - 2 * i / trials)})
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [ctx.Process(target=_worker, args=(url, name, out)) for _ in range(workers)]
-    start = time.perf_counter()
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(url, name, out, ready, go)) for _ in range(workers)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(600)
+    for _ in procs:
+        ready.acquire(timeout=300)
+    start = time.perf_counter()
+    go.set()
+    ran = sum(out.get(timeout=600) for _ in procs)
     seconds = time.perf_counter() - start
-    ran = sum(out.get() for _ in procs)
+    for p in procs:
+        p.join(60)
     done = optuna.load_study(study_name=name, storage=open_storage(check_url)).get_trials()
     assert ran == trials and len(done) == trials and all(t.state == TrialState.COMPLETE for t in done), (ran, name)
     assert len({t.params["lr"] for t in done}) == trials  # none lost, none run twice
@@ -101,7 +108,7 @@ def main() -> None:
     record = RunRecord.start()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", default="1,4,8")
-    parser.add_argument("--trials", type=int, default=40, help="planned trials per run")
+    parser.add_argument("--trials", type=int, default=100, help="planned trials per run")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
