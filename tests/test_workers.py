@@ -216,3 +216,20 @@ def test_recipe_round_trips_and_refuses_bad_json() -> None:
         BuiltinTask(checkpoint_every=10)
     with pytest.raises(ConfigError, match="steps must be a positive integer"):
         BuiltinTask(steps=0)
+
+
+def test_a_trial_left_running_without_heartbeats_is_run_by_compare_resume(tmp_path: Path) -> None:
+    """What the README tells a proxy user whose worker died: `compare --resume` with the plan's settings."""
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    flags = ["--strategies", "deelbo", *TASK_FLAGS, "--steps", "4", "--device", "cpu"]
+    assert main(["compare", "--plan-only", "--storage", url, *flags]) == 0
+    name = "digits-N50-seed0/l2-sp/deelbo"
+    study = optuna.load_study(study_name=name, storage=url)
+    from optuna_deelbo.tuning import PlannedStudy
+
+    PlannedStudy.of(study, open_storage(url)).ask()  # a worker took it and died: RUNNING, no heartbeat
+    assert main(["compare", "--resume", "--storage", url, *flags, "--report", "", "--no-progress"]) == 0
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    complete = sorted(t.params["lr"] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == sorted(LEARNING_RATES)  # each planned configuration once
+    assert queue_progress(optuna.load_study(study_name=name, storage=url)).done
