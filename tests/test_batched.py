@@ -289,3 +289,25 @@ def test_compare_batched_on_writes_batched_trials_and_plan_only_refuses_it(
     assert "deelbo" in capsys.readouterr().out
     assert main(["compare", "--plan-only", "--storage", url, "--batched", "on", *tiny]) == 2
     assert "--batched on: workers take planned trials one at a time" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::optuna_deelbo.PlaceholderWarning")  # the stub writes no learned values
+def test_an_error_after_training_fails_the_untold_trials_instead_of_leaving_them_running(
+    tiny_digits_task: od.TaskSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optuna_deelbo.tuning import _batched
+
+    calls = []
+
+    def broken(*args: object) -> float:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("test evaluation failed")
+        return 1.0
+
+    monkeypatch.setattr(_batched, "deelbo_outcome", broken)
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(RuntimeError, match="test evaluation failed"):
+        od.tuning.run_strategy(DEELBoStrategy([0.03, 0.01, 0.003], batched="on"), tiny_digits_task, storage, "err")
+    states = [t.state for t in optuna.load_study(study_name="err", storage=storage).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL]

@@ -173,8 +173,13 @@ def run_batched_trials(
             study.tell(trial, state=TrialState.FAIL)
         raise
     train_s = time.perf_counter() - started
-    for trial, run in zip(trials, runs, strict=True):
-        _tell(study, task, trial, run, numbers, train_s / len(trials))
+    for told, (trial, run) in enumerate(zip(trials, runs, strict=True)):
+        try:
+            _tell(study, task, trial, run, numbers, train_s / len(trials))
+        except BaseException:  # as optimize does: a trial whose objective raised is failed, never left RUNNING
+            for untold in trials[told:]:
+                study.tell(untold, state=TrialState.FAIL)
+            raise
         if on_trial is not None:
             on_trial(study, study.get_trials(deepcopy=False)[trial.number])
     return len(trials)
