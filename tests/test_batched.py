@@ -311,3 +311,17 @@ def test_an_error_after_training_fails_the_untold_trials_instead_of_leaving_them
         od.tuning.run_strategy(DEELBoStrategy([0.03, 0.01, 0.003], batched="on"), tiny_digits_task, storage, "err")
     states = [t.state for t in optuna.load_study(study_name="err", storage=storage).trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL]
+
+
+def test_a_batched_search_refuses_a_study_without_deelbo_sampler_before_taking_a_trial(
+    tiny_digits_task: od.TaskSpec,
+) -> None:
+    from optuna_deelbo.tuning import PlannedStudy
+    from optuna_deelbo.tuning._batched import run_batched_trials
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="map")
+    study.enqueue_trial({"lr": 0.01})
+    with pytest.raises(od.ConfigError, match="DEELBoSampler"):
+        run_batched_trials(PlannedStudy.of(study, storage), tiny_digits_task, lambda t: 0.01)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.WAITING]  # nothing taken, nothing lost

@@ -95,12 +95,20 @@ def batching_obstacle(objectives: Sequence[Objective], configs: Sequence[TrainCo
         return "compile=True: a compiled model is not run under vmap here"
     if ref.patience is not None:
         return "early stopping (patience) is for MAP runs with a validation set"
-    shapes = [(n, tuple(p.shape), p.dtype) for n, p in _trainable(models[0])]
-    base_state = {k: v for k, v in models[0].state_dict().items() if k not in dict(_trainable(models[0]))}
+
+    def trained(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [(n, tuple(p.shape), p.dtype) for n, p in _trainable(model)]
+
+    def fixed(model: nn.Module) -> dict[str, Tensor]:
+        """Frozen weights and buffers: the state_dict entries that are not trained."""
+        names = {n for n, _ in _trainable(model)}
+        return {k: v for k, v in model.state_dict().items() if k not in names}
+
+    shapes, base_state = trained(models[0]), fixed(models[0])
     for model in models[1:]:
-        if [(n, tuple(p.shape), p.dtype) for n, p in _trainable(model)] != shapes:
+        if trained(model) != shapes:
             return "the members' models differ in their trained parameters' names, shapes or dtypes"
-        state = {k: v for k, v in model.state_dict().items() if k not in dict(_trainable(model))}
+        state = fixed(model)
         if state.keys() != base_state.keys() or not all(torch.equal(state[k], base_state[k]) for k in state):
             return "the members' models differ in frozen weights or buffers (only trained weights may differ)"
     return None

@@ -156,6 +156,8 @@ def run_batched_trials(
         BatchingUnsupported: before any trial is taken, when the task's runs cannot be batched
             (the caller runs them one by one).
     """
+    if "weight_decay" not in getattr(study.sampler, "learned", ()):  # before any trial is taken
+        raise ConfigError("a batched search trains DE-ELBo runs: the study's sampler must be a DEELBoSampler")
     _probe(task)
     trials = _take_waiting(study)
     if not trials:
@@ -164,8 +166,6 @@ def run_batched_trials(
     started = time.perf_counter()
     try:
         lrs = [suggest_lr(t) for t in trials]
-        if "weight_decay" not in getattr(study.sampler, "learned", ()):
-            raise ConfigError("a batched search trains DE-ELBo runs: the study's sampler must be a DEELBoSampler")
         with _heartbeats(study_storage(study), trials):
             runs = fit_deelbo_batched(task, lrs, trials=trials)
     except BaseException:
