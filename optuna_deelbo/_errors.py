@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "MissingDependency", "StorageError", "StudyExists", "TrainingDiverged"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "MissingDependency",
+    "SearchFailed",
+    "StorageError",
+    "StudyExists",
+    "TrainingDiverged",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -27,3 +35,11 @@ class StorageError(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss, lambda or sigma; the message says which and when."""
+
+
+class SearchFailed(RuntimeError):
+    """Every trial of a search failed or was pruned: no configuration to choose.
+
+    The message names the study and the first trial's reason; the study stays in its storage
+    (each trial's ``failure:reason`` user attr) for inspection.
+    """

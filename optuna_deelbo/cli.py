@@ -20,7 +20,8 @@ import optuna
 import torch
 
 from optuna_deelbo import __version__
-from optuna_deelbo._errors import ConfigError, MissingDependency, StorageError, TrainingDiverged
+from optuna_deelbo._errors import ConfigError, MissingDependency, SearchFailed, StorageError, TrainingDiverged
+from optuna_deelbo._validation import LEARNING_RATE_RANGE, MAX_SEED, shown
 from optuna_deelbo.bayes import PRIOR_NAMES, RECIPE_NAMES
 from optuna_deelbo.models import BACKBONE_NAMES
 from optuna_deelbo.report import (
@@ -59,17 +60,15 @@ MAX_COUNT = 10_000_000
 #: The CIFAR backbone and the workers' checkpoint interval (steps) when not given.
 DEFAULT_BACKBONE = "cifar-resnet20"
 DEFAULT_CHECKPOINT_EVERY = 50
-#: Seeds are 32-bit (NumPy's generators refuse others).
-MAX_SEED = 2**32 - 1
 
 
 def _integer(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {shown(text)}") from None
     if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {shown(value)}")
     return value
 
 
@@ -87,7 +86,8 @@ def _learning_rates(text: str) -> tuple[float, ...]:
         return check_learning_rates(values)
     except (ValueError, ConfigError):
         raise argparse.ArgumentTypeError(
-            f"expected a comma list of distinct positive learning rates such as 0.1,0.01, got {text!r}"
+            f"expected a comma list of distinct learning rates from {LEARNING_RATE_RANGE} such as 0.1,0.01, "
+            f"got {shown(text)}"
         ) from None
 
 
@@ -251,10 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {text!r}")
-    return value
+    return _integer(text, 1, 65535, "a port from 1 to 65535")
 
 
 def _if_exists(args: argparse.Namespace) -> str:
@@ -310,20 +307,29 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _writable_file(path: str, what: str) -> None:
     """Refuse an output file whose folder does not exist or cannot be written, before any work starts."""
-    folder = Path(path).expanduser().resolve().parent
+    target = Path(path).expanduser().resolve()
+    folder = target.parent
     if not folder.is_dir():
-        raise ConfigError(f"{what} {path!r}: folder {str(folder)!r} does not exist")
+        raise ConfigError(f"{what} {shown(path)}: folder {shown(str(folder))} does not exist")
     if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{what} {path!r}: folder {str(folder)!r} is not writable")
+        raise ConfigError(f"{what} {shown(path)}: folder {shown(str(folder))} is not writable")
+    try:  # the name itself (too long, a folder of that name, ...): open it once, now, not after the training
+        existed = target.exists()
+        with open(target, "a"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {shown(path)} cannot be written: {exc.strerror or exc}") from None
+    if not existed:
+        target.unlink()
 
 
 def _creatable_dir(path: str, what: str) -> None:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{what} {path!r} cannot be created: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} {shown(path)} cannot be created: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK):
-        raise ConfigError(f"{what} {path!r} is not writable")
+        raise ConfigError(f"{what} {shown(path)} is not writable")
 
 
 def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
@@ -476,11 +482,39 @@ def _proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-class _NoInterruptTraceback(logging.Filter):
-    """Drop Optuna's "trial failed" record (with traceback) for an interrupt: the CLI says it in one line."""
+#: What the CLI reports itself, in one line: Optuna's "trial failed" records for these are dropped.
+_ONE_LINE_ERRORS = (KeyboardInterrupt, ConfigError, MissingDependency, StorageError, TrainingDiverged, SearchFailed)
+
+
+class _NoOneLineErrorTraceback(logging.Filter):
+    """Drop Optuna's two "Trial N failed" records (the first with a traceback) for an interrupt or one of
+    the package's own errors: the CLI says it in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped: set[str] = set()  # "Trial N failed" of the records dropped so far
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+        message = record.getMessage()
+        head = " ".join(message.split()[:3])  # "Trial 7 failed"
+        if record.exc_info and isinstance(record.exc_info[1], _ONE_LINE_ERRORS):
+            self._dropped.add(head)
+            return False
+        return not (head in self._dropped and message.startswith(f"{head} with value"))
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """While a command runs, Optuna logs no traceback for the errors the CLI reports in one line."""
+    handlers = logging.getLogger("optuna").handlers
+    quiet = _NoOneLineErrorTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 @contextlib.contextmanager
@@ -490,10 +524,6 @@ def _interruptible() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    handlers = logging.getLogger("optuna").handlers
-    quiet = _NoInterruptTraceback()
-    for handler in handlers:
-        handler.addFilter(quiet)
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread: leave signals alone
@@ -503,8 +533,6 @@ def _interruptible() -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        for handler in handlers:
-            handler.removeFilter(quiet)
 
 
 def _refuse_nul_bytes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -515,26 +543,30 @@ def _refuse_nul_bytes(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{name.replace('_', '-')}: the value holds a NUL byte (\\x00)")
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command."""
+    if args.command == "compare":
+        with _interruptible():
+            return _compare(args)
+    commands = {"report": _report, "worker": _worker, "finish": _finish, "proxy": _proxy}
+    return commands[args.command](args)  # argparse admits no other command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    """Entry point; returns the exit status: 0 done, 2 bad input, 1 a search whose every trial failed
+    (each with a one-line message), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _refuse_nul_bytes(parser, args)
     try:
-        if args.command == "compare":
-            with _interruptible():
-                return _compare(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "worker":
-            return _worker(args)
-        if args.command == "finish":
-            return _finish(args)
-        if args.command == "proxy":
-            return _proxy(args)
+        with _one_line_errors():
+            return _run(args)
     except (ConfigError, MissingDependency, StorageError, TrainingDiverged) as exc:
         print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
         return 2
+    except SearchFailed as exc:  # the input was valid, the search found nothing: exit 1
+        print(f"optuna-deelbo: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.command != "compare":
             raise
@@ -545,8 +577,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects first
-    return 2  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover

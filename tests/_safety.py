@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 import optuna_deelbo as od
 from optuna_deelbo.cli import build_parser, main
 
-__all__ = ["BAD_VALUES", "interrupt_cli", "run_cli", "snapshot", "value_options", "wait_all"]
+__all__ = ["BAD_VALUES", "EXTREME_VALUES", "interrupt_cli", "run_cli", "snapshot", "value_options", "wait_all"]
 
 #: Values that are wrong for most options: signs, zero, huge, NaN / inf, not numbers, empty,
 #: unicode, control characters, paths that do not exist or cannot be written.
@@ -52,7 +52,14 @@ BAD_VALUES = [
     "sqlite:////nonexistent/dir/x.db",
     "postgresql+psycopg://nobody@127.0.0.1:1/none",
     "cuda:7",
+    "9223372036854775808",  # 2**63
+    "-0.0",
+    "1e-320",
+    "9" * 10_000,
 ]
+
+#: Issue 31's sweep: the values every numeric option (and every other) must end in one line on.
+EXTREME_VALUES = ["1e308", str(2**63), "-0.0", "nan", "inf", "9" * 10_000]
 
 
 def value_options(command: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared test settings: the hypothesis profile (derandomized under CI),
+"""Shared test settings: the hypothesis profile (derandomized unless asked to explore), seeded global RNGs,
 where the real CIFAR-10 JPEG archives are (tests needing them skip when absent),
 one CPU thread for small workloads, one tiny ``compare`` run shared by the dashboard and report tests,
 Debian's WordNet for the text tests, and a real PostgreSQL server (Debian's binaries) with a fresh database per test."""
@@ -6,20 +6,18 @@ Debian's WordNet for the text tests, and a real PostgreSQL server (Debian's bina
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import settings
+from _hypothesis_profiles import load as load_hypothesis_profile
 
-# Property tests and fuzzing: under CI (``$CI`` set, as .ci/run sets it) every run draws the same
-# examples (derandomized, no example database), so a fresh clone never passes or fails by chance;
-# locally they explore new examples each run and replay failures from .hypothesis/. A case they
-# find becomes an explicit test.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("dev", print_blob=True)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+# Property tests and fuzzing: derandomized for everyone by default; HYPOTHESIS_PROFILE=explore on request
+# (tests/_hypothesis_profiles.py). Every test starts from the same global RNG state (seed_global_rngs).
+load_hypothesis_profile()
 
 #: The offline CIFAR-10 archives: ``$OPTUNA_DEELBO_DATA_DIR``, else ``shared/data`` next to the repository.
 _NEXT_TO_REPO = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -38,6 +36,18 @@ def checkout_stays_clean() -> Iterator[None]:
     yield
     new = sorted({p.name for p in _REPO.iterdir()} - before - _ALLOWED_LITTER)
     assert not new, f"tests left files in the checkout: {new}"
+
+
+@pytest.fixture(autouse=True)
+def seed_global_rngs() -> None:
+    """Each test starts from the same state of Python's, NumPy's and torch's global generators.
+
+    A test that draws from them (``torch.randn`` without a generator, a model's initial weights)
+    then sees the same numbers whichever tests ran before it, alone or in any order.
+    """
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="module")

@@ -491,23 +491,62 @@ CASES = [
     pytest.param(
         lambda c: od.train.TrainConfig(lr=0.0),
         od.ConfigError,
-        r"learning rate must be a positive finite number, got 0\.0",
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got 0\.0",
         id="lr-zero",
     ),
     pytest.param(
         lambda c: od.tuning.fit_deelbo(_task(), -1e-3),
         od.ConfigError,
-        r"learning rate must be a positive finite number, got -0\.001",
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got -0\.001",
         id="lr-negative",
     ),
     pytest.param(
-        _fixed(lr=float("nan")), od.ConfigError, r"learning rate must be a positive finite number, got nan", id="lr-nan"
+        _fixed(lr=float("nan")),
+        od.ConfigError,
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got nan",
+        id="lr-nan",
     ),
     pytest.param(
-        _fixed(lr=float("inf")), od.ConfigError, r"learning rate must be a positive finite number, got inf", id="lr-inf"
+        _fixed(lr=float("inf")),
+        od.ConfigError,
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got inf",
+        id="lr-inf",
     ),
     pytest.param(
-        _fixed(lr="0.1"), od.ConfigError, r"learning rate must be a positive finite number, got '0\.1'", id="lr-string"
+        _fixed(lr="0.1"),
+        od.ConfigError,
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got '0\.1'",
+        id="lr-string",
+    ),
+    pytest.param(
+        _fixed(lr=1e308),
+        od.ConfigError,
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got 1e\+308",
+        id="lr-above-the-bound",
+    ),
+    pytest.param(
+        lambda c: od.train.TrainConfig(lr=10**10_000),  # past float's range: no OverflowError from the check
+        od.ConfigError,
+        r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got an integer of about 10,001 digits$",
+        id="lr-10000-digit-integer",
+    ),
+    pytest.param(
+        lambda c: od.DEELBo(Tiny(), 30).optimizer(torch.optim.SGD, lr=1e308),
+        od.ConfigError,
+        r"^lr must be a number from 1e-10 to 1e\+06, got 1e\+308",
+        id="deelbo-optimizer-lr-above-the-bound",
+    ),
+    pytest.param(
+        lambda c: od.tuning.strategies.get_strategy("grid", learning_rates=[0.1, 2**63]),
+        od.ConfigError,
+        r"every learning rate must be a number from 1e-10 to 1e\+06, got 9223372036854775808",
+        id="strategy-learning-rates-above-the-bound",
+    ),
+    pytest.param(
+        lambda c: od.tuning.strategies.get_strategy("deelbo", learning_rates=[0.1, -0.0]),
+        od.ConfigError,
+        r"every learning rate must be a number from 1e-10 to 1e\+06, got -0\.0",
+        id="strategy-learning-rates-negative-zero",
     ),
     pytest.param(
         lambda c: od.DEELBoSampler(optuna.samplers.GridSampler({"lr": []})),
@@ -955,6 +994,24 @@ CASES = [
         CliFailed,
         r"argument --max-retry: expected a retry count from 0 to 1000, got -1",
         id="cli-worker-max-retry",
+    ),
+    pytest.param(
+        cli("compare", "--lrs", "1e308", "--strategies", "deelbo", "--storage", _MEM),
+        CliFailed,
+        r"argument --lrs: expected a comma list of distinct learning rates from 1e-10 to 1e\+06 .*got '1e308'",
+        id="cli-lrs-above-the-bound",
+    ),
+    pytest.param(
+        cli("compare", "--lrs", "99999999999999999999", "--strategies", "grid", "--storage", _MEM),
+        CliFailed,
+        r"argument --lrs: expected .* got '99999999999999999999'",
+        id="cli-lrs-20-digit-integer",
+    ),
+    pytest.param(
+        cli("compare", "--report", "{tmp}/" + "r" * 300 + ".html", "--storage", _MEM),
+        CliFailed,
+        r"--report .* cannot be written: File name too long",
+        id="cli-report-name-too-long",
     ),
     pytest.param(cli("train"), CliFailed, r"argument command: invalid choice: 'train'", id="cli-command-unknown"),
 ]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from _safety import BAD_VALUES, run_cli, value_options
+from _hypothesis_profiles import examples
+from _safety import BAD_VALUES, EXTREME_VALUES, run_cli, value_options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,7 +47,7 @@ def test_every_option_is_fuzzed() -> None:
     assert len(CASES) >= 28  # 30 value options over the four subcommands today
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=st.sampled_from(CASES), value=st.one_of(st.sampled_from(BAD_VALUES), st.text(max_size=8)))
 def test_bad_option_values_end_in_one_line(tmp: Path, case: tuple[str, str], value: str) -> None:
     command, option = case
@@ -57,6 +58,100 @@ def test_bad_option_values_end_in_one_line(tmp: Path, case: tuple[str, str], val
     if code == 2:
         errors = [line for line in err.splitlines() if line.startswith("optuna-deelbo")]
         assert len(errors) == 1 and "error" in errors[0], (argv, err[-2000:])
+
+
+def _one_line(argv: list[str], code: int, err: str) -> str:
+    """The one ``optuna-deelbo...: error:`` line of a failed call (at most 1,000 characters), else fail."""
+    assert "Traceback" not in err, (argv[:12], err[-2000:])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error" in lines[0], (argv[:12], code, err[-2000:])
+    assert len(lines[0]) < 1000, lines[0][:300]
+    return lines[0]
+
+
+#: Issue 31's option families: counts, seeds, learning rates, ports, and every option that takes text.
+FAMILIES = {
+    "count": [c for c in CASES if c[1] in ("--n-train", "--steps", "--batch-size", "--pretrain-steps", "--tpe-trials")]
+    + [c for c in CASES if c[1] in ("--checkpoint-every", "--threads", "--heartbeat-interval", "--grace-period")],
+    "retries": [("worker", "--max-retry")],
+    "seed": [("compare", "--seed")],
+    "learning rates": [("compare", "--lrs")],
+    "port": [("proxy", "--port")],
+    "text": [c for c in CASES if c[1] in ("--storage", "--study", "--device", "--report", "--out", "--strategies")],
+}
+
+
+def test_the_families_cover_every_numeric_option() -> None:
+    covered = {c for cases in FAMILIES.values() for c in cases}
+    numeric = {"--n-train", "--steps", "--batch-size", "--pretrain-steps", "--tpe-trials", "--seed", "--lrs"}
+    numeric |= {"--checkpoint-every", "--threads", "--heartbeat-interval", "--grace-period", "--max-retry"}
+    assert {c for c in CASES if c[1] in numeric} <= covered
+    assert len(FAMILIES["count"]) == 9
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_extreme_values_end_in_one_line_per_option_family(tmp: Path, family: str) -> None:
+    """Issue 31, 3: 1e308, 2**63, -0.0, nan, inf and a 10,000-digit integer, for every option of the family."""
+    for command, option in FAMILIES[family]:
+        for value in EXTREME_VALUES:
+            base = ["proxy", "--storage", "sqlite:///:memory:"] if command == "proxy" else _base(command, tmp)
+            argv = [*base, option, value]
+            code, err = run_cli(argv)
+            if family != "text":  # a number option takes none of them
+                assert code == 2, (option, value[:40], code, err[-500:])
+            assert code in (0, 2), (option, value[:40], code, err[-2000:])
+            if code == 2:
+                line = _one_line(argv, code, err)
+                assert option in line or family == "text", line[:300]
+
+
+def test_issue31_learning_rates_past_the_bound_are_one_line_errors(tmp: Path) -> None:
+    """The two reproductions: ``--lrs 1e308`` reached torch's SGD (overflow), a 20-digit rate every trial."""
+    for value, strategy in (("1e308", "deelbo"), ("99999999999999999999", "grid")):
+        argv = [*_base("compare", tmp), "--lrs", value, "--strategies", strategy]
+        code, err = run_cli(argv)
+        line = _one_line(argv, code, err)
+        assert code == 2 and "argument --lrs" in line and "1e-10 to 1e+06" in line, line
+
+
+def test_a_search_whose_every_trial_diverged_ends_in_one_line_with_exit_1(tmp: Path) -> None:
+    """lr 1e6 on 20 steps diverges in every trial: exit 1, the first trial's reason, the study kept."""
+    url = f"sqlite:///{tmp / 'all-diverged.db'}"
+    argv = [*_base("compare", tmp), "--storage", url, "--lrs", "1e6", "--strategies", "grid", "--steps", "20"]
+    code, err = run_cli(argv)
+    line = _one_line(argv, code, err)
+    assert code == 1, (code, line)
+    assert "strategy 'grid': all 6 trials failed or were pruned; the first (lr=1e+06, weight_decay=0.01): " in line
+    assert "diverging: training NLL" in line and "at the end of training (step 20, lr=1e+06)" in line, line
+    study = optuna.load_study(study_name="digits-N25-seed0/l2-sp/grid", storage=url)  # kept for inspection
+    assert len(study.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    assert all(t.user_attrs["failure:reason"].startswith("diverging") for t in study.trials)
+
+
+def test_an_own_error_inside_a_trial_is_not_logged_with_a_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """Optuna logs a failed trial's exception with its traceback; the CLI reports its own errors in one line."""
+    import optuna_deelbo as od
+    from optuna_deelbo.cli import _one_line_errors
+
+    def fails(trial: optuna.Trial) -> float:
+        raise od.ConfigError("a bad setting found inside the trial")
+
+    def crashes(trial: optuna.Trial) -> float:
+        raise ZeroDivisionError("a bug")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study()
+        with _one_line_errors(), pytest.raises(od.ConfigError):
+            study.optimize(fails, n_trials=1)
+        assert capfd.readouterr().err == ""
+        with _one_line_errors(), pytest.raises(ZeroDivisionError):  # a bug keeps Optuna's traceback
+            study.optimize(crashes, n_trials=1)
+        err = capfd.readouterr().err
+        assert "Traceback" in err and "Trial 1 failed with parameters" in err and "Trial 1 failed with value" in err
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def test_valid_base_callsrun_cli(tmp: Path) -> None:

@@ -185,6 +185,28 @@ def test_runaway_nll_is_diverging_and_would_otherwise_finish() -> None:
     assert min(row["nll"] for row in result.history) > 1e3  # it really had diverged
 
 
+def test_monitor_check_end_needs_only_the_last_check_above_the_limit() -> None:
+    monitor = DivergenceMonitor(DivergenceRule(nll_factor=10.0, patience=3), lr=2.0)
+    monitor.start(torch.tensor(1.0))
+    monitor.check(10, {"nll": 50.0})
+    monitor.check(20, {"nll": 5.0})  # recovered: the end is fine
+    monitor.check_end()
+    monitor.check(30, {"nll": 40.0})  # ends above: 1 check, fewer than patience, no steps left to recover
+    with pytest.raises(TrainingDiverged, match=r"^diverging: training NLL 40 above 10 x .* at the end of training "):
+        monitor.check_end()
+    DivergenceMonitor(DivergenceRule(nll_factor=None), lr=2.0).check_end()  # no NLL rule, nothing to end on
+
+
+def test_a_run_too_short_for_patience_that_ends_diverged_is_diverged() -> None:
+    """Issue 31: ``compare --lrs 1e6 --steps 20`` chose a configuration with 20 % test accuracy and a training
+    NLL in the millions: two log checks, fewer than patience, and the run was reported as complete."""
+    data = blobs()
+    with pytest.raises(TrainingDiverged, match=r"^diverging: .* at the end of training \(step 20, lr=1e\+06\)$"):
+        train_model(deelbo_objective(), data.x, data.y, config(lr=1e6, steps=20))
+    early = config(lr=1e6, steps=20, patience=1000, eval_every=10)  # early stopping ends on its best weights
+    assert train_model(map_objective(), data.x, data.y, early, val=(data.x, data.y)).stopped_step == 20
+
+
 def test_a_normal_run_is_not_stopped() -> None:
     data = blobs()
     result = train_model(deelbo_objective(), data.x, data.y, config(lr=0.1))
@@ -214,10 +236,14 @@ def test_sigma_growing_past_the_bound_during_training() -> None:
 
 
 def test_non_finite_lambda_tau_sigma_are_named() -> None:
+    """Weights near float32's largest value overflow in the first forward (lr 1e30 did it before the
+    learning rates were bounded by MAX_LEARNING_RATE)."""
     data = blobs()
-    pattern = r"^non-finite loss, nll, penalty, lambda, tau, sigma at step 10 \(lr=1e\+30\)$"
-    with pytest.raises(TrainingDiverged, match=pattern):
-        train_model(deelbo_objective(), data.x, data.y, config(lr=1e30))
+    objective = deelbo_objective()
+    with torch.no_grad():
+        objective.model.body.weight.mul_(1e38)
+    with pytest.raises(TrainingDiverged, match=r"^non-finite loss, nll, penalty, lambda at step 10 \(lr=1\)$"):
+        train_model(objective, data.x, data.y, config(lr=1.0))
     x = data.x.clone()
     x[7, 2] = math.nan  # one bad input poisons the weights at the first step that sees it
     with pytest.raises(TrainingDiverged, match=r"^non-finite loss, nll, penalty, lambda, tau, sigma at step 10 "):
@@ -229,7 +255,7 @@ def test_non_finite_lambda_tau_sigma_are_named() -> None:
 
 def _objective(task: od.TaskSpec) -> object:
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", 1e-4, 1e31, log=True)
+        lr = trial.suggest_float("lr", 1e-4, 1e6, log=True)
         weight_decay = trial.suggest_float("weight_decay", 1e-7, 1e-2, log=True)
         return od.fit(trial, task, lr=lr, weight_decay=weight_decay)
 
@@ -238,9 +264,9 @@ def _objective(task: od.TaskSpec) -> object:
 
 @pytest.mark.parametrize("sampler_kind", ["deelbo", "map"])
 def test_diverged_trials_are_pruned_with_reason_and_study_continues(sampler_kind: str) -> None:
-    """lr = 1e30 overflows (non-finite), lr = 1e4 keeps finite values but a runaway NLL (diverging)."""
+    """lr = 1e6 (the largest allowed) and lr = 1e4 keep finite values but a runaway NLL (diverging)."""
     task = tiny_task()
-    grid = {"lr": [1e30, 1e4, 0.1, 1e-2]}
+    grid = {"lr": [1e6, 1e4, 0.1, 1e-2]}
     if sampler_kind == "deelbo":
         sampler: optuna.samplers.BaseSampler = od.DEELBoSampler(optuna.samplers.GridSampler(grid))
     else:
@@ -249,8 +275,8 @@ def test_diverged_trials_are_pruned_with_reason_and_study_continues(sampler_kind
     study.optimize(_objective(task), n_trials=4)  # type: ignore[arg-type]
 
     by_lr = {t.params["lr"]: t for t in study.trials}
-    assert set(by_lr) == {1e30, 1e4, 0.1, 1e-2}  # the study ran every configuration
-    for lr, kind in ((1e30, "non-finite"), (1e4, "diverging")):
+    assert set(by_lr) == {1e6, 1e4, 0.1, 1e-2}  # the study ran every configuration
+    for lr, kind in ((1e6, "diverging"), (1e4, "diverging")):
         bad = by_lr[lr]
         assert bad.state == TrialState.PRUNED
         reason = bad.user_attrs["failure:reason"]

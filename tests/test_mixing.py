@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -32,7 +33,7 @@ from optuna_deelbo.regularizers._mixing import (
 torch.set_num_threads(1)
 
 F64 = torch.float64
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=examples(40), deadline=None)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 alphas = st.sampled_from([0.1, 0.4, 1.0, 5.0])
 

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -126,7 +127,7 @@ def test_eval_mode_predicts_with_the_mean_weights_and_train_mode_samples() -> No
     assert not torch.allclose(first, second)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(
     init_sigma=st.floats(1e-3, 0.5),
     seed=st.integers(0, 2**16),

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -19,7 +20,7 @@ from optuna_deelbo.regularizers._penalties import PENALTY_NAMES, Penalty
 torch.set_num_threads(1)
 
 F64 = torch.float64
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=examples(60), deadline=None)
 
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 dims = st.integers(min_value=1, max_value=8)

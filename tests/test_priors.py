@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
@@ -30,7 +31,7 @@ ranks = st.integers(min_value=0, max_value=3)
 kinds = st.sampled_from(KINDS)
 per_params = st.booleans()
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=examples(40), deadline=None)
 
 
 class Case(NamedTuple):
@@ -257,7 +258,7 @@ def test_kl_zero_when_q_equals_diagonal_lowrank_prior(seed: int, dim: int) -> No
 # --------------------------------------------------------------------------------------------
 # 5. gradients
 # --------------------------------------------------------------------------------------------
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(seed=seeds, dim=dims, rank=ranks, per_param=per_params)
 def test_kl_gradcheck_lowrank(seed: int, dim: int, rank: int, per_param: bool) -> None:
     case = make_case("lowrank", seed, dim, rank, per_param)
@@ -678,7 +679,7 @@ def test_lambda_positive_and_finite_for_huge_deviations(kind: str, dtype: torch.
         assert float(kl) == math.inf and float(lam) == torch.finfo(dtype).max
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     kind=kinds,
     seed=seeds,
@@ -719,7 +720,7 @@ _offsets = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 _log_scales = st.floats(-8.0, 3.0)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(data=st.data(), lowrank=st.booleans(), dim=st.integers(1, 5), rank=st.integers(0, 2), log_lam=st.floats(-10, 10))
 def test_kl_non_negative_and_lambda_star_positive_minimiser_on_drawn_values(
     data: st.DataObject, lowrank: bool, dim: int, rank: int, log_lam: float

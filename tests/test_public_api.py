@@ -73,7 +73,7 @@ SUBPACKAGE_SIZES = {
     "report": 24,
     "task": 11,
     "train": 22,
-    "tuning": 50,
+    "tuning": 51,
     "tuning.attrs": 54,
     "tuning.strategies": 20,
     "integrations": 1,

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,7 +121,7 @@ def test_is_due() -> None:
 _accuracy = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     script=st.lists(st.tuples(_accuracy, _accuracy), min_size=1, max_size=40),
     lower_exp=st.floats(min_value=-8.0, max_value=-3.0),

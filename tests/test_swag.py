@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from optuna_deelbo.bayes._priors import LowRankGaussian
 from optuna_deelbo.bayes._swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
 
 F64 = torch.float64
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=examples(40), deadline=None)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 

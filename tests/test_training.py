@@ -113,8 +113,9 @@ def test_train_config_rejects_bad_settings(kw: dict[str, object], word: str) -> 
 
 
 def test_train_config_accepts_edge_settings() -> None:
-    TrainConfig(lr=1e-12, steps=1, batch_size=1, momentum=0.0, nesterov=False, clip_norm=None)
+    TrainConfig(lr=1e-10, steps=1, batch_size=1, momentum=0.0, nesterov=False, clip_norm=None)
     TrainConfig(lr=3, momentum=0.999)
+    TrainConfig(lr=1e6, steps=2**31 - 1, seed=2**32 - 1)  # the documented bounds are inclusive
 
 
 # --- train: input checks --------------------------------------------------------------------

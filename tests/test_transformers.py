@@ -290,3 +290,70 @@ def test_readme_transformers_example_runs_verbatim(tmp_path: Path, monkeypatch: 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert best.hyperparameters["weight_decay"] == study.best_trial.user_attrs[A.LEARNED_WEIGHT_DECAY] != 1e-6
     assert (tmp_path / "hf-deelbo" / "best-trial" / DEELBO_STATE_NAME).is_file()
+
+
+# --- issue 32: the Trainer's own behaviour, kept ---------------------------------------------------------------
+
+
+class _Sigma(transformers.TrainerCallback):
+    """Records after every optimizer step whether rho's gradient was cleared with the model's, and sigma."""
+
+    def __init__(self) -> None:
+        self.trainer: DEELBoTrainer | None = None
+        self.cleared: list[bool] = []
+        self.sigma: list[float] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        assert self.trainer is not None and self.trainer.deelbo is not None
+        rho = list(self.trainer.deelbo.sigma_parameters())
+        self.cleared.append(all(p.grad is None or not bool(p.grad.any()) for p in rho))
+        self.sigma.append(self.trainer.deelbo.sigma)
+
+
+def test_the_posterior_std_gradient_is_cleared_after_every_step(tmp_path: Path) -> None:
+    """Issue 32, 1: rho is no model parameter; model.zero_grad() left its gradient summing every step's.
+
+    With SGD at lr 0.01 the summed gradient drove sigma from 1e-3 to ~0.15 in 192 steps. One step's
+    gradient moves rho by lr * |grad| (|grad| of order kappa^-1-scaled KL terms): sigma stays near init.
+    """
+    recorder = _Sigma()
+    args = _args(tmp_path, max_steps=48, optim="sgd", learning_rate=0.01, lr_scheduler_type="constant")
+    trainer = DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(24), callbacks=[recorder])
+    recorder.trainer = trainer
+    trainer.train()
+    assert recorder.cleared == [True] * 48
+    assert max(recorder.sigma) < 2e-3, recorder.sigma[-5:]  # 1e-3 at init
+
+
+def test_a_second_train_continues_the_same_posterior(tmp_path: Path) -> None:
+    """Issue 32, 2: train() twice on one trainer (the Trainer keeps the model and its optimizer): ConfigError from
+    the wiring check, as a new posterior std was made that the kept optimizer did not hold."""
+    trainer = DEELBoTrainer(model=_model(), args=_args(tmp_path, learning_rate=0.05), train_dataset=_Texts(16))
+    trainer.train()
+    first = trainer.deelbo
+    rho_after_first = _rho(trainer)
+    assert first is not None
+    trainer.train()  # another max_steps on the same model
+    assert trainer.deelbo is first  # the same posterior, the same prior mean
+    moved = [float((a - b).abs().max()) for a, b in zip(_rho(trainer), rho_after_first, strict=True)]
+    assert max(moved) > 0  # the kept optimizer trains it on
+    assert trainer.optimizer is not None
+    held = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in first.sigma_parameters())
+
+
+def test_a_learning_rate_warm_up_does_not_trip_the_wiring_check(tmp_path: Path) -> None:
+    """Issue 32, 3: AdamW at 2e-5 with 200 warm-up steps moves the weights at step 3-4 but not rho (about -6.9)
+    in float32; the check read that as an optimizer without the posterior std."""
+    args = _args(tmp_path, max_steps=8, learning_rate=2e-5, warmup_steps=200, per_device_train_batch_size=4)
+    trainer = DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(16))
+    trainer.train()  # no ConfigError
+    assert trainer.deelbo is not None and trainer.deelbo.sigma == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_the_learning_rate_is_checked_where_it_enters(tmp_path: Path) -> None:
+    """Issue 31: TrainingArguments(learning_rate=1e308) reached torch's SGD and overflowed there."""
+    args = _args(tmp_path, learning_rate=1e308, optim="sgd")
+    trainer = DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(16))
+    with pytest.raises(od.ConfigError, match=r"TrainingArguments\(learning_rate=...\) must be a number from 1e-10"):
+        trainer.train()

@@ -33,7 +33,7 @@ from optuna_deelbo._batches import count_examples
 from optuna_deelbo._deprecated import call_moved
 from optuna_deelbo._divergence_rule import DivergenceRule
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_finite, positive_int
+from optuna_deelbo._validation import FLOAT32_MAX, learning_rate, positive_finite, positive_int
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, DEELBoRecipe, check_sigma_mode
 from optuna_deelbo.bayes._loop_health import LoopHealth
@@ -167,7 +167,9 @@ class DEELBo(nn.Module):
         self.prior_structure = prior_structure
         self.block_sizes = tuple(params[n].numel() for n in groups.body)
         self.num_weights = groups.numel(model, "body") + (groups.numel(model, "head") if groups.head else 0)
-        self.kappa = positive_finite(self.num_weights / self.n_train if kappa is None else kappa, "kappa")
+        self.kappa = positive_finite(
+            self.num_weights / self.n_train if kappa is None else kappa, "kappa", high=FLOAT32_MAX
+        )
         self.posterior = WeightPosterior(
             model, groups, sigma_mode=sigma_mode, init_sigma=init_sigma, share_head_sigma=share_head_sigma
         )
@@ -337,6 +339,11 @@ class DEELBo(nn.Module):
                 "pass weight_decay=0 or leave it out"
             )
         kwargs.pop("weight_decay", None)
+        if "lr" in kwargs:
+            learning_rate(kwargs["lr"], "lr")
+        for i, group in enumerate(param_groups or ()):
+            if "lr" in group:
+                learning_rate(group["lr"], f"param_groups[{i}]['lr']")
         weights = [p for p in self.model.parameters() if p.requires_grad]
         groups = optimizer_groups(weights, list(self.sigma_parameters()), param_groups, optimizer_class)
         return optimizer_class(groups, **kwargs)

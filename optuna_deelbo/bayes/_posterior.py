@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_finite
+from optuna_deelbo._validation import FLOAT32_MAX, positive_finite
 
 __all__ = ["POSTERIOR_SIGMA_MODES", "SIGMA_FLOOR", "ParameterGroups", "SigmaMode", "WeightPosterior"]
 
@@ -112,7 +112,7 @@ class WeightPosterior(nn.Module):
         super().__init__()
         if sigma_mode not in POSTERIOR_SIGMA_MODES:
             raise ConfigError(f"unknown sigma_mode {sigma_mode!r}; choose one of {POSTERIOR_SIGMA_MODES}")
-        if positive_finite(init_sigma, "init_sigma") < SIGMA_FLOOR:
+        if positive_finite(init_sigma, "init_sigma", high=FLOAT32_MAX) < SIGMA_FLOOR:
             raise ConfigError(f"init_sigma must be >= the posterior std floor {SIGMA_FLOOR:g}, got {init_sigma!r}")
         if share_head_sigma and sigma_mode != "scalar":
             raise ConfigError(f"share_head_sigma needs sigma_mode='scalar', got {sigma_mode!r}")

@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, vmap
 
 from optuna_deelbo._batches import count_examples, labelled_batches
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_int
+from optuna_deelbo._validation import check_seed, positive_int
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo_recipe import SELECTION_RULES
 from optuna_deelbo.bayes._posterior import WeightPosterior
@@ -115,6 +115,7 @@ def expected_nll(
     The draws come from a generator seeded by ``seed`` (same draws for every run that is compared).
     """
     positive_int(samples, "samples")
+    check_seed(seed)
     data = x if y is None else (x, y)
     n = count_examples(data)
     if n == 0:

@@ -13,11 +13,13 @@ Two mistakes give a plausible result that is not DE-ELBo, with no error from PyT
 * every ``torch.optim.Optimizer`` step (a global pre-step hook, installed only while some
   ``DEELBo`` is being watched) whose parameter groups hold the ``DEELBo``'s weights or
   ``rho`` with a non-zero ``weight_decay`` raises :class:`~optuna_deelbo.ConfigError`;
-* at each ``loss()`` call a fingerprint of the weights and of ``rho`` (one sum per tensor) is
-  compared with the first call's: once both have moved the check ends; when one group has
-  moved over :data:`PATIENCE` calls and the other has not, it raises. Any optimizer, even a
-  hand-written update, is covered; steps that change nothing (a learning-rate warm-up from 0,
-  a skipped mixed-precision step) are not counted.
+* a group counts as trained once an optimizer that holds it has stepped, or once its
+  fingerprint (one sum per tensor, compared at each ``loss()`` call with the first call's) has
+  moved (a hand-written update); once every group is trained the check ends; when one group
+  has trained over :data:`PATIENCE` calls and the other has not, it raises. Membership, not
+  movement, is what counts for an optimizer: during a learning-rate warm-up (a step of ~1e-7
+  leaves ``rho`` ~ -6.9 unchanged in float32 while the weights move) or with sigma at its
+  floor (a gradient of ~0) ``rho`` does not move, yet is trained.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class WiringCheck:
         self._groups: dict[str, list[Tensor]] = {g: list(ps) for g, ps in weights.items() if ps}
         self._groups["posterior std"] = list(rho)
         self._ids = {id(p) for ps in self._groups.values() for p in ps}
+        self._group_ids = {g: {id(p) for p in ps} for g, ps in self._groups.items()}
+        self._stepped: set[str] = set()  # groups an optimizer that holds them has stepped
         self._first: dict[str, Tensor] | None = None
         self._lopsided = 0
         self.done = False
@@ -91,7 +95,9 @@ class WiringCheck:
         _unwatch(self)
 
     def inspect(self, optimizer: torch.optim.Optimizer) -> None:
-        """Raise if ``optimizer`` would apply its own weight decay to the watched parameters."""
+        """Before ``optimizer`` steps: note which groups it trains; raise if it would apply its own weight decay."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self._stepped.update(g for g, ids in self._group_ids.items() if ids & held)
         for group in optimizer.param_groups:
             decay = group.get("weight_decay", 0) or 0
             if decay and any(id(p) in self._ids for p in group["params"]):
@@ -115,7 +121,7 @@ class WiringCheck:
         if self._first is None:
             self._first = now
             return
-        moved = {g: bool((now[g] != self._first[g]).any()) for g in now}
+        moved = {g: g in self._stepped or bool((now[g] != self._first[g]).any()) for g in now}
         if all(moved.values()):
             self.close()
             return

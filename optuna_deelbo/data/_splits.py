@@ -12,7 +12,7 @@ from torch import Tensor
 
 from optuna_deelbo._batches import to_tensors
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_int
+from optuna_deelbo._validation import fraction, positive_int
 
 __all__ = ["Split", "TransferData", "digits_transfer", "stratified_indices", "train_val_split"]
 
@@ -107,8 +107,7 @@ def stratified_indices(y: Tensor, n: int, seed: int) -> Tensor:
 
 def train_val_split(split: Split, val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
     """Stratified train/validation split (the paper's 80/20 protocol for MAP baselines)."""
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    fraction(val_fraction, "val_fraction")
     n_val = max(1, round(len(split) * val_fraction))
     if n_val >= len(split):
         raise ConfigError(f"N = {len(split)} is too small to hold out a validation split")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError, MissingDependency
+from optuna_deelbo._validation import learning_rate
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
 from optuna_deelbo.tuning._sampler import report_learned
@@ -97,6 +98,8 @@ class DEELBoCallback(pl.Callback):
             for rho in deelbo.sigma_parameters():
                 trainer.strategy.broadcast(rho.data, src=0)
         optimizer = trainer.optimizers[0]
+        for i, group in enumerate(optimizer.param_groups):  # a scheduler's warm-up may have set lr to 0 already
+            learning_rate(group.get("initial_lr", group["lr"]), f"configure_optimizers: param_groups[{i}]['lr']")
         optimizer.add_param_group({"params": list(deelbo.sigma_parameters()), "lr": optimizer.param_groups[0]["lr"]})
         original = pl_module.training_step
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError, MissingDependency
+from optuna_deelbo._validation import learning_rate
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
@@ -62,6 +63,12 @@ DEELBO_STATE_NAME = "deelbo_state.pt"
 _HEAD_NAMES = ("classifier", "score", "qa_outputs")
 #: The folder under ``output_dir`` where ``keep_best=True`` keeps the best trial's model.
 BEST_TRIAL_DIR = "best-trial"
+
+
+def _clear_grads(params: Sequence[Tensor]) -> None:
+    """``zero_grad(set_to_none=True)`` for parameters outside the model (the posterior std)."""
+    for p in params:
+        p.grad = None
 
 
 def default_head(model: nn.Module) -> tuple[str, ...]:
@@ -183,6 +190,7 @@ class DEELBoTrainer(transformers.Trainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer over the weights (weight decay 0) plus one group for the posterior std."""
         self._check_weight_decay()
+        learning_rate(self.args.learning_rate, "TrainingArguments(learning_rate=...)")
         deelbo = self._ensure_deelbo()
         had = self.optimizer is not None
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
@@ -190,6 +198,9 @@ class DEELBoTrainer(transformers.Trainer):
         listed = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if not had and not any(id(p) in listed for p in rho):
             optimizer.add_param_group({"params": rho, "weight_decay": 0.0})
+            # The Trainer clears the model's gradients after each step (model.zero_grad()); rho is no model
+            # parameter, so its gradient is cleared here, or it would sum every step's (sigma trains wrong).
+            optimizer.register_step_post_hook(lambda *_: _clear_grads(rho))
         return optimizer
 
     # --- the step -----------------------------------------------------------------------------------
@@ -251,7 +262,8 @@ class DEELBoTrainer(transformers.Trainer):
                 raise ConfigError(
                     "the DE-ELBo selection score is lower-is-better: hyperparameter_search(direction='minimize')"
                 )
-        self.deelbo = None  # a new posterior per run
+        # The posterior belongs to the model: a second train() on the same model continues it (as the Trainer
+        # continues the weights and keeps its optimizer); model_init's new model per trial gets a new one.
         self._trial = trial
         if isinstance(trial, optuna.trial.BaseTrial):
             self.study = getattr(trial, "study", None)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import MAX_COUNT, check_seed, positive_int, shown
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.bayes._priors import PRIOR_NAMES
 from optuna_deelbo.bayes._swag import SWAGMoments
@@ -46,12 +47,15 @@ CIFAR_DATASETS: tuple[str, ...] = ("cifar10-jpeg", "cifar10")
 PRETRAIN_LR = 0.1
 
 
-def _check_prior(prior: str, swag_rank: int) -> None:
-    """Refuse an unknown prior, or ``ptyl`` without SWAG columns, before any data is decoded."""
+def _check_arguments(prior: str, swag_rank: int, seed: object, **counts: object) -> None:
+    """Refuse an unknown prior, ``ptyl`` without SWAG columns, a bad seed or count before any data is decoded."""
+    check_seed(seed)
+    for name, value in counts.items():
+        positive_int(value, name)
     if prior not in PRIOR_NAMES:
         raise ConfigError(f"unknown prior {prior!r}; choose one of {PRIOR_NAMES}")
-    if not isinstance(swag_rank, int) or isinstance(swag_rank, bool) or swag_rank < 0:
-        raise ConfigError(f"swag_rank must be an integer >= 0, got {swag_rank!r}")
+    if not isinstance(swag_rank, int) or isinstance(swag_rank, bool) or not 0 <= swag_rank <= MAX_COUNT:
+        raise ConfigError(f"swag_rank must be an integer >= 0, got {shown(swag_rank)}")
     if prior == "ptyl" and swag_rank == 0:
         raise ConfigError("the ptyl prior needs SWAG moments from pretraining: pass swag_rank > 0")
 
@@ -120,7 +124,9 @@ def digits_task(
     Returns:
         The task and the pretraining wall-clock in seconds.
     """
-    _check_prior(prior, swag_rank)
+    _check_arguments(
+        prior, swag_rank, seed, n_train=n_train, steps=steps, batch_size=batch_size, pretrain_steps=pretrain_steps
+    )
     resolve_recipe(recipe)
     data = digits_transfer(n_train, seed=seed)
     start = time.perf_counter()
@@ -259,7 +265,17 @@ def split_cifar_task(
     """
     if backbone not in BACKBONE_NAMES:
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONE_NAMES}")
-    _check_prior(prior, swag_rank)
+    _check_arguments(
+        prior,
+        swag_rank,
+        seed,
+        n_train=n_train,
+        steps=steps,
+        batch_size=batch_size,
+        pretrain_steps=pretrain_steps,
+        pretrain_batch_size=pretrain_batch_size,
+    )
+    check_seed(pretrain_seed, "pretrain_seed")
     resolve_recipe(recipe)
     source_split, target_train, target_test = _split_cifar_data(data_dir, source, cache_dir, n_train, seed)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

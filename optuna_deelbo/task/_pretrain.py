@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_int
+from optuna_deelbo._validation import MAX_COUNT, check_seed, positive_int, shown
 from optuna_deelbo.bayes._objectives import MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
@@ -53,10 +53,12 @@ def pretrain(
     snapshots) once a ``swag_start`` fraction of the steps has run, and the SWAG moments
     (mean, diagonal variance, ``swag_rank`` deviation columns) are returned for PTYL.
     """
-    if isinstance(swag_rank, bool) or not isinstance(swag_rank, int) or swag_rank < 0:
-        raise ConfigError(f"swag_rank must be an integer >= 0, got {swag_rank!r}")
+    positive_int(steps, "steps (pretraining)")
+    check_seed(seed)
+    if isinstance(swag_rank, bool) or not isinstance(swag_rank, int) or not 0 <= swag_rank <= MAX_COUNT:
+        raise ConfigError(f"swag_rank must be an integer >= 0, got {shown(swag_rank)}")
     if not 0 <= swag_start < 1:
-        raise ConfigError(f"swag_start must be a fraction in [0, 1), got {swag_start}")
+        raise ConfigError(f"swag_start must be a fraction in [0, 1), got {shown(swag_start)}")
     first = int(swag_start * steps) + 1
     every = max(1, (steps - first + 1) // max(swag_rank, 1)) if swag_every is None else swag_every
     positive_int(every, "swag_every")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_finite, positive_int
+from optuna_deelbo._validation import FLOAT32_MAX, check_seed, fraction, positive_finite, positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe, resolve_recipe
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, body_prior_for
@@ -115,7 +115,9 @@ class TaskSpec:
             raise ConfigError(f"unknown prior {self.prior!r}; choose one of {PRIOR_NAMES}")
         self.recipe = resolve_recipe(self.recipe)
         if self.kappa is not None:
-            positive_finite(self.kappa, "kappa")
+            positive_finite(self.kappa, "kappa", high=FLOAT32_MAX)
+        fraction(self.val_fraction, "val_fraction")
+        check_seed(self.seed, "seed")
         if isinstance(self.head_prefixes, str):
             self.head_prefixes = (self.head_prefixes,)
         if self.prior == "ptyl" and self.prior_covariance is None:

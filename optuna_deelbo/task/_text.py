@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_int
+from optuna_deelbo._validation import check_seed, positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe
 from optuna_deelbo.data._splits import Split
 from optuna_deelbo.data._text import WORDNET_CLASSES, WORDNET_DIR, TextExamples, read_wordnet_nouns
@@ -90,6 +90,9 @@ def text_task(
     The head (``classifier``) is re-initialised under ``torch.manual_seed(seed)`` for every run;
     L2-SP's prior mean is the pretrained body.
     """
+    check_seed(seed)
+    for count, what in ((max_length, "max_length"), (steps, "steps"), (batch_size, "batch_size")):
+        positive_int(count, what)
     train_ex = _examples(train, "train")
     test_ex = _examples(test, "test") if test is not None else None
     if len(train_ex) == 0:
@@ -167,6 +170,9 @@ def wordnet_task(
         The task and the seconds spent tokenizing and computing the frozen bottom's cache (shared
         by every strategy, like the image tasks' source pretraining).
     """
+    check_seed(seed)
+    positive_int(n_train, "n_train")
+    positive_int(n_test, "n_test")
     start = time.perf_counter()
     examples = read_wordnet_nouns(wordnet_dir, WORDNET_CLASSES)
     train, test = examples.split(n_train, n_test, seed)

@@ -13,7 +13,9 @@ message starts with a stable tag naming the mode (:data:`DIVERGENCE_KINDS`), and
 * ``diverging``: the running training NLL (mean over the last ``log_every`` steps) is above
   ``nll_factor`` times the reference NLL for ``patience`` consecutive checks; the reference is
   the first step's NLL, at least ``min_reference`` nats (so a run that starts from a nearly
-  perfect fit is not stopped by noise).
+  perfect fit is not stopped by noise); a run whose last check is above the limit is diverged
+  too (:meth:`DivergenceMonitor.check_end`: too short for ``patience`` checks, it has no steps
+  left to recover in).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DivergenceMonitor:
         self.lr = lr
         self._first_nll: Tensor | float | None = None
         self._above = 0
+        self._last: tuple[int, float] | None = None  # (step, NLL) of the last check above the limit
 
     def start(self, first_nll: Tensor | float) -> None:
         """Record the first step's NLL (a 0-d tensor is read only at the next :meth:`check`)."""
@@ -99,8 +102,23 @@ class DivergenceMonitor:
             return
         limit = self.rule.nll_factor * reference
         self._above = self._above + 1 if row["nll"] > limit else 0
+        self._last = (step, row["nll"]) if self._above else None
         if self._above >= self.rule.patience:
             raise TrainingDiverged(
                 f"diverging: training NLL {row['nll']:.4g} above {self.rule.nll_factor:g} x the first step's "
                 f"{reference:.3g} for {self._above} checks in a row {where}"
             )
+
+    def check_end(self) -> None:
+        """At the end of a run: raise :class:`TrainingDiverged` if its last check was above the NLL limit.
+
+        ``patience`` forgives a spike the run recovers from; a run that ends above the limit
+        (e.g. 20 steps at lr 1e6, fewer checks than ``patience``) does not recover.
+        """
+        if self._last is None or self.rule.nll_factor is None:
+            return
+        step, nll = self._last
+        raise TrainingDiverged(
+            f"diverging: training NLL {nll:.4g} above {self.rule.nll_factor:g} x the first step's "
+            f"{self.reference:.3g} at the end of training (step {step}, lr={self.lr:g})"
+        )

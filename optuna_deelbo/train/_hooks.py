@@ -142,6 +142,11 @@ class DivergenceCheck(TrainHook):
     def on_log(self, step: int, row: dict[str, float]) -> None:
         self.monitor.check(step, row, getattr(self.loop.objective, "posterior", None))
 
+    def finish(self) -> None:
+        # with early stopping the run ends on its best weights, not on the last checked ones
+        if self.loop.config.patience is None:
+            self.monitor.check_end()
+
 
 class Evaluation(TrainHook):
     """Every ``eval_every`` steps: the validation NLL (or the running loss), reported to the trial

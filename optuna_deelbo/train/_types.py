@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from optuna_deelbo._batches import count_examples, labelled_batches
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import positive_finite, positive_int
+from optuna_deelbo._validation import check_seed, learning_rate, positive_finite, positive_int, shown
 from optuna_deelbo.bayes._deelbo_recipe import SIGMA_OPTIMIZERS
 from optuna_deelbo.bayes._objectives import Objective
 from optuna_deelbo.train._divergence import DivergenceRule
@@ -26,9 +26,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+        raise ConfigError(f"unknown device {shown(device)}: {str(exc)[:200]}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        raise ConfigError(f"device {shown(device)} asked for, but CUDA is not available on this machine")
     return dev
 
 
@@ -92,28 +92,31 @@ class TrainConfig:
     divergence: DivergenceRule = field(default_factory=DivergenceRule)
 
     def __post_init__(self) -> None:
-        positive_finite(self.lr, "learning rate")
+        learning_rate(self.lr, "learning rate (lr)")
+        check_seed(self.seed, "seed")
         for name in ("steps", "batch_size", "log_every", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             positive_int(value, name)
         if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"momentum must be in [0, 1), got {shown(self.momentum)}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov=True needs momentum > 0")
         for name in ("restart_period", "patience"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+            if value is not None and not isinstance(value, int):
+                raise ConfigError(f"{name} must be a positive integer or None, got {shown(value)}")
+            if value is not None:
+                positive_int(value, f"{name} (or None)")
         if self.restart_period is not None and not self.cosine:
             raise ConfigError("restart_period needs cosine=True (warm restarts of the cosine schedule)")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+        if self.clip_norm is not None:
+            positive_finite(self.clip_norm, "clip_norm (None: no clipping)")
         if self.sigma_optimizer not in SIGMA_OPTIMIZERS:
             raise ConfigError(f"unknown sigma_optimizer {self.sigma_optimizer!r}; choose one of {SIGMA_OPTIMIZERS}")
         if self.sigma_lr is not None:
-            positive_finite(self.sigma_lr, "sigma_lr")
+            learning_rate(self.sigma_lr, "sigma_lr")
         elif self.sigma_optimizer == "adam":
             raise ConfigError("sigma_optimizer='adam' needs a sigma_lr")
         if not isinstance(self.divergence, DivergenceRule):

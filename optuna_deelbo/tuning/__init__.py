@@ -5,12 +5,14 @@
 * :mod:`~optuna_deelbo.tuning.attrs`: every trial / study user-attr key, and :func:`best_params`.
 * :mod:`~optuna_deelbo.tuning.strategies`: what each search runs; the study lifecycle
   (:func:`compare`, :func:`run_strategy`, :func:`plan_compare`, :func:`finish_planned_study`, ...)
-  runs it in a storage (:func:`open_storage`), in one process or many (:func:`run_worker`).
+  runs it in a storage (:func:`open_storage`), in one process or many (:func:`run_worker`); a search
+  whose every trial failed or was pruned raises :class:`SearchFailed`.
 """
 
 from __future__ import annotations
 
 from optuna_deelbo._deprecated import moved_names
+from optuna_deelbo._errors import SearchFailed
 from optuna_deelbo.tuning import attrs
 from optuna_deelbo.tuning._batched import fit_deelbo_batched
 from optuna_deelbo.tuning._checkpoints import Checkpointing, default_artifacts_dir, worker_checkpointing
@@ -76,6 +78,7 @@ __all__ = [
     "QueueEmpty",
     "QueueProgress",
     "RetrainResult",
+    "SearchFailed",
     "StrategyResult",
     "attrs",
     "best_params",

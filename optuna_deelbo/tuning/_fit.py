@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
-from optuna_deelbo._validation import nonnegative_finite, positive_finite
+from optuna_deelbo._validation import learning_rate, nonnegative_finite
 from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
@@ -70,7 +70,7 @@ _TRACE_POINTS = 100
 
 
 def _check_hparams(lr: float, weight_decay: float | None) -> None:
-    positive_finite(lr, "learning rate")
+    learning_rate(lr, "learning rate (lr)")
     if weight_decay is not None:
         nonnegative_finite(weight_decay, "weight_decay")
 
@@ -349,7 +349,7 @@ def fit(
     Args:
         trial: the objective's trial; its study's sampler decides MAP or DE-ELBo.
         task: the fine-tuning problem.
-        lr: learning rate (> 0).
+        lr: learning rate (``1e-10`` to ``1e6``).
         weight_decay: MAP penalty coefficient (ignored, and learned, under ``DEELBoSampler``).
         schedule: MAP only: a weight-decay schedule instead of the fixed value; the
             trajectory is stored as the ``lambda:trajectory`` user attr ``[[step, wd], ...]``.
@@ -368,6 +368,7 @@ def fit(
     if not isinstance(task, TaskSpec):
         raise ConfigError(f"task must be an optuna_deelbo.TaskSpec, got {type(task).__name__}")
     _require_minimize(trial, "od.fit")
+    _check_hparams(lr, weight_decay)  # the weight decay too: a NaN is a mistake even where it is learned
     start = time.perf_counter()
     attrs: dict[str, Any] = {}
     live_trial = trial if isinstance(trial, optuna.trial.Trial) else None

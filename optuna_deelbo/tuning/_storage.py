@@ -9,7 +9,7 @@ import optuna
 import sqlalchemy
 
 from optuna_deelbo._errors import ConfigError, StorageError
-from optuna_deelbo._validation import positive_int
+from optuna_deelbo._validation import positive_int, shown
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -43,7 +43,7 @@ def _grpc_address(url: str) -> tuple[str, int]:
     """``(host, port)`` of ``grpc://host:port``."""
     host, sep, port = url.removeprefix(GRPC_SCHEME).rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise StorageError(f"a gRPC storage URL is grpc://HOST:PORT (e.g. grpc://localhost:13000), got {url!r}")
+        raise StorageError(f"a gRPC storage URL is grpc://HOST:PORT (e.g. grpc://localhost:13000), got {shown(url)}")
     return host, int(port)
 
 
@@ -56,14 +56,14 @@ def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
             proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
     except ImportError as exc:
         raise StorageError(
-            f"cannot open storage {url!r}: {exc}; install the gRPC client: pip install 'optuna-deelbo[grpc]'"
+            f"cannot open storage {shown(url)}: {exc}; install the gRPC client: pip install 'optuna-deelbo[grpc]'"
         ) from exc
     try:
         proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT_S)
     except Exception as exc:  # grpc.FutureTimeoutError
         proxy.close()
         raise StorageError(
-            f"cannot open storage {url!r}: no gRPC storage proxy answers at {host}:{port} within "
+            f"cannot open storage {shown(url)}: no gRPC storage proxy answers at {host}:{port} within "
             f"{GRPC_CONNECT_TIMEOUT_S} s; start one with `optuna-deelbo proxy --storage <database URL> --port {port}`"
         ) from exc
     return proxy
@@ -85,7 +85,7 @@ def serve_grpc_proxy(url: str, *, host: str = "localhost", port: int = 13000) ->
             the gRPC server package is missing, or the port cannot be bound.
     """
     if is_grpc_url(url):
-        raise StorageError(f"the proxy serves a database (sqlite:///..., postgresql+psycopg://...), not {url!r}")
+        raise StorageError(f"the proxy serves a database (sqlite:///..., postgresql+psycopg://...), not {shown(url)}")
     storage = optuna.storages.get_storage(open_storage(url))  # Optuna's cache in front of the RDB, as it advises
     try:
         with warnings.catch_warnings():
@@ -127,7 +127,7 @@ def open_storage(
             longer than the interval.
     """
     if not isinstance(url, str) or "://" not in url:
-        raise StorageError(f"storage must be a SQLAlchemy URL such as {DEFAULT_STORAGE!r}, got {url!r}")
+        raise StorageError(f"storage must be a SQLAlchemy URL such as {DEFAULT_STORAGE!r}, got {shown(url)}")
     if is_grpc_url(url):
         if heartbeat_interval is not None:
             raise ConfigError(
@@ -165,7 +165,7 @@ def open_storage(
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, ImportError) and url.startswith("postgresql"):
             reason += "; install the PostgreSQL driver: pip install 'optuna-deelbo[postgres]'"
-        raise StorageError(f"cannot open storage {url!r}: {reason}") from exc
+        raise StorageError(f"cannot open storage {shown(url)}: {reason}") from exc
     if url.startswith("sqlite") and not _in_memory(url):
         _serialise_sqlite_transactions(storage.engine)
     return storage

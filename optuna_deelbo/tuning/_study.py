@@ -22,11 +22,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_deelbo._errors import ConfigError, StudyExists
+from optuna_deelbo._errors import ConfigError, SearchFailed, StudyExists
+from optuna_deelbo._validation import shown
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.task._stored import BuiltinTask
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._checkpoints import worker_checkpointing
+from optuna_deelbo.tuning._sampler import DEELBoSampler
 from optuna_deelbo.tuning._storage import open_storage
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, queue_progress, requeue_interrupted
 from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, Strategy, get_strategy
@@ -67,7 +69,7 @@ def parse_strategies(spec: str | Sequence[str]) -> list[str]:
         raise ConfigError(f"no strategy given; choose from {', '.join(STRATEGY_NAMES)}")
     for name in names:
         if name not in STRATEGY_NAMES:
-            raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+            raise ConfigError(f"unknown strategy {shown(name)}; choose from {', '.join(STRATEGY_NAMES)}")
     return list(dict.fromkeys(names))
 
 
@@ -239,6 +241,26 @@ def reporting_overhead_s(trials: Sequence[FrozenTrial], best: FrozenTrial) -> fl
     return total - float(best.user_attrs.get(A.TIME_TEST_EVAL_S, 0.0))
 
 
+def search_failed(strategy: str, study: optuna.Study) -> SearchFailed:
+    """The error for a study with no complete trial: how many finished, and the first one's reason."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    kept = f"the study {study.study_name!r} is kept in the storage (each trial's {A.FAILURE_REASON!r} user attr)"
+    if not finished:
+        return SearchFailed(f"strategy {strategy!r}: no trial finished; {kept}")
+    first = min(finished, key=lambda t: t.number)
+    reason = str(first.user_attrs.get(A.FAILURE_REASON) or f"{first.state.name.lower()}, no reason recorded")
+    reason = " ".join(reason.split())
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    placeholders = study.sampler.learned if isinstance(study.sampler, DEELBoSampler) else frozenset()
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in first.params.items() if k not in placeholders
+    )
+    return SearchFailed(
+        f"strategy {strategy!r}: all {len(finished)} trials failed or were pruned; the first ({params}): {reason}; "
+        f"{kept}"
+    )
+
+
 def finish_strategy(strategy: Strategy, task: TaskSpec, study: optuna.Study, tuning_s: float) -> StrategyResult:
     """Pick the winner of a worked-off study, retrain it if the strategy does, write the study's result attrs.
 
@@ -247,7 +269,7 @@ def finish_strategy(strategy: Strategy, task: TaskSpec, study: optuna.Study, tun
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        raise RuntimeError(f"strategy {strategy.name!r}: every trial failed or was pruned; see the study's user attrs")
+        raise search_failed(strategy.name, study)
     best = min(complete, key=lambda t: float(t.value if t.value is not None else "inf"))
     if strategy.retrain_winner:
         outcome = strategy.retrain_best(task, best)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import shown
 from optuna_deelbo.tuning.strategies._base import (
     LEARNING_RATES,
     LR_RANGE,
@@ -80,4 +81,4 @@ def get_strategy(
         return PullUpStrategy(lrs)
     if name == "adaptive":
         return AdaptiveStrategy(lrs)
-    raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    raise ConfigError(f"unknown strategy {shown(name)}; choose from {', '.join(STRATEGY_NAMES)}")

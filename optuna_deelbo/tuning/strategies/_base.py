@@ -5,7 +5,6 @@ A strategy says what to search; the study lifecycle in :mod:`optuna_deelbo.tunin
 
 from __future__ import annotations
 
-import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import learning_rate
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, run_queue
@@ -43,13 +43,16 @@ WEIGHT_DECAY_RANGE: tuple[float, float] = (min(WEIGHT_DECAYS), max(WEIGHT_DECAYS
 
 
 def check_learning_rates(values: Sequence[float]) -> tuple[float, ...]:
-    """A learning-rate grid: distinct positive finite numbers, in the given order."""
+    """A learning-rate grid: distinct finite numbers in ``(0, MAX_LEARNING_RATE]``, in the given order."""
     try:
-        lrs = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ConfigError(f"learning rates must be numbers, got {values!r}") from None
-    if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs) or len(set(lrs)) != len(lrs):
-        raise ConfigError(f"learning rates must be distinct positive finite numbers (at least one), got {values!r}")
+        items = () if isinstance(values, (str, bytes)) else tuple(values)
+    except TypeError:
+        items = ()
+    if not items:
+        raise ConfigError(f"learning rates must be a non-empty sequence of numbers, got {values!r}")
+    lrs = tuple(learning_rate(v, "every learning rate") for v in items)
+    if len(set(lrs)) != len(lrs):
+        raise ConfigError(f"learning rates must be distinct, got {values!r}")
     return lrs
 
 

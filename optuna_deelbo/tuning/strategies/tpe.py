@@ -16,6 +16,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._validation import positive_int, shown
 from optuna_deelbo.regularizers._penalties import PENALTY_NAMES
 from optuna_deelbo.regularizers._regularization import FLOAT_SPACE, SEARCHABLE, Regularization
 from optuna_deelbo.task._spec import TaskSpec
@@ -130,8 +131,10 @@ class TPEStrategy(Strategy):
 
     def __init__(self, trials: int | None = None, learning_rates: Sequence[float] | None = None) -> None:
         super().__init__(learning_rates)
-        if trials is not None and (not isinstance(trials, int) or trials <= 0):
-            raise ConfigError(f"TPE trials must be a positive integer, got {trials!r}")
+        if trials is not None and not isinstance(trials, int):
+            raise ConfigError(f"TPE trials must be a positive integer, got {shown(trials)}")
+        if trials is not None:
+            positive_int(trials, "TPE trials")
         self._trials = trials or len(self.learning_rates) * len(WEIGHT_DECAYS)
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
