@@ -309,3 +309,123 @@ def test_a_resumed_lightning_run_keeps_the_original_prior_mean_and_sigma(tmp_pat
     assert resumed.deelbo is not None
     assert torch.equal(resumed.deelbo.body_prior.mean, start)  # the original start, not the weights after 4 steps
     assert resumed.deelbo.sigma == pytest.approx(sigma_at_4, rel=1e-6)
+
+
+# --- issue 32: a well-behaved Lightning callback ---------------------------------------------------------------
+
+
+def _digits_loader() -> DataLoader:  # type: ignore[type-arg]
+    data = od.data.digits_transfer(100, seed=0)
+    return DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25)
+
+
+def _fit(
+    tmp_path: Path, module: pl.LightningModule, callbacks: list[pl.Callback], steps: int, **kw: object
+) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, _digits_loader(), **kw)  # type: ignore[arg-type]
+    return trainer
+
+
+def _callback() -> DEELBoCallback:
+    return DEELBoCallback(100, head=("head.",), recalibrate_batchnorm=False)
+
+
+def _rho(callback: DEELBoCallback) -> torch.Tensor:
+    assert callback.deelbo is not None
+    return torch.cat([p.detach().reshape(-1).clone() for p in callback.deelbo.sigma_parameters()])
+
+
+def test_a_second_fit_and_a_resume_into_the_same_callback_continue_the_posterior(tmp_path: Path) -> None:
+    """Issue 32, 9 and 10: every fit built a new DE-ELBo: a second fit restarted rho at init_sigma and took the
+    L2-SP mean again from the trained weights; a resume (ckpt_path) loaded the checkpoint into the old one."""
+    torch.manual_seed(0)
+    module, callback = _DigitsModule(0.05), _callback()
+    run = _fit(tmp_path, module, [callback], 4)
+    first, rho_4 = callback.deelbo, _rho(callback)
+    assert first is not None
+    prior_mean = first.body_prior.mean.clone()
+    run.save_checkpoint(tmp_path / "after4.ckpt")
+    _fit(tmp_path, module, [callback], 8)  # a second fit, further
+    assert callback.deelbo is first and torch.equal(first.body_prior.mean, prior_mean)
+    assert not torch.equal(_rho(callback), rho_4)  # trained on from step 4's rho
+    init = torch.full_like(rho_4, float(_rho(_fresh_callback(module))[0]))
+    assert float((rho_4 - init).abs().max()) > 0
+    # the same callback, a resume from step 4: rho is the checkpoint's when training starts again
+    seen: list[torch.Tensor] = []
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen.append(_rho(callback))
+
+    _fit(tmp_path, module, [callback, Probe()], 6, ckpt_path=str(tmp_path / "after4.ckpt"))
+    assert torch.equal(seen[0], rho_4)
+    assert torch.equal(callback.deelbo.body_prior.mean, prior_mean)  # type: ignore[union-attr]
+
+
+def _fresh_callback(module: pl.LightningModule) -> DEELBoCallback:
+    """A callback with a DE-ELBo over ``module`` at init (rho at init_sigma), built as on_fit_start builds it."""
+    callback = _callback()
+    callback.deelbo = od.DEELBo(module, 100, head=("head.",))
+    return callback
+
+
+def test_resuming_with_sigma_at_its_floor_is_not_called_a_wiring_mistake(tmp_path: Path) -> None:
+    """Issue 32, 11: rho near -201 (sigma at the floor, gradient ~0) does not move; rho is in the stepping
+    optimizer, so the wiring is right and the check must not say 'the optimizer was built from model.parameters()'."""
+
+    class PlainSGD(_DigitsModule):  # no momentum: nothing moves rho but its gradient, ~0 at the floor
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    torch.manual_seed(0)
+    module, callback = PlainSGD(0.05), _callback()
+    run = _fit(tmp_path, module, [callback], 2)
+    assert callback.deelbo is not None
+    with torch.no_grad():
+        for rho in callback.deelbo.sigma_parameters():
+            rho.fill_(-201.0)
+    run.save_checkpoint(tmp_path / "floor.ckpt")
+    resumed = _callback()
+    _fit(tmp_path, PlainSGD(0.05), [resumed], 8, ckpt_path=str(tmp_path / "floor.ckpt"))  # no ConfigError
+    assert torch.equal(_rho(resumed), torch.full_like(_rho(resumed), -201.0))  # trained, and unmoved at the floor
+
+
+def test_a_checkpoint_saved_without_the_callback_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Issue 32, 12: torch's 'loaded state dict has a different number of parameter groups', no word of what to do."""
+    torch.manual_seed(0)
+    plain = _fit(tmp_path, _DigitsModule(0.05), [], 2)
+    plain.save_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(od.ConfigError, match=r"saved without DEELBoCallback.*Resume it without the callback"):
+        _fit(tmp_path, _DigitsModule(0.05), [_callback()], 4, ckpt_path=str(tmp_path / "plain.ckpt"))
+
+
+def test_a_training_step_set_on_the_instance_survives_the_fit(tmp_path: Path) -> None:
+    """Issue 32, 14: ``model.training_step = my_step`` was deleted after fit (the class's method came back)."""
+    torch.manual_seed(0)
+    module = _DigitsModule(0.05)
+    calls: list[int] = []
+
+    def my_step(batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        calls.append(batch_idx)
+        x, y = batch
+        return nn.functional.cross_entropy(module(x), y)
+
+    module.training_step = my_step  # type: ignore[method-assign]
+    _fit(tmp_path, module, [_callback()], 2)
+    assert calls == [0, 1]  # the user's step ran, under the DE-ELBo wrapper
+    assert module.__dict__["training_step"] is my_step
+    plain = _DigitsModule(0.05)
+    _fit(tmp_path, plain, [_callback()], 1)
+    assert "training_step" not in plain.__dict__  # a module without one gets none

@@ -357,3 +357,124 @@ def test_the_learning_rate_is_checked_where_it_enters(tmp_path: Path) -> None:
     trainer = DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(16))
     with pytest.raises(od.ConfigError, match=r"TrainingArguments\(learning_rate=...\) must be a number from 1e-10"):
         trainer.train()
+
+
+class _Events(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.events.append("log")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.events.append("train_end")
+
+
+def test_nothing_is_logged_after_the_training_ends(tmp_path: Path) -> None:
+    """Issue 32, 4: the learned values were logged after Trainer.train returned (on_log after on_train_end, and
+    log_history[-1] no longer the training summary)."""
+    events = _Events()
+    trainer = DEELBoTrainer(model=_model(), args=_args(tmp_path), train_dataset=_Texts(16), callbacks=[events])
+    output = trainer.train()
+    assert events.events[-1] == "train_end" and "log" in events.events
+    summary = trainer.state.log_history[-1]
+    assert "train_loss" in summary and summary["deelbo/selection_score"] == trainer.selection_score
+    assert output.metrics["deelbo/selection_score"] == trainer.selection_score
+    assert output.metrics["deelbo/sigma"] > 0
+
+
+class _OwnLoader:
+    """A loader object of the user's own (not a torch DataLoader): the batches of a dataset in order."""
+
+    def __init__(self, data: _Texts, batch_size: int) -> None:
+        self.data, self.batch_size = data, batch_size
+
+    def __iter__(self) -> Any:
+        for start in range(0, len(self.data), self.batch_size):
+            rows = [self.data[i] for i in range(start, min(start + self.batch_size, len(self.data)))]
+            yield {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def test_an_own_eval_loader_and_an_iterable_dataset_are_scored(tmp_path: Path) -> None:
+    """Issue 32, 5 and 6: a get_eval_dataloader returning the user's own loader object, and an IterableDataset
+    with n_train= (the fix the error message named), were refused by the end-of-training selection score."""
+    data = _Texts(16)
+
+    class OwnLoaderTrainer(DEELBoTrainer):
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            return _OwnLoader(data, 8)
+
+    class Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            return (data[i] for i in range(len(data)))
+
+    plain = DEELBoTrainer(model=_model(), args=_args(tmp_path / "a"), train_dataset=data)
+    plain.train()
+    own = OwnLoaderTrainer(model=_model(), args=_args(tmp_path / "b"), train_dataset=data)
+    own.train()
+    assert own.selection_score == pytest.approx(plain.selection_score, rel=1e-6)  # the same examples, scored alike
+    stream = DEELBoTrainer(model=_model(), args=_args(tmp_path / "c"), train_dataset=Stream(), n_train=16)
+    stream.train()
+    assert stream.selection_score is not None and math.isfinite(stream.selection_score)
+    wrong = DEELBoTrainer(model=_model(), args=_args(tmp_path / "d"), train_dataset=Stream(), n_train=64)
+    with pytest.raises(od.ConfigError, match="got 16 examples but n_train=64"):
+        wrong.train()
+
+
+def test_a_multi_objective_search_is_refused_with_the_fix_or_runs_on_eval(tmp_path: Path) -> None:
+    """Issue 32, 7: hyperparameter_search(direction=[...]) (several objectives): RuntimeError from study.direction."""
+
+    def hp_space(trial: optuna.Trial) -> dict[str, float]:
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True)}
+
+    def objectives(metrics: dict[str, float]) -> list[float]:
+        return [metrics["eval_loss"], -metrics["eval_loss"]]
+
+    def trainer(**kw: Any) -> DEELBoTrainer:
+        return DEELBoTrainer(
+            model_init=lambda trial=None: _model(),
+            args=_args(tmp_path, eval_strategy="steps", eval_steps=6),
+            train_dataset=_Texts(16),
+            eval_dataset=_Texts(8, seed=1),
+            compute_metrics=None,
+            **kw,
+        )
+
+    with pytest.raises(od.ConfigError, match=r"selection='eval'"):
+        trainer().hyperparameter_search(
+            hp_space=hp_space, backend="optuna", n_trials=1, direction=["minimize", "maximize"]
+        )
+    best = trainer(selection="eval").hyperparameter_search(
+        hp_space=hp_space,
+        backend="optuna",
+        n_trials=1,
+        direction=["minimize", "maximize"],
+        compute_objective=objectives,
+    )
+    assert len(best) == 1 and len(best[0].objective) == 2
+
+
+def test_the_best_checkpoint_brings_its_posterior_std_and_prior(tmp_path: Path) -> None:
+    """Issue 32, 8: load_best_model_at_end restored the best checkpoint's weights, but kept the last step's sigma
+    and prior: the selection score and a later save_model mixed two points of the run."""
+    args = _args(
+        tmp_path,
+        max_steps=8,
+        learning_rate=0.05,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,  # the highest evaluation loss: an early checkpoint, not the last step's
+        per_device_train_batch_size=4,
+    )
+    trainer = DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(16), eval_dataset=_Texts(8, seed=1))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-8"), best  # not the last step's (else no test)
+    saved = torch.load(Path(best) / DEELBO_STATE_NAME, weights_only=True)
+    assert trainer.deelbo is not None
+    for key, value in trainer.deelbo.posterior_state().items():
+        assert torch.equal(value, saved[key]), key

@@ -45,7 +45,7 @@ from optuna_deelbo.bayes._priors import (
     body_prior_for,
     head_prior_for,
 )
-from optuna_deelbo.bayes._selection import BatchNLL, BatchNormMode, expected_nll
+from optuna_deelbo.bayes._selection import BatchNLL, BatchNormMode, expected_nll_and_count
 from optuna_deelbo.bayes._wiring import WiringCheck, group_weights, optimizer_groups
 
 __all__ = ["BatchNormWarning", "DEELBo", "n_examples"]
@@ -486,11 +486,8 @@ class DEELBo(nn.Module):
             ConfigError: ``data`` does not hold ``n_train`` examples.
             TrainingDiverged: the run diverged (see :meth:`check_divergence`).
         """
-        n = count_examples(data)
-        if n != self.n_train:
-            raise ConfigError(
-                f"selection_score() reads the whole training set: got {n} examples but n_train={self.n_train}"
-            )
+        if batch_nll is None:  # with batch_nll, the examples are counted while they are scored
+            self._check_whole_training_set(count_examples(data))
         self.check_divergence()
         if batchnorm == "running" and batchnorm_layers(self.model) and self.health.batchnorm_stale:
             warnings.warn(
@@ -500,7 +497,7 @@ class DEELBo(nn.Module):
                 BatchNormWarning,
                 stacklevel=2,
             )
-        nll = expected_nll(
+        nll, n = expected_nll_and_count(
             self,
             data,
             samples=samples,
@@ -511,8 +508,15 @@ class DEELBo(nn.Module):
             batchnorm=batchnorm,
             batch_nll=batch_nll,
         )
+        self._check_whole_training_set(n)
         kl = float(self.kl_terms()[0])
         return nll + kl / (self.kappa * self.n_train)
+
+    def _check_whole_training_set(self, n: int) -> None:
+        if n != self.n_train:
+            raise ConfigError(
+                f"selection_score() reads the whole training set: got {n} examples but n_train={self.n_train}"
+            )
 
     # --- prediction and BatchNorm ---------------------------------------------------------------
     def predict_proba(self, x: Tensor, samples: int = 0) -> Tensor:

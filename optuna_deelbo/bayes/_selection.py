@@ -42,6 +42,7 @@ __all__ = [
     "BATCHNORM_MODES",
     "BatchNormMode",
     "expected_nll",
+    "expected_nll_and_count",
     "laplace_neg_log_evidence",
     "selection_scores",
 ]
@@ -108,16 +109,46 @@ def expected_nll(
             the reference code's criterion); ``"batch"``: with each batch's own statistics, as in
             the training forwards the posterior was fitted with (the running statistics are
             left as they were). Every other layer is in eval mode either way.
-        batch_nll: scores each raw batch of ``x`` (an iterable of batches, e.g. a ``DataLoader``)
-            instead of ``loss_fn(model(inputs), labels)``; see :data:`BatchNLL`. ``x`` is then read
-            as it is, once per draw.
+        batch_nll: scores each raw batch of ``x`` (any iterable of batches: a ``DataLoader``, one
+            over an ``IterableDataset``, a loader object of your own) instead of
+            ``loss_fn(model(inputs), labels)``; see :data:`BatchNLL`. ``x`` is then read as it is,
+            once per draw, and its examples are the counts ``batch_nll`` returns.
 
     The draws come from a generator seeded by ``seed`` (same draws for every run that is compared).
     """
+    return expected_nll_and_count(
+        source,
+        x,
+        y,
+        samples=samples,
+        transform=transform,
+        batch_size=batch_size,
+        seed=seed,
+        loss_fn=loss_fn,
+        batchnorm=batchnorm,
+        batch_nll=batch_nll,
+    )[0]
+
+
+@torch.no_grad()
+def expected_nll_and_count(
+    source: _HasPosterior,
+    x: object,
+    y: Tensor | None = None,
+    *,
+    samples: int = 10,
+    transform: Transform = None,
+    batch_size: int = 512,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    batchnorm: BatchNormMode = "running",
+    batch_nll: BatchNLL | None = None,
+) -> tuple[float, int]:
+    """:func:`expected_nll` and the number of examples it read (with ``batch_nll``: the sum of its counts)."""
     positive_int(samples, "samples")
     check_seed(seed)
     data = x if y is None else (x, y)
-    n = count_examples(data)
+    n = count_examples(data) if batch_nll is None else None
     if n == 0:
         raise ConfigError("cannot score a run on an empty data set")
     loss_fn = loss_fn or _cross_entropy
@@ -138,9 +169,14 @@ def expected_nll(
             weights = source.posterior.sample(generator)
             if batch_nll is not None:
                 forward = functools.partial(_call_with, model, weights)
+                seen = 0
                 for batch in data:  # type: ignore[attr-defined]
                     nll, count = batch_nll(forward, batch)
                     total += nll.double() * count
+                    seen += count
+                if n is not None and seen != n:
+                    raise ConfigError(f"the data gave {seen} examples in one pass and {n} in the one before")
+                n = seen
                 continue
             for xb, yb in labelled_batches(data, batch_size):
                 xb, yb = xb.to(device), yb.to(device)
@@ -151,7 +187,9 @@ def expected_nll(
         for m, state in zip(layers, saved, strict=True):
             m.load_state_dict(state)
         model.train(was_training)
-    return float(total) / (samples * n)
+    if not n:
+        raise ConfigError("cannot score a run on an empty data set")
+    return float(total) / (samples * n), n
 
 
 def _ggn_diagonal(

@@ -82,6 +82,8 @@ class DEELBoCallback(pl.Callback):
         self.deelbo_kwargs = deelbo_kwargs
         self.deelbo: DEELBo | None = None
         self._restored: dict[str, Any] | None = None  # a checkpoint's posterior, loaded before fit start
+        self._checkpoint_groups: int | None = None  # the resumed checkpoint's optimizer parameter groups
+        self._own_step: Any = None  # a training_step the user set on the module instance, put back after fit
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
@@ -90,7 +92,11 @@ class DEELBoCallback(pl.Callback):
             raise ConfigError("DEELBoCallback adds the KL once per optimizer step: use accumulate_grad_batches=1")
         if len(trainer.optimizers) != 1:
             raise ConfigError(f"DEELBoCallback needs exactly one optimizer, the module has {len(trainer.optimizers)}")
-        self.deelbo = deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **self.deelbo_kwargs)
+        if self.deelbo is None or self.deelbo.model is not pl_module:
+            # a fit of another module starts a posterior; a second fit of the same module (or a resume into it)
+            # continues its posterior std and keeps the prior mean of the first start
+            self.deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **self.deelbo_kwargs)
+        deelbo = self.deelbo
         if self._restored is not None:
             self._apply(self._restored)
             self._restored = None
@@ -100,7 +106,14 @@ class DEELBoCallback(pl.Callback):
         optimizer = trainer.optimizers[0]
         for i, group in enumerate(optimizer.param_groups):  # a scheduler's warm-up may have set lr to 0 already
             learning_rate(group.get("initial_lr", group["lr"]), f"configure_optimizers: param_groups[{i}]['lr']")
-        optimizer.add_param_group({"params": list(deelbo.sigma_parameters()), "lr": optimizer.param_groups[0]["lr"]})
+        stds = list(deelbo.sigma_parameters())
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        has_stds = any(id(p) in held for p in stds)  # configure_optimizers may hand back one optimizer every fit
+        self._refuse_a_checkpoint_without_the_posterior(len(optimizer.param_groups) - has_stds)
+        if not has_stds:
+            first = optimizer.param_groups[0]
+            optimizer.add_param_group({"params": stds, "lr": first.get("initial_lr", first["lr"])})
+        self._own_step = pl_module.__dict__.get("training_step")
         original = pl_module.training_step
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
@@ -111,7 +124,28 @@ class DEELBoCallback(pl.Callback):
                 return {**out, "loss": deelbo.loss(out["loss"])}
             raise ConfigError("training_step must return the loss tensor or a dict with a 'loss' tensor")
 
+        training_step.deelbo_wrapped = True  # type: ignore[attr-defined]
         pl_module.training_step = training_step  # type: ignore[method-assign]
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("optimizer_states") or []
+        self._checkpoint_groups = len(states[0]["param_groups"]) if len(states) == 1 else None
+
+    def _refuse_a_checkpoint_without_the_posterior(self, model_groups: int) -> None:
+        """A checkpoint saved without this callback has no posterior std group: say so, not torch's ValueError.
+
+        Args:
+            model_groups: the optimizer's parameter groups over the module's weights (without rho's).
+        """
+        groups, self._checkpoint_groups = self._checkpoint_groups, None
+        if groups is not None and groups == model_groups:
+            raise ConfigError(
+                "the checkpoint was saved without DEELBoCallback: its optimizer state has no group for the "
+                "posterior std, so the run cannot resume as DE-ELBo. Resume it without the callback, or start a "
+                "DE-ELBo run from its weights (load them into the module, fit without ckpt_path)"
+            )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -165,9 +199,16 @@ class DEELBoCallback(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore(pl_module)
 
-    @staticmethod
-    def _restore(pl_module: pl.LightningModule) -> None:
-        pl_module.__dict__.pop("training_step", None)  # the class's own method again
+    def _restore(self, pl_module: pl.LightningModule) -> None:
+        """The module's own training_step again: the class's, or the one the user set on the instance."""
+        step = pl_module.__dict__.get("training_step")
+        if step is None or not getattr(step, "deelbo_wrapped", False):
+            return
+        if self._own_step is not None:
+            pl_module.__dict__["training_step"] = self._own_step
+        else:
+            del pl_module.__dict__["training_step"]
+        self._own_step = None
 
     def state_dict(self) -> dict[str, Any]:
         """The posterior std (``rho``) and the priors (the L2-SP mean) for Lightning checkpoints.
@@ -180,13 +221,10 @@ class DEELBoCallback(pl.Callback):
         return {"deelbo": self.deelbo.posterior_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the posterior std and the priors (applied at fit start if Lightning restores callbacks first)."""
+        """Restore the posterior std and the priors (Lightning restores callbacks before ``on_fit_start``)."""
         if not ({"deelbo", "posterior"} & set(state_dict)):
             return
-        if self.deelbo is not None:
-            self._apply(state_dict)
-        else:
-            self._restored = state_dict
+        self._restored = state_dict  # applied at fit start, to the posterior of the module being fitted
 
     def _apply(self, state: dict[str, Any]) -> None:
         assert self.deelbo is not None

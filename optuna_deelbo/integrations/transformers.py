@@ -258,6 +258,11 @@ class DEELBoTrainer(transformers.Trainer):
         """
         if isinstance(trial, optuna.trial.BaseTrial) and self.selection == "deelbo":
             study = getattr(trial, "study", None)
+            if study is not None and len(study.directions) > 1:
+                raise ConfigError(
+                    "the DE-ELBo selection score is one number: for hyperparameter_search(direction=[...]) pass "
+                    "DEELBoTrainer(selection='eval') and a compute_objective that returns your objectives"
+                )
             if study is not None and study.direction != optuna.study.StudyDirection.MINIMIZE:
                 raise ConfigError(
                     "the DE-ELBo selection score is lower-is-better: hyperparameter_search(direction='minimize')"
@@ -288,7 +293,11 @@ class DEELBoTrainer(transformers.Trainer):
             if self.keep_best:
                 self._keep_if_best(trial, self.selection_score)
         final = {f"deelbo/{k}": float(v) for k, v in deelbo.learned_values().items() if isinstance(v, float)}
-        self.log({**final, "deelbo/selection_score": self.selection_score})
+        final["deelbo/selection_score"] = self.selection_score
+        # Trainer.train has ended (callbacks had on_train_end): no more logs; the values join its summary instead
+        output.metrics.update(final)
+        if self.state.log_history and "train_loss" in self.state.log_history[-1]:
+            self.state.log_history[-1].update(final)
         return output
 
     def _score(self, deelbo: DEELBo) -> float:
@@ -337,6 +346,14 @@ class DEELBoTrainer(transformers.Trainer):
         if trial is None:
             return best
         return type(best)(best.run_id, best.objective, A.learned_params(trial), getattr(best, "run_summary", None))
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint's weights, and its posterior std and prior too."""
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        path = os.path.join(best, DEELBO_STATE_NAME) if best is not None else None
+        if self.deelbo is not None and path is not None and os.path.isfile(path):
+            self.deelbo.load_posterior_state(torch.load(path, map_location="cpu", weights_only=True))
 
     # --- saving and resuming ------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
