@@ -478,3 +478,30 @@ def test_the_best_checkpoint_brings_its_posterior_std_and_prior(tmp_path: Path) 
     assert trainer.deelbo is not None
     for key, value in trainer.deelbo.posterior_state().items():
         assert torch.equal(value, saved[key]), key
+
+
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    """Issue 32, exact resume: the posterior draws come from the DE-ELBo's own generator, saved in the checkpoint."""
+
+    def trainer(folder: str) -> DEELBoTrainer:
+        args = _args(
+            tmp_path / folder,
+            max_steps=8,
+            save_strategy="steps",
+            save_steps=4,
+            per_device_train_batch_size=4,
+            learning_rate=0.05,
+            optim="sgd",
+        )
+        return DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(16))
+
+    whole = trainer("whole")
+    whole.train()  # 8 steps, writing checkpoint-4 on the way
+    resumed = trainer("resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "out" / "checkpoint-4"))
+    assert whole.deelbo is not None and resumed.deelbo is not None
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(_rho(whole), _rho(resumed), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    assert resumed.deelbo.lam == pytest.approx(whole.deelbo.lam, rel=1e-5)

@@ -33,7 +33,7 @@ from optuna_deelbo._batches import count_examples
 from optuna_deelbo._deprecated import call_moved
 from optuna_deelbo._divergence_rule import DivergenceRule
 from optuna_deelbo._errors import ConfigError
-from optuna_deelbo._validation import FLOAT32_MAX, learning_rate, positive_finite, positive_int
+from optuna_deelbo._validation import FLOAT32_MAX, check_seed, learning_rate, positive_finite, positive_int
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers, recalibrate_batchnorm
 from optuna_deelbo.bayes._deelbo_recipe import PRIOR_STRUCTURES, DEELBoRecipe, check_sigma_mode
 from optuna_deelbo.bayes._loop_health import LoopHealth
@@ -90,6 +90,10 @@ class _MethodCall(nn.Module):
         return self.fn(*args, **kwargs)
 
 
+#: The key of the draws' generator state in :meth:`DEELBo.posterior_state` (with ``noise_seed``).
+NOISE_STATE_KEY = "noise_generator_state"
+
+
 class DEELBo(nn.Module):
     """A model with a diagonal Gaussian posterior and the DE-ELBo's closed-form prior variances.
 
@@ -117,6 +121,11 @@ class DEELBo(nn.Module):
             decay (see :meth:`optimizer`). Turn off only for a deliberate variant of the method.
         divergence: when the run counts as diverged (:meth:`check_divergence`); the rule
             ``od.fit`` applies.
+        noise_seed: ``None`` (default): the posterior draws of training forwards come from
+            torch's global generator (as dropout's do). An int: from a generator of this
+            object's own, seeded with it, whose state is part of :meth:`posterior_state`, so a
+            run resumed from a checkpoint continues with the draws of the uninterrupted run
+            (the integrations use it: Lightning does not checkpoint the global generator).
 
     Raises:
         ConfigError: no trainable parameters, a head prefix that matches nothing, ``n_train <= 0``,
@@ -138,8 +147,11 @@ class DEELBo(nn.Module):
         prior_structure: str = "shared",
         check_wiring: bool = True,
         divergence: DivergenceRule | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.noise_seed = None if noise_seed is None else check_seed(noise_seed, "noise_seed")
+        self._noise: torch.Generator | None = None  # made on the weights' device at the first draw
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         groups = head if isinstance(head, ParameterGroups) else ParameterGroups.split(model, head)
@@ -215,7 +227,7 @@ class DEELBo(nn.Module):
         if not self.model.training:
             return self.model(*args, **kwargs)
         self._before_sampled_forward(args)
-        return functional_call(self.model, self.posterior.sample(), args, kwargs)
+        return functional_call(self.model, self.posterior.sample(self._noise_generator()), args, kwargs)
 
     def _before_sampled_forward(self, args: Sequence[Any]) -> None:
         if self._prior_mean_pending:
@@ -228,6 +240,15 @@ class DEELBo(nn.Module):
                 "pass n_train=len(train_set) or the dataset itself"
             )
         self._sampled = True
+
+    def _noise_generator(self) -> torch.Generator | None:
+        """The generator of the training draws: ``None`` (torch's global one) unless ``noise_seed`` was given."""
+        if self.noise_seed is None:
+            return None
+        if self._noise is None:
+            device = next(iter(self.posterior.means().values())).device
+            self._noise = torch.Generator(device=device).manual_seed(self.noise_seed)
+        return self._noise
 
     @torch.no_grad()
     def fix_prior_mean(self) -> None:
@@ -252,7 +273,7 @@ class DEELBo(nn.Module):
         ``training_step``); gradients flow to the means and to sigma as in :meth:`forward`.
         """
         self._before_sampled_forward(args)
-        sample = {"model." + name: value for name, value in self.posterior.sample().items()}
+        sample = {"model." + name: value for name, value in self.posterior.sample(self._noise_generator()).items()}
         return functional_call(_MethodCall(self.model, fn), sample, args, kwargs)
 
     def sampled_weights(self, *inputs: Any, noise: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -549,8 +570,13 @@ class DEELBo(nn.Module):
         """:meth:`state_dict` without the model's weights: the posterior std and the priors (the L2-SP mean).
 
         For checkpoints that already hold the weights (Lightning's, the Hugging Face Trainer's).
+        With ``noise_seed``, also the state of the draws' generator (``noise_generator_state``).
         """
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+        generator = self._noise_generator()
+        if generator is not None:
+            state[NOISE_STATE_KEY] = generator.get_state()
+        return state
 
     def load_posterior_state(self, state: Mapping[str, Tensor]) -> None:
         """Load :meth:`posterior_state`'s dict (the weights stay as they are).
@@ -558,8 +584,13 @@ class DEELBo(nn.Module):
         Raises:
             ConfigError: the state belongs to another model (unexpected, missing or differently shaped keys).
         """
+        state = dict(state)
+        noise = state.pop(NOISE_STATE_KEY, None)
+        generator = self._noise_generator()
+        if noise is not None and generator is not None:
+            generator.set_state(noise.cpu())
         try:
-            missing, unexpected = self.load_state_dict(dict(state), strict=False)
+            missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # a tensor of another shape: another model's state
             reason = str(exc).strip().splitlines()[-1].strip()
             raise ConfigError(f"the checkpoint's DE-ELBo state does not fit this model: {reason}") from None

@@ -95,7 +95,9 @@ class DEELBoCallback(pl.Callback):
         if self.deelbo is None or self.deelbo.model is not pl_module:
             # a fit of another module starts a posterior; a second fit of the same module (or a resume into it)
             # continues its posterior std and keeps the prior mean of the first start
-            self.deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **self.deelbo_kwargs)
+            # the draws from a generator of the DE-ELBo's own, saved in checkpoints (Lightning saves no global RNG)
+            kwargs = {"noise_seed": torch.initial_seed() % 2**32, **self.deelbo_kwargs}
+            self.deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **kwargs)
         deelbo = self.deelbo
         if self._restored is not None:
             self._apply(self._restored)

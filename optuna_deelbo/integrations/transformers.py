@@ -168,7 +168,8 @@ class DEELBoTrainer(transformers.Trainer):
         net = self._net
         if self.deelbo is None or self.deelbo.model is not net:
             head = self.head if self.head is not None else default_head(net)
-            self.deelbo = DEELBo(net, self._n_train(), self.prior, head=head, **self.deelbo_kwargs)
+            kwargs = {"noise_seed": int(self.args.seed) % 2**32, **self.deelbo_kwargs}  # draws saved in checkpoints
+            self.deelbo = DEELBo(net, self._n_train(), self.prior, head=head, **kwargs)
             self.deelbo.to(next(net.parameters()).device)
             if self._restored is not None:
                 self.deelbo.load_posterior_state(self._restored)
