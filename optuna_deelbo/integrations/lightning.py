@@ -56,7 +56,8 @@ class DEELBoCallback(pl.Callback):
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
     optimizer's first learning rate; learning-rate schedulers built before that leave it constant.
-    Gradient accumulation and manual optimisation are refused (the KL term is added once per step).
+    Gradient accumulation (``accumulate_grad_batches``) adds the KL once per optimizer step, as
+    Lightning divides each micro-batch's loss by their number; manual optimisation is refused.
     """
 
     def __init__(
@@ -88,8 +89,8 @@ class DEELBoCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise ConfigError("DEELBoCallback needs automatic optimisation (training_step returns the loss)")
-        if trainer.accumulate_grad_batches != 1:
-            raise ConfigError("DEELBoCallback adds the KL once per optimizer step: use accumulate_grad_batches=1")
+        # accumulate_grad_batches = G: Lightning divides each micro-batch's loss by G, so the G losses of one step,
+        # each its mean NLL + KL / (kappa N), sum to the mean NLL over the G micro-batches + the KL once
         if len(trainer.optimizers) != 1:
             raise ConfigError(f"DEELBoCallback needs exactly one optimizer, the module has {len(trainer.optimizers)}")
         if self.deelbo is None or self.deelbo.model is not pl_module:
