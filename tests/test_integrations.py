@@ -523,3 +523,32 @@ def _fresh_linear() -> DEELBoCallback:
     callback = DEELBoCallback(8, prior="l2-zero", head=("head.",))
     callback.deelbo = od.DEELBo(_Linear(), 8, prior="l2-zero", head=("head.",), init_sigma=1e-6)
     return callback
+
+
+@pytest.mark.parametrize("module_class", [_DigitsModule, _NoForwardModule])
+def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_statistics(
+    tmp_path: Path, module_class: type[_DigitsModule]
+) -> None:
+    """Issue 32, 13: BatchNorm was recalibrated in on_fit_end, after the last checkpoint was written: last.ckpt held
+    the statistics of the sampled weights (running_var off by up to 0.64) for load_from_checkpoint and test()."""
+    torch.manual_seed(0)
+    module = module_class(0.05)
+    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
+    callback = DEELBoCallback(100, head=("head.",))  # recalibrate_batchnorm=True (the default)
+    trainer = pl.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback, last],
+    )
+    seen: list[torch.Tensor] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, _digits_loader())
+        seen.append(module.body[1].running_var.clone())  # after on_fit_end: the mean weights' statistics
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert torch.allclose(saved["body.1.running_var"], seen[0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(saved["body.1.running_mean"], module.body[1].running_mean, rtol=1e-5, atol=1e-6)

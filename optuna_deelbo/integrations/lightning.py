@@ -25,6 +25,7 @@ from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError, MissingDependency
 from optuna_deelbo._validation import learning_rate
+from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
 from optuna_deelbo.tuning._sampler import report_learned
@@ -198,6 +199,37 @@ class DEELBoCallback(pl.Callback):
                 )
             finally:
                 del pl_module.__dict__["log"], pl_module.__dict__["log_dict"]
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """A checkpoint written during training holds BatchNorm statistics of its mean weights.
+
+        The module's own running statistics are those of the sampled training forwards (they only
+        matter in eval mode); ``load_from_checkpoint`` and ``trainer.test(ckpt_path=...)`` predict
+        with the checkpoint's, so those are recalibrated (one pass over the training loader) and
+        the module's are left as they were: training goes on unchanged.
+        """
+        layers = {name: m for name, m in pl_module.named_modules() if m in set(batchnorm_layers(pl_module))}
+        loader = trainer.train_dataloader
+        if not (self.recalibrate and layers and trainer.training and self.deelbo is not None and loader is not None):
+            return
+        live = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in layers.items()}
+        wrapper = pl_module.__dict__.pop("training_step", None)  # the pass runs the mean weights, not draws
+        if self._own_step is not None:
+            pl_module.__dict__["training_step"] = self._own_step
+        try:
+            self._recalibrate(pl_module, loader)
+            weights = checkpoint["state_dict"]
+            for name, m in layers.items():
+                for key, value in m.state_dict().items():
+                    if f"{name}.{key}" in weights:
+                        weights[f"{name}.{key}"] = value.detach().clone()
+        finally:
+            for name, m in layers.items():
+                m.load_state_dict(live[name])
+            if wrapper is not None:
+                pl_module.__dict__["training_step"] = wrapper
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore(pl_module)
