@@ -6,6 +6,7 @@ import importlib.util
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import optuna
@@ -319,23 +320,29 @@ def _digits_loader() -> DataLoader:  # type: ignore[type-arg]
     return DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25)
 
 
-def _fit(
-    tmp_path: Path, module: pl.LightningModule, callbacks: list[pl.Callback], steps: int, **kw: object
-) -> pl.Trainer:
-    trainer = pl.Trainer(
+def _trainer(tmp_path: Path, callbacks: list[pl.Callback], steps: int, **settings: Any) -> pl.Trainer:
+    """A quiet CPU Trainer of ``steps`` steps (no logger, bar or summary; no checkpointing unless asked)."""
+    return pl.Trainer(
         max_steps=steps,
         accelerator="cpu",
         logger=False,
         default_root_dir=tmp_path,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
         callbacks=callbacks,
+        **{"enable_checkpointing": False, **settings},
     )
+
+
+def _fit_with(trainer: pl.Trainer, module: pl.LightningModule, loader: Any, **kw: Any) -> pl.Trainer:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, _digits_loader(), **kw)  # type: ignore[arg-type]
+        trainer.fit(module, loader, **kw)
     return trainer
+
+
+def _fit(tmp_path: Path, module: pl.LightningModule, callbacks: list[pl.Callback], steps: int, **kw: Any) -> pl.Trainer:
+    return _fit_with(_trainer(tmp_path, callbacks, steps), module, _digits_loader(), **kw)
 
 
 def _callback() -> DEELBoCallback:
@@ -436,20 +443,9 @@ def test_an_interrupted_and_resumed_lightning_run_equals_the_uninterrupted_one(t
     (a resumed run's loss differed by 0.0038); now from the DE-ELBo's own, saved with the callback's state.
     Lightning's own resume is exact here (a plain module resumed from the same checkpoint: difference 0)."""
 
-    def fit(module: pl.LightningModule, callback: DEELBoCallback, **kw: object) -> None:
+    def fit(module: pl.LightningModule, callback: DEELBoCallback, **kw: Any) -> None:
         every_4 = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
-        trainer = pl.Trainer(
-            max_steps=8,
-            accelerator="cpu",
-            logger=False,
-            default_root_dir=tmp_path,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[callback, every_4],
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.fit(module, _digits_loader(), **kw)  # type: ignore[arg-type]
+        _fit_with(_trainer(tmp_path, [callback, every_4], 8, enable_checkpointing=True), module, _digits_loader(), **kw)
 
     torch.manual_seed(0)
     whole, whole_cb = _DigitsModule(0.05), _callback()
@@ -494,20 +490,8 @@ def test_gradient_accumulation_adds_the_kl_once_per_optimizer_step(tmp_path: Pat
     def one_step(batch: int, accumulate: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         module = _Linear()
         callback = DEELBoCallback(8, prior="l2-zero", head=("head.",), recalibrate_batchnorm=False, init_sigma=1e-6)
-        trainer = pl.Trainer(
-            max_steps=1,
-            accumulate_grad_batches=accumulate,
-            accelerator="cpu",
-            logger=False,
-            default_root_dir=tmp_path,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            callbacks=[callback],
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.fit(module, DataLoader(data, batch_size=batch))
+        trainer = _trainer(tmp_path, [callback], 1, accumulate_grad_batches=accumulate)
+        _fit_with(trainer, module, DataLoader(data, batch_size=batch))
         return [p.detach().clone() for p in module.parameters()], _rho(callback)
 
     weights_one, rho_one = one_step(8, 1)
@@ -535,20 +519,8 @@ def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_stat
     module = module_class(0.05)
     last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
     callback = DEELBoCallback(100, head=("head.",))  # recalibrate_batchnorm=True (the default)
-    trainer = pl.Trainer(
-        max_steps=8,
-        accelerator="cpu",
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback, last],
-    )
-    seen: list[torch.Tensor] = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, _digits_loader())
-        seen.append(module.body[1].running_var.clone())  # after on_fit_end: the mean weights' statistics
+    _fit_with(_trainer(tmp_path, [callback, last], 8, enable_checkpointing=True), module, _digits_loader())
+    seen = [module.body[1].running_var.clone()]  # after on_fit_end: the mean weights' statistics
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert torch.allclose(saved["body.1.running_var"], seen[0], rtol=1e-5, atol=1e-6)
     assert torch.allclose(saved["body.1.running_mean"], module.body[1].running_mean, rtol=1e-5, atol=1e-6)
