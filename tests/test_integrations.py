@@ -509,7 +509,15 @@ def _fresh_linear() -> DEELBoCallback:
     return callback
 
 
-@pytest.mark.parametrize("module_class", [_DigitsModule, _NoForwardModule])
+class _Validated(_DigitsModule):
+    """Validates every epoch: its checkpoints are written after a validation (``trainer.training`` is False)."""
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_nll", nn.functional.cross_entropy(self(x), y))
+
+
+@pytest.mark.parametrize("module_class", [_DigitsModule, _NoForwardModule, _Validated])
 def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_statistics(
     tmp_path: Path, module_class: type[_DigitsModule]
 ) -> None:
@@ -517,9 +525,14 @@ def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_stat
     the statistics of the sampled weights (running_var off by up to 0.64) for load_from_checkpoint and test()."""
     torch.manual_seed(0)
     module = module_class(0.05)
-    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
+    if module_class is _Validated:
+        last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val_nll")
+    else:
+        last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
     callback = DEELBoCallback(100, head=("head.",))  # recalibrate_batchnorm=True (the default)
-    _fit_with(_trainer(tmp_path, [callback, last], 8, enable_checkpointing=True), module, _digits_loader())
+    trainer = _trainer(tmp_path, [callback, last], 8, enable_checkpointing=True)
+    loaders = {"val_dataloaders": _digits_loader()} if module_class is _Validated else {}
+    _fit_with(trainer, module, _digits_loader(), **loaders)
     seen = [module.body[1].running_var.clone()]  # after on_fit_end: the mean weights' statistics
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert torch.allclose(saved["body.1.running_var"], seen[0], rtol=1e-5, atol=1e-6)

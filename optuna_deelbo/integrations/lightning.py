@@ -32,6 +32,7 @@ from optuna_deelbo.tuning._sampler import report_learned
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.trainer.states import TrainerFn
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
         "optuna_deelbo.integrations.lightning needs the lightning package: pip install 'optuna-deelbo[lightning]'"
@@ -95,9 +96,9 @@ class DEELBoCallback(pl.Callback):
         if len(trainer.optimizers) != 1:
             raise ConfigError(f"DEELBoCallback needs exactly one optimizer, the module has {len(trainer.optimizers)}")
         if self.deelbo is None or self.deelbo.model is not pl_module:
-            # a fit of another module starts a posterior; a second fit of the same module (or a resume into it)
-            # continues its posterior std and keeps the prior mean of the first start
-            # the draws from a generator of the DE-ELBo's own, saved in checkpoints (Lightning saves no global RNG)
+            # A fit of another module starts a posterior; a second fit of the same module (or a resume into it)
+            # continues its posterior std and keeps the prior mean of the first start. The draws come from a
+            # generator of the DE-ELBo's own, saved in checkpoints (Lightning saves no global RNG).
             kwargs = {"noise_seed": torch.initial_seed() % 2**32, **self.deelbo_kwargs}
             self.deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **kwargs)
         deelbo = self.deelbo
@@ -210,9 +211,11 @@ class DEELBoCallback(pl.Callback):
         with the checkpoint's, so those are recalibrated (one pass over the training loader) and
         the module's are left as they were: training goes on unchanged.
         """
-        layers = {name: m for name, m in pl_module.named_modules() if m in set(batchnorm_layers(pl_module))}
+        tracked = set(batchnorm_layers(pl_module))
+        layers = {name: m for name, m in pl_module.named_modules() if m in tracked}
         loader = trainer.train_dataloader
-        if not (self.recalibrate and layers and trainer.training and self.deelbo is not None and loader is not None):
+        fitting = trainer.state.fn == TrainerFn.FITTING  # also a checkpoint written after a validation
+        if not (self.recalibrate and layers and fitting and self.deelbo is not None and loader is not None):
             return
         live = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in layers.items()}
         wrapper = pl_module.__dict__.pop("training_step", None)  # the pass runs the mean weights, not draws
