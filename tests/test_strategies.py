@@ -67,3 +67,35 @@ def test_tpe_proposals_depend_only_on_the_seed_and_trial_number() -> None:
     assert first == again
     assert len(set(first.values())) == 4
     assert TrialSeededTPESampler(seed=3).trial_seed(5) == (3 * 1_000_003 + 5) % 2**32
+
+
+def test_a_retry_without_its_parameters_proposes_what_the_trial_it_retries_would_have() -> None:
+    """CI, Optuna 5.0.0 pass (tests/test_resume.py, once): SIGTERM landed while trial 3 was sampling, so it failed
+    with no parameters; its retry (another trial number) drew with another seed, and every later TPE proposal
+    differed from the uninterrupted run's. A retry now draws with the seed of the trial it retries."""
+
+    def fresh() -> optuna.Study:
+        study = optuna.create_study(sampler=TrialSeededTPESampler(seed=3, n_startup_trials=2))
+        for x in (0.2, 0.7, 0.4):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"x": x}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)}, value=x**2
+                )
+            )
+        return study
+
+    uninterrupted = fresh()
+    trial = uninterrupted.ask()
+    assert trial.number == 3
+    expected = trial.suggest_float("x", 0.0, 1.0)
+
+    interrupted = fresh()
+    interrupted.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))  # trial 3, no params
+    interrupted.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING, system_attrs={"failed_trial": 3, "retry_history": [3]}
+        )
+    )
+    retry = interrupted.ask()
+    assert retry.number == 4
+    assert retry.suggest_float("x", 0.0, 1.0) == expected  # seed 4 proposed another value

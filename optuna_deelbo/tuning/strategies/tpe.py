@@ -94,7 +94,10 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
         self._tpe.reseed_rng()
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._tpe = optuna.samplers.TPESampler(seed=self.trial_seed(trial.number), **self._kwargs)
+        # A retry draws as the trial it retries: one interrupted while its parameters were being sampled left
+        # some unset, and the retry's own number would propose other values than the uninterrupted run did.
+        number = int(trial.system_attrs.get("failed_trial", trial.number))
+        self._tpe = optuna.samplers.TPESampler(seed=self.trial_seed(number), **self._kwargs)
         self._tpe.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
