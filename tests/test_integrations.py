@@ -286,15 +286,7 @@ def test_a_resumed_lightning_run_keeps_the_original_prior_mean_and_sigma(tmp_pat
     start = torch.cat([p.detach().reshape(-1).clone() for n, p in module.named_parameters() if n.startswith("body.")])
 
     def trainer(steps: int, callback: DEELBoCallback) -> pl.Trainer:
-        return pl.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            default_root_dir=tmp_path,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[callback],
-        )
+        return _trainer(tmp_path, [callback], steps, enable_checkpointing=True)
 
     first = DEELBoCallback(len(data.train), head=("head.",), recalibrate_batchnorm=False)
     with warnings.catch_warnings():
