@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import os
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ import torch
 
 from optuna_deelbo import __version__
 from optuna_deelbo._errors import ConfigError, MissingDependency, SearchFailed, StorageError, TrainingDiverged
+from optuna_deelbo._interrupts import interruptible
 from optuna_deelbo._validation import LEARNING_RATE_RANGE, MAX_SEED, shown
 from optuna_deelbo.bayes import PRIOR_NAMES, RECIPE_NAMES
 from optuna_deelbo.models import BACKBONE_NAMES
@@ -517,24 +517,6 @@ def _one_line_errors() -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
-@contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """SIGTERM (``kill``, a stopping container) ends the run as Ctrl-C does: Optuna marks the running trial failed."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 def _refuse_nul_bytes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """No option value may hold a NUL byte (no path, URL or name can; the OS would raise deep inside)."""
     for name, value in vars(args).items():
@@ -546,7 +528,7 @@ def _refuse_nul_bytes(parser: argparse.ArgumentParser, args: argparse.Namespace)
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command."""
     if args.command == "compare":
-        with _interruptible():
+        with interruptible():  # SIGTERM (``kill``, a stopping container) stops the run as Ctrl-C does
             return _compare(args)
     commands = {"report": _report, "worker": _worker, "finish": _finish, "proxy": _proxy}
     return commands[args.command](args)  # argparse admits no other command

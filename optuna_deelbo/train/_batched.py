@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo._interrupts import raise_pending_interrupt
 from optuna_deelbo._optuna_trial import Trial, TrialPruned
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, Objective, _autocast
@@ -235,6 +236,7 @@ def train_batched(
     try:
         with _batch_statistics_only(base):
             for step in range(1, config.steps + 1):
+                raise_pending_interrupt()  # one a finalizer swallowed (optuna_deelbo._interrupts)
                 active = [m for m in members if m.outcome is None]
                 if not active:
                     break

@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._interrupts import raise_pending_interrupt
 from optuna_deelbo._optuna_trial import Trial
 from optuna_deelbo.bayes._objectives import MAPObjective, Objective
 from optuna_deelbo.train._checkpoint import CheckpointHook
@@ -125,6 +126,7 @@ def train_model(
     loop.started = time.perf_counter()
     try:
         for step in range(loop.first_step, config.steps + 1):
+            raise_pending_interrupt()  # one a finalizer swallowed (optuna_deelbo._interrupts)
             for hook in hooks:
                 hook.before_forward(step)
             logged = loop.logged(loop.step(transform, mixing))
