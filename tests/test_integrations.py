@@ -529,3 +529,34 @@ def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_stat
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert torch.allclose(saved["body.1.running_var"], seen[0], rtol=1e-5, atol=1e-6)
     assert torch.allclose(saved["body.1.running_mean"], module.body[1].running_mean, rtol=1e-5, atol=1e-6)
+
+
+class _DropoutModule(_DigitsModule):
+    """BatchNorm and dropout: the recalibration pass for a checkpoint would draw dropout masks."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__(lr)
+        self.body.append(nn.Dropout(0.3))
+
+
+def test_writing_checkpoints_does_not_change_the_trained_weights(tmp_path: Path) -> None:
+    """The recalibration pass for each checkpoint (issue 32, 13) ran dropout and a shuffled loader on the global
+    generators: a run that wrote checkpoints drew other masks and batches afterwards, and ended with other weights."""
+    data = od.data.digits_transfer(100, seed=0)
+
+    def fit(folder: str, checkpoint: bool) -> _DropoutModule:
+        torch.manual_seed(0)
+        module = _DropoutModule(0.05)
+        loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=25, shuffle=True)
+        callbacks: list[pl.Callback] = [DEELBoCallback(100, head=("head.",))]
+        settings: dict[str, Any] = {}
+        if checkpoint:
+            callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=3))
+            settings["enable_checkpointing"] = True
+        _fit_with(_trainer(tmp_path / folder, callbacks, 8, **settings), module, loader)
+        return module
+
+    saving, plain = fit("saving", True), fit("plain", False)
+    assert list((tmp_path / "saving").glob("*.ckpt"))  # checkpoints were written (and recalibrated)
+    for (name, a), b in zip(saving.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

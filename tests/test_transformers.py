@@ -505,3 +505,63 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path: P
     for a, b in zip(_rho(whole), _rho(resumed), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-6)
     assert resumed.deelbo.lam == pytest.approx(whole.deelbo.lam, rel=1e-5)
+
+
+class _BatchNormNet(torch.nn.Module):
+    """BatchNorm and dropout between two linear layers; the Trainer's calling convention (loss first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Dropout(0.3)
+        )
+        self.classifier = torch.nn.Linear(8, 3)
+
+    def forward(self, input_x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        logits = self.classifier(self.body(input_x))
+        if labels is None:
+            return (logits,)
+        return torch.nn.functional.cross_entropy(logits, labels), logits
+
+
+class _Points(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, n: int = 32) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = (self.x[:, 0] > 0).long() + (self.x[:, 1] > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_x": self.x[i], "labels": self.y[i]}
+
+
+def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_statistics(tmp_path: Path) -> None:
+    """As issue 32, 13 for Lightning: the Trainer recalibrated BatchNorm after train(), after its last checkpoint, so
+    every checkpoint held the statistics of the sampled weights; and the pass must not shift the run's random numbers."""
+    from safetensors.torch import load_file
+
+    data = _Points()
+
+    def run(folder: str, **overrides: Any) -> DEELBoTrainer:
+        settings = {"max_steps": 8, "per_device_train_batch_size": 8, "learning_rate": 0.1, "optim": "sgd"}
+        args = _args(tmp_path / folder, **{**settings, **overrides})
+        trainer = DEELBoTrainer(model=_BatchNormNet(), args=args, train_dataset=data, n_train=len(data))
+        trainer.train()
+        return trainer
+
+    saving = run("saving", save_strategy="steps", save_steps=4)
+    plain = run("plain")  # no checkpoints: the same random numbers, so the same weights
+    for (name, a), b in zip(saving.model.state_dict().items(), plain.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    folder = tmp_path / "saving" / "out"
+    last = load_file(str(folder / "checkpoint-8" / "model.safetensors"))
+    assert torch.allclose(last["body.1.running_var"], saving.model.body[1].running_var, rtol=1e-5, atol=1e-6)
+    middle = load_file(str(folder / "checkpoint-4" / "model.safetensors"))
+    reference = _BatchNormNet()
+    reference.load_state_dict(middle)
+    od.recalibrate_batchnorm(reference, data.x, batch_size=8)  # the eval loader's batches, in order
+    assert torch.allclose(middle["body.1.running_var"], reference.body[1].running_var, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(middle["body.1.running_mean"], reference.body[1].running_mean, rtol=1e-5, atol=1e-6)

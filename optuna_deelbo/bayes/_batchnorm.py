@@ -52,6 +52,10 @@ def recalibrate_batchnorm(
 
     Returns:
         The number of BatchNorm layers recalibrated (0: the model has none; nothing changes).
+
+    The pass draws no random numbers of the caller's (dropout masks, a shuffling loader): the global
+    generators are restored afterwards, so a recalibration for a checkpoint mid-run changes nothing
+    of the run that goes on.
     """
     positive_int(batch_size, "batch_size")
     if call is not None and isinstance(x, Tensor):
@@ -62,6 +66,22 @@ def recalibrate_batchnorm(
     if not layers:
         return 0
     device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _recalibrate(model, layers, x, device, transform=transform, batch_size=batch_size, amp=amp, call=call)
+
+
+def _recalibrate(
+    model: nn.Module,
+    layers: list[nn.modules.batchnorm._BatchNorm],
+    x: Tensor | Iterable[Any],
+    device: torch.device,
+    *,
+    transform: Callable[[Tensor], Tensor] | None,
+    batch_size: int,
+    amp: bool,
+    call: Callable[[Any], object] | None,
+) -> int:
+    """:func:`recalibrate_batchnorm`'s pass, its arguments checked."""
     momenta = [m.momentum for m in layers]
     was_training = model.training
     for m in layers:

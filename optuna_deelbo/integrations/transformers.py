@@ -30,9 +30,10 @@ What it changes, and nothing else:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -143,6 +144,7 @@ class DEELBoTrainer(transformers.Trainer):
         self.selection_score: float | None = None
         self.study: optuna.Study | None = None
         self._restored: dict[str, Tensor] | None = None
+        self._fitting = False  # inside Trainer.train: a checkpoint written now gets recalibrated BatchNorm statistics
 
     # --- the posterior ------------------------------------------------------------------------------
     @property
@@ -273,14 +275,13 @@ class DEELBoTrainer(transformers.Trainer):
         self._trial = trial
         if isinstance(trial, optuna.trial.BaseTrial):
             self.study = getattr(trial, "study", None)
-        output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        self._fitting = True
+        try:
+            output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self._fitting = False
         deelbo = self._ensure_deelbo()
-        net = self._net
-        if batchnorm_layers(net):
-            ordered = self.get_eval_dataloader(self.train_dataset)
-            deelbo.recalibrate_batchnorm(
-                (self._prepare_inputs(batch) for batch in ordered), call=lambda batch: net(**batch)
-            )
+        self._recalibrate(deelbo)
         if isinstance(trial, optuna.trial.BaseTrial):
             report_learned(trial, deelbo)  # prunes a diverged run
         else:
@@ -357,9 +358,50 @@ class DEELBoTrainer(transformers.Trainer):
             self.deelbo.load_posterior_state(torch.load(path, map_location="cpu", weights_only=True))
 
     # --- saving and resuming ------------------------------------------------------------------------
+    def _recalibrate(self, deelbo: DEELBo) -> None:
+        """BatchNorm statistics of the mean weights, from the training set in order (nothing without BatchNorm)."""
+        net = self._net
+        if batchnorm_layers(net):
+            ordered = self.get_eval_dataloader(self.train_dataset)
+            deelbo.recalibrate_batchnorm(
+                (self._prepare_inputs(batch) for batch in ordered), call=lambda batch: net(**batch)
+            )
+
+    @contextlib.contextmanager
+    def _mean_weight_batchnorm(self, state_dict: dict[str, Any] | None) -> Iterator[None]:
+        """While a checkpoint is written during training, the model's BatchNorm statistics are its mean weights'.
+
+        The running statistics of the sampled training forwards would otherwise go into the checkpoint, and
+        ``from_pretrained`` / ``load_best_model_at_end`` would predict with them. The model's own are put back
+        afterwards (they only matter in eval mode), so training goes on unchanged. One pass over the
+        training set per checkpoint; a given ``state_dict`` gets the recalibrated values too.
+        """
+        net = self._net
+        tracked = set(batchnorm_layers(net))
+        layers = {name: m for name, m in net.named_modules() if m in tracked}
+        if not (self._fitting and layers and self.deelbo is not None and self.deelbo.model is net):
+            yield
+            return
+        live = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in layers.items()}
+        try:
+            self._recalibrate(self.deelbo)
+            if state_dict is not None:
+                for name, m in layers.items():
+                    for key, value in m.state_dict().items():
+                        if f"{name}.{key}" in state_dict:
+                            state_dict[f"{name}.{key}"] = value.detach().clone()
+            yield
+        finally:
+            for name, m in layers.items():
+                m.load_state_dict(live[name])
+
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
-        """``save_pretrained`` of the mean weights (the Trainer's), plus the posterior std and priors."""
-        super()._save(output_dir, state_dict)
+        """``save_pretrained`` of the mean weights (the Trainer's), plus the posterior std and priors.
+
+        A checkpoint written while training holds BatchNorm statistics recalibrated for its mean weights.
+        """
+        with self._mean_weight_batchnorm(state_dict):
+            super()._save(output_dir, state_dict)
         if self.deelbo is None or not self.args.should_save:
             return
         folder = output_dir if output_dir is not None else self._output_dir()
