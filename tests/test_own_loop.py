@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 import tempfile
 import warnings
@@ -125,6 +126,19 @@ def test_eval_mode_predicts_with_the_mean_weights_and_train_mode_samples() -> No
     reg.train()
     first, second = reg(x), reg(x)
     assert not torch.allclose(first, second)
+
+
+def test_a_deelbo_pickles_and_its_copy_still_loads_states() -> None:
+    """Lightning's own tests pickle a Trainer (its callbacks, so the DE-ELBo): a lambda hook made that fail."""
+    model = _net()
+    reg = od.DEELBo(model, n_train=16, head=("head.",), init_sigma=0.1, noise_seed=3)
+    x, y = _data()
+    reg.loss(nn.functional.cross_entropy(reg(x), y)).backward()
+    copy = pickle.loads(pickle.dumps(reg))
+    assert copy.lam == reg.lam and copy.sigma == reg.sigma
+    other = od.DEELBo(_net(1), n_train=16, head=("head.",), init_sigma=0.1)
+    copy.load_state_dict(other.state_dict())  # the post-load hook (the priors from the buffers) came along
+    assert torch.equal(copy.body_prior.mean, other.body_prior.mean)
 
 
 @settings(max_examples=examples(20), deadline=None)

@@ -539,8 +539,8 @@ class _Points(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 
 def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_statistics(tmp_path: Path) -> None:
-    """As issue 32, 13 for Lightning: the Trainer recalibrated BatchNorm after train(), after its last checkpoint, so
-    every checkpoint held the statistics of the sampled weights; and the pass must not shift the run's random numbers."""
+    """As issue 32, 13 for Lightning: the Trainer recalibrated BatchNorm after train(), after its last checkpoint,
+    so every checkpoint held the statistics of the sampled weights; and the pass must not shift the run's draws."""
     from safetensors.torch import load_file
 
     data = _Points()

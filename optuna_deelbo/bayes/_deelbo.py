@@ -602,7 +602,7 @@ class DEELBo(nn.Module):
         for group, prior in (("body", self.body_prior), ("head", self.head_prior)):
             for key, tensor in (_prior_state(prior) or {}).items():
                 self.register_buffer(f"{group}_prior_{key}", tensor)
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._loaded())
+        self.register_load_state_dict_post_hook(_after_load)  # a module-level function: the DEELBo pickles
 
     def _loaded(self) -> None:
         self._prior_mean_pending = False  # the state's own prior mean
@@ -626,3 +626,8 @@ class DEELBo(nn.Module):
     def sigma_parameters(self) -> Iterator[nn.Parameter]:
         """The posterior's raw ``rho`` parameters (also in :meth:`parameters`, after the model's)."""
         return self.posterior.sigma_parameters()
+
+
+def _after_load(module: DEELBo, _keys: object) -> None:
+    """``load_state_dict`` post-hook: the priors from the loaded buffers."""
+    module._loaded()
