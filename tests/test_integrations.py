@@ -560,3 +560,38 @@ def test_writing_checkpoints_does_not_change_the_trained_weights(tmp_path: Path)
     assert list((tmp_path / "saving").glob("*.ckpt"))  # checkpoints were written (and recalibrated)
     for (name, a), b in zip(saving.state_dict().items(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_finetuning_callback_that_unfreezes_later_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Lightning's own BackboneFinetuning tests: the weights it unfreezes mid-fit had no posterior or prior (a KeyError
+    from the callback's bookkeeping, or 'the model has no trainable parameters' when it froze everything)."""
+    module = _DigitsModule(0.05)
+    finetuning = pl.callbacks.BackboneFinetuning(unfreeze_backbone_at_epoch=1)
+    module.backbone = module.body  # BackboneFinetuning freezes ``backbone``
+    trainer = _trainer(tmp_path, [finetuning, DEELBoCallback(100, head=("head.",))], 4)
+    with pytest.raises(od.ConfigError, match=r"cannot train with BackboneFinetuning.*Unfreeze what is to be trained"):
+        _fit_with(trainer, module, _digits_loader())
+
+
+class _UnfreezesLater(_DigitsModule):
+    """Freezes its BatchNorm's scale and shift, and adds them to the optimizer at the second epoch."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__(lr)
+        self.body[1].requires_grad_(False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 1:
+            self.body[1].requires_grad_(True)
+            optimizer = self.trainer.optimizers[0]
+            optimizer.add_param_group({"params": list(self.body[1].parameters()), "lr": self.lr})
+
+
+def test_weights_added_to_the_optimizer_mid_fit_are_refused(tmp_path: Path) -> None:
+    module = _UnfreezesLater(0.05)
+    trainer = _trainer(tmp_path, [DEELBoCallback(100, head=("head.",))], 12, max_epochs=3)
+    with pytest.raises(od.ConfigError, match=r"gained 2 parameter tensor.*no posterior and prior"):
+        _fit_with(trainer, module, _digits_loader())

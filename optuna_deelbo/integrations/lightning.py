@@ -32,6 +32,7 @@ from optuna_deelbo.tuning._sampler import report_learned
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import BaseFinetuning
     from lightning.pytorch.trainer.states import TrainerFn
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
@@ -87,10 +88,21 @@ class DEELBoCallback(pl.Callback):
         self._restored: dict[str, Any] | None = None  # a checkpoint's posterior, loaded before fit start
         self._checkpoint_groups: int | None = None  # the resumed checkpoint's optimizer parameter groups
         self._own_step: Any = None  # a training_step the user set on the module instance, put back after fit
+        self._covered: set[int] = set()  # ids of the tensors the optimizer may hold: posterior weights and std
+        self._optimizer_size = 0  # parameter tensors in the optimizer when fit started (or last checked)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise ConfigError("DEELBoCallback needs automatic optimisation (training_step returns the loss)")
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, BaseFinetuning):
+                raise ConfigError(
+                    f"DEELBoCallback cannot train with {type(callback).__name__}: it unfreezes weights during "
+                    "training, and the DE-ELBo's posterior and prior cover the weights trainable when fit starts, "
+                    "so the unfrozen ones would train with no prior (not DE-ELBo). Unfreeze what is to be trained "
+                    "before fit (the learned lambda is the pull towards the pretrained weights that freezing "
+                    "stands in for), and leave the finetuning callback out"
+                )
         # accumulate_grad_batches = G: Lightning divides each micro-batch's loss by G, so the G losses of one step,
         # each its mean NLL + KL / (kappa N), sum to the mean NLL over the G micro-batches + the KL once
         if len(trainer.optimizers) != 1:
@@ -118,6 +130,9 @@ class DEELBoCallback(pl.Callback):
         if not has_stds:
             first = optimizer.param_groups[0]
             optimizer.add_param_group({"params": stds, "lr": first.get("initial_lr", first["lr"])})
+        # What the optimizer may hold: the posterior's weights and its std (checked when the optimizer grows)
+        self._covered = {id(p) for p in self._posterior_weights(pl_module)} | {id(p) for p in stds}
+        self._optimizer_size = _parameter_count(optimizer)
         self._own_step = pl_module.__dict__.get("training_step")
         original = pl_module.training_step
 
@@ -151,6 +166,27 @@ class DEELBoCallback(pl.Callback):
                 "posterior std, so the run cannot resume as DE-ELBo. Resume it without the callback, or start a "
                 "DE-ELBo run from its weights (load them into the module, fit without ckpt_path)"
             )
+
+    def _posterior_weights(self, pl_module: pl.LightningModule) -> list[Tensor]:
+        assert self.deelbo is not None
+        params = dict(pl_module.named_parameters())
+        return [params[n] for n in (*self.deelbo.groups.body, *self.deelbo.groups.head) if n in params]
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """An optimizer that gained weights outside the posterior (``add_param_group`` mid-fit) is refused."""
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        if optimizer is None or _parameter_count(optimizer) == self._optimizer_size:
+            return
+        uncovered = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in self._covered]
+        if uncovered:
+            raise ConfigError(
+                f"the optimizer gained {len(uncovered)} parameter tensor(s) during fit (add_param_group: a backbone "
+                "unfrozen mid-training?) that the DE-ELBo has no posterior and prior for: they would train "
+                "without one. Make every weight to be trained trainable before fit starts"
+            )
+        self._optimizer_size = _parameter_count(optimizer)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -281,3 +317,8 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Mapping):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def _parameter_count(optimizer: torch.optim.Optimizer) -> int:
+    """Parameter tensors over all of ``optimizer``'s groups."""
+    return sum(len(group["params"]) for group in optimizer.param_groups)
