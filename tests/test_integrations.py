@@ -595,3 +595,23 @@ def test_weights_added_to_the_optimizer_mid_fit_are_refused(tmp_path: Path) -> N
     trainer = _trainer(tmp_path, [DEELBoCallback(100, head=("head.",))], 12, max_epochs=3)
     with pytest.raises(od.ConfigError, match=r"gained 2 parameter tensor.*no posterior and prior"):
         _fit_with(trainer, module, _digits_loader())
+
+
+def test_the_posterior_std_group_is_named_for_the_learning_rate_monitor(tmp_path: Path) -> None:
+    """Lightning's LearningRateMonitor tests: the added group showed up as an anonymous ``pg2``."""
+    monitor = pl.callbacks.LearningRateMonitor()
+    logger = pl.loggers.CSVLogger(tmp_path, name="run")
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        callbacks=[monitor, DEELBoCallback(100, head=("head.",))],
+    )
+    _fit_with(trainer, _DigitsModule(0.05), _digits_loader())
+    assert trainer.optimizers[0].param_groups[-1]["name"] == "deelbo-sigma"
+    header = next(iter((tmp_path / "run").glob("version_*/metrics.csv"))).read_text().splitlines()[0].split(",")
+    assert {"lr-SGD/pg1", "lr-SGD/deelbo-sigma"} <= set(header), header

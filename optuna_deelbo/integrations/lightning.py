@@ -39,7 +39,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "optuna_deelbo.integrations.lightning needs the lightning package: pip install 'optuna-deelbo[lightning]'"
     ) from exc
 
-__all__ = ["DEELBoCallback"]
+__all__ = ["SIGMA_GROUP_NAME", "DEELBoCallback"]
+
+#: The ``name`` of the optimizer's parameter group that the callback adds for the posterior std.
+SIGMA_GROUP_NAME = "deelbo-sigma"
 
 
 class DEELBoCallback(pl.Callback):
@@ -129,7 +132,9 @@ class DEELBoCallback(pl.Callback):
         self._refuse_a_checkpoint_without_the_posterior(len(optimizer.param_groups) - has_stds)
         if not has_stds:
             first = optimizer.param_groups[0]
-            optimizer.add_param_group({"params": stds, "lr": first.get("initial_lr", first["lr"])})
+            # named, so LearningRateMonitor logs it as lr-<Optimizer>/deelbo-sigma (not an anonymous pg<k>)
+            group = {"params": stds, "lr": first.get("initial_lr", first["lr"]), "name": SIGMA_GROUP_NAME}
+            optimizer.add_param_group(group)
         # What the optimizer may hold: the posterior's weights and its std (checked when the optimizer grows)
         self._covered = {id(p) for p in self._posterior_weights(pl_module)} | {id(p) for p in stds}
         self._optimizer_size = _parameter_count(optimizer)
