@@ -615,3 +615,10 @@ def test_the_posterior_std_group_is_named_for_the_learning_rate_monitor(tmp_path
     assert trainer.optimizers[0].param_groups[-1]["name"] == "deelbo-sigma"
     header = next(iter((tmp_path / "run").glob("version_*/metrics.csv"))).read_text().splitlines()[0].split(",")
     assert {"lr-SGD/pg1", "lr-SGD/deelbo-sigma"} <= set(header), header
+
+
+def test_model_pruning_is_refused_with_the_fix(tmp_path: Path) -> None:
+    pruning = pl.callbacks.ModelPruning("l1_unstructured", amount=0.5)
+    trainer = _trainer(tmp_path, [pruning, DEELBoCallback(100, head=("head.",))], 4)
+    with pytest.raises(od.ConfigError, match=r"cannot train with ModelPruning.*Prune after the DE-ELBo run"):
+        _fit_with(trainer, _DigitsModule(0.05), _digits_loader())

@@ -359,3 +359,16 @@ def test_posterior_state_round_trips_and_refuses_another_model() -> None:
     wider = od.DEELBo(nn.Sequential(nn.Linear(5, 3), nn.Linear(3, 2)), 10, "l2-zero", head=("1.",))
     with pytest.raises(od.ConfigError, match=r"does not fit this model.*size mismatch"):
         wider.load_posterior_state(state)
+
+
+def test_a_parameter_pruned_mid_run_is_refused_with_the_fix() -> None:
+    """Lightning's ModelPruning tests: torch.nn.utils.prune renames ``weight`` to ``weight_orig`` (a KeyError deep in
+    the posterior's draw before)."""
+    model = _net()
+    reg = od.DEELBo(model, n_train=16, head=("head.",))
+    x, y = _data()
+    from torch.nn.utils import prune
+
+    prune.l1_unstructured(model.body[0], "weight", amount=0.5)
+    with pytest.raises(od.ConfigError, match=r"no longer has the parameter 'body.0.weight' \(body.0.weight_orig"):
+        reg.loss(nn.functional.cross_entropy(reg(x), y))

@@ -230,6 +230,7 @@ class DEELBo(nn.Module):
         return functional_call(self.model, self.posterior.sample(self._noise_generator()), args, kwargs)
 
     def _before_sampled_forward(self, args: Sequence[Any]) -> None:
+        self.posterior.check_parameters()  # a model whose parameters were replaced (pruned) since the DEELBo was built
         if self._prior_mean_pending:
             self.fix_prior_mean()
         batch = next((a for a in args if isinstance(a, Tensor) and a.ndim > 0), None)

@@ -152,7 +152,27 @@ class WeightPosterior(nn.Module):
     def means(self) -> dict[str, Tensor]:
         """The posterior means: the module's trainable parameters, by name."""
         params = dict(self.model.named_parameters())
+        self.check_parameters(params)
         return {n: params[n] for n in self.groups.body + self.groups.head}
+
+    def check_parameters(self, params: Mapping[str, Tensor] | None = None) -> None:
+        """Raise :class:`ConfigError` if the model lost a parameter the posterior is over (pruned, replaced)."""
+        params = dict(self.model.named_parameters()) if params is None else params
+        names = self.groups.body + self.groups.head
+        missing = [n for n in names if n not in params]
+        if missing:
+            renamed = (
+                f" ({missing[0]}_orig is there: torch.nn.utils.prune renamed it)"
+                if f"{missing[0]}_orig" in params
+                else ""
+            )
+            raise ConfigError(
+                f"the model no longer has the parameter {missing[0]!r}{renamed}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                + ": the DE-ELBo's posterior is over the parameters the model had when the DEELBo was built, so "
+                "it cannot train a model whose parameters were replaced mid-run (pruning, a swapped layer). Prune "
+                "after DE-ELBo training, or build the DEELBo after the model is changed"
+            )
 
     def sigmas(self) -> dict[str, Tensor]:
         """Per-tensor standard deviations, broadcastable to each parameter's shape."""

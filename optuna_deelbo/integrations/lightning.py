@@ -32,7 +32,7 @@ from optuna_deelbo.tuning._sampler import report_learned
 
 try:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import BaseFinetuning
+    from lightning.pytorch.callbacks import BaseFinetuning, ModelPruning
     from lightning.pytorch.trainer.states import TrainerFn
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency(
@@ -105,6 +105,12 @@ class DEELBoCallback(pl.Callback):
                     "so the unfrozen ones would train with no prior (not DE-ELBo). Unfreeze what is to be trained "
                     "before fit (the learned lambda is the pull towards the pretrained weights that freezing "
                     "stands in for), and leave the finetuning callback out"
+                )
+            if isinstance(callback, ModelPruning):
+                raise ConfigError(
+                    "DEELBoCallback cannot train with ModelPruning: pruning replaces each pruned weight by "
+                    "weight_orig * mask during fit, and the DE-ELBo's posterior is over the weights as they were when "
+                    "fit started. Prune after the DE-ELBo run (a second fit with ModelPruning and no DEELBoCallback)"
                 )
         # accumulate_grad_batches = G: Lightning divides each micro-batch's loss by G, so the G losses of one step,
         # each its mean NLL + KL / (kappa N), sum to the mean NLL over the G micro-batches + the KL once
