@@ -622,3 +622,19 @@ def test_model_pruning_is_refused_with_the_fix(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, [pruning, DEELBoCallback(100, head=("head.",))], 4)
     with pytest.raises(od.ConfigError, match=r"cannot train with ModelPruning.*Prune after the DE-ELBo run"):
         _fit_with(trainer, _DigitsModule(0.05), _digits_loader())
+
+
+class _OneCycle(_DigitsModule):
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=20)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def test_a_one_cycle_schedule_schedules_the_posterior_std_too(tmp_path: Path) -> None:
+    """Lightning's LearningRateMonitor tests with OneCycleLR: it reads initial_lr, max_lr, ... of every group, and
+    the added group had none of them (KeyError at the first scheduler step)."""
+    trainer = _fit(tmp_path, _OneCycle(0.05), [DEELBoCallback(100, head=("head.",))], 6)
+    model_group, sigma_group = trainer.optimizers[0].param_groups
+    assert sigma_group["name"] == "deelbo-sigma" and sigma_group["weight_decay"] == 0.0
+    assert sigma_group["lr"] == pytest.approx(model_group["lr"]) and sigma_group["lr"] != pytest.approx(0.05)

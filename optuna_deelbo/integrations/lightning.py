@@ -61,7 +61,10 @@ class DEELBoCallback(pl.Callback):
         deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...).
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
-    optimizer's first learning rate; learning-rate schedulers built before that leave it constant.
+    optimizer's first learning rate, with its first group's settings (named ``deelbo-sigma``, no weight
+    decay). A scheduler that reads every group's settings at each step (OneCycleLR, CyclicLR) schedules it
+    too; one that fixed a list per group when it was built (StepLR, LambdaLR, CosineAnnealingLR) leaves it
+    at that rate.
     Gradient accumulation (``accumulate_grad_batches``) adds the KL once per optimizer step, as
     Lightning divides each micro-batch's loss by their number; manual optimisation is refused.
     """
@@ -138,8 +141,13 @@ class DEELBoCallback(pl.Callback):
         self._refuse_a_checkpoint_without_the_posterior(len(optimizer.param_groups) - has_stds)
         if not has_stds:
             first = optimizer.param_groups[0]
-            # named, so LearningRateMonitor logs it as lr-<Optimizer>/deelbo-sigma (not an anonymous pg<k>)
-            group = {"params": stds, "lr": first.get("initial_lr", first["lr"]), "name": SIGMA_GROUP_NAME}
+            # The first group's settings, the keys a scheduler put there included (OneCycleLR reads initial_lr,
+            # max_lr, ... of every group: without them its step raised KeyError); no weight decay (the KL is it);
+            # named, so LearningRateMonitor logs it as lr-<Optimizer>/deelbo-sigma, not an anonymous pg<k>.
+            group = {k: v for k, v in first.items() if k not in ("params", "name")}
+            group.update(params=stds, lr=first.get("initial_lr", first["lr"]), name=SIGMA_GROUP_NAME)
+            if "weight_decay" in group:
+                group["weight_decay"] = 0.0
             optimizer.add_param_group(group)
         # What the optimizer may hold: the posterior's weights and its std (checked when the optimizer grows)
         self._covered = {id(p) for p in self._posterior_weights(pl_module)} | {id(p) for p in stds}
