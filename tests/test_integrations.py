@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import warnings
@@ -638,3 +639,59 @@ def test_a_one_cycle_schedule_schedules_the_posterior_std_too(tmp_path: Path) ->
     model_group, sigma_group = trainer.optimizers[0].param_groups
     assert sigma_group["name"] == "deelbo-sigma" and sigma_group["weight_decay"] == 0.0
     assert sigma_group["lr"] == pytest.approx(model_group["lr"]) and sigma_group["lr"] != pytest.approx(0.05)
+
+
+class _Crashes(_DigitsModule):
+    def __init__(self, lr: float, crash_at_epoch: int | None = None) -> None:
+        super().__init__(lr)
+        self.crash_at_epoch = crash_at_epoch
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.crash_at_epoch is not None and self.current_epoch >= self.crash_at_epoch:
+            raise RuntimeError("CRASH")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_run_with_weight_averaging_resumes_to_the_uninterrupted_one(tmp_path: Path) -> None:
+    """Lightning's EMA resume test: EMAWeightAveraging puts the averaged weights in a checkpoint's state_dict, and
+    the callback wrote the current weights' recalibrated BatchNorm statistics over the average's."""
+
+    def fit(module: _Crashes, folder: str, ckpt_path: str | None = None) -> pl.Trainer:
+        callbacks: list[pl.Callback] = [
+            pl.callbacks.EMAWeightAveraging(decay=0.9),
+            DEELBoCallback(100, head=("head.",)),
+        ]
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path / folder, save_top_k=-1))
+        trainer = _trainer(tmp_path / folder, callbacks, -1, max_epochs=3, enable_checkpointing=True)
+        _fit_with(trainer, module, _digits_loader(), ckpt_path=ckpt_path)
+        return trainer
+
+    torch.manual_seed(0)
+    whole = _Crashes(0.05)
+    crashing = copy.deepcopy(whole)
+    fit(whole, "whole")
+    crashing.crash_at_epoch = 1
+    with pytest.raises(RuntimeError, match="CRASH"):
+        fit(crashing, "crashed")
+    (saved,) = (tmp_path / "crashed").glob("*.ckpt")
+    resumed = _Crashes(0.05)
+    fit(resumed, "resumed", ckpt_path=str(saved))
+    for (name, a), b in zip(whole.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
+
+
+class _OddSteps(_DigitsModule):
+    """Returns its loss as a (1, 1) tensor, and None (skip the step) for every second batch: Lightning allows both."""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if batch_idx % 2:
+            return None
+        return super().training_step(batch, batch_idx).reshape(1, 1)
+
+
+def test_a_one_element_loss_and_a_skipped_step_train_as_lightning_trains_them(tmp_path: Path) -> None:
+    """Lightning's SpikeDetection tests return a (1, 1) loss, its checkpoint tests None (a ConfigError before)."""
+    callback = DEELBoCallback(100, head=("head.",))
+    trainer = _fit(tmp_path, _OddSteps(0.05), [callback], 4)
+    assert trainer.global_step == 4  # the skipped batches made no optimizer step
+    assert callback.deelbo is not None and callback.deelbo.sigma != pytest.approx(1e-3)  # sigma trained

@@ -155,13 +155,19 @@ class DEELBoCallback(pl.Callback):
         self._own_step = pl_module.__dict__.get("training_step")
         original = pl_module.training_step
 
+        def with_kl(loss: Tensor) -> Tensor:
+            # Lightning takes any one-element loss (backward() of a (1, 1) tensor works): so does the callback
+            return deelbo.loss(loss.reshape(()) if loss.numel() == 1 else loss)
+
         def training_step(*args: Any, **kwargs: Any) -> Any:
             out = deelbo.call_sampled(original, *args, **kwargs)
+            if out is None:  # Lightning skips this batch's optimizer step; so does the DE-ELBo
+                return None
             if isinstance(out, Tensor):
-                return deelbo.loss(out)
+                return with_kl(out)
             if isinstance(out, Mapping) and isinstance(out.get("loss"), Tensor):
-                return {**out, "loss": deelbo.loss(out["loss"])}
-            raise ConfigError("training_step must return the loss tensor or a dict with a 'loss' tensor")
+                return {**out, "loss": with_kl(out["loss"])}
+            raise ConfigError("training_step must return the loss tensor, a dict with a 'loss' tensor, or None")
 
         training_step.deelbo_wrapped = True  # type: ignore[attr-defined]
         pl_module.training_step = training_step  # type: ignore[method-assign]
@@ -272,13 +278,15 @@ class DEELBoCallback(pl.Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING  # also a checkpoint written after a validation
         if not (self.recalibrate and layers and fitting and self.deelbo is not None and loader is not None):
             return
+        weights = checkpoint["state_dict"]
+        if not _holds_the_weights_of(weights, pl_module):
+            return  # another callback put other weights there (EMA / SWA averages): their statistics are its business
         live = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in layers.items()}
         wrapper = pl_module.__dict__.pop("training_step", None)  # the pass runs the mean weights, not draws
         if self._own_step is not None:
             pl_module.__dict__["training_step"] = self._own_step
         try:
             self._recalibrate(pl_module, loader)
-            weights = checkpoint["state_dict"]
             for name, m in layers.items():
                 for key, value in m.state_dict().items():
                     if f"{name}.{key}" in weights:
@@ -341,3 +349,11 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 def _parameter_count(optimizer: torch.optim.Optimizer) -> int:
     """Parameter tensors over all of ``optimizer``'s groups."""
     return sum(len(group["params"]) for group in optimizer.param_groups)
+
+
+def _holds_the_weights_of(state_dict: Mapping[str, Any], pl_module: pl.LightningModule) -> bool:
+    """Whether a checkpoint's ``state_dict`` holds ``pl_module``'s current parameters (not, e.g., an EMA's)."""
+    return all(
+        isinstance(state_dict.get(name), Tensor) and torch.equal(state_dict[name], p.detach())
+        for name, p in pl_module.named_parameters()
+    )
