@@ -176,6 +176,8 @@ STEPS: tuple[Step, ...] = (
         ("own-loop-selection-running.md", "own-loop-selection-running.csv"),
     ),
     Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
+    # the host libraries' tests come from checkouts: $OPTUNA_DEELBO_LIGHTNING_REPO, $OPTUNA_DEELBO_TRANSFORMERS_TESTS
+    Step("host-suites", "host_suites.py", {d: () for d in DEVICES}, ("host-suites.md",)),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(
         "heldout-digits",  # a training-set size and seed no other benchmark uses
