@@ -75,7 +75,7 @@ SUBPACKAGE_SIZES = {
     "train": 22,
     "tuning": 51,
     "tuning.attrs": 54,
-    "tuning.strategies": 20,
+    "tuning.strategies": 21,
     "integrations": 1,
 }
 

@@ -17,6 +17,7 @@ from optuna_deelbo.tuning.strategies._base import (
     task_objective,
 )
 from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
+from optuna_deelbo.tuning.strategies.descend import DescendingDEELBoStrategy
 from optuna_deelbo.tuning.strategies.grid import GridStrategy
 from optuna_deelbo.tuning.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
 from optuna_deelbo.tuning.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, TPEStrategy
@@ -32,6 +33,7 @@ __all__ = [
     "WEIGHT_DECAY_RANGE",
     "AdaptiveStrategy",
     "DEELBoStrategy",
+    "DescendingDEELBoStrategy",
     "GridStrategy",
     "PullDownStrategy",
     "PullUpStrategy",
@@ -45,7 +47,16 @@ __all__ = [
 ]
 
 #: Strategy names accepted by :func:`get_strategy` and ``optuna-deelbo compare --strategies``.
-STRATEGY_NAMES: tuple[str, ...] = ("deelbo", "grid", "tpe", "tpe-reg", "pulldown", "pullup", "adaptive")
+STRATEGY_NAMES: tuple[str, ...] = (
+    "deelbo",
+    "deelbo-descend",
+    "grid",
+    "tpe",
+    "tpe-reg",
+    "pulldown",
+    "pullup",
+    "adaptive",
+)
 #: What ``optuna-deelbo compare`` runs when ``--strategies`` is not given.
 DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
 
@@ -69,6 +80,8 @@ def get_strategy(
         raise ConfigError(f"unknown batched mode {batched!r}; choose one of {BATCHED_MODES}")
     if name == "deelbo":
         return DEELBoStrategy(lrs, batched=batched)
+    if name == "deelbo-descend":
+        return DescendingDEELBoStrategy(lrs)
     if name == "grid":
         return GridStrategy(lrs)
     if name == "tpe":
