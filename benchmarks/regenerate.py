@@ -178,6 +178,12 @@ STEPS: tuple[Step, ...] = (
     Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
     # the host libraries' tests come from checkouts: $OPTUNA_DEELBO_LIGHTNING_REPO, $OPTUNA_DEELBO_TRANSFORMERS_TESTS
     Step("host-suites", "host_suites.py", {d: () for d in DEVICES}, ("host-suites.md",)),
+    Step(  # CPU settings on both devices: its cells are the paper benchmark's CPU table
+        "descend",
+        "descend.py",
+        {d: ("--threads", "1", "--data-dir", "{data_dir}") for d in DEVICES},
+        ("descend-cpu.md", "descend-cpu.csv"),
+    ),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(
         "heldout-digits",  # a training-set size and seed no other benchmark uses
