@@ -87,24 +87,31 @@ BY_DESIGN: tuple[tuple[str, str, str, str], ...] = (
     ("lightning", r".", r"needs automatic optimisation", "manual optimisation is refused (ConfigError)"),
     (
         "lightning",
+        r"test_finetuning_callback::|test_pruning::",
         r".",
-        r"cannot train with (BackboneFinetuning|\w*Finetuning\w*|ModelPruning)",
+        "BaseFinetuning / ModelPruning are refused at fit start: the test's fit raises before what it checks "
+        "(a warning it expects, a DDP child's result)",
+    ),
+    (
+        "lightning",
+        r".",
+        r"cannot train with (\w+: it unfreezes|ModelPruning)",
         "BaseFinetuning / BackboneFinetuning and ModelPruning are refused at fit start (they change the weights "
         "the posterior covers mid-fit)",
     ),
     ("lightning", r".", r"applies weight_decay=", "an optimizer with its own weight decay is refused (the KL is it)"),
     (
         "lightning",
-        r"test_lr_monitor|test_stochastic_weight_avg\.py::test_swa_multiple_lrs",
+        r"test_lr_monitor|test_stochastic_weight_avg::test_swa_multiple_lrs",
         r".",
         "the optimizer has one more group (deelbo-sigma): LearningRateMonitor logs lr-X/pg1 and lr-X/deelbo-sigma "
         "where it logged lr-X, and a per-group list (SWA's swa_lr) needs one more entry",
     ),
     (
         "lightning",
-        r"test_throughput_monitor",
-        r"mock_calls|assert \d+ == \d+|call\(metrics",
-        "deelbo/* metrics are logged every step: a mocked logger sees more log_metrics calls",
+        r"test_throughput_monitor|test_device_stats_monitor::test_device_stats_cpu",
+        r"mock_calls|assert \d+ == \d+|call\(metrics|assert False",
+        "deelbo/* metrics are logged every step: a logger sees more log_metrics calls (without the stats it checks)",
     ),
     (
         "lightning",

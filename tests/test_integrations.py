@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -695,3 +696,50 @@ def test_a_one_element_loss_and_a_skipped_step_train_as_lightning_trains_them(tm
     trainer = _fit(tmp_path, _OddSteps(0.05), [callback], 4)
     assert trainer.global_step == 4  # the skipped batches made no optimizer step
     assert callback.deelbo is not None and callback.deelbo.sigma != pytest.approx(1e-3)  # sigma trained
+
+
+class _Scheduled(_DigitsModule):
+    """A learning-rate scheduler built in configure_optimizers, before the callback adds the posterior std's group."""
+
+    def __init__(self, lr: float, kind: str) -> None:
+        super().__init__(lr)
+        self.kind = kind
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        schedulers: dict[str, Callable[[], Any]] = {
+            "step": lambda: torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5),
+            "lambda": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step),
+            "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=6),
+            "plateau": lambda: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0),
+            "sequential": lambda: torch.optim.lr_scheduler.SequentialLR(
+                optimizer,
+                [
+                    torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=2),
+                    torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9),
+                ],
+                milestones=[2],
+            ),
+        }
+        config: dict[str, Any] = {"scheduler": schedulers[self.kind](), "interval": "step"}
+        if self.kind == "plateau":
+            config["monitor"] = "train/nll"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/nll", loss)
+        return loss
+
+
+@pytest.mark.parametrize("kind", ["step", "lambda", "cosine", "plateau", "sequential"])
+def test_a_scheduler_built_before_the_callback_schedules_the_posterior_std_as_the_first_group(
+    tmp_path: Path, kind: str
+) -> None:
+    """Lightning's SWA test with a LambdaLR: torch 2.14's schedulers zip their per-group lists with the optimizer's
+    groups strictly, and the added group made every scheduler built in configure_optimizers raise at its first step."""
+    trainer = _fit(tmp_path, _Scheduled(0.05, kind), [DEELBoCallback(100, head=("head.",))], 6)
+    model_group, sigma_group = trainer.optimizers[0].param_groups
+    assert sigma_group["lr"] == pytest.approx(model_group["lr"]), kind
+    if kind != "plateau":  # (a plateau's cut depends on the loss)
+        assert model_group["lr"] != pytest.approx(0.05), kind  # the schedule moved both

@@ -16,6 +16,7 @@ same sigma and lambda; only global rank 0 writes to the trial.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -62,9 +63,7 @@ class DEELBoCallback(pl.Callback):
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
     optimizer's first learning rate, with its first group's settings (named ``deelbo-sigma``, no weight
-    decay). A scheduler that reads every group's settings at each step (OneCycleLR, CyclicLR) schedules it
-    too; one that fixed a list per group when it was built (StepLR, LambdaLR, CosineAnnealingLR) leaves it
-    at that rate.
+    decay); the schedulers built in ``configure_optimizers`` schedule it as they schedule the first group.
     Gradient accumulation (``accumulate_grad_batches``) adds the KL once per optimizer step, as
     Lightning divides each micro-batch's loss by their number; manual optimisation is refused.
     """
@@ -148,7 +147,11 @@ class DEELBoCallback(pl.Callback):
             group.update(params=stds, lr=first.get("initial_lr", first["lr"]), name=SIGMA_GROUP_NAME)
             if "weight_decay" in group:
                 group["weight_decay"] = 0.0
+            groups = len(optimizer.param_groups)
             optimizer.add_param_group(group)
+            for config in trainer.lr_scheduler_configs:  # built in configure_optimizers, before this group
+                if getattr(config.scheduler, "optimizer", None) is optimizer:
+                    _schedule_like_the_first_group(config.scheduler, groups)
         # What the optimizer may hold: the posterior's weights and its std (checked when the optimizer grows)
         self._covered = {id(p) for p in self._posterior_weights(pl_module)} | {id(p) for p in stds}
         self._optimizer_size = _parameter_count(optimizer)
@@ -357,3 +360,32 @@ def _holds_the_weights_of(state_dict: Mapping[str, Any], pl_module: pl.Lightning
         isinstance(state_dict.get(name), Tensor) and torch.equal(state_dict[name], p.detach())
         for name, p in pl_module.named_parameters()
     )
+
+
+def _schedule_like_the_first_group(scheduler: Any, groups: int) -> None:
+    """A scheduler built for ``groups`` parameter groups schedules one more, as it schedules the first.
+
+    torch's schedulers keep per-group lists (:data:`_PER_GROUP_LISTS`) and zip them with the optimizer's
+    groups strictly (torch 2.14: a ValueError at the first step once a group was added): each gains a copy
+    of its first entry.
+    Schedulers holding others (SequentialLR, ChainedScheduler) pass it on to them.
+    """
+    for inner in getattr(scheduler, "_schedulers", None) or ():
+        _schedule_like_the_first_group(inner, groups)
+    for name in _PER_GROUP_LISTS:
+        value = getattr(scheduler, name, None)
+        if isinstance(value, list) and len(value) == groups and groups:
+            first = value[0]
+            value.append(first.clone() if isinstance(first, Tensor) else copy.copy(first))
+
+
+#: The per-group lists of torch's schedulers (torch/optim/lr_scheduler.py): one entry per parameter group.
+_PER_GROUP_LISTS = (
+    "base_lrs",
+    "_last_lr",
+    "lr_lambdas",
+    "min_lrs",
+    "max_lrs",
+    "base_momentums",
+    "max_momentums",
+)
