@@ -233,7 +233,7 @@ def run_lightning(repo: Path, ref: str | None, work: Path) -> SuiteRun:
     )
 
 
-def run_transformers(tests_dir: Path, work: Path) -> SuiteRun:
+def run_transformers(tests_dir: Path, work: Path, note: str = "") -> SuiteRun:
     """Copy the Trainer tests of ``tests_dir`` (a transformers checkout's ``tests/``) into ``work``; run them twice."""
     present = [f for f in TRANSFORMERS_FILES if (tests_dir / f).is_file()]
     if not present:
@@ -251,7 +251,8 @@ def run_transformers(tests_dir: Path, work: Path) -> SuiteRun:
 
     return SuiteRun(
         "transformers",
-        f"huggingface/transformers tests/ at {tests_dir} (installed {transformers.__version__}): {', '.join(present)}",
+        f"huggingface/transformers tests/ at {tests_dir} (installed {transformers.__version__}): {', '.join(present)}"
+        + (f" ({note})" if note else ""),
         runs["plain"][1],
         runs["deelbo"][1],
         _plugin_line(runs["deelbo"][2]),
@@ -332,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lightning-ref", default=None)
     parser.add_argument("--transformers-tests", type=Path, default=os.environ.get("OPTUNA_DEELBO_TRANSFORMERS_TESTS"))
     parser.add_argument("--only", choices=("lightning", "transformers"), default=None)
+    parser.add_argument(
+        "--transformers-note",
+        default="",
+        help="said beside the transformers source in the results (e.g. how the test files were obtained)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "host-suites.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (the tests, logs, junit files)")
     args = parser.parse_args(argv)
@@ -360,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "lightning" in wanted:
             runs.append(run_lightning(args.lightning_repo.resolve(), args.lightning_ref, work))
         if "transformers" in wanted:
-            runs.append(run_transformers(args.transformers_tests.resolve(), work))
+            runs.append(run_transformers(args.transformers_tests.resolve(), work, args.transformers_note))
         text, defects = report(runs, record)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
