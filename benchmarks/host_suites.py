@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=("lightning", "transformers"), default=None)
     parser.add_argument(
         "--transformers-note",
-        default="",
+        default=os.environ.get("OPTUNA_DEELBO_TRANSFORMERS_NOTE", ""),
         help="said beside the transformers source in the results (e.g. how the test files were obtained)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "host-suites.md")

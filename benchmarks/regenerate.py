@@ -177,6 +177,7 @@ STEPS: tuple[Step, ...] = (
     ),
     Step("memorisation", "memorisation.py", {d: () for d in DEVICES}, ("memorisation.md", "memorisation.csv")),
     # the host libraries' tests come from checkouts: $OPTUNA_DEELBO_LIGHTNING_REPO, $OPTUNA_DEELBO_TRANSFORMERS_TESTS
+    # (and $OPTUNA_DEELBO_TRANSFORMERS_NOTE: how its files were obtained, said in the results)
     Step("host-suites", "host_suites.py", {d: () for d in DEVICES}, ("host-suites.md",)),
     Step(  # CPU settings on both devices: its cells are the paper benchmark's CPU table
         "descend",
