@@ -94,6 +94,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
     rows: list[dict[str, Any]] = []
+    planned = sum(len(DEFAULTS[(t, "cpu")]["n"]) * len(DEFAULTS[(t, "cpu")]["seeds"]) for t in tasks)
     started = time.perf_counter()
     for name in tasks:
         settings = DEFAULTS[(name, "cpu")]
@@ -128,15 +129,19 @@ def main() -> None:
                     f"({row['descend_runs']} runs, {row['descend_s']:.0f} s); oracle lr={oracle[0]:g} {oracle[1]:.1f}%",
                     flush=True,
                 )
-    write_csv(RESULTS / "descend-cpu.csv", rows)
-    (RESULTS / "descend-cpu.md").write_text(_markdown(rows, record, time.perf_counter() - started))
+                # after every cell: a long run stopped early leaves the cells it finished on record
+                write_csv(RESULTS / "descend-cpu.csv", rows)
+                text = _markdown(rows, record, time.perf_counter() - started, planned)
+                (RESULTS / "descend-cpu.md").write_text(text)
     print(f"wrote {RESULTS / 'descend-cpu.md'}")
 
 
-def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float) -> str:
+def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, planned: int) -> str:
     lines = ["# deelbo-descend against the 4-rate DE-ELBo search (issue 33, route c)", "", record.header("cpu"), ""]
     lines += [
         f"- settings: benchmarks/paper.py's CPU DEFAULTS per task (L2-SP, one torch thread); {wall_s / 60:.1f} min",
+        f"- cells (task, N, training set) on record: {len(rows)} of {planned}"
+        + ("" if len(rows) == planned else " (the run stopped before the others)"),
         "- runs: DE-ELBo runs trained (a skipped rate is pruned untrained); s: the search's wall-clock, every trial's",
         "  Optuna timestamps (training, selection pass and the reporting-only test evaluation each trial makes)",
         "- oracle: the rate with the best test accuracy among the 4 (hindsight); regret = oracle - search",
