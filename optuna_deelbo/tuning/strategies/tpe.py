@@ -85,6 +85,7 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
         self._base_seed = int(seed)
         self._kwargs = kwargs
         self._tpe = optuna.samplers.TPESampler(seed=self._base_seed, **kwargs)
+        self._replay = False
 
     def trial_seed(self, number: int) -> int:
         """The seed of trial ``number``'s sampler."""
@@ -99,6 +100,7 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
         number = int(trial.system_attrs.get("failed_trial", trial.number))
         self._tpe = optuna.samplers.TPESampler(seed=self.trial_seed(number), **self._kwargs)
         self._tpe.before_trial(study, trial)
+        self._replay = "failed_trial" in trial.system_attrs
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._tpe.infer_relative_search_space(study, trial)
@@ -106,7 +108,17 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._tpe.sample_relative(study, trial, search_space)
+        params = self._tpe.sample_relative(study, trial, search_space)
+        if self._replay:
+            # A retry keeps the parameters its trial had drawn (Optuna never draws a stored parameter again), so
+            # the stream would be one draw per kept parameter behind the uninterrupted trial's. Optuna asks for
+            # the relative draw (lazily) just before the first independent one, so here the kept parameters that
+            # trial drew independently are drawn again, in its order, and dropped.
+            self._replay = False
+            for name, distribution in trial.distributions.items():
+                if name not in params and not distribution.single():
+                    self._tpe.sample_independent(study, trial, name, distribution)
+        return params
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
