@@ -41,13 +41,27 @@ def _swallow_an_interrupt(sig: signal.Signals = signal.SIGTERM) -> None:
 
 
 @pytest.fixture
-def restored_sigterm() -> Iterator[None]:
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
-    yield
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
+def python_signal_handlers() -> Iterator[None]:
+    """Each test starts from Python's own SIGINT and SIGTERM handlers, and must end with them and the same
+    unraisable hook (interruptible() restores them); the inherited ones come back afterwards.
+
+    A shell's background job inherits SIGINT ignored (``nohup python -m pytest &``: a fresh clone's run
+    failed so), and interruptible() rightly leaves an ignored signal ignored.
+    """
+    inherited = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    hook = sys.unraisablehook
+    try:
+        yield
+        now = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
+        assert now == (signal.SIG_DFL, signal.default_int_handler, hook)
+    finally:
+        signal.signal(signal.SIGTERM, inherited[0])
+        signal.signal(signal.SIGINT, inherited[1])
 
 
-@pytest.mark.usefixtures("restored_sigterm")
+@pytest.mark.usefixtures("python_signal_handlers")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_swallowed_interrupt_is_raised_again_and_prints_nothing(
     sig: signal.Signals, capfd: pytest.CaptureFixture[str]
@@ -60,7 +74,7 @@ def test_a_swallowed_interrupt_is_raised_again_and_prints_nothing(
     raise_pending_interrupt()  # the block's exit cleared it: nothing pending outside
 
 
-@pytest.mark.usefixtures("restored_sigterm")
+@pytest.mark.usefixtures("python_signal_handlers")
 def test_the_block_exit_raises_a_swallowed_interrupt_nothing_raised_again() -> None:
     """A stopped run never ends as a finished one, even when no training step came after the signal."""
     finished = False
@@ -70,7 +84,7 @@ def test_the_block_exit_raises_a_swallowed_interrupt_nothing_raised_again() -> N
     assert finished
 
 
-@pytest.mark.usefixtures("restored_sigterm")
+@pytest.mark.usefixtures("python_signal_handlers")
 def test_other_unraisable_exceptions_still_reach_the_previous_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     class Broken:
         def __del__(self) -> None:
@@ -85,7 +99,7 @@ def test_other_unraisable_exceptions_still_reach_the_previous_hook(monkeypatch: 
     assert [str(e) for e in reported] == ["a finalizer bug"]
 
 
-@pytest.mark.usefixtures("restored_sigterm")
+@pytest.mark.usefixtures("python_signal_handlers")
 def test_an_ignored_signal_stays_ignored() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -124,7 +138,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 CONFIG = TrainConfig(lr=0.05, steps=10, batch_size=5, log_every=1, progress=False, device="cpu")
 
 
-@pytest.mark.usefixtures("restored_sigterm")
+@pytest.mark.usefixtures("python_signal_handlers")
 def test_training_stops_at_the_step_after_a_swallowed_interrupt() -> None:
     steps: list[int] = []
 
@@ -138,7 +152,7 @@ def test_training_stops_at_the_step_after_a_swallowed_interrupt() -> None:
     assert steps == [1, 2, 3]
 
 
-@pytest.mark.usefixtures("restored_sigterm")
+@pytest.mark.usefixtures("python_signal_handlers")
 def test_batched_training_stops_at_the_step_after_a_swallowed_interrupt() -> None:
     batches = 0
 

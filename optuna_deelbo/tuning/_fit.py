@@ -60,6 +60,7 @@ __all__ = [
     "fit",
     "fit_deelbo",
     "fit_map",
+    "fit_once",
     "recalibrate_for_mean_weights",
     "retrain",
     "run_attrs",
@@ -419,6 +420,40 @@ def fit(
         for key, val in attrs.items():
             trial.set_user_attr(key, val)
     return value
+
+
+def fit_once(trial: optuna.trial.Trial, task: TaskSpec, *, lr: float, weight_decay: float) -> float:
+    """Train one MAP configuration on all ``N`` for an Optuna objective: no search, no validation split.
+
+    What a user runs instead of a search (the ``default`` strategy): the trial's model is the final
+    model, so its test metrics are the strategy's result.
+
+    Returns:
+        The final-epoch training loss (nats per example).
+
+    Raises:
+        optuna.TrialPruned: training diverged (reason in the ``failure:reason`` user attr).
+    """
+    _require_minimize(trial, "od.tuning.fit_once")
+    _check_hparams(lr, weight_decay)
+    start = time.perf_counter()
+    attrs: dict[str, Any] = {A.MODE: "map"}
+    try:
+        model, result = fit_map(task, lr, weight_decay, task.train)
+        run_attrs(result, attrs)
+        test_start = time.perf_counter()
+        test = _test_metrics(task, model)
+        if test is not None:
+            attrs[A.TEST_NLL], attrs[A.TEST_ACCURACY] = test.nll, test.accuracy
+            attrs[A.TIME_TEST_EVAL_S] = time.perf_counter() - test_start
+    except TrainingDiverged as exc:
+        attrs[A.FAILURE_REASON] = str(exc)
+        raise optuna.TrialPruned(str(exc)) from exc
+    finally:
+        attrs[A.TIME_TRIAL_S] = time.perf_counter() - start
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+    return result.final_loss
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ import optuna
 from optuna.trial import TrialState
 
 from optuna_deelbo.task._spec import TaskSpec
-from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._fit import fit
-from optuna_deelbo.tuning.strategies._base import suggest_hyperparameters
+from optuna_deelbo.tuning.strategies._base import skip_trial, suggest_hyperparameters
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
 
 __all__ = ["DescendingDEELBoStrategy", "descend_stop"]
@@ -73,8 +72,7 @@ class DescendingDEELBoStrategy(DEELBoStrategy):
                     f"skipped: the selection score got worse going down the learning rates ({shown}); "
                     "deelbo-descend stops there"
                 )
-                trial.set_user_attr(A.FAILURE_REASON, reason)
-                raise optuna.TrialPruned(reason)
+                skip_trial(trial, reason)
             return fit(trial, task, lr=lr, weight_decay=weight_decay)
 
         return objective

@@ -1,0 +1,181 @@
+"""The search's cost in runs and wall-clock against what users run instead (issue 33), on the paper's CPU cells.
+
+Usage: python benchmarks/search_cost.py [--tasks digits,wordnet,split-cifar] [--data-dir ../shared/data] [--threads 1]
+
+For every cell (task, N, training set) of the paper benchmark's CPU settings (benchmarks/paper.py's
+DEFAULTS: the same N, seeds, steps and batch sizes) four strategies run as their own studies, one
+after another on the same machine state: the 4-rate DE-ELBo search (``deelbo``, one by one), right
+after it ``tpe-budget`` (TPE given that search's measured total wall-clock, the equal-budget duel),
+``deelbo-descend`` (largest rate first, stopping once the selection score gets worse) and ``default``
+(one MAP run on all N at lr 0.01 and the common weight decay, no search). Each DE-ELBo trial's test
+accuracy is recorded (it trains on all N, so a trial's model is a final model), so the table also
+shows the best rate in hindsight (the oracle) and each search's regret against it. Writes
+benchmarks/results/search-cost-cpu.md and search-cost-cpu.csv after every cell; storages go to
+benchmarks/results/search-cost-cpu.db (git-ignored; a rerun reuses finished studies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+import optuna_deelbo as od
+from optuna_deelbo.tuning import study_name_for
+from optuna_deelbo.tuning.strategies import Strategy, TPEBudgetStrategy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import RESULTS, RunRecord, write_csv
+from paper import DEFAULTS
+
+#: The strategies of every cell, in the order they run (tpe-budget right after the search whose time it gets).
+STRATEGIES = ("deelbo", "tpe-budget", "deelbo-descend", "default")
+TASKS = ("digits", "wordnet", "split-cifar")
+STEM = "search-cost-cpu"
+
+
+def _task(name: str, n: int, seed: int, data_dir: str) -> od.TaskSpec:
+    settings = DEFAULTS[(name, "cpu")]
+    common = {"seed": seed, "prior": "l2-sp", "steps": settings["steps"], "batch_size": settings["batch_size"]}
+    if name == "digits":
+        return od.digits_task(n, pretrain_steps=settings["pretrain"], device="cpu", **common)[0]
+    if name == "wordnet":
+        return od.wordnet_task(n, max_length=16, trainable_layers=2, device="cpu", **common)[0]  # as paper.py
+    return od.split_cifar_task(n, data_dir=data_dir, pretrain_steps=settings["pretrain"], device="cpu", **common)[0]
+
+
+def _strategy(name: str, budget_s: float | None) -> Strategy:
+    strategy = od.tuning.get_strategy(name, batched="off")
+    if isinstance(strategy, TPEBudgetStrategy):
+        assert budget_s is not None
+        return strategy.with_budget(budget_s)
+    return strategy
+
+
+def _run(storage: optuna.storages.BaseStorage, task: od.TaskSpec, name: str, budget_s: float | None) -> dict[str, Any]:
+    """Run (or reuse) one strategy: runs trained, wall-clock (compare's total s), chosen lr, test accuracy."""
+    study_name = study_name_for(task, name)
+    result = od.tuning.run_strategy(_strategy(name, budget_s), task, storage, study_name, if_exists="resume")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    return {
+        "runs": result.n_trials,
+        "seconds": result.total_s,
+        "lr": result.best_params["lr"],
+        "accuracy": 100.0 * result.test_accuracy,
+        "per_lr": {t.params["lr"]: 100.0 * float(t.user_attrs.get("test:accuracy", "nan")) for t in trained},
+        "scores": {t.params["lr"]: float(t.value) for t in trained if t.value is not None},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {','.join(TASKS)}")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--storage", default=f"sqlite:///{RESULTS / (STEM + '.db')}")
+    args = parser.parse_args()
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"--tasks: unknown {unknown}; choose from {','.join(TASKS)}")
+    record = RunRecord.start()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = od.open_storage(args.storage)
+    rows: list[dict[str, Any]] = []
+    planned = sum(len(DEFAULTS[(t, "cpu")]["n"]) * len(DEFAULTS[(t, "cpu")]["seeds"]) for t in tasks)
+    started = time.perf_counter()
+    for name in tasks:
+        settings = DEFAULTS[(name, "cpu")]
+        for n in settings["n"]:
+            for seed in settings["seeds"]:
+                task = _task(name, n, seed, args.data_dir)
+                runs: dict[str, dict[str, Any]] = {}
+                for strategy in STRATEGIES:
+                    budget = runs["deelbo"]["seconds"] if strategy == "tpe-budget" else None
+                    runs[strategy] = _run(storage, task, strategy, budget)
+                deelbo = runs["deelbo"]
+                oracle = max(deelbo["per_lr"].items(), key=lambda item: item[1])
+                row: dict[str, Any] = {"task": name, "N": n, "seed": seed}
+                for strategy, key in zip(STRATEGIES, ("deelbo", "budget", "descend", "default"), strict=True):
+                    run = runs[strategy]
+                    row |= {f"{key}_lr": run["lr"], f"{key}_acc": run["accuracy"]}
+                    row |= {f"{key}_runs": run["runs"], f"{key}_s": run["seconds"]}
+                row |= {"oracle_lr": oracle[0], "oracle_acc": oracle[1]}
+                row["per_lr_acc"] = {lr: round(a, 2) for lr, a in sorted(deelbo["per_lr"].items(), reverse=True)}
+                row["per_lr_score"] = {lr: round(s, 4) for lr, s in sorted(deelbo["scores"].items(), reverse=True)}
+                rows.append(row)
+                print(
+                    f"{name} N={n} seed={seed}: "
+                    + "; ".join(
+                        f"{k} lr={row[k + '_lr']:.3g} {row[k + '_acc']:.1f}% ({row[k + '_runs']} runs, "
+                        f"{row[k + '_s']:.0f} s)"
+                        for k in ("deelbo", "budget", "descend", "default")
+                    )
+                    + f"; oracle lr={oracle[0]:g} {oracle[1]:.1f}%",
+                    flush=True,
+                )
+                # after every cell: a long run stopped early leaves the cells it finished on record
+                write_csv(RESULTS / f"{STEM}.csv", rows)
+                text = _markdown(rows, record, time.perf_counter() - started, planned)
+                (RESULTS / f"{STEM}.md").write_text(text)
+    print(f"wrote {RESULTS / (STEM + '.md')}")
+
+
+def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, planned: int) -> str:
+    lines = ["# The search's cost against what users run instead (issue 33)", "", record.header("cpu"), ""]
+    lines += [
+        f"- settings: benchmarks/paper.py's CPU DEFAULTS per task (L2-SP, one torch thread); {wall_s / 60:.1f} min",
+        f"- cells (task, N, training set) on record: {len(rows)} of {planned}"
+        + ("" if len(rows) == planned else " (the run stopped before the others)"),
+        "- s: each strategy's total wall-clock as `compare` reports it (search + retraining; a DE-ELBo search",
+        "  leaves out the reporting-only test evaluations of the trials it did not choose); runs: trials that",
+        "  trained (skipped ones excluded; tpe-budget's count MAP trials on 80 % plus, not counted, the retrain)",
+        "- tpe-budget ran right after deelbo with its measured s as the budget (no trial starts after it)",
+        "- oracle: the rate with the best test accuracy among the 4 DE-ELBo runs (hindsight); regret = oracle - search",
+        "",
+        "Mean over the training sets (test accuracy %, s, runs):",
+        "",
+        "| task | N | deelbo | descend | tpe-budget | default | deelbo - tpe-budget | s deelbo | s descend | "
+        "s tpe-budget | s default | runs descend | trials tpe-budget | regret deelbo | regret descend |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells = sorted({(r["task"], r["N"]) for r in rows}, key=lambda c: (TASKS.index(c[0]), c[1]))
+    for task, n in cells:
+        group = [r for r in rows if r["task"] == task and r["N"] == n]
+
+        def mean(key: str, items: list[dict[str, Any]] = group) -> float:
+            return statistics.fmean(float(r[key]) for r in items)
+
+        lines.append(
+            f"| {task} | {n} | {mean('deelbo_acc'):.1f} | {mean('descend_acc'):.1f} | {mean('budget_acc'):.1f} | "
+            f"{mean('default_acc'):.1f} | {mean('deelbo_acc') - mean('budget_acc'):+.1f} | {mean('deelbo_s'):.1f} | "
+            f"{mean('descend_s'):.1f} | {mean('budget_s'):.1f} | {mean('default_s'):.1f} | "
+            f"{mean('descend_runs'):.1f} | {mean('budget_runs'):.1f} | "
+            f"{mean('oracle_acc') - mean('deelbo_acc'):.1f} | {mean('oracle_acc') - mean('descend_acc'):.1f} |"
+        )
+    lines += ["", "Per training set: the rate each DE-ELBo search chose, test accuracy % and score per rate.", ""]
+    lines += [
+        "| task | N | seed | deelbo lr | descend lr (runs) | tpe-budget acc (trials) | default acc | oracle lr | "
+        "accuracy by lr | score by lr |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['N']} | {r['seed']} | {r['deelbo_lr']:g} | {r['descend_lr']:g} "
+            f"({r['descend_runs']}) | {r['budget_acc']:.1f} ({r['budget_runs']}) | {r['default_acc']:.1f} | "
+            f"{r['oracle_lr']:g} | {r['per_lr_acc']} | {r['per_lr_score']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
