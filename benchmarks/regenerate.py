@@ -183,7 +183,7 @@ STEPS: tuple[Step, ...] = (
         "search-cost",
         "search_cost.py",
         {d: ("--threads", "1", "--data-dir", "{data_dir}") for d in DEVICES},
-        ("search-cost-cpu.md", "search-cost-cpu.csv"),
+        ("search-cost-cpu.md", "search-cost-cpu.csv", "search-cost-cpu.html", "search-cost-cpu.png"),
     ),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(

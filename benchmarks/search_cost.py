@@ -10,8 +10,10 @@ after it ``tpe-budget`` (TPE given that search's measured total wall-clock, the 
 (one MAP run on all N at lr 0.01 and the common weight decay, no search). Each DE-ELBo trial's test
 accuracy is recorded (it trains on all N, so a trial's model is a final model), so the table also
 shows the best rate in hindsight (the oracle) and each search's regret against it. Writes
-benchmarks/results/search-cost-cpu.md and search-cost-cpu.csv after every cell; storages go to
-benchmarks/results/search-cost-cpu.db (git-ignored; a rerun reuses finished studies).
+benchmarks/results/search-cost-cpu.md and search-cost-cpu.csv after every cell, and at the end the
+cost-vs-accuracy figure search-cost-cpu.html / .png (one panel per task and N, mean over the training
+sets); storages go to benchmarks/results/search-cost-cpu.db (git-ignored; a rerun reuses finished
+studies, and the record then says when their trials ran).
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
+from plotly.subplots import make_subplots
 
 import optuna_deelbo as od
+from optuna_deelbo.report import STRATEGY_COLORS
 from optuna_deelbo.tuning import study_name_for
 from optuna_deelbo.tuning.strategies import Strategy, TPEBudgetStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv
-from paper import DEFAULTS
+from paper import DEFAULTS, use_debian_chromium
 
 #: The strategies of every cell, in the order they run (tpe-budget right after the search whose time it gets).
 STRATEGIES = ("deelbo", "tpe-budget", "deelbo-descend", "default")
@@ -65,7 +70,9 @@ def _run(storage: optuna.storages.BaseStorage, task: od.TaskSpec, name: str, bud
     result = od.tuning.run_strategy(_strategy(name, budget_s), task, storage, study_name, if_exists="resume")
     study = optuna.load_study(study_name=study_name, storage=storage)
     trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    stamps = [d for t in study.trials for d in (t.datetime_start, t.datetime_complete) if d is not None]
     return {
+        "span": (min(stamps), max(stamps)),
         "runs": result.n_trials,
         "seconds": result.total_s,
         "lr": result.best_params["lr"],
@@ -91,6 +98,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
     rows: list[dict[str, Any]] = []
+    spans: list[tuple[Any, Any]] = []
     planned = sum(len(DEFAULTS[(t, "cpu")]["n"]) * len(DEFAULTS[(t, "cpu")]["seeds"]) for t in tasks)
     started = time.perf_counter()
     for name in tasks:
@@ -102,6 +110,7 @@ def main() -> None:
                 for strategy in STRATEGIES:
                     budget = runs["deelbo"]["seconds"] if strategy == "tpe-budget" else None
                     runs[strategy] = _run(storage, task, strategy, budget)
+                    spans.append(runs[strategy]["span"])
                 deelbo = runs["deelbo"]
                 oracle = max(deelbo["per_lr"].items(), key=lambda item: item[1])
                 row: dict[str, Any] = {"task": name, "N": n, "seed": seed}
@@ -125,14 +134,64 @@ def main() -> None:
                 )
                 # after every cell: a long run stopped early leaves the cells it finished on record
                 write_csv(RESULTS / f"{STEM}.csv", rows)
-                text = _markdown(rows, record, time.perf_counter() - started, planned)
+                text = _markdown(rows, record, time.perf_counter() - started, planned, spans)
                 (RESULTS / f"{STEM}.md").write_text(text)
+    figure = _figure(rows)
+    figure.write_html(RESULTS / f"{STEM}.html", include_plotlyjs="cdn")
+    use_debian_chromium()
+    try:
+        figure.write_image(RESULTS / f"{STEM}.png", scale=2)
+    except Exception as exc:  # kaleido missing, or no Chromium for it to drive
+        print(f"PNG not written ({type(exc).__name__}: {exc}); install kaleido and Debian's chromium", file=sys.stderr)
     print(f"wrote {RESULTS / (STEM + '.md')}")
 
 
-def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, planned: int) -> str:
+#: Figure labels of the strategies (row keys of the table).
+LABELS = {"deelbo": "deelbo", "descend": "deelbo-descend", "budget": "tpe-budget", "default": "default"}
+
+
+def _figure(rows: list[dict[str, Any]]) -> go.Figure:
+    """Test accuracy (%) against wall-clock (s, log axis) per strategy, one panel per (task, N): means over seeds."""
+    cells = sorted({(r["task"], r["N"]) for r in rows}, key=lambda c: (TASKS.index(c[0]), c[1]))
+    figure = make_subplots(rows=1, cols=len(cells), subplot_titles=[f"{t} N={n}" for t, n in cells])
+    for col, (task, n) in enumerate(cells, 1):
+        group = [r for r in rows if r["task"] == task and r["N"] == n]
+        for key, label in LABELS.items():
+            x = statistics.fmean(float(r[f"{key}_s"]) for r in group)
+            y = statistics.fmean(float(r[f"{key}_acc"]) for r in group)
+            figure.add_trace(
+                go.Scatter(
+                    x=[x],
+                    y=[y],
+                    mode="markers",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    marker={"size": 11, "color": STRATEGY_COLORS.get(label)},
+                    hovertemplate=f"{label}<br>%{{x:.1f}} s<br>%{{y:.1f}}%<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        figure.update_xaxes(type="log", title_text="s" if col == 1 else None, row=1, col=col)
+    figure.update_yaxes(title_text="test accuracy %", row=1, col=1)
+    figure.update_layout(
+        title="Search cost against accuracy (CPU, mean over the training sets)",
+        width=260 * len(cells) + 120,
+        height=380,
+        template="plotly_white",
+    )
+    return figure
+
+
+def _markdown(
+    rows: list[dict[str, Any]], record: RunRecord, wall_s: float, planned: int, spans: list[tuple[Any, Any]]
+) -> str:
     lines = ["# The search's cost against what users run instead (issue 33)", "", record.header("cpu"), ""]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
     lines += [
+        f"- the studies' trials ran {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} (local time of the storage;"
+        " a rerun reuses finished studies and only rebuilds these tables)",
         f"- settings: benchmarks/paper.py's CPU DEFAULTS per task (L2-SP, one torch thread); {wall_s / 60:.1f} min",
         f"- cells (task, N, training set) on record: {len(rows)} of {planned}"
         + ("" if len(rows) == planned else " (the run stopped before the others)"),
@@ -162,6 +221,7 @@ def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, plan
             f"{mean('descend_runs'):.1f} | {mean('budget_runs'):.1f} | "
             f"{mean('oracle_acc') - mean('deelbo_acc'):.1f} | {mean('oracle_acc') - mean('descend_acc'):.1f} |"
         )
+    lines += ["", f"![cost against accuracy]({STEM}.png) ([interactive]({STEM}.html))"]
     lines += ["", "Per training set: the rate each DE-ELBo search chose, test accuracy % and score per rate.", ""]
     lines += [
         "| task | N | seed | deelbo lr | descend lr (runs) | tpe-budget acc (trials) | default acc | oracle lr | "
