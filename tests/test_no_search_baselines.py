@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 from torch import nn
 
 import optuna_deelbo as od
 from optuna_deelbo.cli import main
 from optuna_deelbo.task._stored import BuiltinTask
+from optuna_deelbo.train._types import run_fingerprint
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._study import compare, plan_compare
 from optuna_deelbo.tuning._trial_queue import queue_progress
@@ -128,3 +131,41 @@ def test_the_progress_log_says_once_why_the_rest_was_skipped(
     skipped = [line for line in out.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and "tpe-budget: skipped: the budget of" in skipped[0], skipped
     assert "trials skipped)" in skipped[0]
+
+
+def test_lr_free_is_one_map_run_with_prodigy(tiny_digits_task: od.TaskSpec) -> None:
+    storage = optuna.storages.InMemoryStorage()
+    (result,) = compare(tiny_digits_task, ["lr-free"], storage)
+    (trial,) = optuna.load_study(study_name=result.study_name, storage=storage).trials
+    assert trial.params == {"lr": 1.0, "weight_decay": 5e-4} and result.n_trials == 1
+    _, run = od.tuning.fit_map(tiny_digits_task, 1.0, 5e-4, tiny_digits_task.train, weight_optimizer="prodigy")
+    assert trial.value == pytest.approx(run.final_loss)  # the same run: Prodigy, all N, the same seed
+    sgd = od.tuning.fit_map(tiny_digits_task, 1.0, 5e-4, tiny_digits_task.train)[1]
+    assert sgd.final_loss != pytest.approx(run.final_loss)  # lr 1 means Prodigy's multiplier, not SGD's rate
+
+
+def _linear_map_objective() -> od.bayes.MAPObjective:
+    model = nn.Linear(3, 2)
+    groups = od.bayes.ParameterGroups.split(model, ("bias",))
+    body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
+    return od.bayes.MAPObjective(model, groups, od.bayes.IsotropicGaussian(body), 0.0)
+
+
+def test_prodigy_is_checked_and_named_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(od.ConfigError, match="unknown weight_optimizer 'adamw'"):
+        od.train.TrainConfig(lr=0.1, weight_optimizer="adamw")
+    objective = _linear_map_objective()
+    config = od.train.TrainConfig(lr=1.0, steps=2, batch_size=4, weight_optimizer="prodigy", progress=False)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    assert od.train.train_model(objective, x, y, config).stopped_step == 2
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # as if not installed: import raises ImportError
+    with pytest.raises(od.ConfigError, match=r"pip install 'optuna-deelbo\[lrfree\]'"):
+        od.train.train_model(objective, x, y, config)
+
+
+def test_a_checkpoint_of_an_sgd_run_keeps_its_fingerprint() -> None:
+    """Checkpoints written before weight_optimizer existed still resume: SGD adds no key."""
+    objective = _linear_map_objective()
+    sgd = run_fingerprint(objective, od.train.TrainConfig(lr=0.1), 8)
+    prodigy = run_fingerprint(objective, od.train.TrainConfig(lr=1.0, weight_optimizer="prodigy"), 8)
+    assert "weight_optimizer" not in sgd and prodigy["weight_optimizer"] == "prodigy"

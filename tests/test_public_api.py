@@ -75,7 +75,7 @@ SUBPACKAGE_SIZES = {
     "train": 22,
     "tuning": 51,
     "tuning.attrs": 56,
-    "tuning.strategies": 23,
+    "tuning.strategies": 24,
     "integrations": 1,
 }
 

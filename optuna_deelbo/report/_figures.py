@@ -36,6 +36,7 @@ STRATEGY_COLORS: dict[str, str] = {
     "tpe-budget": "#98df8a",
     "tpe-reg": "#17becf",
     "default": "#7f7f7f",
+    "lr-free": "#bcbd22",
     "pulldown": "#9467bd",
     "pullup": "#8c564b",
     "adaptive": "#e377c2",

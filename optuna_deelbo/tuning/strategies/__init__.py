@@ -17,7 +17,7 @@ from optuna_deelbo.tuning.strategies._base import (
     task_objective,
 )
 from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
-from optuna_deelbo.tuning.strategies.default import DefaultStrategy
+from optuna_deelbo.tuning.strategies.default import DefaultStrategy, LRFreeStrategy
 from optuna_deelbo.tuning.strategies.descend import DescendingDEELBoStrategy
 from optuna_deelbo.tuning.strategies.grid import GridStrategy
 from optuna_deelbo.tuning.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
@@ -38,6 +38,7 @@ __all__ = [
     "DefaultStrategy",
     "DescendingDEELBoStrategy",
     "GridStrategy",
+    "LRFreeStrategy",
     "PullDownStrategy",
     "PullUpStrategy",
     "Strategy",
@@ -59,6 +60,7 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "tpe-reg",
     "tpe-budget",
     "default",
+    "lr-free",
     "pulldown",
     "pullup",
     "adaptive",
@@ -96,6 +98,8 @@ def get_strategy(
         return TPEBudgetStrategy(trials=tpe_trials, learning_rates=lrs)
     if name == "default":
         return DefaultStrategy()
+    if name == "lr-free":
+        return LRFreeStrategy()
     if name == "tpe-reg":
         return TPERegStrategy(tpe_trials, learning_rates=lrs)
     if name == "pulldown":
