@@ -169,3 +169,10 @@ def test_a_checkpoint_of_an_sgd_run_keeps_its_fingerprint() -> None:
     sgd = run_fingerprint(objective, od.train.TrainConfig(lr=0.1), 8)
     prodigy = run_fingerprint(objective, od.train.TrainConfig(lr=1.0, weight_optimizer="prodigy"), 8)
     assert "weight_optimizer" not in sgd and prodigy["weight_optimizer"] == "prodigy"
+
+
+def test_tpe_budget_takes_the_first_deelbo_search_before_it(tiny_digits_task: od.TaskSpec) -> None:
+    storage = optuna.storages.InMemoryStorage()
+    descend, deelbo, duel = compare(tiny_digits_task, ["deelbo-descend", "deelbo", "tpe-budget"], storage, tpe_trials=2)
+    budget = optuna.load_study(study_name=duel.study_name, storage=storage).user_attrs[A.BUDGET_S]
+    assert budget == pytest.approx(descend.total_s) and budget != pytest.approx(deelbo.total_s)

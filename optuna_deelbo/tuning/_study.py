@@ -434,8 +434,8 @@ def _check_budgets(built: Sequence[Strategy]) -> None:
 
 
 def _deelbo_wall_clock(results: Sequence[StrategyResult]) -> float:
-    """The total wall-clock (s) of the last DE-ELBo search among ``results`` (``tpe-budget``'s budget)."""
-    return next(r.total_s for r in reversed(results) if _is_deelbo_search(r.strategy))
+    """The total wall-clock (s) of the first DE-ELBo search among ``results`` (``tpe-budget``'s budget)."""
+    return next(r.total_s for r in results if _is_deelbo_search(r.strategy))
 
 
 def plan_strategy_study(

@@ -4,7 +4,7 @@ The honest question to DE-ELBo is "why not TPE with as much time as your search 
 strategy is the plain ``tpe`` search (same sampler, pruner, box and trial cap) under a time budget
 with Optuna's ``timeout`` semantics: no trial starts once the trials run so far have taken the
 budget; the one running finishes, and the winner's retraining comes on top. In ``compare`` the
-budget is the total wall-clock of the DE-ELBo search listed before it, measured in the same run.
+budget is the total wall-clock of the first DE-ELBo search listed before it, measured in the same run.
 """
 
 from __future__ import annotations
