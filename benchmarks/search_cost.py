@@ -67,22 +67,61 @@ def _strategy(name: str, budget_s: float | None) -> Strategy:
     return strategy
 
 
-def _run(storage: optuna.storages.BaseStorage, task: od.TaskSpec, name: str, budget_s: float | None) -> dict[str, Any]:
-    """Run (or reuse) one strategy: runs trained, wall-clock (compare's total s), chosen lr, test accuracy."""
-    study_name = study_name_for(task, name)
-    result = od.tuning.run_strategy(_strategy(name, budget_s), task, storage, study_name, if_exists="resume")
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    stamps = [d for t in study.trials for d in (t.datetime_start, t.datetime_complete) if d is not None]
-    return {
-        "span": (min(stamps), max(stamps)),
-        "runs": result.n_trials,
-        "seconds": result.total_s,
-        "lr": result.best_params["lr"],
-        "accuracy": 100.0 * result.test_accuracy,
-        "per_lr": {t.params["lr"]: 100.0 * float(t.user_attrs.get("test:accuracy", "nan")) for t in trained},
-        "scores": {t.params["lr"]: float(t.value) for t in trained if t.value is not None},
-    }
+#: Study user attr of a cell's ``deelbo`` study: ``{"task", "N", "seed", "prefix"}`` (prefix: ``<task name>/<prior>``).
+CELL_ATTR = "search_cost:cell"
+
+
+def _run(storage: optuna.storages.BaseStorage, task: od.TaskSpec, name: str, budget_s: float | None) -> float:
+    """Run (or reuse) one strategy's study; returns its total wall-clock (s, as compare reports it)."""
+    result = od.tuning.run_strategy(
+        _strategy(name, budget_s), task, storage, study_name_for(task, name), if_exists="resume"
+    )
+    return result.total_s
+
+
+def run_cell(storage: optuna.storages.BaseStorage, name: str, n: int, seed: int, data_dir: str) -> None:
+    """Every strategy on one cell (tpe-budget right after deelbo, with its wall-clock); the cell marked for tables."""
+    task = _task(name, n, seed, data_dir)
+    deelbo_s = _run(storage, task, "deelbo", None)
+    for strategy in STRATEGIES[1:]:
+        _run(storage, task, strategy, deelbo_s if strategy == "tpe-budget" else None)
+    study = optuna.load_study(study_name=study_name_for(task, "deelbo"), storage=storage)
+    study.set_user_attr(CELL_ATTR, {"task": name, "N": n, "seed": seed, "prefix": f"{task.name}/{task.prior}"})
+
+
+def cell_rows(storage: optuna.storages.BaseStorage) -> tuple[list[dict[str, Any]], list[tuple[Any, Any]]]:
+    """One row per finished cell in ``storage`` (read from the studies alone), and the studies' time spans."""
+    rows: list[dict[str, Any]] = []
+    spans: list[tuple[Any, Any]] = []
+    for summary in optuna.get_all_study_summaries(storage):
+        cell = summary.user_attrs.get(CELL_ATTR)
+        if cell is None:
+            continue
+        row: dict[str, Any] = {"task": cell["task"], "N": cell["N"], "seed": cell["seed"]}
+        for strategy, key in zip(STRATEGIES, KEYS, strict=True):
+            study = optuna.load_study(study_name=f"{cell['prefix']}/{strategy}", storage=storage)
+            result = od.tuning.StrategyResult.from_study(study)
+            row |= {f"{key}_lr": result.best_params["lr"], f"{key}_acc": 100.0 * result.test_accuracy}
+            row |= {f"{key}_runs": result.n_trials, f"{key}_s": result.total_s}
+            stamps = [d for t in study.trials for d in (t.datetime_start, t.datetime_complete) if d is not None]
+            spans.append((min(stamps), max(stamps)))
+            if strategy == "deelbo":
+                trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
+                per_lr = {t.params["lr"]: 100.0 * float(t.user_attrs.get("test:accuracy", "nan")) for t in trained}
+                scores = {t.params["lr"]: float(t.value) for t in trained if t.value is not None}
+        oracle = max(per_lr.items(), key=lambda item: item[1])
+        row |= {"oracle_lr": oracle[0], "oracle_acc": oracle[1]}
+        row["per_lr_acc"] = {lr: round(a, 2) for lr, a in sorted(per_lr.items(), reverse=True)}
+        row["per_lr_score"] = {lr: round(v, 4) for lr, v in sorted(scores.items(), reverse=True)}
+        rows.append(row)
+    rows.sort(key=lambda r: (TASKS.index(r["task"]), r["N"], r["seed"]))
+    return rows, spans
+
+
+def _write(rows: list[dict[str, Any]], spans: list[tuple[Any, Any]], record: RunRecord, wall_s: float) -> None:
+    planned = sum(len(DEFAULTS[(t, "cpu")]["n"]) * len(DEFAULTS[(t, "cpu")]["seeds"]) for t in TASKS)
+    write_csv(RESULTS / f"{STEM}.csv", rows)
+    (RESULTS / f"{STEM}.md").write_text(_markdown(rows, record, wall_s, planned, spans))
 
 
 def main() -> None:
@@ -91,6 +130,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--storage", default=f"sqlite:///{RESULTS / (STEM + '.db')}")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="train nothing: rebuild the tables and figure from the storage"
+    )
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
@@ -100,31 +142,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
-    rows: list[dict[str, Any]] = []
-    spans: list[tuple[Any, Any]] = []
-    planned = sum(len(DEFAULTS[(t, "cpu")]["n"]) * len(DEFAULTS[(t, "cpu")]["seeds"]) for t in tasks)
     started = time.perf_counter()
-    for name in tasks:
+    for name in [] if args.tables_only else tasks:
         settings = DEFAULTS[(name, "cpu")]
         for n in settings["n"]:
             for seed in settings["seeds"]:
-                task = _task(name, n, seed, args.data_dir)
-                runs: dict[str, dict[str, Any]] = {}
-                for strategy in STRATEGIES:
-                    budget = runs["deelbo"]["seconds"] if strategy == "tpe-budget" else None
-                    runs[strategy] = _run(storage, task, strategy, budget)
-                    spans.append(runs[strategy]["span"])
-                deelbo = runs["deelbo"]
-                oracle = max(deelbo["per_lr"].items(), key=lambda item: item[1])
-                row: dict[str, Any] = {"task": name, "N": n, "seed": seed}
-                for strategy, key in zip(STRATEGIES, KEYS, strict=True):
-                    run = runs[strategy]
-                    row |= {f"{key}_lr": run["lr"], f"{key}_acc": run["accuracy"]}
-                    row |= {f"{key}_runs": run["runs"], f"{key}_s": run["seconds"]}
-                row |= {"oracle_lr": oracle[0], "oracle_acc": oracle[1]}
-                row["per_lr_acc"] = {lr: round(a, 2) for lr, a in sorted(deelbo["per_lr"].items(), reverse=True)}
-                row["per_lr_score"] = {lr: round(s, 4) for lr, s in sorted(deelbo["scores"].items(), reverse=True)}
-                rows.append(row)
+                run_cell(storage, name, n, seed, args.data_dir)
+                rows, spans = cell_rows(storage)
+                row = next(r for r in rows if (r["task"], r["N"], r["seed"]) == (name, n, seed))
                 print(
                     f"{name} N={n} seed={seed}: "
                     + "; ".join(
@@ -132,13 +157,15 @@ def main() -> None:
                         f"{row[k + '_s']:.0f} s)"
                         for k in KEYS
                     )
-                    + f"; oracle lr={oracle[0]:g} {oracle[1]:.1f}%",
+                    + f"; oracle lr={row['oracle_lr']:g} {row['oracle_acc']:.1f}%",
                     flush=True,
                 )
                 # after every cell: a long run stopped early leaves the cells it finished on record
-                write_csv(RESULTS / f"{STEM}.csv", rows)
-                text = _markdown(rows, record, time.perf_counter() - started, planned, spans)
-                (RESULTS / f"{STEM}.md").write_text(text)
+                _write(rows, spans, record, time.perf_counter() - started)
+    rows, spans = cell_rows(storage)
+    if not rows:
+        parser.error(f"no finished cell in {args.storage}")
+    _write(rows, spans, record, time.perf_counter() - started)
     figure = _figure(rows)
     figure.write_html(RESULTS / f"{STEM}.html", include_plotlyjs="cdn")
     use_debian_chromium()
@@ -194,8 +221,9 @@ def _markdown(
     first, last = min(a for a, _ in spans), max(b for _, b in spans)
     lines += [
         f"- the studies' trials ran {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} (local time of the storage;"
-        " a rerun reuses finished studies and only rebuilds these tables)",
-        f"- settings: benchmarks/paper.py's CPU DEFAULTS per task (L2-SP, one torch thread); {wall_s / 60:.1f} min",
+        " a rerun reuses finished studies; `--tables-only` rebuilds these tables from them)",
+        f"- settings: benchmarks/paper.py's CPU DEFAULTS per task (L2-SP, one torch thread); this run "
+        f"{wall_s / 60:.1f} min",
         f"- cells (task, N, training set) on record: {len(rows)} of {planned}"
         + ("" if len(rows) == planned else " (the run stopped before the others)"),
         "- s: each strategy's total wall-clock as `compare` reports it (search + retraining; a DE-ELBo search",
