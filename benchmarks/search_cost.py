@@ -118,10 +118,12 @@ def cell_rows(storage: optuna.storages.BaseStorage) -> tuple[list[dict[str, Any]
     return rows, spans
 
 
-def _write(rows: list[dict[str, Any]], spans: list[tuple[Any, Any]], record: RunRecord, wall_s: float) -> None:
+def _write(
+    rows: list[dict[str, Any]], spans: list[tuple[Any, Any]], record: RunRecord, wall_s: float, note: str
+) -> None:
     planned = sum(len(DEFAULTS[(t, "cpu")]["n"]) * len(DEFAULTS[(t, "cpu")]["seeds"]) for t in TASKS)
     write_csv(RESULTS / f"{STEM}.csv", rows)
-    (RESULTS / f"{STEM}.md").write_text(_markdown(rows, record, wall_s, planned, spans))
+    (RESULTS / f"{STEM}.md").write_text(_markdown(rows, record, wall_s, planned, spans, note))
 
 
 def main() -> None:
@@ -133,6 +135,7 @@ def main() -> None:
     parser.add_argument(
         "--tables-only", action="store_true", help="train nothing: rebuild the tables and figure from the storage"
     )
+    parser.add_argument("--note", default="", help="a line for the record, e.g. how the studies were run")
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
@@ -161,11 +164,11 @@ def main() -> None:
                     flush=True,
                 )
                 # after every cell: a long run stopped early leaves the cells it finished on record
-                _write(rows, spans, record, time.perf_counter() - started)
+                _write(rows, spans, record, time.perf_counter() - started, args.note)
     rows, spans = cell_rows(storage)
     if not rows:
         parser.error(f"no finished cell in {args.storage}")
-    _write(rows, spans, record, time.perf_counter() - started)
+    _write(rows, spans, record, time.perf_counter() - started, args.note)
     figure = _figure(rows)
     figure.write_html(RESULTS / f"{STEM}.html", include_plotlyjs="cdn")
     use_debian_chromium()
@@ -215,9 +218,15 @@ def _figure(rows: list[dict[str, Any]]) -> go.Figure:
 
 
 def _markdown(
-    rows: list[dict[str, Any]], record: RunRecord, wall_s: float, planned: int, spans: list[tuple[Any, Any]]
+    rows: list[dict[str, Any]],
+    record: RunRecord,
+    wall_s: float,
+    planned: int,
+    spans: list[tuple[Any, Any]],
+    note: str = "",
 ) -> str:
     lines = ["# The search's cost against what users run instead (issue 33)", "", record.header("cpu"), ""]
+    lines += [f"- note: {note}"] if note else []
     first, last = min(a for a, _ in spans), max(b for _, b in spans)
     lines += [
         f"- the studies' trials ran {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} (local time of the storage;"
