@@ -12,8 +12,8 @@ run with the learning-rate-free Prodigy). Each DE-ELBo trial's test
 accuracy is recorded (it trains on all N, so a trial's model is a final model), so the table also
 shows the best rate in hindsight (the oracle) and each search's regret against it. Writes
 benchmarks/results/search-cost-cpu.md and search-cost-cpu.csv after every cell, and at the end the
-cost-vs-accuracy figure search-cost-cpu.html / .png (one panel per task and N, mean over the training
-sets); storages go to benchmarks/results/search-cost-cpu.db (git-ignored; a rerun reuses finished
+cost-vs-accuracy figure search-cost-cpu.html / .png (a row per task, a panel per N, means over the
+training sets); storages go to benchmarks/results/search-cost-cpu.db (git-ignored; a rerun reuses finished
 studies, and the record then says when their trials ran).
 """
 
@@ -184,34 +184,38 @@ LABELS = dict(zip(KEYS, STRATEGIES, strict=True))
 
 
 def _figure(rows: list[dict[str, Any]]) -> go.Figure:
-    """Test accuracy (%) against wall-clock (s, log axis) per strategy, one panel per (task, N): means over seeds."""
-    cells = sorted({(r["task"], r["N"]) for r in rows}, key=lambda c: (TASKS.index(c[0]), c[1]))
-    figure = make_subplots(rows=1, cols=len(cells), subplot_titles=[f"{t} N={n}" for t, n in cells])
-    for col, (task, n) in enumerate(cells, 1):
-        group = [r for r in rows if r["task"] == task and r["N"] == n]
-        for key, label in LABELS.items():
-            x = statistics.fmean(float(r[f"{key}_s"]) for r in group)
-            y = statistics.fmean(float(r[f"{key}_acc"]) for r in group)
-            figure.add_trace(
-                go.Scatter(
-                    x=[x],
-                    y=[y],
-                    mode="markers",
-                    name=label,
-                    legendgroup=label,
-                    showlegend=col == 1,
-                    marker={"size": 11, "color": STRATEGY_COLORS.get(label)},
-                    hovertemplate=f"{label}<br>%{{x:.1f}} s<br>%{{y:.1f}}%<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-        figure.update_xaxes(type="log", title_text="s" if col == 1 else None, row=1, col=col)
-    figure.update_yaxes(title_text="test accuracy %", row=1, col=1)
+    """Test accuracy (%) against wall-clock (s, log axis) per strategy: a row per task, a panel per N (seed means)."""
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    ns = {t: sorted({r["N"] for r in rows if r["task"] == t}) for t in tasks}
+    cols = max(len(v) for v in ns.values())
+    titles = [f"{t} N={ns[t][c]}" if c < len(ns[t]) else "" for t in tasks for c in range(cols)]
+    figure = make_subplots(rows=len(tasks), cols=cols, subplot_titles=titles, vertical_spacing=0.14)
+    for row, task in enumerate(tasks, 1):
+        for col, n in enumerate(ns[task], 1):
+            group = [r for r in rows if r["task"] == task and r["N"] == n]
+            for key, label in LABELS.items():
+                x = statistics.fmean(float(r[f"{key}_s"]) for r in group)
+                y = statistics.fmean(float(r[f"{key}_acc"]) for r in group)
+                figure.add_trace(
+                    go.Scatter(
+                        x=[x],
+                        y=[y],
+                        mode="markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=row == 1 and col == 1,
+                        marker={"size": 11, "color": STRATEGY_COLORS.get(label)},
+                        hovertemplate=f"{label}<br>%{{x:.1f}} s<br>%{{y:.1f}}%<extra></extra>",
+                    ),
+                    row=row,
+                    col=col,
+                )
+            figure.update_xaxes(type="log", title_text="wall-clock s", row=row, col=col)
+        figure.update_yaxes(title_text="test accuracy %", row=row, col=1)
     figure.update_layout(
-        title="Search cost against accuracy (CPU, mean over the training sets)",
-        width=260 * len(cells) + 120,
-        height=380,
+        title="Search cost against accuracy (CPU, mean over 3 training sets per panel)",
+        width=330 * cols + 200,
+        height=300 * len(tasks) + 80,
         template="plotly_white",
     )
     return figure
