@@ -180,10 +180,10 @@ STEPS: tuple[Step, ...] = (
     # (and $OPTUNA_DEELBO_TRANSFORMERS_NOTE: how its files were obtained, said in the results)
     Step("host-suites", "host_suites.py", {d: () for d in DEVICES}, ("host-suites.md",)),
     Step(  # CPU settings on both devices: its cells are the paper benchmark's CPU table
-        "descend",
-        "descend.py",
+        "search-cost",
+        "search_cost.py",
         {d: ("--threads", "1", "--data-dir", "{data_dir}") for d in DEVICES},
-        ("descend-cpu.md", "descend-cpu.csv"),
+        ("search-cost-cpu.md", "search-cost-cpu.csv", "search-cost-cpu.html", "search-cost-cpu.png"),
     ),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(

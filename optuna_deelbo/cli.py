@@ -106,8 +106,11 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
     """The ``compare`` subcommand's options."""
     cmp.add_argument(
         "--strategies",
-        default=",".join(DEFAULT_STRATEGIES),
-        help=f"comma list from {','.join(STRATEGY_NAMES)} (default %(default)s)",
+        default=None,
+        help=(
+            f"comma list from {','.join(STRATEGY_NAMES)} (default {','.join(DEFAULT_STRATEGIES)}; with --plan-only "
+            "without tpe-budget, whose budget is the DE-ELBo search's measured wall-clock: list it after deelbo)"
+        ),
     )
     cmp.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL (default %(default)s)")
     cmp.add_argument(
@@ -362,7 +365,18 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
 
 
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """One plain line per finished trial (stdout is not a terminal: a log file); learned values, no placeholders."""
+    """One plain line per finished trial (stdout is not a terminal: a log file); learned values, no placeholders.
+
+    Trials the strategy skipped untrained (``deelbo-descend``'s stop, a spent ``tpe-budget``) get one line, at
+    the first.
+    """
+    if trial.user_attrs.get(attrs.SKIPPED):
+        earlier = study.get_trials(deepcopy=False)[: trial.number]
+        if not any(t.user_attrs.get(attrs.SKIPPED) for t in earlier):
+            left = len(study.get_trials(deepcopy=False)) - trial.number
+            reason = trial.user_attrs.get(attrs.FAILURE_REASON)
+            print(f"{study.study_name}: {reason} ({left} trials skipped)", flush=True)
+        return
     learned = {k for k in trial.params if attrs.learned_key(k) in trial.user_attrs}
     params = ", ".join(
         (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}") + (" (learned)" if k in learned else "")
@@ -384,6 +398,9 @@ def _compare(args: argparse.Namespace) -> int:
     _refuse_options_that_do_not_apply(args)
     if args.report:
         _writable_file(args.report, "--report")
+    if args.strategies is None:
+        planned = [s for s in DEFAULT_STRATEGIES if s != "tpe-budget"] if args.plan_only else DEFAULT_STRATEGIES
+        args.strategies = ",".join(planned)
     if args.plan_only:
         return _plan(args)
     strategies = parse_strategies(args.strategies)

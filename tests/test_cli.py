@@ -33,9 +33,11 @@ def compare_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_compare_prints_a_row_per_strategy(compare_run: tuple[Path, str]) -> None:
     _, text = compare_run
-    rows = {m.group(1): m.groups() for m in re.finditer(r"^\| (\w+) \| (\d+) \| ([\d.]+) \| ([\d.]+)% \|", text, re.M)}
-    assert set(rows) == {"deelbo", "grid", "tpe"}
+    row = r"^\| ([\w-]+) \| (\d+) \| ([\d.]+) \| ([\d.]+)% \|"
+    rows = {m.group(1): m.groups() for m in re.finditer(row, text, re.M)}
+    assert set(rows) == set(od.tuning.strategies.DEFAULT_STRATEGIES)
     assert rows["deelbo"][1] == "4" and rows["grid"][1] == "24" and rows["tpe"][1] == "3"
+    assert 1 <= int(rows["tpe-budget"][1]) <= 3 and rows["default"][1] == "1"  # --tpe-trials caps tpe-budget too
     assert "optuna-dashboard sqlite:///" in text
     assert "speed-up vs grid" in text
 
@@ -44,7 +46,7 @@ def test_compare_stores_one_study_per_strategy_with_learned_attrs(compare_run: t
     tmp, _ = compare_run
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp / 'deelbo.db'}")
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    assert names == {f"digits-N50-seed0/l2-sp/{s}" for s in ("deelbo", "grid", "tpe")}
+    assert names == {f"digits-N50-seed0/l2-sp/{s}" for s in od.tuning.strategies.DEFAULT_STRATEGIES}
     deelbo = optuna.load_study(study_name="digits-N50-seed0/l2-sp/deelbo", storage=storage)
     lrs = sorted(t.params["lr"] for t in deelbo.trials)
     assert lrs == sorted(od.tuning.strategies.LEARNING_RATES)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 import optuna_deelbo as od
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning.strategies import DescendingDEELBoStrategy, get_strategy
-from optuna_deelbo.tuning.strategies.descend import descend_stop
+from optuna_deelbo.tuning.strategies.descend import descend_skip_reason, descend_stop
 
 scores = st.lists(st.one_of(st.none(), st.floats(-10, 10, allow_nan=False)), max_size=6)
 
@@ -107,3 +107,27 @@ def test_a_search_interrupted_after_its_first_run_resumes_to_the_uninterrupted_o
         od.tuning.run_strategy(strategy, tiny_digits_task, storage, "cut", on_trial=stop_after_the_first)
     resumed = od.tuning.run_strategy(strategy, tiny_digits_task, storage, "cut", if_exists="resume")
     assert _states(storage, "cut") == states and resumed.best_params == whole.best_params
+
+
+def test_the_rule_in_a_users_own_objective_trains_only_down_to_the_first_worse_rate() -> None:
+    """The README's recipe for an own loop / Trainer / Lightning objective: rates enqueued largest first,
+    a trial pruned when descend_skip_reason gives a reason. Scores fall from 0.1 to 0.03, rise at 0.01."""
+    lrs = [0.1, 0.03, 0.01, 0.003]
+    score = {0.1: 0.5, 0.03: 0.4, 0.01: 0.45, 0.003: 0.3}  # 0.003 would be best: the rule never gets there
+    trained: list[float] = []
+    study = optuna.create_study(sampler=od.DEELBoSampler(optuna.samplers.GridSampler({"lr": lrs})))
+    for lr in sorted(lrs, reverse=True):
+        study.enqueue_trial({"lr": lr})
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        lr = trial.suggest_float("lr", min(lrs), max(lrs), log=True)
+        reason = descend_skip_reason(trial, lr)
+        if reason is not None:
+            raise optuna.TrialPruned(reason)
+        trained.append(lr)
+        return score[lr]
+
+    study.optimize(objective, n_trials=len(lrs))
+    assert trained == [0.1, 0.03, 0.01]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert study.best_params["lr"] == 0.03

@@ -135,8 +135,10 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     "tuning/_trial_queue.py": ("test_resume.py", "test_workers.py"),
     "tuning/strategies/_base.py": ("test_strategies.py",),
     "tuning/strategies/deelbo.py": ("test_strategies.py",),
+    "tuning/strategies/default.py": ("test_no_search_baselines.py",),
     "tuning/strategies/grid.py": ("test_strategies.py",),
     "tuning/strategies/tpe.py": ("test_strategies.py", "test_regularization.py"),
+    "tuning/strategies/tpe_budget.py": ("test_no_search_baselines.py",),
 }
 #: Modules without logic of their own (exceptions, re-exports).
 NO_LOGIC = ("_errors.py",)

@@ -30,9 +30,13 @@ __all__ = [
 #: One colour per strategy name, shared by every figure (others fall back to plotly's cycle).
 STRATEGY_COLORS: dict[str, str] = {
     "deelbo": "#d62728",
+    "deelbo-descend": "#ff9896",
     "grid": "#1f77b4",
     "tpe": "#2ca02c",
     "tpe-budget": "#98df8a",
+    "tpe-reg": "#17becf",
+    "default": "#7f7f7f",
+    "lr-free": "#bcbd22",
     "pulldown": "#9467bd",
     "pullup": "#8c564b",
     "adaptive": "#e377c2",

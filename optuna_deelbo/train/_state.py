@@ -32,8 +32,10 @@ Mixing = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 def _optimizers(
     objective: Objective, config: TrainConfig
-) -> tuple[torch.optim.SGD, torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None, list[Tensor]]:
-    """SGD over the weights (and sigma's rho, unless it has its own Adam), its cosine schedule, all trained tensors."""
+) -> tuple[
+    torch.optim.Optimizer, torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None, list[Tensor]
+]:
+    """The weights' optimiser (with sigma's rho unless it has its own Adam), its cosine schedule, trained tensors."""
     weights = [p for p in objective.model.parameters() if p.requires_grad]
     extra = list(objective.extra_parameters())
     groups: list[dict[str, Any]] = [{"params": weights}]
@@ -43,7 +45,7 @@ def _optimizers(
         sigma_optimizer = torch.optim.Adam(extra, lr=config.sigma_lr)
     elif extra:
         groups.append({"params": extra, "lr": config.sigma_lr or config.lr})
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    optimizer = _weight_optimizer(groups, config)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     if config.cosine and config.restart_period is not None:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_period, T_mult=2)
@@ -51,6 +53,21 @@ def _optimizers(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     params: list[Tensor] = [*weights, *extra]
     return optimizer, sigma_optimizer, scheduler, params
+
+
+def _weight_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with the config's momentum, or Prodigy (``weight_optimizer="prodigy"``) at multiplier ``config.lr``."""
+    if config.weight_optimizer == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise ConfigError(
+                "weight_optimizer='prodigy' needs the prodigyopt package: pip install 'optuna-deelbo[lrfree]'"
+            ) from None
+        # the package's defaults but weight decay 0: the objective holds the penalty (MAP) or the KL (DE-ELBo)
+        optimizer: torch.optim.Optimizer = Prodigy(groups, lr=config.lr, weight_decay=0.0)
+        return optimizer
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
 @dataclass
@@ -71,7 +88,7 @@ class LoopState:
     channels_last: bool
     x: Tensor
     y: Tensor
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     sigma_optimizer: torch.optim.Optimizer | None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     params: list[Tensor]

@@ -16,7 +16,18 @@ from optuna_deelbo.bayes._deelbo_recipe import SIGMA_OPTIMIZERS
 from optuna_deelbo.bayes._objectives import Objective
 from optuna_deelbo.train._divergence import DivergenceRule
 
-__all__ = ["Metrics", "TrainConfig", "TrainResult", "evaluate", "resolve_device", "run_fingerprint"]
+__all__ = [
+    "WEIGHT_OPTIMIZERS",
+    "Metrics",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "resolve_device",
+    "run_fingerprint",
+]
+
+#: ``TrainConfig.weight_optimizer``: SGD, or the learning-rate-free Prodigy (package ``prodigyopt``).
+WEIGHT_OPTIMIZERS: tuple[str, ...] = ("sgd", "prodigy")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -42,6 +53,10 @@ class TrainConfig:
         batch_size: examples per step (> 0); capped at N.
         momentum: SGD momentum in [0, 1).
         nesterov: Nesterov momentum (needs momentum > 0).
+        weight_optimizer: one of :data:`WEIGHT_OPTIMIZERS`: ``"sgd"`` (momentum, Nesterov), or
+            ``"prodigy"``, the learning-rate-free Adam of Mishchenko & Defazio (2024; package
+            ``prodigyopt``, extra ``[lrfree]``): ``lr`` is then its multiplier of the learned step
+            size (1.0 as recommended), cosine-decayed like SGD's; momentum and Nesterov are SGD's only.
         cosine: cosine-decay the learning rate to 0 over ``steps``.
         restart_period: with ``cosine``, restart the cosine every ``restart_period`` steps
             (SGDR, Loshchilov & Hutter 2017; period doubles after each restart); ``None`` = one cycle.
@@ -75,6 +90,7 @@ class TrainConfig:
     batch_size: int = 64
     momentum: float = 0.9
     nesterov: bool = True
+    weight_optimizer: str = "sgd"
     cosine: bool = True
     restart_period: int | None = None
     patience: int | None = None
@@ -103,6 +119,10 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {shown(self.momentum)}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov=True needs momentum > 0")
+        if self.weight_optimizer not in WEIGHT_OPTIMIZERS:
+            raise ConfigError(
+                f"unknown weight_optimizer {shown(self.weight_optimizer)}; choose one of {WEIGHT_OPTIMIZERS}"
+            )
         for name in ("restart_period", "patience"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int):
@@ -218,4 +238,4 @@ def run_fingerprint(objective: Objective, config: TrainConfig, n: int) -> dict[s
         "patience": config.patience,
         "sigma_optimizer": config.sigma_optimizer,
         "sigma_lr": config.sigma_lr,
-    }
+    } | ({"weight_optimizer": config.weight_optimizer} if config.weight_optimizer != "sgd" else {})

@@ -60,6 +60,7 @@ __all__ = [
     "fit",
     "fit_deelbo",
     "fit_map",
+    "fit_once",
     "recalibrate_for_mean_weights",
     "retrain",
     "run_attrs",
@@ -87,6 +88,7 @@ def fit_map(
     steps: int | None = None,
     checkpoint: CheckpointHook | None = None,
     resume: Mapping[str, Any] | None = None,
+    weight_optimizer: str = "sgd",
 ) -> tuple[nn.Module, TrainResult]:
     """MAP training on ``data``; returns the model and its log.
 
@@ -97,13 +99,14 @@ def fit_map(
         schedule: pull-down / pull-up / adaptive weight decay (see :func:`train`).
         steps: overrides ``task.steps`` (e.g. retraining for an early-stopped step count).
         checkpoint, resume: see :func:`~optuna_deelbo.train.train_model`.
+        weight_optimizer: ``TrainConfig.weight_optimizer`` (``"prodigy"``: ``lr`` is its multiplier).
     """
     _check_hparams(lr, weight_decay)
     model = task.build_model()
     objective = MAPObjective(
         model, task.groups(model), task.body_prior(model), weight_decay, penalty=task.regularization.penalty_fn
     )
-    config = task.train_config(lr, steps)
+    config = dataclasses.replace(task.train_config(lr, steps), weight_optimizer=weight_optimizer)
     if val is not None and task.regularization.patience is not None:
         config = dataclasses.replace(config, patience=task.regularization.patience)
     result = train_model(
@@ -419,6 +422,43 @@ def fit(
         for key, val in attrs.items():
             trial.set_user_attr(key, val)
     return value
+
+
+def fit_once(
+    trial: optuna.trial.Trial, task: TaskSpec, *, lr: float, weight_decay: float, weight_optimizer: str = "sgd"
+) -> float:
+    """Train one MAP configuration on all ``N`` for an Optuna objective: no search, no validation split.
+
+    What a user runs instead of a search (the ``default`` and ``lr-free`` strategies): the trial's
+    model is the final model, so its test metrics are the strategy's result. ``weight_optimizer``:
+    ``TrainConfig.weight_optimizer`` (``"prodigy"``: ``lr`` is its multiplier).
+
+    Returns:
+        The final-epoch training loss (nats per example).
+
+    Raises:
+        optuna.TrialPruned: training diverged (reason in the ``failure:reason`` user attr).
+    """
+    _require_minimize(trial, "od.tuning.fit_once")
+    _check_hparams(lr, weight_decay)
+    start = time.perf_counter()
+    attrs: dict[str, Any] = {A.MODE: "map"}
+    try:
+        model, result = fit_map(task, lr, weight_decay, task.train, weight_optimizer=weight_optimizer)
+        run_attrs(result, attrs)
+        test_start = time.perf_counter()
+        test = _test_metrics(task, model)
+        if test is not None:
+            attrs[A.TEST_NLL], attrs[A.TEST_ACCURACY] = test.nll, test.accuracy
+            attrs[A.TIME_TEST_EVAL_S] = time.perf_counter() - test_start
+    except TrainingDiverged as exc:
+        attrs[A.FAILURE_REASON] = str(exc)
+        raise optuna.TrialPruned(str(exc)) from exc
+    finally:
+        attrs[A.TIME_TRIAL_S] = time.perf_counter() - start
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+    return result.final_loss
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from optuna_deelbo.tuning._checkpoints import worker_checkpointing
 from optuna_deelbo.tuning._sampler import DEELBoSampler
 from optuna_deelbo.tuning._storage import open_storage
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, queue_progress, requeue_interrupted
-from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, Strategy, get_strategy
+from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, Strategy, TPEBudgetStrategy, get_strategy
 
 __all__ = [
     "IF_EXISTS",
@@ -284,7 +284,7 @@ def finish_strategy(strategy: Strategy, task: TaskSpec, study: optuna.Study, tun
     result = StrategyResult(
         strategy=strategy.name,
         study_name=study.study_name,
-        n_trials=queue_progress(study).finished,
+        n_trials=queue_progress(study).trained,
         tuning_s=tuning_s,
         retrain_s=retrain_s,
         total_s=tuning_s + retrain_s,
@@ -350,7 +350,7 @@ class StrategyResult:
         return cls(
             strategy=str(attrs[A.STRATEGY]),
             study_name=study.study_name,
-            n_trials=queue_progress(study).finished if A.PLANNED in attrs else len(trials),
+            n_trials=queue_progress(study).trained if A.PLANNED in attrs else len(trials),
             tuning_s=float(attrs.get(A.TIME_TUNING_S, math.nan)),
             retrain_s=float(attrs.get(A.TIME_RETRAIN_S, math.nan)),
             total_s=float(attrs[A.TIME_TOTAL_S]),
@@ -397,20 +397,45 @@ def compare(
     called after every trial finished here (the CLI prints a progress line).
     """
     built = _strategies(strategies, tpe_trials, learning_rates, batched)  # fail fast on bad options
+    _check_budgets(built)
     if if_exists == "error":  # refuse before the first strategy trains, not after it
         refuse_existing(storage, [study_name_for(task, s.name) for s in built])
-    return [
-        run_strategy(
-            strategy,
-            task,
-            storage,
-            study_name_for(task, strategy.name),
-            show_progress_bar=show_progress_bar,
-            if_exists=if_exists,
-            on_trial=on_trial,
+    results: list[StrategyResult] = []
+    for strategy in built:
+        if isinstance(strategy, TPEBudgetStrategy) and strategy.budget_s is None:
+            strategy = strategy.with_budget(_deelbo_wall_clock(results))
+        results.append(
+            run_strategy(
+                strategy,
+                task,
+                storage,
+                study_name_for(task, strategy.name),
+                show_progress_bar=show_progress_bar,
+                if_exists=if_exists,
+                on_trial=on_trial,
+            )
         )
-        for strategy in built
-    ]
+    return results
+
+
+def _is_deelbo_search(name: str) -> bool:
+    return name in ("deelbo", "deelbo-descend")
+
+
+def _check_budgets(built: Sequence[Strategy]) -> None:
+    """Refuse a ``tpe-budget`` without a budget and without a DE-ELBo search before it to take one from."""
+    for i, strategy in enumerate(built):
+        unbudgeted = isinstance(strategy, TPEBudgetStrategy) and strategy.budget_s is None
+        if unbudgeted and not any(_is_deelbo_search(s.name) for s in built[:i]):
+            raise ConfigError(
+                "tpe-budget takes its budget from the DE-ELBo search run before it: list deelbo (or "
+                "deelbo-descend) before tpe-budget in --strategies"
+            )
+
+
+def _deelbo_wall_clock(results: Sequence[StrategyResult]) -> float:
+    """The total wall-clock (s) of the first DE-ELBo search among ``results`` (``tpe-budget``'s budget)."""
+    return next(r.total_s for r in results if _is_deelbo_search(r.strategy))
 
 
 def plan_strategy_study(
@@ -448,6 +473,11 @@ def plan_compare(
     The task is built once (its pretraining decides the study names and the strategies' plans).
     """
     built = _strategies(strategies, tpe_trials, learning_rates)
+    if any(isinstance(s, TPEBudgetStrategy) for s in built):
+        raise ConfigError(
+            "tpe-budget cannot be planned for workers: its budget is the DE-ELBo search's wall-clock, measured "
+            "only once that search has run; run it with compare in one process (without --plan-only)"
+        )
     task, _ = builtin.build(device)
     names = [study_name_for(task, s.name) for s in built]
     if if_exists == "error":

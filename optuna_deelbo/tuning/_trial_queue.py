@@ -153,6 +153,7 @@ class QueueProgress:
         planned: trials enqueued at creation. waiting / running: not yet finished.
         complete, pruned: finished trials. failed: failed and not retried.
         retried: failed trials (process died) that a later trial replaces.
+        skipped: pruned trials their strategy never trained (user attr ``skipped``).
     """
 
     planned: int
@@ -162,6 +163,12 @@ class QueueProgress:
     pruned: int
     failed: int
     retried: int
+    skipped: int = 0
+
+    @property
+    def trained(self) -> int:
+        """Finished trials that trained (the search's cost in runs): :attr:`finished` less the skipped."""
+        return self.finished - self.skipped
 
     @property
     def finished(self) -> int:
@@ -191,6 +198,7 @@ def queue_progress(study: optuna.Study) -> QueueProgress:
         pruned=count(TrialState.PRUNED),
         failed=sum(t.number not in retried for t in failed),
         retried=sum(t.number in retried for t in failed),
+        skipped=sum(t.state == TrialState.PRUNED and bool(t.user_attrs.get(A.SKIPPED)) for t in trials),
     )
 
 

@@ -16,7 +16,9 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
 * :data:`VAL_NLL`, :data:`VAL_ACCURACY` (MAP, 20 % split); :data:`TEST_NLL`, :data:`TEST_ACCURACY`
 * :data:`TIME_TRAIN_S` (with :data:`TIME_RECALIBRATE_S`), :data:`TIME_TRIAL_S`, :data:`TIME_SELECT_S`,
   :data:`TIME_TEST_EVAL_S`
-* :data:`LAMBDA_TRAJECTORY` (``[[step, weight decay], ...]`` of a schedule), :data:`FAILURE_REASON` (str)
+* :data:`LAMBDA_TRAJECTORY` (``[[step, weight decay], ...]`` of a schedule), :data:`FAILURE_REASON` (str),
+  :data:`SKIPPED` (bool: pruned by its strategy without training, e.g. ``deelbo-descend``'s stop or a spent
+  ``tpe-budget``; not counted as a trial the search ran)
 * checkpoints: :data:`CHECKPOINT_ARTIFACT` (str), :data:`CHECKPOINT_STEP` (int), :data:`RESUMED_STEP` (int),
   :data:`RESUMED_TRIAL` (int), :data:`RESUMED_ARTIFACT` (str), :data:`CHECKPOINT_RESUME_ERROR` (str)
 * :data:`SAVED_MODEL_DIR` (str): where the Hugging Face integration saved the trial's model
@@ -25,7 +27,8 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
 
 Study user attrs: :data:`STRATEGY`, :data:`DESCRIPTION`, :data:`TASK` (name, N, prior, steps),
 :data:`PLAN` (what a resumed study must match), :data:`PLANNED` (int), :data:`BUILTIN_TASK` (the JSON a worker
-rebuilds the task from), and once finished :data:`TIME_TUNING_S`, :data:`TIME_RETRAIN_S`,
+rebuilds the task from), :data:`BUDGET_S` (``tpe-budget``'s wall-clock budget), and once finished
+:data:`TIME_TUNING_S`, :data:`TIME_RETRAIN_S`,
 :data:`TIME_TOTAL_S`, :data:`TEST_ACCURACY`, :data:`TEST_NLL`, :data:`BEST_TRIAL` (int), :data:`BEST_PARAMS` (dict);
 :data:`BEST_MODEL_DIR` (dict) from the Hugging Face integration.
 """
@@ -45,6 +48,7 @@ __all__ = [
     "BEST_MODEL_DIR",
     "BEST_PARAMS",
     "BEST_TRIAL",
+    "BUDGET_S",
     "BUILTIN_TASK",
     "CHECKPOINT_ARTIFACT",
     "CHECKPOINT_RESUME_ERROR",
@@ -69,6 +73,7 @@ __all__ = [
     "SAVED_MODEL_DIR",
     "SELECT_PREFIX",
     "SELECT_RULE",
+    "SKIPPED",
     "STRATEGY",
     "TASK",
     "TEST_ACCURACY",
@@ -132,6 +137,7 @@ TIME_TEST_EVAL_S = "time:test_eval_s"
 TIME_RECALIBRATE_S = "time:recalibrate_s"
 LAMBDA_TRAJECTORY = "lambda:trajectory"
 FAILURE_REASON = "failure:reason"
+SKIPPED = "skipped"
 CHECKPOINT_ARTIFACT = "checkpoint:artifact_id"
 CHECKPOINT_STEP = "checkpoint:step"
 CHECKPOINT_RESUME_ERROR = "checkpoint:resume_error"
@@ -153,6 +159,7 @@ PLAN = "plan"
 PLANNED = "planned_trials"
 #: The stored :class:`~optuna_deelbo.task.BuiltinTask` (key kept from 0.2, so older planned studies load).
 BUILTIN_TASK = "task_recipe"
+BUDGET_S = "budget_s"
 TIME_TUNING_S = "time:tuning_s"
 TIME_RETRAIN_S = "time:retrain_s"
 TIME_TOTAL_S = "time:total_s"

@@ -17,10 +17,12 @@ from optuna_deelbo.tuning.strategies._base import (
     task_objective,
 )
 from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
+from optuna_deelbo.tuning.strategies.default import DefaultStrategy, LRFreeStrategy
 from optuna_deelbo.tuning.strategies.descend import DescendingDEELBoStrategy
 from optuna_deelbo.tuning.strategies.grid import GridStrategy
 from optuna_deelbo.tuning.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
 from optuna_deelbo.tuning.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, TPEStrategy
+from optuna_deelbo.tuning.strategies.tpe_budget import TPEBudgetStrategy
 
 __all__ = [
     "BATCHED_MODES",
@@ -33,11 +35,14 @@ __all__ = [
     "WEIGHT_DECAY_RANGE",
     "AdaptiveStrategy",
     "DEELBoStrategy",
+    "DefaultStrategy",
     "DescendingDEELBoStrategy",
     "GridStrategy",
+    "LRFreeStrategy",
     "PullDownStrategy",
     "PullUpStrategy",
     "Strategy",
+    "TPEBudgetStrategy",
     "TPERegStrategy",
     "TPEStrategy",
     "check_learning_rates",
@@ -53,12 +58,15 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "grid",
     "tpe",
     "tpe-reg",
+    "tpe-budget",
+    "default",
+    "lr-free",
     "pulldown",
     "pullup",
     "adaptive",
 )
 #: What ``optuna-deelbo compare`` runs when ``--strategies`` is not given.
-DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe")
+DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe", "tpe-budget", "default")
 
 
 def get_strategy(
@@ -86,6 +94,12 @@ def get_strategy(
         return GridStrategy(lrs)
     if name == "tpe":
         return TPEStrategy(tpe_trials, learning_rates=lrs)
+    if name == "tpe-budget":
+        return TPEBudgetStrategy(trials=tpe_trials, learning_rates=lrs)
+    if name == "default":
+        return DefaultStrategy()
+    if name == "lr-free":
+        return LRFreeStrategy()
     if name == "tpe-reg":
         return TPERegStrategy(tpe_trials, learning_rates=lrs)
     if name == "pulldown":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import learning_rate
 from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._fit import RetrainResult, fit, retrain
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, run_queue
 
@@ -26,6 +27,7 @@ __all__ = [
     "WEIGHT_DECAY_RANGE",
     "Strategy",
     "check_learning_rates",
+    "skip_trial",
     "suggest_hyperparameters",
     "task_objective",
 ]
@@ -54,6 +56,17 @@ def check_learning_rates(values: Sequence[float]) -> tuple[float, ...]:
     if len(set(lrs)) != len(lrs):
         raise ConfigError(f"learning rates must be distinct, got {values!r}")
     return lrs
+
+
+def skip_trial(trial: optuna.trial.Trial, reason: str) -> NoReturn:
+    """End ``trial`` PRUNED without training it: the strategy's own decision, said in ``failure:reason``.
+
+    The trial gets the ``skipped`` user attr, so it is not counted as a run of the search
+    (:attr:`~optuna_deelbo.tuning.QueueProgress.trained`).
+    """
+    trial.set_user_attr(A.FAILURE_REASON, reason)
+    trial.set_user_attr(A.SKIPPED, True)
+    raise optuna.TrialPruned(reason)
 
 
 def suggest_hyperparameters(trial: optuna.trial.Trial, lr_range: tuple[float, float] = LR_RANGE) -> tuple[float, float]:

@@ -18,12 +18,11 @@ import optuna
 from optuna.trial import TrialState
 
 from optuna_deelbo.task._spec import TaskSpec
-from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._fit import fit
-from optuna_deelbo.tuning.strategies._base import suggest_hyperparameters
+from optuna_deelbo.tuning.strategies._base import skip_trial, suggest_hyperparameters
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
 
-__all__ = ["DescendingDEELBoStrategy", "descend_stop"]
+__all__ = ["DescendingDEELBoStrategy", "descend_skip_reason", "descend_stop"]
 
 
 def descend_stop(scores: Sequence[float | None]) -> bool:
@@ -62,22 +61,30 @@ class DescendingDEELBoStrategy(DEELBoStrategy):
         self.learning_rates = tuple(sorted(self.learning_rates, reverse=True))
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
-        """The user objective, preceded by the stop rule (:func:`descend_stop`) over the larger rates' trials."""
+        """The user objective, preceded by the stop rule (:func:`descend_skip_reason`)."""
 
         def objective(trial: optuna.trial.Trial) -> float:
             lr, weight_decay = suggest_hyperparameters(trial, self.lr_range)
-            above = _scores_above(trial.study, lr, exclude=trial.number)
-            if descend_stop([score for _, score in above]):
-                shown = ", ".join(f"lr={rate:g}: {'-' if s is None else f'{s:.4g}'}" for rate, s in above)
-                reason = (
-                    f"skipped: the selection score got worse going down the learning rates ({shown}); "
-                    "deelbo-descend stops there"
-                )
-                trial.set_user_attr(A.FAILURE_REASON, reason)
-                raise optuna.TrialPruned(reason)
+            reason = descend_skip_reason(trial, lr)
+            if reason is not None:
+                skip_trial(trial, reason)
             return fit(trial, task, lr=lr, weight_decay=weight_decay)
 
         return objective
+
+
+def descend_skip_reason(trial: optuna.trial.Trial, lr: float) -> str | None:
+    """Why ``trial`` should not train at learning rate ``lr`` under the descending rule, or ``None``.
+
+    The rule of :class:`DescendingDEELBoStrategy` for any objective (own loop, Trainer, Lightning):
+    enqueue the learning rates largest first, and prune a trial for which this returns a reason.
+    It reads the study's finished trials at larger rates (their values: lower is better).
+    """
+    above = _scores_above(trial.study, lr, exclude=trial.number)
+    if not descend_stop([score for _, score in above]):
+        return None
+    shown = ", ".join(f"lr={rate:g}: {'-' if s is None else f'{s:.4g}'}" for rate, s in above)
+    return f"skipped: the selection score got worse going down the learning rates ({shown}); the descent stops there"
 
 
 def _scores_above(study: optuna.Study, lr: float, *, exclude: int) -> list[tuple[float, float | None]]:
