@@ -55,7 +55,7 @@ from optuna_deelbo.tuning import study_name_for
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv
 
-__all__ = ["DEBIAN_CHROMIUM", "main", "use_debian_chromium"]
+__all__ = ["DEBIAN_CHROMIUM", "main", "use_debian_chromium", "write_figure"]
 
 STRATEGIES = ("deelbo", "grid", "tpe")
 DUEL = "tpe-budget"
@@ -85,6 +85,21 @@ SEARCH_SIZES = {
 
 #: Debian's Chromium (apt-get install chromium), which kaleido drives to write the PNG.
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+
+
+def write_figure(figure: Any, stem: Path) -> str | None:
+    """Write ``figure`` as ``stem``.html (plotly.js from its CDN) and ``stem``.png; the PNG's error, or ``None``.
+
+    The PNG needs kaleido (extra ``[bench]``) and a Chromium for it to drive (Debian's, see
+    :func:`use_debian_chromium`); without them only the HTML is written.
+    """
+    figure.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
+    use_debian_chromium()
+    try:
+        figure.write_image(stem.with_suffix(".png"), scale=2)
+    except Exception as exc:  # kaleido missing, or no Chromium for it to drive
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def use_debian_chromium(chromium: Path = DEBIAN_CHROMIUM) -> str | None:
@@ -531,13 +546,7 @@ def main() -> None:
         points,
         title=f"Test accuracy vs compute: {label} ({device.type})<br><sup>mean over {len(seeds)} training sets</sup>",
     )
-    figure.write_html(fig2.with_suffix(".html"), include_plotlyjs="cdn")
-    png_error = None
-    use_debian_chromium()
-    try:
-        figure.write_image(fig2.with_suffix(".png"), scale=2)
-    except Exception as exc:  # kaleido missing, or no Chromium for it to drive
-        png_error = f"{type(exc).__name__}: {exc}"
+    png_error = write_figure(figure, fig2)
     report = write_storage_report(
         f"{stem}-report.html", storage, title=f"paper benchmark: {label} ({device.type})", plotlyjs="cdn"
     )

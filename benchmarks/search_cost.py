@@ -39,7 +39,7 @@ from optuna_deelbo.tuning.strategies import Strategy, TPEBudgetStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv
-from paper import DEFAULTS, use_debian_chromium
+from paper import DEFAULTS, write_figure
 
 #: The strategies of every cell, in the order they run (tpe-budget right after the search whose time it gets).
 STRATEGIES = ("deelbo", "tpe-budget", "deelbo-descend", "default", "lr-free")
@@ -169,13 +169,9 @@ def main() -> None:
     if not rows:
         parser.error(f"no finished cell in {args.storage}")
     _write(rows, spans, record, time.perf_counter() - started, args.note)
-    figure = _figure(rows)
-    figure.write_html(RESULTS / f"{STEM}.html", include_plotlyjs="cdn")
-    use_debian_chromium()
-    try:
-        figure.write_image(RESULTS / f"{STEM}.png", scale=2)
-    except Exception as exc:  # kaleido missing, or no Chromium for it to drive
-        print(f"PNG not written ({type(exc).__name__}: {exc}); install kaleido and Debian's chromium", file=sys.stderr)
+    png_error = write_figure(_figure(rows), RESULTS / STEM)
+    if png_error:
+        print(f"PNG not written ({png_error}); install kaleido and Debian's chromium", file=sys.stderr)
     print(f"wrote {RESULTS / (STEM + '.md')}")
 
 

@@ -371,9 +371,9 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     the first.
     """
     if trial.user_attrs.get(attrs.SKIPPED):
-        earlier = study.get_trials(deepcopy=False)[: trial.number]
-        if not any(t.user_attrs.get(attrs.SKIPPED) for t in earlier):
-            left = len(study.get_trials(deepcopy=False)) - trial.number
+        trials = study.get_trials(deepcopy=False)
+        if not any(t.user_attrs.get(attrs.SKIPPED) for t in trials[: trial.number]):
+            left = len(trials) - trial.number
             reason = trial.user_attrs.get(attrs.FAILURE_REASON)
             print(f"{study.study_name}: {reason} ({left} trials skipped)", flush=True)
         return

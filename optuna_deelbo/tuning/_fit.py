@@ -25,11 +25,12 @@ Trial user attrs written (all floats unless noted):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -308,13 +309,18 @@ def deelbo_outcome(task: TaskSpec, objective: DEELBoObjective, result: TrainResu
     attrs[A.SELECT_RULE] = rule
     attrs[A.select_key(rule)] = value = score_deelbo_run(task, objective, result)[rule]
     attrs[A.TIME_SELECT_S] = time.perf_counter() - start
+    _test_attrs(task, objective.model, attrs)
+    run_attrs(result, attrs)
+    return value
+
+
+def _test_attrs(task: TaskSpec, model: nn.Module, attrs: dict[str, Any]) -> None:
+    """The model's test NLL and accuracy, and the seconds they took, into ``attrs`` (nothing without a test set)."""
     start = time.perf_counter()
-    test = _test_metrics(task, objective.model)
+    test = _test_metrics(task, model)
     if test is not None:
         attrs[A.TEST_NLL], attrs[A.TEST_ACCURACY] = test.nll, test.accuracy
         attrs[A.TIME_TEST_EVAL_S] = time.perf_counter() - start
-    run_attrs(result, attrs)
-    return value
 
 
 def run_attrs(result: TrainResult, attrs: dict[str, Any]) -> None:
@@ -372,10 +378,8 @@ def fit(
         raise ConfigError(f"task must be an optuna_deelbo.TaskSpec, got {type(task).__name__}")
     _require_minimize(trial, "od.fit")
     _check_hparams(lr, weight_decay)  # the weight decay too: a NaN is a mistake even where it is learned
-    start = time.perf_counter()
-    attrs: dict[str, Any] = {}
     live_trial = trial if isinstance(trial, optuna.trial.Trial) else None
-    try:
+    with _trial_attrs(trial) as attrs:
         if "weight_decay" in learned_names(trial):
             if schedule is not None:
                 raise ConfigError("a weight-decay schedule is for MAP runs; under DEELBoSampler it is learned")
@@ -414,13 +418,6 @@ def fit(
             attrs[A.VAL_NLL], attrs[A.VAL_ACCURACY] = metrics.nll, metrics.accuracy
             value = metrics.nll
             run_attrs(result, attrs)
-    except TrainingDiverged as exc:
-        attrs[A.FAILURE_REASON] = str(exc)
-        raise optuna.TrialPruned(str(exc)) from exc
-    finally:
-        attrs[A.TIME_TRIAL_S] = time.perf_counter() - start
-        for key, val in attrs.items():
-            trial.set_user_attr(key, val)
     return value
 
 
@@ -441,16 +438,24 @@ def fit_once(
     """
     _require_minimize(trial, "od.tuning.fit_once")
     _check_hparams(lr, weight_decay)
-    start = time.perf_counter()
-    attrs: dict[str, Any] = {A.MODE: "map"}
-    try:
+    with _trial_attrs(trial) as attrs:
+        attrs[A.MODE] = "map"
         model, result = fit_map(task, lr, weight_decay, task.train, weight_optimizer=weight_optimizer)
         run_attrs(result, attrs)
-        test_start = time.perf_counter()
-        test = _test_metrics(task, model)
-        if test is not None:
-            attrs[A.TEST_NLL], attrs[A.TEST_ACCURACY] = test.nll, test.accuracy
-            attrs[A.TIME_TEST_EVAL_S] = time.perf_counter() - test_start
+        _test_attrs(task, model, attrs)
+    return result.final_loss
+
+
+@contextlib.contextmanager
+def _trial_attrs(trial: optuna.trial.BaseTrial) -> Iterator[dict[str, Any]]:
+    """The attrs a trial's run fills, written to ``trial`` however the run ends (with ``time:trial_s``).
+
+    A run that diverged (:class:`TrainingDiverged`) prunes the trial, its reason in ``failure:reason``.
+    """
+    start = time.perf_counter()
+    attrs: dict[str, Any] = {}
+    try:
+        yield attrs
     except TrainingDiverged as exc:
         attrs[A.FAILURE_REASON] = str(exc)
         raise optuna.TrialPruned(str(exc)) from exc
@@ -458,7 +463,6 @@ def fit_once(
         attrs[A.TIME_TRIAL_S] = time.perf_counter() - start
         for key, val in attrs.items():
             trial.set_user_attr(key, val)
-    return result.final_loss
 
 
 @dataclass(frozen=True)

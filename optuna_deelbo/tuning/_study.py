@@ -30,7 +30,13 @@ from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._checkpoints import worker_checkpointing
 from optuna_deelbo.tuning._sampler import DEELBoSampler
 from optuna_deelbo.tuning._storage import open_storage
-from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, queue_progress, requeue_interrupted
+from optuna_deelbo.tuning._trial_queue import (
+    PlannedStudy,
+    plan_study,
+    queue_progress,
+    requeue_interrupted,
+    trial_seconds,
+)
 from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, Strategy, TPEBudgetStrategy, get_strategy
 
 __all__ = [
@@ -196,15 +202,6 @@ def resume_strategy_study(
     return study
 
 
-def _trial_seconds(trials: Sequence[FrozenTrial]) -> float:
-    """Wall-clock the finished trials took (s), from their start and completion times."""
-    total = 0.0
-    for t in trials:
-        if t.datetime_start is not None and t.datetime_complete is not None:
-            total += (t.datetime_complete - t.datetime_start).total_seconds()
-    return total
-
-
 def run_strategy(
     strategy: Strategy,
     task: TaskSpec,
@@ -228,7 +225,7 @@ def run_strategy(
         return StrategyResult.from_study(study)
     start = time.perf_counter()
     strategy.work_off(PlannedStudy.of(study, storage), task, show_progress_bar=show_progress_bar, on_trial=on_trial)
-    return finish_strategy(strategy, task, study, _trial_seconds(done_before) + time.perf_counter() - start)
+    return finish_strategy(strategy, task, study, trial_seconds(done_before) + time.perf_counter() - start)
 
 
 def reporting_overhead_s(trials: Sequence[FrozenTrial], best: FrozenTrial) -> float:

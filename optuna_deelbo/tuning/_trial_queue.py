@@ -41,6 +41,7 @@ __all__ = [
     "requeue_interrupted",
     "retried_numbers",
     "run_queue",
+    "trial_seconds",
 ]
 
 
@@ -101,6 +102,15 @@ def plan_study(study: optuna.Study, planned: Sequence[Mapping[str, Any]]) -> Non
     for params in planned:
         study.enqueue_trial(dict(params))
     study.set_user_attr(A.PLANNED, len(planned))
+
+
+def trial_seconds(trials: Sequence[FrozenTrial]) -> float:
+    """Wall-clock the finished trials took (s), from their start and completion times."""
+    total = 0.0
+    for t in trials:
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total
 
 
 def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:

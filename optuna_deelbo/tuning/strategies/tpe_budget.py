@@ -19,6 +19,7 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import shown
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._trial_queue import trial_seconds
 from optuna_deelbo.tuning.strategies._base import skip_trial, task_objective
 from optuna_deelbo.tuning.strategies.tpe import TPEStrategy
 
@@ -27,12 +28,8 @@ __all__ = ["TPEBudgetStrategy", "spent_seconds"]
 
 def spent_seconds(study: optuna.Study) -> float:
     """Wall-clock (s) of the study's finished trials that trained, from their start and completion times."""
-    total = 0.0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if t.user_attrs.get(A.SKIPPED) or t.datetime_start is None or t.datetime_complete is None:
-            continue
-        total += (t.datetime_complete - t.datetime_start).total_seconds()
-    return total
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return trial_seconds([t for t in finished if not t.user_attrs.get(A.SKIPPED)])
 
 
 class TPEBudgetStrategy(TPEStrategy):
