@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "interruptible", "raise_pending_interrupt"]
+__all__ = ["Interrupted", "interruptible", "raise_pending_interrupt", "signals_held"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -84,3 +84,22 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
         _pending.clear()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked, not lost) while the block runs; one that came meanwhile is
+    delivered as the block ends, its handler running then.
+
+    For a few storage calls that must not be cut apart, such as taking a trial and recording that this
+    process holds it. Where the OS allows no signal mask (Windows) or outside the main thread, it
+    changes nothing.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -12,8 +12,10 @@ import signal
 import sys
 from collections.abc import Iterator
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 import optuna_deelbo as od
@@ -21,6 +23,7 @@ from optuna_deelbo._interrupts import Interrupted, interruptible, raise_pending_
 from optuna_deelbo.bayes import DEELBoObjective, IsotropicGaussian
 from optuna_deelbo.train import TrainConfig, train_model
 from optuna_deelbo.train._batched import train_batched
+from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, requeue_interrupted, run_queue
 
 
 class SignalsWhenCollected:
@@ -166,3 +169,76 @@ def test_batched_training_stops_at_the_step_after_a_swallowed_interrupt() -> Non
     with pytest.raises(Interrupted), interruptible():
         train_batched([_objective(), _objective()], *_data(), [CONFIG, CONFIG], transform=transform)
     assert batches == 2  # one minibatch per step for all members: stopped before step 3
+
+
+class SignalsAfterTaking:
+    """A storage wrapper that sends ``sig`` to this process right after a trial is flipped to RUNNING:
+    the interrupt lands between taking a trial and Optuna's ``try`` around the objective."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, sig: signal.Signals) -> None:
+        self._storage, self._sig = storage, sig
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: object = None) -> bool:
+        flipped = self._storage.set_trial_state_values(trial_id, state=state, values=values)  # type: ignore[arg-type]
+        if state == TrialState.RUNNING:
+            signal.raise_signal(self._sig)
+        return flipped
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._storage, name)
+
+
+def _planned(storage: optuna.storages.BaseStorage, n: int) -> optuna.Study:
+    study = optuna.create_study(storage=storage, study_name="queue")
+    plan_study(study, [{"x": float(i)} for i in range(n)])
+    return study
+
+
+def _objective_x(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0.0, 10.0)
+
+
+@pytest.mark.usefixtures("python_signal_handlers")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_just_after_a_trial_is_taken_fails_it_not_leaves_it_running(
+    sig: signal.Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = optuna.storages.InMemoryStorage()
+    study = _planned(storage, 2)
+    planned = PlannedStudy.of(study, storage)
+    monkeypatch.setattr(planned, "_storage", SignalsAfterTaking(storage, sig))
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        run_queue([(planned, _objective_x)])
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert requeue_interrupted(study, fail_running=False) == 1  # --resume retries it
+
+
+@pytest.mark.usefixtures("python_signal_handlers")
+def test_a_stopped_worker_fails_only_the_trials_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = optuna.storages.InMemoryStorage()
+    study = _planned(storage, 3)
+    other = PlannedStudy.of(study, storage)
+    other.ask()  # another worker holds trial 0
+    mine = PlannedStudy.of(study, storage)
+    monkeypatch.setattr(mine, "_storage", SignalsAfterTaking(storage, signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        run_queue([(mine, _objective_x)], wait_for_running=False)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]
+
+
+@pytest.mark.usefixtures("python_signal_handlers")
+def test_an_interrupt_while_a_batched_search_takes_its_trials_fails_them(
+    tiny_digits_task: od.TaskSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optuna_deelbo.tuning._batched import run_batched_trials
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(
+        storage=storage, study_name="batched", sampler=od.DEELBoSampler(optuna.samplers.RandomSampler(seed=0))
+    )
+    plan_study(study, [{"lr": lr} for lr in (0.03, 0.01)])
+    planned = PlannedStudy.of(study, storage)
+    monkeypatch.setattr(planned, "_storage", SignalsAfterTaking(storage, signal.SIGTERM))
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        run_batched_trials(planned, tiny_digits_task, lambda t: t.suggest_float("lr", 1e-4, 1.0, log=True))
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]

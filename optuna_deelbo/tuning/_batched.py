@@ -159,7 +159,11 @@ def run_batched_trials(
     if "weight_decay" not in getattr(study.sampler, "learned", ()):  # before any trial is taken
         raise ConfigError("a batched search trains DE-ELBo runs: the study's sampler must be a DEELBoSampler")
     _probe(task)
-    trials = _take_waiting(study)
+    try:
+        trials = _take_waiting(study)
+    except BaseException:  # stopped while taking them: none stays RUNNING
+        study.fail_taken()
+        raise
     if not trials:
         return 0
     numbers = [t.number for t in trials]

@@ -23,6 +23,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo._interrupts import signals_held
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._optuna_internals import (
     clear_trials_cache,
@@ -57,7 +58,13 @@ class PlannedStudy(optuna.Study):
 
     Build it like ``optuna.Study(study_name=..., storage=..., sampler=..., pruner=...)`` on an
     existing study; ``optimize`` then raises :class:`QueueEmpty` once the queue is drained.
+    It remembers the trials it took, so that a run stopped between taking a trial and Optuna's own
+    ``try`` around the objective fails them (:meth:`fail_taken`) rather than leaving them RUNNING.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._taken: list[int] = []  # trial ids this object took (flipped WAITING -> RUNNING)
 
     def ask(self, fixed_distributions: dict[str, BaseDistribution] | None = None) -> optuna.Trial:
         """Take the oldest WAITING trial (atomically), or raise :class:`QueueEmpty`."""
@@ -83,11 +90,33 @@ class PlannedStudy(optuna.Study):
         waiting = storage.get_all_trials(study_id(self), deepcopy=False, states=(TrialState.WAITING,))
         for trial in sorted(waiting, key=lambda t: ("failed_trial" not in t.system_attrs, t.number)):
             try:
-                if storage.set_trial_state_values(trial_id(trial), state=TrialState.RUNNING):
-                    return trial_id(trial)
+                with signals_held():  # taken and remembered, or neither: fail_taken then finds it
+                    if storage.set_trial_state_values(trial_id(trial), state=TrialState.RUNNING):
+                        self._taken.append(trial_id(trial))
+                        return trial_id(trial)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
         return None
+
+    def fail_taken(self) -> int:
+        """Mark FAIL the trials this object took that are still RUNNING; returns how many.
+
+        For a run that stops (Ctrl-C, SIGTERM, an error outside the objective): Optuna fails a trial
+        whose objective raised, but not one taken just before its ``try``. Trials other workers took
+        are left alone. ``--resume`` queues a retry of each failed one.
+        """
+        storage = study_storage(self)
+        failed = 0
+        for taken in self._taken:
+            if storage.get_trial(taken).state != TrialState.RUNNING:
+                continue
+            try:
+                storage.set_trial_state_values(taken, state=TrialState.FAIL)
+                failed += 1
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        self._taken = [t for t in self._taken if storage.get_trial(t).state == TrialState.RUNNING]
+        return failed
 
     @classmethod
     def of(cls, study: optuna.Study, storage: optuna.storages.BaseStorage) -> PlannedStudy:
@@ -226,7 +255,8 @@ def run_queue(
     RUNNING trials on a storage with heartbeats (their process may die and the trial come
     back as a retry), the worker polls every ``poll_s`` seconds (each poll fails stale trials
     and takes their retries) until every study is done. Exceptions from an objective
-    propagate, as from ``optimize`` (the trial is marked failed first).
+    propagate, as from ``optimize`` (the trial is marked failed first); whatever stops the run, the
+    trials this process took and did not finish are marked failed (:meth:`PlannedStudy.fail_taken`).
 
     Args:
         jobs: ``(study, objective)`` pairs.
@@ -245,25 +275,30 @@ def run_queue(
         if on_trial is not None:
             on_trial(study, trial)
 
-    while True:
-        before = ran
-        for study, objective in jobs:
-            while True:
-                waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-                try:
-                    study.optimize(
-                        objective,
-                        n_trials=waiting if show_progress_bar and waiting else None,
-                        callbacks=[count],
-                        show_progress_bar=show_progress_bar and waiting > 0,
-                    )
-                except QueueEmpty:
-                    break
-        if ran > before:
-            continue  # a pass that ran something: look again (retries may have been queued meanwhile)
-        heartbeats = all(heartbeat_enabled(study_storage(study)) for study, _ in jobs)
-        if not (wait_for_running and heartbeats):
-            return ran
-        if all(queue_progress(study).running == 0 for study, _ in jobs):
-            return ran
-        time.sleep(poll_s)
+    try:
+        while True:
+            before = ran
+            for study, objective in jobs:
+                while True:
+                    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                    try:
+                        study.optimize(
+                            objective,
+                            n_trials=waiting if show_progress_bar and waiting else None,
+                            callbacks=[count],
+                            show_progress_bar=show_progress_bar and waiting > 0,
+                        )
+                    except QueueEmpty:
+                        break
+            if ran > before:
+                continue  # a pass that ran something: look again (retries may have been queued meanwhile)
+            heartbeats = all(heartbeat_enabled(study_storage(study)) for study, _ in jobs)
+            if not (wait_for_running and heartbeats):
+                return ran
+            if all(queue_progress(study).running == 0 for study, _ in jobs):
+                return ran
+            time.sleep(poll_s)
+    except BaseException:  # stopped: no trial this process took stays RUNNING
+        for study, _ in jobs:
+            study.fail_taken()
+        raise
