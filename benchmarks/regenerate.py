@@ -185,6 +185,12 @@ STEPS: tuple[Step, ...] = (
         {d: ("--threads", "1", "--data-dir", "{data_dir}") for d in DEVICES},
         ("search-cost-cpu.md", "search-cost-cpu.csv", "search-cost-cpu.html", "search-cost-cpu.png"),
     ),
+    Step(  # after search-cost: it reads search-cost-cpu.csv for the sequential search and the baselines
+        "halving",
+        "halving.py",
+        {d: ("--threads", "1", "--data-dir", "{data_dir}") for d in DEVICES},
+        ("halving-cpu.md", "halving-cpu.csv", "halving-cpu.html", "halving-cpu.png"),
+    ),
     Step("reliability", "reliability.py", {d: () for d in DEVICES}, ("reliability.md", "reliability.csv")),
     Step(
         "heldout-digits",  # a training-set size and seed no other benchmark uses

@@ -169,7 +169,7 @@ def main() -> None:
     if not rows:
         parser.error(f"no finished cell in {args.storage}")
     _write(rows, spans, record, time.perf_counter() - started, args.note)
-    png_error = write_figure(_figure(rows), RESULTS / STEM)
+    png_error = write_figure(figure(rows), RESULTS / STEM)
     if png_error:
         print(f"PNG not written ({png_error}); install kaleido and Debian's chromium", file=sys.stderr)
     print(f"wrote {RESULTS / (STEM + '.md')}")
@@ -179,8 +179,11 @@ def main() -> None:
 LABELS = dict(zip(KEYS, STRATEGIES, strict=True))
 
 
-def _figure(rows: list[dict[str, Any]]) -> go.Figure:
-    """Test accuracy (%) against wall-clock (s, log axis) per strategy: a row per task, a panel per N (seed means)."""
+def figure(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -> go.Figure:
+    """Test accuracy (%) against wall-clock (s, log axis) per strategy: a row per task, a panel per N (seed means).
+
+    ``labels``: row key -> strategy name shown (default :data:`LABELS`); each row has ``<key>_s`` and ``<key>_acc``.
+    """
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     ns = {t: sorted({r["N"] for r in rows if r["task"] == t}) for t in tasks}
     cols = max(len(v) for v in ns.values())
@@ -189,7 +192,7 @@ def _figure(rows: list[dict[str, Any]]) -> go.Figure:
     for row, task in enumerate(tasks, 1):
         for col, n in enumerate(ns[task], 1):
             group = [r for r in rows if r["task"] == task and r["N"] == n]
-            for key, label in LABELS.items():
+            for key, label in (labels or LABELS).items():
                 x = statistics.fmean(float(r[f"{key}_s"]) for r in group)
                 y = statistics.fmean(float(r[f"{key}_acc"]) for r in group)
                 figure.add_trace(

@@ -72,10 +72,10 @@ SUBPACKAGE_SIZES = {
     "regularizers": 17,
     "report": 24,
     "task": 11,
-    "train": 22,
+    "train": 23,
     "tuning": 51,
-    "tuning.attrs": 56,
-    "tuning.strategies": 24,
+    "tuning.attrs": 57,
+    "tuning.strategies": 25,
     "integrations": 1,
 }
 

@@ -31,6 +31,7 @@ __all__ = [
 STRATEGY_COLORS: dict[str, str] = {
     "deelbo": "#d62728",
     "deelbo-descend": "#ff9896",
+    "deelbo-halving": "#8b0000",
     "grid": "#1f77b4",
     "tpe": "#2ca02c",
     "tpe-budget": "#98df8a",

@@ -38,6 +38,7 @@ from optuna_deelbo._interrupts import raise_pending_interrupt
 from optuna_deelbo._optuna_trial import Trial, TrialPruned
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, Objective, _autocast
+from optuna_deelbo.train._halving import Rung, rung_cut
 from optuna_deelbo.train._hooks import DivergenceCheck, Evaluation, ProgressBar, TrainHook
 from optuna_deelbo.train._state import LoopState
 from optuna_deelbo.train._types import TrainConfig, TrainResult, resolve_device
@@ -136,6 +137,7 @@ class _Member:
         self.hooks: list[TrainHook] = [DivergenceCheck(loop), Evaluation(loop, trial, None, None)]
         self.outcome: MemberOutcome | None = None
         self.record: LossRecord | None = None
+        self.reported = False  # its early stop was passed to on_stop
 
     def stop(self, outcome: MemberOutcome) -> None:
         self.outcome = outcome
@@ -192,6 +194,9 @@ def train_batched(
     transform: Batch | None = None,
     mixing: Mixing | None = None,
     on_log: Callable[[int, list[dict[str, float] | None]], None] | None = None,
+    rungs: Sequence[Rung] = (),
+    on_stop: Callable[[int, TrainingDiverged | TrialPruned], None] | None = None,
+    on_rung: Callable[[int, list[float | None]], None] | None = None,
 ) -> list[MemberOutcome]:
     """Train ``K`` DE-ELBo members at once; each member's result equals its own :func:`train_model` run.
 
@@ -203,6 +208,12 @@ def train_batched(
         trials: optional Optuna trial per member: each gets its own reports and may be pruned alone.
         transform, mixing: as in :func:`~optuna_deelbo.train.train_model`, drawn once per step for all members.
         on_log: called every ``log_every`` steps with the members' log rows (``None`` for a stopped member).
+        rungs: successive halving (:func:`~optuna_deelbo.train.halving_rungs`): after each rung's step the
+            members still training are ranked by :meth:`LoopState.rung_loss` and all but the best
+            ``keep`` stop with ``optuna.TrialPruned`` (the message gives the rung, loss and rank).
+        on_stop: called with ``(member index, outcome)`` as soon as a member stops before the end
+            (diverged, pruned, cut at a rung), e.g. to tell its trial at once.
+        on_rung: called at each rung with every member's rung loss (``None`` for one that had stopped).
 
     Returns:
         Per member, in order: its :class:`TrainResult` (``seconds``: the batched run's wall-clock
@@ -229,6 +240,7 @@ def train_batched(
     lead = members[0].loop
     config = lead.config
     base = lead.objective.model
+    cuts = {rung.step: rung.keep for rung in rungs}
     bar = ProgressBar(lead, f"{desc} x{len(members)}")
     started = time.perf_counter()
     for member in members:
@@ -241,6 +253,15 @@ def train_batched(
                 if not active:
                     break
                 _batched_step(step, members, active, base, transform, mixing)
+                keep = cuts.get(step)
+                if keep is not None:
+                    _rung(step, keep, members, on_rung)
+                for index, member in enumerate(members):
+                    stopped = member.outcome
+                    if isinstance(stopped, (TrainingDiverged, TrialPruned)) and not member.reported:
+                        member.reported = True
+                        if on_stop is not None:
+                            on_stop(index, stopped)
                 if lead.is_log_step(step) and on_log is not None:
                     rows = [m.loop.result.history[-1] if m.outcome is None else None for m in members]
                     on_log(step, rows)
@@ -264,6 +285,25 @@ def train_batched(
         assert member.outcome is not None
         outcomes.append(member.outcome)
     return outcomes
+
+
+def _rung(
+    step: int, keep: int, members: list[_Member], on_rung: Callable[[int, list[float | None]], None] | None
+) -> None:
+    """Rank the members still training by their rung loss; all but the best ``keep`` stop, pruned."""
+    active = [m for m in members if m.outcome is None]
+    losses = [m.loop.rung_loss() for m in active]
+    if on_rung is not None:
+        by_member = dict(zip(map(id, active), losses, strict=True))
+        on_rung(step, [by_member.get(id(m)) for m in members])
+    for rank, index in enumerate(rung_cut(losses, keep), start=keep + 1):
+        member = active[index]
+        member.stop(
+            TrialPruned(
+                f"successive halving at step {step}: training loss {losses[index]:.4g} ranks {rank} of "
+                f"{len(active)}, the best {keep} train on"
+            )
+        )
 
 
 def _batched_step(

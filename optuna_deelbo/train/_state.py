@@ -211,6 +211,19 @@ class LoopState:
         self.sums, self.since_log = {}, 0
         return row
 
+    def epoch_loss(self) -> float:
+        """The mean training objective over the last epoch's steps (one host synchronisation); nan before a step."""
+        if not self.tail:
+            return math.nan
+        return float(torch.stack([loss for loss, _ in self.tail]).mean())
+
+    def rung_loss(self) -> float:
+        """The loss successive halving ranks a run by mid-training: the last epoch's mean (:meth:`epoch_loss`), or
+        the last log row's mean when an epoch is shorter than ``log_every`` steps (one minibatch is too noisy)."""
+        if len(self.tail) < self.config.log_every and self.result.history:
+            return self.result.history[-1]["loss"]
+        return self.epoch_loss()
+
     def running_loss(self, fallback: Tensor) -> float:
         """The last log row's loss (the step's own before the first row)."""
         return self.result.history[-1]["loss"] if self.result.history else float(fallback)
@@ -268,7 +281,7 @@ class LoopState:
             torch.cuda.synchronize(self.device)
         result = self.result
         result.seconds = time.perf_counter() - self.started
-        result.final_loss = float(torch.stack([loss for loss, _ in self.tail]).mean())
+        result.final_loss = self.epoch_loss()
         result.final_nll = float(torch.stack([nll for _, nll in self.tail]).mean())
         if not math.isfinite(result.final_loss):
             raise TrainingDiverged(f"non-finite final loss (lr={self.config.lr:g})")

@@ -25,6 +25,7 @@ from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._objectives import DEELBoObjective
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.train._batched import BatchingUnsupported, batching_obstacle, probe_batched_forward, train_batched
+from optuna_deelbo.train._halving import Rung
 from optuna_deelbo.train._types import TrainResult
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._fit import deelbo_objective, deelbo_outcome, finish_deelbo_training
@@ -55,12 +56,19 @@ def task_batching_obstacle(task: TaskSpec) -> str | None:
 
 
 def fit_deelbo_batched(
-    task: TaskSpec, lrs: Sequence[float], *, trials: Sequence[optuna.trial.Trial | None] | None = None
+    task: TaskSpec,
+    lrs: Sequence[float],
+    *,
+    trials: Sequence[optuna.trial.Trial | None] | None = None,
+    rungs: Sequence[Rung] = (),
+    on_stop: Callable[[int, TrainingDiverged | optuna.TrialPruned], None] | None = None,
+    on_rung: Callable[[int, list[float | None]], None] | None = None,
 ) -> list[BatchedRun]:
     """DE-ELBo runs on all ``N`` for every learning rate in ``lrs`` at once; per member as :func:`fit_deelbo`.
 
     Each member's model is built, trained (same minibatches, augmentations and posterior draws as
     its own run), BatchNorm-recalibrated for its mean weights and returned with its log.
+    ``rungs``, ``on_stop``, ``on_rung``: successive halving, as :func:`~optuna_deelbo.train.train_batched`.
 
     Raises:
         BatchingUnsupported: :func:`task_batching_obstacle` or the models name a reason.
@@ -79,6 +87,9 @@ def fit_deelbo_batched(
         desc=f"deelbo lr={','.join(f'{lr:.2g}' for lr in lrs)}",
         transform=task.train_transform,
         mixing=task.mixing(),
+        rungs=rungs,
+        on_stop=on_stop,
+        on_rung=on_rung,
     )
     runs: list[BatchedRun] = []
     for objective, outcome in zip(objectives, outcomes, strict=True):
@@ -141,13 +152,19 @@ def run_batched_trials(
     suggest_lr: Callable[[optuna.trial.Trial], float],
     *,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    rungs: Sequence[Rung] = (),
 ) -> int:
     """Take every WAITING trial of ``study``, train them as one batched DE-ELBo model, ``tell`` each.
+
+    A member that stops before the end (diverged, pruned, cut at a successive-halving rung) is told
+    at once, so an interrupted search keeps it and a resume retries only the members still training.
 
     Args:
         suggest_lr: the user objective's parameter suggestions for one trial (``lr`` and the
             placeholder ``weight_decay``, as the sequential objective suggests them); returns the lr.
         on_trial: called with each finished trial, as ``optimize``'s callbacks.
+        rungs: successive halving (:func:`~optuna_deelbo.train.halving_rungs`, counted over the planned
+            learning rates); each member's rung losses go to its :data:`~attrs.HALVING_RUNGS` attr.
 
     Returns:
         The number of trials this run finished.
@@ -168,24 +185,39 @@ def run_batched_trials(
         return 0
     numbers = [t.number for t in trials]
     started = time.perf_counter()
+    told: dict[int, float] = {}  # member index -> its share of the batch's seconds, once told
+    rung_losses: list[list[list[float]]] = [[] for _ in trials]
+
+    def tell(index: int, run: BatchedRun, share_s: float) -> None:
+        _tell(study, task, trials[index], run, numbers, share_s)
+        told[index] = share_s
+        if on_trial is not None:
+            on_trial(study, study.get_trials(deepcopy=False)[trials[index].number])
+
+    def stopped(index: int, run: TrainingDiverged | optuna.TrialPruned) -> None:
+        # its share: the batch's seconds so far over the members that trained with it
+        tell(index, run, (time.perf_counter() - started) / len(trials))
+
+    def ranked(step: int, losses: list[float | None]) -> None:
+        for index, loss in enumerate(losses):
+            if loss is not None:
+                rung_losses[index].append([step, loss])
+                trials[index].set_user_attr(A.HALVING_RUNGS, rung_losses[index])
+
     try:
         lrs = [suggest_lr(t) for t in trials]
         with _heartbeats(study_storage(study), trials):
-            runs = fit_deelbo_batched(task, lrs, trials=trials)
-    except BaseException:
-        for trial in trials:
-            study.tell(trial, state=TrialState.FAIL)
+            runs = fit_deelbo_batched(task, lrs, trials=trials, rungs=rungs, on_stop=stopped, on_rung=ranked)
+        train_s = time.perf_counter() - started
+        rest = [i for i in range(len(trials)) if i not in told]
+        share_s = (train_s - sum(told.values())) / max(1, len(rest))  # the shares add up to the batch's seconds
+        for index in rest:
+            tell(index, runs[index], share_s)
+    except BaseException:  # as optimize does: a trial whose objective raised is failed, never left RUNNING
+        for index, trial in enumerate(trials):
+            if index not in told:
+                study.tell(trial, state=TrialState.FAIL)
         raise
-    train_s = time.perf_counter() - started
-    for told, (trial, run) in enumerate(zip(trials, runs, strict=True)):
-        try:
-            _tell(study, task, trial, run, numbers, train_s / len(trials))
-        except BaseException:  # as optimize does: a trial whose objective raised is failed, never left RUNNING
-            for untold in trials[told:]:
-                study.tell(untold, state=TrialState.FAIL)
-            raise
-        if on_trial is not None:
-            on_trial(study, study.get_trials(deepcopy=False)[trial.number])
     return len(trials)
 
 
@@ -201,8 +233,9 @@ def _tell(
             objective, result = run
             value = deelbo_outcome(task, objective, result, attrs)
             state = TrialState.COMPLETE
-        else:
-            if isinstance(run, TrainingDiverged):
+        else:  # stopped before the end: diverged, pruned, or cut at a halving rung
+            attrs[A.TIME_TRAIN_S] = share_s
+            if str(run):
                 attrs[A.FAILURE_REASON] = str(run)
     except TrainingDiverged as exc:
         attrs[A.FAILURE_REASON] = str(exc)

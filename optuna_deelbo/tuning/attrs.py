@@ -23,7 +23,8 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
   :data:`RESUMED_TRIAL` (int), :data:`RESUMED_ARTIFACT` (str), :data:`CHECKPOINT_RESUME_ERROR` (str)
 * :data:`SAVED_MODEL_DIR` (str): where the Hugging Face integration saved the trial's model
 * :data:`BATCHED_MEMBERS` (int), :data:`BATCHED_WITH` (list of int): the trial trained in a batched search
-  (:data:`TIME_TRAIN_S` is then its share, the batch's wall-clock over the members)
+  (:data:`TIME_TRAIN_S` is then its share, the batch's wall-clock over the members); :data:`HALVING_RUNGS`
+  (``[[step, training loss], ...]``: the losses successive halving ranked it by, ``deelbo-halving``)
 
 Study user attrs: :data:`STRATEGY`, :data:`DESCRIPTION`, :data:`TASK` (name, N, prior, steps),
 :data:`PLAN` (what a resumed study must match), :data:`PLANNED` (int), :data:`BUILTIN_TASK` (the JSON a worker
@@ -55,6 +56,7 @@ __all__ = [
     "CHECKPOINT_STEP",
     "DESCRIPTION",
     "FAILURE_REASON",
+    "HALVING_RUNGS",
     "KAPPA",
     "LAMBDA_TRAJECTORY",
     "LEARNED_LAMBDA",
@@ -150,6 +152,9 @@ SAVED_MODEL_DIR = "saved:model_dir"
 BATCHED_MEMBERS = "batched:members"
 #: The trial numbers of that batch, this one included (list of int).
 BATCHED_WITH = "batched:with"
+#: ``[[step, rung loss], ...]``: the training losses a successive-halving search ranked this trial by, one per
+#: rung it reached (``deelbo-halving``; nats per example, lower ranks first).
+HALVING_RUNGS = "halving:rungs"
 
 # --- study attrs -------------------------------------------------------------------------------------------
 STRATEGY = "strategy"

@@ -20,6 +20,7 @@ from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
 from optuna_deelbo.tuning.strategies.default import DefaultStrategy, LRFreeStrategy
 from optuna_deelbo.tuning.strategies.descend import DescendingDEELBoStrategy
 from optuna_deelbo.tuning.strategies.grid import GridStrategy
+from optuna_deelbo.tuning.strategies.halving import HalvingDEELBoStrategy
 from optuna_deelbo.tuning.strategies.schedules import AdaptiveStrategy, PullDownStrategy, PullUpStrategy
 from optuna_deelbo.tuning.strategies.tpe import SEARCHED_REGULARIZERS, TPERegStrategy, TPEStrategy
 from optuna_deelbo.tuning.strategies.tpe_budget import TPEBudgetStrategy
@@ -38,6 +39,7 @@ __all__ = [
     "DefaultStrategy",
     "DescendingDEELBoStrategy",
     "GridStrategy",
+    "HalvingDEELBoStrategy",
     "LRFreeStrategy",
     "PullDownStrategy",
     "PullUpStrategy",
@@ -55,6 +57,7 @@ __all__ = [
 STRATEGY_NAMES: tuple[str, ...] = (
     "deelbo",
     "deelbo-descend",
+    "deelbo-halving",
     "grid",
     "tpe",
     "tpe-reg",
@@ -78,7 +81,8 @@ def get_strategy(
 ) -> Strategy:
     """The strategy called ``name`` (learning-rate grid ``learning_rates``, default :data:`LEARNING_RATES`).
 
-    ``batched``: the DE-ELBo strategy's :data:`BATCHED_MODES` (the other strategies ignore it).
+    ``batched``: the DE-ELBo strategy's :data:`BATCHED_MODES` (``deelbo-halving`` is always batched and
+    refuses ``"off"``; the other strategies ignore it).
 
     Raises:
         ConfigError: an unknown name, a bad grid or batched mode.
@@ -90,6 +94,12 @@ def get_strategy(
         return DEELBoStrategy(lrs, batched=batched)
     if name == "deelbo-descend":
         return DescendingDEELBoStrategy(lrs)
+    if name == "deelbo-halving":
+        if batched == "off":
+            raise ConfigError(
+                "deelbo-halving always trains its learning rates batched: leave --batched out or use deelbo"
+            )
+        return HalvingDEELBoStrategy(lrs)
     if name == "grid":
         return GridStrategy(lrs)
     if name == "tpe":
