@@ -158,7 +158,7 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
         default="auto",
         choices=BATCHED_MODES,
         help="train the deelbo strategy's learning rates as one batched model (default auto: on a CUDA device; "
-        "deelbo-descend is never batched: each run waits for the ones before)",
+        "deelbo-descend is never batched: each run waits for the ones before; deelbo-halving always is)",
     )
     cmp.add_argument("--tpe-trials", type=_positive_int, default=None, help="default: the grid's trial count")
     cmp.add_argument("--seed", type=_seed, default=0, help="seeds data split, pretraining and training")
