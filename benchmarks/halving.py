@@ -235,7 +235,7 @@ def main() -> None:
     if not rows:
         parser.error(f"no finished cell in {args.storage}")
     write(rows)
-    png_error = write_figure(figure(rows, LABELS), RESULTS / STEM)
+    png_error = write_figure(figure(rows, LABELS, {"deelbo (batched)": "#f7b6d2"}), RESULTS / STEM)
     if png_error:
         print(f"PNG not written ({png_error}); install kaleido and Debian's chromium", file=sys.stderr)
     print(f"wrote {RESULTS / (STEM + '.md')}")

@@ -179,10 +179,13 @@ def main() -> None:
 LABELS = dict(zip(KEYS, STRATEGIES, strict=True))
 
 
-def figure(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -> go.Figure:
+def figure(
+    rows: list[dict[str, Any]], labels: dict[str, str] | None = None, colors: dict[str, str] | None = None
+) -> go.Figure:
     """Test accuracy (%) against wall-clock (s, log axis) per strategy: a row per task, a panel per N (seed means).
 
     ``labels``: row key -> strategy name shown (default :data:`LABELS`); each row has ``<key>_s`` and ``<key>_acc``.
+    ``colors``: label -> colour for labels that are not strategy names (else ``STRATEGY_COLORS``).
     """
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     ns = {t: sorted({r["N"] for r in rows if r["task"] == t}) for t in tasks}
@@ -203,7 +206,7 @@ def figure(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -> 
                         name=label,
                         legendgroup=label,
                         showlegend=row == 1 and col == 1,
-                        marker={"size": 11, "color": STRATEGY_COLORS.get(label)},
+                        marker={"size": 11, "color": (colors or {}).get(label, STRATEGY_COLORS.get(label))},
                         hovertemplate=f"{label}<br>%{{x:.1f}} s<br>%{{y:.1f}}%<extra></extra>",
                     ),
                     row=row,
