@@ -31,12 +31,10 @@ import torch
 from optuna.trial import TrialState
 
 import optuna_deelbo as od
-from optuna_deelbo.train import halving_rungs
-from optuna_deelbo.train._halving import halving_cost
+from optuna_deelbo.train import halving_cost, halving_rungs
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning import study_name_for
-from optuna_deelbo.tuning.strategies import DEELBoStrategy, HalvingDEELBoStrategy
-from optuna_deelbo.tuning.strategies._base import Strategy
+from optuna_deelbo.tuning.strategies import DEELBoStrategy, HalvingDEELBoStrategy, Strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv

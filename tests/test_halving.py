@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 import optuna_deelbo as od
 from optuna_deelbo.train import _batched as batched_training
-from optuna_deelbo.train import halving_rungs
-from optuna_deelbo.train._halving import Rung, halving_cost, rung_cut
+from optuna_deelbo.train import halving_cost, halving_rungs
+from optuna_deelbo.train._halving import Rung, rung_cut
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._checkpoints import Checkpointing
 from optuna_deelbo.tuning.strategies import DEELBoStrategy, HalvingDEELBoStrategy

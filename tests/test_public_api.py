@@ -72,7 +72,7 @@ SUBPACKAGE_SIZES = {
     "regularizers": 17,
     "report": 24,
     "task": 11,
-    "train": 23,
+    "train": 24,
     "tuning": 51,
     "tuning.attrs": 57,
     "tuning.strategies": 25,

@@ -16,7 +16,7 @@ from optuna_deelbo.train._batched import BatchingUnsupported, train_batched
 from optuna_deelbo.train._checkpoint import CheckpointHook, CheckpointStore, Resume
 from optuna_deelbo.train._divergence import DIVERGENCE_KINDS, DivergenceRule
 from optuna_deelbo.train._early_stopping import EarlyStopping, continue_until, retrain_steps
-from optuna_deelbo.train._halving import halving_rungs
+from optuna_deelbo.train._halving import halving_cost, halving_rungs
 from optuna_deelbo.train._minibatches import Minibatches
 from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule, constant, pull_down, pull_up
 from optuna_deelbo.train._training import Metrics, TrainConfig, TrainResult, evaluate, resolve_device, train_model
@@ -38,6 +38,7 @@ __all__ = [
     "constant",
     "continue_until",
     "evaluate",
+    "halving_cost",
     "halving_rungs",
     "pull_down",
     "pull_up",

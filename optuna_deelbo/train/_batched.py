@@ -256,12 +256,7 @@ def train_batched(
                 keep = cuts.get(step)
                 if keep is not None:
                     _rung(step, keep, members, on_rung)
-                for index, member in enumerate(members):
-                    stopped = member.outcome
-                    if isinstance(stopped, (TrainingDiverged, TrialPruned)) and not member.reported:
-                        member.reported = True
-                        if on_stop is not None:
-                            on_stop(index, stopped)
+                _report_stops(members, on_stop)
                 if lead.is_log_step(step) and on_log is not None:
                     rows = [m.loop.result.history[-1] if m.outcome is None else None for m in members]
                     on_log(step, rows)
@@ -285,6 +280,18 @@ def train_batched(
         assert member.outcome is not None
         outcomes.append(member.outcome)
     return outcomes
+
+
+def _report_stops(
+    members: list[_Member], on_stop: Callable[[int, TrainingDiverged | TrialPruned], None] | None
+) -> None:
+    """Pass each member that stopped early (and was not passed yet) to ``on_stop``."""
+    for index, member in enumerate(members):
+        stopped = member.outcome
+        if isinstance(stopped, (TrainingDiverged, TrialPruned)) and not member.reported:
+            member.reported = True
+            if on_stop is not None:
+                on_stop(index, stopped)
 
 
 def _rung(
