@@ -123,15 +123,34 @@ def interrupt_cli(args: list[str], url: str, study: str, sig: int, after: int) -
 
 
 def wait_all(procs: Sequence[subprocess.Popen[str]], timeout_s: float) -> list[str]:
-    """Each process's output once it has exited 0 (all are killed if one runs past ``timeout_s``)."""
+    """Each process's output once it has exited 0, within ``timeout_s`` in all.
+
+    Past it, every process still running gets SIGABRT (one started with ``PYTHONFAULTHANDLER=1`` first
+    prints where each of its threads is), then is killed; the failure shows each process's last output.
+    """
+    deadline = time.monotonic() + timeout_s
     outputs = []
     for proc in procs:
         try:
-            out, _ = proc.communicate(timeout=timeout_s)
+            out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
+            raise AssertionError(f"ran past {timeout_s:g} s:\n" + _stop_all(procs)) from None
         assert proc.returncode == 0, out[-3000:]
         outputs.append(out)
     return outputs
+
+
+def _stop_all(procs: Sequence[subprocess.Popen[str]]) -> str:
+    """Abort, then kill, every process still running; the last 4,000 characters each printed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGABRT)
+    tails = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        tails.append(f"--- pid {proc.pid} (exit {proc.returncode}):\n{(out or '')[-4000:]}")
+    return "\n".join(tails)

@@ -27,7 +27,7 @@ BEATS = ["--heartbeat-interval", "1", "--grace-period", "3"]
 
 
 def _workers(url: str, n: int) -> list[subprocess.Popen[str]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     argv = [sys.executable, "-m", "optuna_deelbo.cli", "worker", "--storage", url, "--study", STUDY, *BEATS]
     argv += ["--device", "cpu"]
     out = subprocess.PIPE

@@ -36,7 +36,7 @@ TASK_FLAGS = ["--n-train", "50", "--pretrain-steps", "20", "--batch-size", "16",
 
 
 def _worker(url: str, study: str, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     argv = [sys.executable, "-m", "optuna_deelbo.cli", "worker", "--storage", url, "--study", study, *extra]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 

@@ -13,6 +13,7 @@ by the heartbeat check and queued again by ``RetryHeartbeatStaleTrialCallback`` 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,10 +75,6 @@ class PlannedStudy(optuna.Study):
         taken = self._pop_waiting_trial_id()
         if taken is None:
             raise QueueEmpty(self.study_name)
-        storage = study_storage(self)
-        if heartbeat_enabled(storage):
-            # Beat at once: a trial with no heartbeat at all is never taken for dead.
-            storage.record_heartbeat(taken)  # type: ignore[attr-defined]
         return optuna.Trial(self, taken)
 
     def _pop_waiting_trial_id(self) -> int | None:
@@ -85,10 +82,18 @@ class PlannedStudy(optuna.Study):
 
         A retry takes the place of the trial it replaces: run first, it leaves the trials after it
         seeing the finished trials they would have seen without the interruption.
+
+        On a storage with heartbeats the trial beats *before* it is flipped: a trial with no heartbeat
+        at all is never taken for dead, so one flipped just before the database went away (the flip's
+        reply lost, or the next call refused) would stay RUNNING for ever and every worker would wait
+        for it (seen on CI: a PostgreSQL restart mid-study, four workers polling past 300 s).
         """
         storage = study_storage(self)
+        beats = heartbeat_enabled(storage)
         waiting = storage.get_all_trials(study_id(self), deepcopy=False, states=(TrialState.WAITING,))
         for trial in sorted(waiting, key=lambda t: ("failed_trial" not in t.system_attrs, t.number)):
+            if beats:  # a beat on a trial another worker takes first only makes its heartbeat a moment newer
+                storage.record_heartbeat(trial_id(trial))  # type: ignore[attr-defined]
             try:
                 with signals_held():  # taken and remembered, or neither: fail_taken then finds it
                     if storage.set_trial_state_values(trial_id(trial), state=TrialState.RUNNING):
@@ -103,20 +108,25 @@ class PlannedStudy(optuna.Study):
 
         For a run that stops (Ctrl-C, SIGTERM, an error outside the objective): Optuna fails a trial
         whose objective raised, but not one taken just before its ``try``. Trials other workers took
-        are left alone. ``--resume`` queues a retry of each failed one.
+        are left alone. Without heartbeats (``compare``) ``--resume`` queues a retry of each failed one;
+        on a storage with heartbeats its stale-trial callback runs on each, as on a trial taken for dead
+        (a worker's ``RetryHeartbeatStaleTrialCallback`` queues the retry that the other workers run).
         """
         storage = study_storage(self)
-        failed = 0
+        failed: list[int] = []
         for taken in self._taken:
             if storage.get_trial(taken).state != TrialState.RUNNING:
                 continue
             try:
-                storage.set_trial_state_values(taken, state=TrialState.FAIL)
-                failed += 1
+                if storage.set_trial_state_values(taken, state=TrialState.FAIL):
+                    failed.append(taken)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
         self._taken = [t for t in self._taken if storage.get_trial(t).state == TrialState.RUNNING]
-        return failed
+        if heartbeat_enabled(storage) and (callback := storage.get_heartbeat_stale_trial_callback()) is not None:  # type: ignore[attr-defined]
+            for taken in failed:
+                callback(self, copy.deepcopy(storage.get_trial(taken)))
+        return len(failed)
 
     @classmethod
     def of(cls, study: optuna.Study, storage: optuna.storages.BaseStorage) -> PlannedStudy:
