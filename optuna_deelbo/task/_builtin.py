@@ -45,6 +45,10 @@ CIFAR_DATASETS: tuple[str, ...] = ("cifar10-jpeg", "cifar10")
 
 #: Learning rate of Split-CIFAR source pretraining (SGD with momentum, cosine decay).
 PRETRAIN_LR = 0.1
+#: Part of the pretraining cache key; raised when a cached body of the same settings would differ.
+#: 2: the body's random init is seeded (``build_backbone``); version-1 files held an unseeded draw,
+#: a different body per pretraining process, and are not reused.
+PRETRAIN_CACHE_VERSION = 2
 
 
 def _check_arguments(prior: str, swag_rank: int, seed: object, **counts: object) -> None:
@@ -289,6 +293,7 @@ def split_cifar_task(
         "swag_rank": swag_rank,
         "seed": pretrain_seed,
         "classes": [0, 1, 2, 3, 4],
+        "version": PRETRAIN_CACHE_VERSION,
     }
     stem = _pretrain_stem(cache, backbone, pretrain_seed, settings)
     built, swag, pretrain_s = _pretrained_backbone(
