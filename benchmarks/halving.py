@@ -17,7 +17,6 @@ finished studies are reused).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import statistics
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 import optuna_deelbo as od
@@ -39,7 +37,7 @@ from optuna_deelbo.tuning.strategies import DEELBoStrategy, HalvingDEELBoStrateg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv
 from paper import DEFAULTS, write_figure
-from search_cost import TASKS, _task, figure
+from search_cost import TASKS, _task, cells, figure, parse_cell_args
 
 STEM = "halving-cpu"
 REFERENCE = RESULTS / "search-cost-cpu.csv"
@@ -145,8 +143,8 @@ def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, note
         "halving - deelbo | s halving | s batched | s deelbo | s tpe-budget | same rate as batched |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cells = sorted({(r["task"], r["N"]) for r in rows}, key=lambda c: (TASKS.index(c[0]), c[1]))
-    for task, n in cells:
+    keys = sorted({(r["task"], r["N"]) for r in rows}, key=lambda c: (TASKS.index(c[0]), c[1]))
+    for task, n in keys:
         group = [r for r in rows if r["task"] == task and r["N"] == n]
 
         def mean(key: str, items: list[dict[str, Any]] = group) -> float:
@@ -193,21 +191,8 @@ LABELS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {','.join(TASKS)}")
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--storage", default=f"sqlite:///{RESULTS / (STEM + '.db')}")
-    parser.add_argument("--tables-only", action="store_true", help="train nothing: rebuild tables and figure")
-    parser.add_argument("--note", default="", help="a line for the record, e.g. how the studies were run")
-    args = parser.parse_args()
-    tasks = [t for t in args.tasks.split(",") if t]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        parser.error(f"--tasks: unknown {unknown}; choose from {','.join(TASKS)}")
+    args, tasks = parse_cell_args(__doc__.split("\n", 1)[0], STEM)
     record = RunRecord.start()
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = od.open_storage(args.storage)
     started = time.perf_counter()
 
@@ -215,23 +200,20 @@ def main() -> None:
         write_csv(RESULTS / f"{STEM}.csv", rows)
         (RESULTS / f"{STEM}.md").write_text(_markdown(rows, record, time.perf_counter() - started, args.note))
 
-    for name in [] if args.tables_only else tasks:
-        settings = DEFAULTS[(name, "cpu")]
-        for n in settings["n"]:
-            for seed in settings["seeds"]:
-                run_cell(storage, name, n, seed, args.data_dir)
-                rows = cell_rows(storage)
-                r = next(r for r in rows if (r["task"], r["N"], r["seed"]) == (name, n, seed))
-                print(
-                    f"{name} N={n} seed={seed}: halving lr={r['halving_lr']:g} {r['halving_acc']:.1f}% "
-                    f"{r['halving_s']:.0f} s; batched lr={r['batched_lr']:g} {r['batched_acc']:.1f}% "
-                    f"{r['batched_s']:.0f} s; rungs {r['rung_losses']}",
-                    flush=True,
-                )
-                write(rows)
+    for name, n, seed in cells(tasks):
+        run_cell(storage, name, n, seed, args.data_dir)
+        rows = cell_rows(storage)
+        r = next(r for r in rows if (r["task"], r["N"], r["seed"]) == (name, n, seed))
+        print(
+            f"{name} N={n} seed={seed}: halving lr={r['halving_lr']:g} {r['halving_acc']:.1f}% "
+            f"{r['halving_s']:.0f} s; batched lr={r['batched_lr']:g} {r['batched_acc']:.1f}% "
+            f"{r['batched_s']:.0f} s; rungs {r['rung_losses']}",
+            flush=True,
+        )
+        write(rows)
     rows = cell_rows(storage)
     if not rows:
-        parser.error(f"no finished cell in {args.storage}")
+        sys.exit(f"no finished cell in {args.storage}")
     write(rows)
     png_error = write_figure(figure(rows, LABELS, {"deelbo (batched)": "#f7b6d2"}), RESULTS / STEM)
     if png_error:

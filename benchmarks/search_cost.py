@@ -23,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,16 @@ def _write(
     (RESULTS / f"{STEM}.md").write_text(_markdown(rows, record, wall_s, planned, spans, note))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def parse_cell_args(description: str, stem: str) -> tuple[argparse.Namespace, list[str]]:
+    """The options of a benchmark over the paper's CPU cells (this one and halving.py); returns them and the tasks.
+
+    Also sets the torch threads and Optuna's log level; ``--storage`` defaults to ``benchmarks/results/<stem>.db``.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list from {','.join(TASKS)}")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--storage", default=f"sqlite:///{RESULTS / (STEM + '.db')}")
+    parser.add_argument("--storage", default=f"sqlite:///{RESULTS / (stem + '.db')}")
     parser.add_argument(
         "--tables-only", action="store_true", help="train nothing: rebuild the tables and figure from the storage"
     )
@@ -141,33 +146,43 @@ def main() -> None:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         parser.error(f"--tasks: unknown {unknown}; choose from {','.join(TASKS)}")
-    record = RunRecord.start()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = od.open_storage(args.storage)
-    started = time.perf_counter()
-    for name in [] if args.tables_only else tasks:
+    return args, [] if args.tables_only else tasks
+
+
+def cells(tasks: list[str]) -> Iterator[tuple[str, int, int]]:
+    """``(task, N, seed)`` of every cell of ``tasks`` in the paper's CPU settings, in run order."""
+    for name in tasks:
         settings = DEFAULTS[(name, "cpu")]
         for n in settings["n"]:
             for seed in settings["seeds"]:
-                run_cell(storage, name, n, seed, args.data_dir)
-                rows, spans = cell_rows(storage)
-                row = next(r for r in rows if (r["task"], r["N"], r["seed"]) == (name, n, seed))
-                print(
-                    f"{name} N={n} seed={seed}: "
-                    + "; ".join(
-                        f"{k} lr={row[k + '_lr']:.3g} {row[k + '_acc']:.1f}% ({row[k + '_runs']} runs, "
-                        f"{row[k + '_s']:.0f} s)"
-                        for k in KEYS
-                    )
-                    + f"; oracle lr={row['oracle_lr']:g} {row['oracle_acc']:.1f}%",
-                    flush=True,
-                )
-                # after every cell: a long run stopped early leaves the cells it finished on record
-                _write(rows, spans, record, time.perf_counter() - started, args.note)
+                yield name, n, seed
+
+
+def main() -> None:
+    args, tasks = parse_cell_args(__doc__.split("\n", 1)[0], STEM)
+    record = RunRecord.start()
+    storage = od.open_storage(args.storage)
+    started = time.perf_counter()
+    for name, n, seed in cells(tasks):
+        run_cell(storage, name, n, seed, args.data_dir)
+        rows, spans = cell_rows(storage)
+        row = next(r for r in rows if (r["task"], r["N"], r["seed"]) == (name, n, seed))
+        print(
+            f"{name} N={n} seed={seed}: "
+            + "; ".join(
+                f"{k} lr={row[k + '_lr']:.3g} {row[k + '_acc']:.1f}% ({row[k + '_runs']} runs, {row[k + '_s']:.0f} s)"
+                for k in KEYS
+            )
+            + f"; oracle lr={row['oracle_lr']:g} {row['oracle_acc']:.1f}%",
+            flush=True,
+        )
+        # after every cell: a long run stopped early leaves the cells it finished on record
+        _write(rows, spans, record, time.perf_counter() - started, args.note)
     rows, spans = cell_rows(storage)
     if not rows:
-        parser.error(f"no finished cell in {args.storage}")
+        sys.exit(f"no finished cell in {args.storage}")
     _write(rows, spans, record, time.perf_counter() - started, args.note)
     png_error = write_figure(figure(rows), RESULTS / STEM)
     if png_error:
