@@ -7,8 +7,9 @@ DEFAULTS: the same N, seeds, steps and batch sizes) four strategies run as their
 after another on the same machine state: the 4-rate DE-ELBo search (``deelbo``, one by one), right
 after it ``tpe-budget`` (TPE given that search's measured total wall-clock, the equal-budget duel),
 ``deelbo-descend`` (largest rate first, stopping once the selection score gets worse), ``default``
-(one MAP run on all N at lr 0.01 and the common weight decay, no search) and ``lr-free`` (the same
-run with the learning-rate-free Prodigy). Each DE-ELBo trial's test
+(one MAP run on all N at lr 0.01 and the common weight decay, no search), ``lr-free`` (the same
+run with the learning-rate-free Prodigy) and ``deelbo-lr-free`` (one DE-ELBo run with Prodigy for the
+weights and sigma's own Adam, issue 33's route b). Each DE-ELBo trial's test
 accuracy is recorded (it trains on all N, so a trial's model is a final model), so the table also
 shows the best rate in hindsight (the oracle) and each search's regret against it. Writes
 benchmarks/results/search-cost-cpu.md and search-cost-cpu.csv after every cell, and at the end the
@@ -43,9 +44,9 @@ from _record import RESULTS, RunRecord, write_csv
 from paper import DEFAULTS, write_figure
 
 #: The strategies of every cell, in the order they run (tpe-budget right after the search whose time it gets).
-STRATEGIES = ("deelbo", "tpe-budget", "deelbo-descend", "default", "lr-free")
+STRATEGIES = ("deelbo", "tpe-budget", "deelbo-descend", "default", "lr-free", "deelbo-lr-free")
 #: Their keys in the rows and the CSV.
-KEYS = ("deelbo", "budget", "descend", "default", "lrfree")
+KEYS = ("deelbo", "budget", "descend", "default", "lrfree", "deelbo_lrfree")
 TASKS = ("digits", "wordnet", "split-cifar")
 STEM = "search-cost-cpu"
 
@@ -264,9 +265,10 @@ def _markdown(
         "",
         "Mean over the training sets (test accuracy %, s, runs):",
         "",
-        "| task | N | deelbo | descend | tpe-budget | default | lr-free | deelbo - tpe-budget | s deelbo | s descend | "
-        "s tpe-budget | s default | s lr-free | runs descend | trials tpe-budget | regret deelbo | regret descend |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | N | deelbo | descend | tpe-budget | default | lr-free | deelbo-lr-free | deelbo - tpe-budget | "
+        "deelbo-lr-free - tpe-budget | s deelbo | s descend | s tpe-budget | s default | s lr-free | "
+        "s deelbo-lr-free | runs descend | trials tpe-budget | regret deelbo | regret descend |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cells = sorted({(r["task"], r["N"]) for r in rows}, key=lambda c: (TASKS.index(c[0]), c[1]))
     for task, n in cells:
@@ -277,9 +279,10 @@ def _markdown(
 
         lines.append(
             f"| {task} | {n} | {mean('deelbo_acc'):.1f} | {mean('descend_acc'):.1f} | {mean('budget_acc'):.1f} | "
-            f"{mean('default_acc'):.1f} | {mean('lrfree_acc'):.1f} | {mean('deelbo_acc') - mean('budget_acc'):+.1f} | "
+            f"{mean('default_acc'):.1f} | {mean('lrfree_acc'):.1f} | {mean('deelbo_lrfree_acc'):.1f} | "
+            f"{mean('deelbo_acc') - mean('budget_acc'):+.1f} | {mean('deelbo_lrfree_acc') - mean('budget_acc'):+.1f} | "
             f"{mean('deelbo_s'):.1f} | {mean('descend_s'):.1f} | {mean('budget_s'):.1f} | {mean('default_s'):.1f} | "
-            f"{mean('lrfree_s'):.1f} | "
+            f"{mean('lrfree_s'):.1f} | {mean('deelbo_lrfree_s'):.1f} | "
             f"{mean('descend_runs'):.1f} | {mean('budget_runs'):.1f} | "
             f"{mean('oracle_acc') - mean('deelbo_acc'):.1f} | {mean('oracle_acc') - mean('descend_acc'):.1f} |"
         )
@@ -287,14 +290,14 @@ def _markdown(
     lines += ["", "Per training set: the rate each DE-ELBo search chose, test accuracy % and score per rate.", ""]
     lines += [
         "| task | N | seed | deelbo lr | descend lr (runs) | tpe-budget acc (trials) | default acc | lr-free acc | "
-        "oracle lr | accuracy by lr | score by lr |"
+        "deelbo-lr-free acc | oracle lr | accuracy by lr | score by lr |"
     ]
-    lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['task']} | {r['N']} | {r['seed']} | {r['deelbo_lr']:g} | {r['descend_lr']:g} "
             f"({r['descend_runs']}) | {r['budget_acc']:.1f} ({r['budget_runs']}) | {r['default_acc']:.1f} | "
-            f"{r['lrfree_acc']:.1f} | "
+            f"{r['lrfree_acc']:.1f} | {r['deelbo_lrfree_acc']:.1f} | "
             f"{r['oracle_lr']:g} | {r['per_lr_acc']} | {r['per_lr_score']} |"
         )
     return "\n".join(lines) + "\n"

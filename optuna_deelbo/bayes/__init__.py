@@ -12,6 +12,7 @@ from optuna_deelbo.bayes._deelbo_recipe import (
     SELECTION_RULES,
     SIGMA_MODES,
     SIGMA_OPTIMIZERS,
+    WEIGHT_OPTIMIZERS,
     DEELBoRecipe,
 )
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective, Objective
@@ -38,6 +39,7 @@ __all__ = [
     "SIGMA_OPTIMIZERS",
     "SWAG_FORMAT",
     "SWAG_FORMAT_VERSION",
+    "WEIGHT_OPTIMIZERS",
     "BatchNLL",
     "BatchNormWarning",
     "DEELBo",

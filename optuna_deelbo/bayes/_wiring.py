@@ -6,13 +6,17 @@ Two mistakes give a plausible result that is not DE-ELBo, with no error from PyT
   ``reg.parameters()``: the posterior std never trains (sigma stays at ``init_sigma``), or
   the weights never train;
 * an optimizer with its own weight decay (AdamW's default 0.01): a second pull on top of the
-  KL's, which also shrinks sigma's ``rho``.
+  KL's, which also shrinks sigma's ``rho``;
+* ``rho`` in a learning-rate-free optimizer that learns one step size for all it holds (Prodigy,
+  D-Adaptation, DoG: :data:`LEARNED_STEP_OPTIMIZERS`): the step is sized for the weights and sigma
+  grows far past the posterior's (measured: the message says how far).
 
 :class:`WiringCheck` watches the first optimizer steps of one ``DEELBo``:
 
 * every ``torch.optim.Optimizer`` step (a global pre-step hook, installed only while some
   ``DEELBo`` is being watched) whose parameter groups hold the ``DEELBo``'s weights or
-  ``rho`` with a non-zero ``weight_decay`` raises :class:`~optuna_deelbo.ConfigError`;
+  ``rho`` with a non-zero ``weight_decay``, or that holds ``rho`` and is one of
+  :data:`LEARNED_STEP_OPTIMIZERS`, raises :class:`~optuna_deelbo.ConfigError`;
 * a group counts as trained once an optimizer that holds it has stepped, or once its
   fingerprint (one sum per tensor, compared at each ``loss()`` call with the first call's) has
   moved (a hand-written update); once every group is trained the check ends; when one group
@@ -34,8 +38,22 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.bayes._deelbo_recipe import PRODIGY_SIGMA
 
-__all__ = ["FIX", "PATIENCE", "WiringCheck"]
+__all__ = ["FIX", "LEARNED_STEP_OPTIMIZERS", "PATIENCE", "WiringCheck"]
+
+#: Class names of optimizers that learn one step size for everything they hold (prodigyopt's Prodigy,
+#: dadaptation's, dog-optimizer's): ``rho`` must train in its own optimizer, e.g. Adam at 0.05.
+LEARNED_STEP_OPTIMIZERS: tuple[str, ...] = (
+    "Prodigy",
+    "DAdaptAdam",
+    "DAdaptAdaGrad",
+    "DAdaptAdan",
+    "DAdaptLion",
+    "DAdaptSGD",
+    "DoG",
+    "LDoG",
+)
 
 #: ``loss()`` calls on which one group moved and the other did not before the check raises.
 PATIENCE = 2
@@ -98,6 +116,14 @@ class WiringCheck:
         """Before ``optimizer`` steps: note which groups it trains; raise if it would apply its own weight decay."""
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._stepped.update(g for g, ids in self._group_ids.items() if ids & held)
+        name = type(optimizer).__name__
+        if name in LEARNED_STEP_OPTIMIZERS and self._group_ids["posterior std"] & held:
+            self.close()
+            raise ConfigError(
+                f"the optimizer ({name}) holds the posterior std's rho: {PRODIGY_SIGMA}. Give rho its own Adam, "
+                f"torch.optim.Adam(reg.sigma_parameters(), lr=0.05), and {name} the weights only "
+                "(list(reg.model.parameters()), weight_decay=0)"
+            )
         for group in optimizer.param_groups:
             decay = group.get("weight_decay", 0) or 0
             if decay and any(id(p) in self._ids for p in group["params"]):

@@ -32,6 +32,7 @@ STRATEGY_COLORS: dict[str, str] = {
     "deelbo": "#d62728",
     "deelbo-descend": "#ff9896",
     "deelbo-halving": "#8b0000",
+    "deelbo-lr-free": "#ff7f0e",
     "grid": "#1f77b4",
     "tpe": "#2ca02c",
     "tpe-budget": "#98df8a",

@@ -26,6 +26,14 @@ from optuna_deelbo.train._training import TrainConfig, resolve_device
 __all__ = ["TaskSpec"]
 
 
+def _recipe_signature(recipe: DEELBoRecipe) -> dict[str, Any]:
+    """The recipe's settings, without ``weight_optimizer`` at its default (studies planned before it keep theirs)."""
+    settings = dataclasses.asdict(recipe)
+    if settings["weight_optimizer"] == "sgd":
+        del settings["weight_optimizer"]
+    return settings
+
+
 @dataclass
 class TaskSpec:
     """A fine-tuning problem: model factory, data, prior family and training budget.
@@ -228,7 +236,7 @@ class TaskSpec:
             "batch_size": self.batch_size,
             "kappa": self.kappa,
             "val_fraction": self.val_fraction,
-            "deelbo_recipe": dataclasses.asdict(self.deelbo_recipe),
+            "deelbo_recipe": _recipe_signature(self.deelbo_recipe),
             "regularization": repr(self.regularization),
         }
 
@@ -246,6 +254,7 @@ class TaskSpec:
             clip_norm=recipe.clip_norm,
             sigma_optimizer=recipe.sigma_optimizer,
             sigma_lr=recipe.sigma_lr,
+            weight_optimizer=recipe.weight_optimizer,
         )
 
     def train_config(self, lr: float, steps: int | None = None) -> TrainConfig:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import CheckpointError, ConfigError, TrainingDiverged
+from optuna_deelbo.bayes._deelbo_recipe import PRODIGY_SIGMA
 from optuna_deelbo.bayes._objectives import LossRecord, Objective
 from optuna_deelbo.train._checkpoint import check_fingerprint, copy_tensors, rng_state, set_rng_state
 from optuna_deelbo.train._minibatches import Minibatches
@@ -38,6 +39,11 @@ def _optimizers(
     """The weights' optimiser (with sigma's rho unless it has its own Adam), its cosine schedule, trained tensors."""
     weights = [p for p in objective.model.parameters() if p.requires_grad]
     extra = list(objective.extra_parameters())
+    if extra and config.weight_optimizer == "prodigy" and config.sigma_optimizer != "adam":
+        raise ConfigError(
+            f"weight_optimizer='prodigy' with the posterior std in it: {PRODIGY_SIGMA}. "
+            "Pass sigma_optimizer='adam' and a sigma_lr (e.g. 0.05)"
+        )
     groups: list[dict[str, Any]] = [{"params": weights}]
     sigma_optimizer: torch.optim.Optimizer | None = None
     if extra and config.sigma_optimizer == "adam":

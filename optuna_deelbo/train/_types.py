@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from optuna_deelbo._batches import count_examples, labelled_batches
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import check_seed, learning_rate, positive_finite, positive_int, shown
-from optuna_deelbo.bayes._deelbo_recipe import SIGMA_OPTIMIZERS
+from optuna_deelbo.bayes._deelbo_recipe import SIGMA_OPTIMIZERS, WEIGHT_OPTIMIZERS
 from optuna_deelbo.bayes._objectives import Objective
 from optuna_deelbo.train._divergence import DivergenceRule
 
@@ -25,9 +25,6 @@ __all__ = [
     "resolve_device",
     "run_fingerprint",
 ]
-
-#: ``TrainConfig.weight_optimizer``: SGD, or the learning-rate-free Prodigy (package ``prodigyopt``).
-WEIGHT_OPTIMIZERS: tuple[str, ...] = ("sgd", "prodigy")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

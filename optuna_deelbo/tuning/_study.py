@@ -416,7 +416,7 @@ def compare(
 
 
 def _is_deelbo_search(name: str) -> bool:
-    return name in ("deelbo", "deelbo-descend")
+    return name in ("deelbo", "deelbo-descend", "deelbo-halving", "deelbo-lr-free")
 
 
 def _check_budgets(built: Sequence[Strategy]) -> None:

@@ -17,6 +17,7 @@ from optuna_deelbo.tuning.strategies._base import (
     task_objective,
 )
 from optuna_deelbo.tuning.strategies.deelbo import BATCHED_MODES, DEELBoStrategy
+from optuna_deelbo.tuning.strategies.deelbo_lr_free import LRFreeDEELBoStrategy
 from optuna_deelbo.tuning.strategies.default import DefaultStrategy, LRFreeStrategy
 from optuna_deelbo.tuning.strategies.descend import DescendingDEELBoStrategy
 from optuna_deelbo.tuning.strategies.grid import GridStrategy
@@ -40,6 +41,7 @@ __all__ = [
     "DescendingDEELBoStrategy",
     "GridStrategy",
     "HalvingDEELBoStrategy",
+    "LRFreeDEELBoStrategy",
     "LRFreeStrategy",
     "PullDownStrategy",
     "PullUpStrategy",
@@ -58,6 +60,7 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "deelbo",
     "deelbo-descend",
     "deelbo-halving",
+    "deelbo-lr-free",
     "grid",
     "tpe",
     "tpe-reg",
@@ -82,7 +85,8 @@ def get_strategy(
     """The strategy called ``name`` (learning-rate grid ``learning_rates``, default :data:`LEARNING_RATES`).
 
     ``batched``: the DE-ELBo strategy's :data:`BATCHED_MODES` (``deelbo-halving`` is always batched and
-    refuses ``"off"``; the other strategies ignore it).
+    refuses ``"off"``; the other strategies ignore it). ``deelbo-lr-free`` and the no-search baselines
+    ``default`` / ``lr-free`` have no grid (``deelbo-lr-free`` refuses one).
 
     Raises:
         ConfigError: an unknown name, a bad grid or batched mode.
@@ -100,6 +104,12 @@ def get_strategy(
                 "deelbo-halving always trains its learning rates batched: leave --batched out or use deelbo"
             )
         return HalvingDEELBoStrategy(lrs)
+    if name == "deelbo-lr-free":
+        if lrs is not None:
+            raise ConfigError(
+                "deelbo-lr-free searches no learning rate (Prodigy learns its step): leave --lrs out, or use deelbo"
+            )
+        return LRFreeDEELBoStrategy()
     if name == "grid":
         return GridStrategy(lrs)
     if name == "tpe":
