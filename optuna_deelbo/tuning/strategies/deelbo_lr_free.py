@@ -15,12 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from optuna_deelbo._validation import positive_finite
 from optuna_deelbo.task._spec import TaskSpec
-from optuna_deelbo.tuning._trial_queue import PlannedStudy
-from optuna_deelbo.tuning.strategies._base import Strategy
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
 
 __all__ = ["PRODIGY_MULTIPLIER", "SIGMA_ADAM_LR", "LRFreeDEELBoStrategy"]
@@ -36,7 +33,7 @@ class LRFreeDEELBoStrategy(DEELBoStrategy):
 
     The study's one trial has ``lr`` = :data:`PRODIGY_MULTIPLIER` (a multiplier, not a step size); the
     task's DE-ELBo recipe is kept except ``weight_optimizer="prodigy"``, ``sigma_optimizer="adam"`` and
-    ``sigma_lr``. Never batched (the batched runner trains SGD members).
+    ``sigma_lr``. Never batched (``batched="off"``: the batched runner trains SGD members).
 
     Args:
         sigma_lr: learning rate of sigma's Adam (default :data:`SIGMA_ADAM_LR`).
@@ -58,18 +55,7 @@ class LRFreeDEELBoStrategy(DEELBoStrategy):
         return dataclasses.replace(task, recipe=recipe)
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
-        return Strategy.objective(self, self.lr_free_task(task))
-
-    def work_off(
-        self,
-        study: PlannedStudy,
-        task: TaskSpec,
-        *,
-        show_progress_bar: bool = False,
-        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-    ) -> int:
-        """The one trial, in this process (never batched)."""
-        return Strategy.work_off(self, study, task, show_progress_bar=show_progress_bar, on_trial=on_trial)
+        return super().objective(self.lr_free_task(task))
 
     def plan_signature(self, task: TaskSpec) -> dict[str, Any]:
         signature = super().plan_signature(self.lr_free_task(task))
