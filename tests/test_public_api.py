@@ -75,7 +75,7 @@ SUBPACKAGE_SIZES = {
     "train": 24,
     "tuning": 51,
     "tuning.attrs": 57,
-    "tuning.strategies": 25,
+    "tuning.strategies": 26,
     "integrations": 1,
 }
 
