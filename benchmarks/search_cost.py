@@ -92,12 +92,16 @@ def run_cell(storage: optuna.storages.BaseStorage, name: str, n: int, seed: int,
 
 
 def cell_rows(storage: optuna.storages.BaseStorage) -> tuple[list[dict[str, Any]], list[tuple[Any, Any]]]:
-    """One row per finished cell in ``storage`` (read from the studies alone), and the studies' time spans."""
+    """One row per finished cell in ``storage`` (read from the studies alone), and the studies' time spans.
+
+    A cell some strategy has not run yet (one added to :data:`STRATEGIES` later) is left out.
+    """
     rows: list[dict[str, Any]] = []
     spans: list[tuple[Any, Any]] = []
+    names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     for summary in optuna.get_all_study_summaries(storage):
         cell = summary.user_attrs.get(CELL_ATTR)
-        if cell is None:
+        if cell is None or any(f"{cell['prefix']}/{strategy}" not in names for strategy in STRATEGIES):
             continue
         row: dict[str, Any] = {"task": cell["task"], "N": cell["N"], "seed": cell["seed"]}
         for strategy, key in zip(STRATEGIES, KEYS, strict=True):
