@@ -94,7 +94,8 @@ def run_cell(storage: optuna.storages.BaseStorage, name: str, n: int, seed: int,
 def cell_rows(storage: optuna.storages.BaseStorage) -> tuple[list[dict[str, Any]], list[tuple[Any, Any]]]:
     """One row per finished cell in ``storage`` (read from the studies alone), and the studies' time spans.
 
-    A cell some strategy has not run yet (one added to :data:`STRATEGIES` later) is left out.
+    A cell some strategy has not run yet (one added to :data:`STRATEGIES` later) or is still running (another
+    process on the same storage) is left out.
     """
     rows: list[dict[str, Any]] = []
     spans: list[tuple[Any, Any]] = []
@@ -104,8 +105,11 @@ def cell_rows(storage: optuna.storages.BaseStorage) -> tuple[list[dict[str, Any]
         if cell is None or any(f"{cell['prefix']}/{strategy}" not in names for strategy in STRATEGIES):
             continue
         row: dict[str, Any] = {"task": cell["task"], "N": cell["N"], "seed": cell["seed"]}
+        studies = {s: optuna.load_study(study_name=f"{cell['prefix']}/{s}", storage=storage) for s in STRATEGIES}
+        if any(od.tuning.attrs.TIME_TOTAL_S not in study.user_attrs for study in studies.values()):
+            continue
         for strategy, key in zip(STRATEGIES, KEYS, strict=True):
-            study = optuna.load_study(study_name=f"{cell['prefix']}/{strategy}", storage=storage)
+            study = studies[strategy]
             result = od.tuning.StrategyResult.from_study(study)
             row |= {f"{key}_lr": result.best_params["lr"], f"{key}_acc": 100.0 * result.test_accuracy}
             row |= {f"{key}_runs": result.n_trials, f"{key}_s": result.total_s}
