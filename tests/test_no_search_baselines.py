@@ -176,3 +176,11 @@ def test_tpe_budget_takes_the_first_deelbo_search_before_it(tiny_digits_task: od
     descend, deelbo, duel = compare(tiny_digits_task, ["deelbo-descend", "deelbo", "tpe-budget"], storage, tpe_trials=2)
     budget = optuna.load_study(study_name=duel.study_name, storage=storage).user_attrs[A.BUDGET_S]
     assert budget == pytest.approx(descend.total_s) and budget != pytest.approx(deelbo.total_s)
+
+
+def test_fit_once_in_a_maximising_study_is_refused_naming_what_it_is(tiny_digits_task: od.TaskSpec) -> None:
+    from optuna_deelbo.tuning._fit import fit_once
+
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(od.ConfigError, match=r"lr-free strategies' objective \(fit_once\) returns a loss"):
+        fit_once(study.ask(), tiny_digits_task, lr=0.01, weight_decay=5e-4)

@@ -437,7 +437,7 @@ def fit_once(
     Raises:
         optuna.TrialPruned: training diverged (reason in the ``failure:reason`` user attr).
     """
-    _require_minimize(trial, "od.tuning.fit_once")
+    _require_minimize(trial, "the default / lr-free strategies' objective (fit_once)")
     _check_hparams(lr, weight_decay)
     with _trial_attrs(trial) as attrs:
         attrs[A.MODE] = "map"
