@@ -37,6 +37,8 @@ from optuna_deelbo.tuning.strategies import DEELBoStrategy, HalvingDEELBoStrateg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv
 from paper import DEFAULTS, write_figure
+from search_cost import KEYS as SEARCH_COST_KEYS
+from search_cost import LABELS as SEARCH_COST_LABELS
 from search_cost import TASKS, _task, cells, figure, parse_cell_args
 
 STEM = "halving-cpu"
@@ -102,7 +104,7 @@ def cell_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
         row["halving_runs"] = halving_cost(4, halving_rungs(4, steps, log_every=int(cell["log_every"])), steps)
         ref = reference.get((cell["task"], int(cell["N"]), int(cell["seed"])))
         if ref is not None:
-            for key in ("deelbo", "budget", "default", "lrfree", "descend"):
+            for key in SEARCH_COST_KEYS:
                 row[f"{key}_lr"], row[f"{key}_acc"], row[f"{key}_s"] = (
                     float(ref[f"{key}_lr"]),
                     float(ref[f"{key}_acc"]),
@@ -132,7 +134,10 @@ def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, note
         " CPU DEFAULTS (L2-SP, one torch thread), as search-cost-cpu",
         "- halving: `deelbo-halving` (4 rates batched; at 1/4 and 1/2 of the steps, rounded to a log step, the",
         "  worse half by training loss stop); batched: the same batched members with no cut (`deelbo`,",
-        '  `batched="on"`); deelbo (sequential), tpe-budget, default: benchmarks/results/search-cost-cpu.csv',
+        '  `batched="on"`); deelbo (sequential), tpe-budget, default and the figure'
+        "'"
+        "s other strategies: "
+        "benchmarks/results/search-cost-cpu.csv",
         "- runs: member-steps over one run's steps (halving: 2.0 for 4 rates); s: total wall-clock as `compare`"
         " reports it",
         "- winner at rung k: where the batched search's final choice ranked by rung loss at rung k (1 = kept first)",
@@ -179,15 +184,7 @@ def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, note
 
 
 #: Figure labels by row key: search-cost-cpu's strategies and the two batched searches.
-LABELS = {
-    "halving": "deelbo-halving",
-    "batched": "deelbo (batched)",
-    "deelbo": "deelbo",
-    "descend": "deelbo-descend",
-    "budget": "tpe-budget",
-    "default": "default",
-    "lrfree": "lr-free",
-}
+LABELS = {"halving": "deelbo-halving", "batched": "deelbo (batched)", **SEARCH_COST_LABELS}
 
 
 def main() -> None:
