@@ -134,9 +134,7 @@ def _markdown(rows: list[dict[str, Any]], record: RunRecord, wall_s: float, note
         " CPU DEFAULTS (L2-SP, one torch thread), as search-cost-cpu",
         "- halving: `deelbo-halving` (4 rates batched; at 1/4 and 1/2 of the steps, rounded to a log step, the",
         "  worse half by training loss stop); batched: the same batched members with no cut (`deelbo`,",
-        '  `batched="on"`); deelbo (sequential), tpe-budget, default and the figure'
-        "'"
-        "s other strategies: "
+        '  `batched="on"`); deelbo (sequential), tpe-budget, default and the figure\'s other strategies: '
         "benchmarks/results/search-cost-cpu.csv",
         "- runs: member-steps over one run's steps (halving: 2.0 for 4 rates); s: total wall-clock as `compare`"
         " reports it",
