@@ -873,7 +873,7 @@ CASES = [
     pytest.param(
         cli("compare", "--strategies", "deelbo,bayesopt"),
         CliFailed,
-        r"unknown strategy 'bayesopt'; choose from deelbo, deelbo-descend, deelbo-halving, grid, tpe",
+        r"unknown strategy 'bayesopt'; choose from deelbo, deelbo-descend, deelbo-halving, deelbo-lr-free, grid, tpe",
         id="cli-strategy-unknown",
     ),
     pytest.param(cli("compare", "--strategies", ","), CliFailed, r"no strategy given", id="cli-strategy-empty"),
