@@ -17,6 +17,7 @@ from optuna_deelbo.cli import main
 from optuna_deelbo.task._stored import BuiltinTask
 from optuna_deelbo.train._types import run_fingerprint
 from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning import study_name_for
 from optuna_deelbo.tuning._study import compare, plan_compare
 from optuna_deelbo.tuning._trial_queue import queue_progress
 from optuna_deelbo.tuning.strategies import DEFAULT_STRATEGIES, DefaultStrategy, TPEBudgetStrategy, get_strategy
@@ -94,6 +95,10 @@ def test_tpe_budget_needs_a_deelbo_search_before_it_or_a_budget() -> None:
         with pytest.raises(od.ConfigError, match=r"list deelbo .*before tpe-budget"):
             compare(task, order, storage)
     assert optuna.get_all_study_names(storage) == []  # refused before anything trained
+    # any DE-ELBo search lends its wall-clock, the one-run deelbo-lr-free too; a MAP search before it does not
+    results = compare(task, ["default", "deelbo-lr-free", "tpe-budget"], storage)
+    budget = optuna.load_study(study_name=study_name_for(task, "tpe-budget"), storage=storage).user_attrs[A.BUDGET_S]
+    assert budget == pytest.approx(results[1].total_s) and budget != pytest.approx(results[0].total_s)
     with pytest.raises(od.ConfigError, match="finite number of seconds > 0"):
         TPEBudgetStrategy(budget_s=0.0)
     with pytest.raises(od.ConfigError, match="has no budget"):

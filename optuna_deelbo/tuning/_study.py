@@ -37,7 +37,13 @@ from optuna_deelbo.tuning._trial_queue import (
     requeue_interrupted,
     trial_seconds,
 )
-from optuna_deelbo.tuning.strategies import STRATEGY_NAMES, Strategy, TPEBudgetStrategy, get_strategy
+from optuna_deelbo.tuning.strategies import (
+    STRATEGY_NAMES,
+    DEELBoStrategy,
+    Strategy,
+    TPEBudgetStrategy,
+    get_strategy,
+)
 
 __all__ = [
     "IF_EXISTS",
@@ -400,7 +406,7 @@ def compare(
     results: list[StrategyResult] = []
     for strategy in built:
         if isinstance(strategy, TPEBudgetStrategy) and strategy.budget_s is None:
-            strategy = strategy.with_budget(_deelbo_wall_clock(results))
+            strategy = strategy.with_budget(_deelbo_wall_clock(built, results))
         results.append(
             run_strategy(
                 strategy,
@@ -415,24 +421,20 @@ def compare(
     return results
 
 
-def _is_deelbo_search(name: str) -> bool:
-    return name in ("deelbo", "deelbo-descend", "deelbo-halving", "deelbo-lr-free")
-
-
 def _check_budgets(built: Sequence[Strategy]) -> None:
     """Refuse a ``tpe-budget`` without a budget and without a DE-ELBo search before it to take one from."""
     for i, strategy in enumerate(built):
         unbudgeted = isinstance(strategy, TPEBudgetStrategy) and strategy.budget_s is None
-        if unbudgeted and not any(_is_deelbo_search(s.name) for s in built[:i]):
+        if unbudgeted and not any(isinstance(s, DEELBoStrategy) for s in built[:i]):
             raise ConfigError(
                 "tpe-budget takes its budget from the DE-ELBo search run before it: list deelbo (or "
-                "deelbo-descend) before tpe-budget in --strategies"
+                "deelbo-descend, deelbo-halving, deelbo-lr-free) before tpe-budget in --strategies"
             )
 
 
-def _deelbo_wall_clock(results: Sequence[StrategyResult]) -> float:
-    """The total wall-clock (s) of the first DE-ELBo search among ``results`` (``tpe-budget``'s budget)."""
-    return next(r.total_s for r in results if _is_deelbo_search(r.strategy))
+def _deelbo_wall_clock(built: Sequence[Strategy], results: Sequence[StrategyResult]) -> float:
+    """The total wall-clock (s) of the first DE-ELBo search run so far (``results`` follow ``built``)."""
+    return next(r.total_s for s, r in zip(built, results, strict=False) if isinstance(s, DEELBoStrategy))
 
 
 def plan_strategy_study(
