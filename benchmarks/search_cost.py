@@ -99,8 +99,9 @@ def cell_rows(storage: optuna.storages.BaseStorage) -> tuple[list[dict[str, Any]
     """
     rows: list[dict[str, Any]] = []
     spans: list[tuple[Any, Any]] = []
-    names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
-    for summary in optuna.get_all_study_summaries(storage):
+    summaries = optuna.get_all_study_summaries(storage)
+    names = {summary.study_name for summary in summaries}
+    for summary in summaries:
         cell = summary.user_attrs.get(CELL_ATTR)
         if cell is None or any(f"{cell['prefix']}/{strategy}" not in names for strategy in STRATEGIES):
             continue
