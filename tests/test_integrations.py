@@ -743,3 +743,96 @@ def test_a_scheduler_built_before_the_callback_schedules_the_posterior_std_as_th
     assert sigma_group["lr"] == pytest.approx(model_group["lr"]), kind
     if kind != "plateau":  # (a plateau's cut depends on the loss)
         assert model_group["lr"] != pytest.approx(0.05), kind  # the schedule moved both
+
+
+# --- issue 33: the learning-rate-free recipe (Prodigy for the weights, sigma in an Adam of its own) ------------
+
+
+class _Prodigy(_DigitsModule):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        from prodigyopt import Prodigy
+
+        return Prodigy(self.parameters(), lr=1.0, weight_decay=0.0)
+
+
+def _sigma_callback(sigma_lr: float | None = 0.05) -> DEELBoCallback:
+    return DEELBoCallback(100, head=("head.",), recalibrate_batchnorm=False, sigma_lr=sigma_lr)
+
+
+def test_prodigy_without_sigma_lr_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """rho in Prodigy trains sigma far past the posterior's (PRODIGY_SIGMA): the callback's fix is sigma_lr."""
+    torch.manual_seed(0)
+    with pytest.raises(od.ConfigError, match=r"Prodigy.*DEELBoCallback\(\.\.\., sigma_lr=0\.05\)"):
+        _fit(tmp_path, _Prodigy(1.0), [_sigma_callback(None)], 2)
+
+
+def test_sigma_lr_trains_rho_in_its_own_adam_once_per_optimizer_step(tmp_path: Path) -> None:
+    """Adam's first step moves rho by its learning rate (g / |g|); it steps once per optimizer step (accumulated
+    micro-batches too), rho stays out of Prodigy, and its gradient is cleared after each step."""
+    torch.manual_seed(0)
+    module, callback = _Prodigy(1.0), _sigma_callback()
+    before = _rho(_fresh_callback(module))
+    _fit(tmp_path, module, [callback], 1)
+    assert torch.allclose((_rho(callback) - before).abs(), torch.full_like(before, 0.05), rtol=0, atol=1e-4)
+    module, callback = _Prodigy(1.0), _sigma_callback()
+    run = _fit_with(_trainer(tmp_path, [callback], 3, accumulate_grad_batches=2), module, _digits_loader())
+    assert callback.sigma_adam is not None and run.global_step == 3
+    rho = callback.sigma_adam.rho
+    assert [float(callback.sigma_adam.adam.state[p]["step"]) for p in rho] == [3.0] * len(rho)
+    held = {id(p) for g in run.optimizers[0].param_groups for p in g["params"]}
+    assert not held & {id(p) for p in rho} and all(p.grad is None for p in rho)
+
+
+def test_a_sigma_lr_run_resumes_to_the_uninterrupted_one_and_the_other_mode_is_refused(tmp_path: Path) -> None:
+    """sigma's Adam state is in the callback's checkpoint state: resumed = uninterrupted; a checkpoint of the
+    other sigma_lr mode names the fix (not torch's 'different number of parameter groups')."""
+
+    def fit(module: pl.LightningModule, callback: DEELBoCallback, folder: str, **kw: Any) -> None:
+        every_4 = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=4, save_top_k=-1)
+        _fit_with(_trainer(tmp_path, [callback, every_4], 8, enable_checkpointing=True), module, _digits_loader(), **kw)
+
+    torch.manual_seed(0)
+    whole, whole_cb = _Prodigy(1.0), _sigma_callback()
+    fit(whole, whole_cb, "own")
+    checkpoint = str(tmp_path / "own" / "epoch=0-step=4.ckpt")
+    torch.manual_seed(123)
+    resumed, resumed_cb = _Prodigy(1.0), _sigma_callback()
+    fit(resumed, resumed_cb, "resumed", ckpt_path=checkpoint)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(_rho(whole_cb), _rho(resumed_cb))
+    with pytest.raises(od.ConfigError, match=r"saved with sigma_lr \(.*same DEELBoCallback\(sigma_lr=...\)"):
+        fit(_DigitsModule(0.05), _callback(), "x", ckpt_path=checkpoint)
+    torch.manual_seed(0)
+    fit(_DigitsModule(0.05), _callback(), "shared")
+    with pytest.raises(od.ConfigError, match=r"saved with sigma_lr=None.*DEELBoCallback\(sigma_lr=None\)"):
+        fit(_Prodigy(1.0), _sigma_callback(), "y", ckpt_path=str(tmp_path / "shared" / "epoch=0-step=4.ckpt"))
+    with pytest.raises(od.ConfigError, match="sigma_lr"):
+        DEELBoCallback(100, sigma_lr=-1.0)
+
+
+def test_sigma_lr_under_a_loss_scaler_is_refused(tmp_path: Path) -> None:
+    """A GradScaler unscales (and skips) the module's optimizer only: sigma's Adam would step on scaled gradients.
+    (On a CPU Lightning turns precision='16-mixed' into bf16 with no scaler: the plugin is given explicitly.)"""
+    plugin = pl.plugins.MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    torch.manual_seed(0)
+    with pytest.raises(od.ConfigError, match=r"loss scaler.*bf16-mixed"):
+        _fit_with(_trainer(tmp_path, [_sigma_callback()], 2, plugins=[plugin]), _Prodigy(1.0), _digits_loader())
+
+
+def test_readme_lightning_lr_free_block_runs_and_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Lightning recipe of deelbo-lr-free: Prodigy for the weights, sigma in its own Adam."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_lightning_lr_free"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        exec(compile(_readme_block("lightning-lr-free"), "README.md:lightning-lr-free", "exec"), namespace)
+    callback, trainer = namespace["callback"], namespace["trainer"]
+    assert isinstance(callback, DEELBoCallback) and isinstance(trainer, pl.Trainer)
+    assert callback.sigma_adam is not None and callback.deelbo is not None
+    assert {float(callback.sigma_adam.adam.state[p]["step"]) for p in callback.sigma_adam.rho} == {200.0}
+    data = od.data.digits_transfer(100, seed=0)
+    assert data.test is not None
+    accuracy = od.evaluate(trainer.lightning_module, data.test.x, data.test.y).accuracy
+    assert accuracy > 0.9, accuracy  # trained (5 digit classes; chance 0.2); 2026-12-07: 0.974
+    assert 1e-3 < callback.deelbo.sigma < 0.5  # not grown past the posterior's, as with rho inside Prodigy

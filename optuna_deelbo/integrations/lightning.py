@@ -2,7 +2,8 @@
 
 The module stays as it is. At ``fit`` start the callback wraps the module in a
 :class:`~optuna_deelbo.bayes.DEELBo` (body prior from the weights at that moment: the
-pretrained ones for L2-SP), adds the posterior std to the optimizer, and runs every
+pretrained ones for L2-SP), adds the posterior std to the optimizer (or, with ``sigma_lr``, gives
+it an Adam of its own, for a learning-rate-free optimizer such as Prodigy), and runs every
 ``training_step`` with one posterior draw of the weights, adding ``KL / (kappa N)`` to the loss it
 returns. After training it recomputes BatchNorm statistics with the mean weights (one pass
 over the training loader, through ``forward`` or, for a module without one, through
@@ -29,6 +30,7 @@ from optuna_deelbo._validation import learning_rate
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
+from optuna_deelbo.bayes._wiring import SigmaAdam, learned_step_name
 from optuna_deelbo.tuning._sampler import report_learned
 
 try:
@@ -59,6 +61,11 @@ class DEELBoCallback(pl.Callback):
             from the training loader's batches through ``module(batch_input(batch))``.
         batch_input: a batch's model input; ``None`` (default): the batch if it is a tensor, else its
             first element, as :meth:`DEELBo.recalibrate_batchnorm` reads a loader.
+        sigma_lr: ``None`` (default): the posterior std joins the optimizer (below). A float: it trains
+            in an Adam of its own at this constant rate, stepped after each optimizer step (its state in
+            the callback's checkpoint state). Needed with a learning-rate-free optimizer (Prodigy: 0.05,
+            as the own loop's ``deelbo-lr-free``); refused under a loss scaler (``precision="16-mixed"``
+            on a GPU: it would not see sigma's Adam).
         deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...).
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
@@ -77,9 +84,14 @@ class DEELBoCallback(pl.Callback):
         trial: optuna.trial.BaseTrial | None = None,
         recalibrate_batchnorm: bool = True,
         batch_input: Callable[[Any], Tensor] | None = None,
+        sigma_lr: float | None = None,
         **deelbo_kwargs: Any,
     ) -> None:
         super().__init__()
+        if sigma_lr is not None:
+            learning_rate(sigma_lr, "DEELBoCallback(sigma_lr=...)")
+        self.sigma_lr = sigma_lr
+        self.sigma_adam: SigmaAdam | None = None
         if trial is not None and not isinstance(trial, optuna.trial.BaseTrial):
             raise ConfigError(f"trial must be an optuna trial or None, got {type(trial).__name__}")
         self.n_train = n_train
@@ -95,6 +107,8 @@ class DEELBoCallback(pl.Callback):
         self._own_step: Any = None  # a training_step the user set on the module instance, put back after fit
         self._covered: set[int] = set()  # ids of the tensors the optimizer may hold: posterior weights and std
         self._optimizer_size = 0  # parameter tensors in the optimizer when fit started (or last checked)
+        self._sigma_adam_state: dict[str, Any] | None = None  # a checkpoint's state of sigma's own Adam
+        self._checkpoint_sigma_adam: bool | None = None  # whether the resumed checkpoint's state has one
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
@@ -138,7 +152,16 @@ class DEELBoCallback(pl.Callback):
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         has_stds = any(id(p) in held for p in stds)  # configure_optimizers may hand back one optimizer every fit
         self._refuse_a_checkpoint_without_the_posterior(len(optimizer.param_groups) - has_stds)
-        if not has_stds:
+        if self.sigma_lr is not None:
+            self._attach_sigma_adam(trainer, optimizer, stds)
+        elif not has_stds:
+            name = learned_step_name(optimizer)
+            if name is not None:
+                raise ConfigError(
+                    f"the module's optimizer ({name}) learns one step size for all it holds, sized for the weights: "
+                    "the posterior std must train apart from it. Pass DEELBoCallback(..., sigma_lr=0.05): sigma then "
+                    "trains in an Adam of its own"
+                )
             first = optimizer.param_groups[0]
             # The first group's settings, the keys a scheduler put there included (OneCycleLR reads initial_lr,
             # max_lr, ... of every group: without them its step raised KeyError); no weight decay (the KL is it);
@@ -175,20 +198,55 @@ class DEELBoCallback(pl.Callback):
         training_step.deelbo_wrapped = True  # type: ignore[attr-defined]
         pl_module.training_step = training_step  # type: ignore[method-assign]
 
+    def _attach_sigma_adam(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, stds: Sequence[Tensor]) -> None:
+        """``sigma_lr``: the posterior std's own Adam, stepped after ``optimizer`` (a checkpoint's state restored)."""
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:  # precision="16-mixed" on a GPU
+            raise ConfigError(
+                f"DEELBoCallback(sigma_lr=...) with precision={trainer.precision!r}: the loss scaler unscales and "
+                "skips the module's optimizer only, so the posterior std's own Adam would step on scaled gradients; "
+                "use precision='bf16-mixed', or sigma_lr=None"
+            )
+        current = self.sigma_adam
+        same_rho = current is not None and [id(p) for p in current.rho] == [id(p) for p in stds]
+        if current is not None and current.optimizer is optimizer and same_rho:
+            return  # a second fit with the optimizer configure_optimizers handed back: its Adam goes on
+        if current is not None:
+            current.detach()  # the last fit's optimizer
+        assert self.sigma_lr is not None
+        self.sigma_adam = SigmaAdam(optimizer, stds, self.sigma_lr)
+        state, self._sigma_adam_state = self._sigma_adam_state, None
+        if state is not None:
+            self.sigma_adam.adam.load_state_dict(state)
+
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         states = checkpoint.get("optimizer_states") or []
         self._checkpoint_groups = len(states[0]["param_groups"]) if len(states) == 1 else None
+        own = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
+        self._checkpoint_sigma_adam = isinstance(own, Mapping) and "sigma_adam" in own
 
     def _refuse_a_checkpoint_without_the_posterior(self, model_groups: int) -> None:
-        """A checkpoint saved without this callback has no posterior std group: say so, not torch's ValueError.
+        """A checkpoint saved without this callback (or in the other ``sigma_lr`` mode): say so, not torch's ValueError.
 
         Args:
             model_groups: the optimizer's parameter groups over the module's weights (without rho's).
         """
         groups, self._checkpoint_groups = self._checkpoint_groups, None
-        if groups is not None and groups == model_groups:
+        own_adam, self._checkpoint_sigma_adam = self._checkpoint_sigma_adam, None
+        if groups is None:
+            return
+        if self.sigma_lr is not None and groups == model_groups + 1:
+            raise ConfigError(
+                "the checkpoint was saved with sigma_lr=None (the posterior std in the optimizer): resume it with "
+                "DEELBoCallback(sigma_lr=None), or its optimizer state does not fit"
+            )
+        if groups == model_groups and own_adam and self.sigma_lr is None:
+            raise ConfigError(
+                "the checkpoint was saved with sigma_lr (the posterior std in its own Adam): resume it with the same "
+                "DEELBoCallback(sigma_lr=...), or its optimizer state does not fit"
+            )
+        if groups == model_groups and not own_adam:
             raise ConfigError(
                 "the checkpoint was saved without DEELBoCallback: its optimizer state has no group for the "
                 "posterior std, so the run cannot resume as DE-ELBo. Resume it without the callback, or start a "
@@ -315,20 +373,24 @@ class DEELBoCallback(pl.Callback):
         self._own_step = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The posterior std (``rho``) and the priors (the L2-SP mean) for Lightning checkpoints.
+        """The posterior std (``rho``), the priors (the L2-SP mean) and sigma's own Adam (``sigma_lr``) for checkpoints.
 
         The weights are the module's own (in the checkpoint already). A run resumed from the
         checkpoint keeps the prior mean of the original start, not the resumed weights.
         """
         if self.deelbo is None:
             return {}
-        return {"deelbo": self.deelbo.posterior_state()}
+        state: dict[str, Any] = {"deelbo": self.deelbo.posterior_state()}
+        if self.sigma_adam is not None:
+            state["sigma_adam"] = self.sigma_adam.adam.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the posterior std and the priors (Lightning restores callbacks before ``on_fit_start``)."""
         if not ({"deelbo", "posterior"} & set(state_dict)):
             return
         self._restored = state_dict  # applied at fit start, to the posterior of the module being fitted
+        self._sigma_adam_state = state_dict.get("sigma_adam")
 
     def _apply(self, state: dict[str, Any]) -> None:
         assert self.deelbo is not None

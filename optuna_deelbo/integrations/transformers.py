@@ -12,7 +12,9 @@ What it changes, and nothing else:
   included) under one posterior draw of the weights, plus ``KL / (kappa N)`` from the same
   :class:`~optuna_deelbo.bayes.DEELBo` that every other entry point uses; evaluation and
   prediction use the mean weights (the model as it is);
-* the posterior std joins the Trainer's optimizer (one more parameter group, under its schedule);
+* the posterior std joins the Trainer's optimizer (one more parameter group, under its schedule),
+  or, with ``sigma_lr``, trains in an Adam of its own stepped after each of the optimizer's steps
+  (for a learning-rate-free optimizer such as Prodigy, which must not hold it);
   the Trainer's ``weight_decay`` must be 0 (the KL is the weight decay): a non-zero value is
   refused, except the placeholder that :class:`~optuna_deelbo.DEELBoSampler` hands
   ``hyperparameter_search``, which is replaced by 0;
@@ -45,6 +47,7 @@ from optuna_deelbo._validation import learning_rate
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
+from optuna_deelbo.bayes._wiring import SigmaAdam, learned_step_name
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._sampler import learned_names, report_learned
 
@@ -56,10 +59,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'optuna-deelbo[transformers]'"
     ) from exc
 
-__all__ = ["DEELBO_STATE_NAME", "DEELBoTrainer", "default_head"]
+__all__ = ["DEELBO_STATE_NAME", "SIGMA_ADAM_STATE_NAME", "DEELBoTrainer", "default_head"]
 
 #: The file beside a checkpoint's weights that holds the posterior std and the priors.
 DEELBO_STATE_NAME = "deelbo_state.pt"
+#: The file beside it that holds the posterior std's own Adam (``sigma_lr``).
+SIGMA_ADAM_STATE_NAME = "deelbo_sigma_adam.pt"
 #: Attribute names of a new task head in ``transformers``' ``...For<Task>`` models.
 _HEAD_NAMES = ("classifier", "score", "qa_outputs")
 #: The folder under ``output_dir`` where ``keep_best=True`` keeps the best trial's model.
@@ -98,6 +103,11 @@ class DEELBoTrainer(transformers.Trainer):
             earlier one to ``<output_dir>/best-trial`` (study attr ``best_model_dir``).
         deelbo_kwargs: passed to :class:`~optuna_deelbo.bayes.DEELBo` (``init_sigma``, ``kappa``,
             ``sigma_mode``, ...).
+        sigma_lr: ``None`` (default): the posterior std is one more group of the Trainer's optimizer, at
+            its learning rate and schedule. A float: it trains in an Adam of its own at this constant
+            rate, stepped after each optimizer step (its state saved beside each checkpoint's). Needed
+            with a learning-rate-free optimizer (Prodigy through ``optimizer_cls_and_kwargs``: 0.05, as
+            the own loop's ``deelbo-lr-free``); refused with fp16 (the loss scaler would not see it).
 
     Attributes:
         deelbo: the run's :class:`~optuna_deelbo.bayes.DEELBo` (``None`` before training starts).
@@ -115,6 +125,7 @@ class DEELBoTrainer(transformers.Trainer):
         selection_samples: int = 10,
         keep_best: bool = False,
         deelbo_kwargs: Mapping[str, Any] | None = None,
+        sigma_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
         optimizers = kwargs.get("optimizers", (None, None))
@@ -131,6 +142,16 @@ class DEELBoTrainer(transformers.Trainer):
                 "DEELBoTrainer trains on one device (the posterior std is outside DDP / DataParallel); "
                 "use CUDA_VISIBLE_DEVICES=<one GPU>, or the Lightning callback for DDP"
             )
+        if sigma_lr is not None:
+            learning_rate(sigma_lr, "DEELBoTrainer(sigma_lr=...)")
+            if self.args.fp16:
+                raise ConfigError(
+                    "DEELBoTrainer(sigma_lr=...) with fp16: the loss scaler unscales and skips the Trainer's optimizer "
+                    "only, so the posterior std's own Adam would step on scaled gradients; use bf16, or sigma_lr=None"
+                )
+        self.sigma_lr = sigma_lr
+        self.sigma_adam: SigmaAdam | None = None
+        self._restored_sigma_adam: dict[str, Any] | None = None
         self.prior = prior
         self.head = None if head is None else tuple(head)
         self.n_train = n_train
@@ -199,11 +220,25 @@ class DEELBoTrainer(transformers.Trainer):
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         rho = list(deelbo.sigma_parameters())
         listed = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if not had and not any(id(p) in listed for p in rho):
-            optimizer.add_param_group({"params": rho, "weight_decay": 0.0})
-            # The Trainer clears the model's gradients after each step (model.zero_grad()); rho is no model
-            # parameter, so its gradient is cleared here, or it would sum every step's (sigma trains wrong).
-            optimizer.register_step_post_hook(lambda *_: _clear_grads(rho))
+        if had or any(id(p) in listed for p in rho):
+            return optimizer
+        if self.sigma_lr is not None:
+            self.sigma_adam = SigmaAdam(optimizer, rho, self.sigma_lr)  # clears rho's gradients after its step
+            if self._restored_sigma_adam is not None:
+                self.sigma_adam.adam.load_state_dict(self._restored_sigma_adam)
+                self._restored_sigma_adam = None
+            return optimizer
+        name = learned_step_name(optimizer)
+        if name is not None:
+            raise ConfigError(
+                f"the Trainer's optimizer ({name}) learns one step size for all it holds, sized for the weights: "
+                "the posterior std must train apart from it. Pass DEELBoTrainer(sigma_lr=0.05): sigma then trains "
+                "in an Adam of its own"
+            )
+        optimizer.add_param_group({"params": rho, "weight_decay": 0.0})
+        # The Trainer clears the model's gradients after each step (model.zero_grad()); rho is no model
+        # parameter, so its gradient is cleared here, or it would sum every step's (sigma trains wrong).
+        optimizer.register_step_post_hook(lambda *_: _clear_grads(rho))
         return optimizer
 
     # --- the step -----------------------------------------------------------------------------------
@@ -406,6 +441,8 @@ class DEELBoTrainer(transformers.Trainer):
             return
         folder = output_dir if output_dir is not None else self._output_dir()
         torch.save(self.deelbo.posterior_state(), os.path.join(folder, DEELBO_STATE_NAME))
+        if self.sigma_adam is not None:
+            torch.save(self.sigma_adam.adam.state_dict(), os.path.join(folder, SIGMA_ADAM_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -417,3 +454,17 @@ class DEELBoTrainer(transformers.Trainer):
             )
         self._restored = torch.load(path, map_location="cpu", weights_only=True)
         self.deelbo = None
+        self._restored_sigma_adam = self._sigma_adam_state(resume_from_checkpoint)
+
+    def _sigma_adam_state(self, checkpoint: str) -> dict[str, Any] | None:
+        """The checkpoint's state of sigma's own Adam; refuses a checkpoint of the other ``sigma_lr`` mode."""
+        path = os.path.join(checkpoint, SIGMA_ADAM_STATE_NAME)
+        saved = os.path.isfile(path)
+        if saved != (self.sigma_lr is not None):
+            own, shared = "with sigma_lr (sigma in its own Adam)", "with sigma_lr=None (sigma in the optimizer)"
+            written = own if saved else shared
+            raise ConfigError(
+                f"{checkpoint} was written {written}: resume it with the same sigma_lr setting, or its optimizer "
+                "state does not fit"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True) if saved else None
