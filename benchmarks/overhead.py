@@ -1,7 +1,7 @@
 """Step time of MAP vs DE-ELBo (isotropic and PTYL prior) for each backbone, and one whole trial of each.
 
 Usage: python benchmarks/overhead.py [--device cuda] [--batch-size 128] [--steps 30] [--backbones ...]
-       [--data-dir ../shared/data] [--trial-repeats 3] [--trial-steps 200]
+       [--data-dir ../shared/data] [--trial-tasks split-cifar,wordnet] [--trial-repeats 3] [--trial-steps 200]
 
 Writes benchmarks/results/overhead-<device>.md.
 
@@ -10,13 +10,15 @@ loop (warm-up steps first, not timed), on a synthetic uint8 CIFAR-sized batch se
 device and the same DeviceAugment as Split-CIFAR. The PTYL prior uses a random rank-K factor: only
 its shape matters for timing. Goals from issue 3: ratio <= 1.03 (iso) and <= 1.08 (PTYL).
 
-Trials (with the CIFAR-10 archives in --data-dir): one DE-ELBo trial and one MAP trial of the same
-steps on Split-CIFAR N = 50 (cifar-resnet20, the paper benchmark's CPU budget), end to end through
+Trials (--trial-tasks; Split-CIFAR reads the CIFAR-10 archives in --data-dir, WordNet-4 needs the
+``[text]`` extra): one DE-ELBo trial and one MAP trial of the same steps on Split-CIFAR N = 50
+(cifar-resnet20) or WordNet-4 N = 40 (MiniLM, top 2 layers; the paper benchmark's CPU budgets), end to end through
 ``od.fit`` in a SQLite study (ask, fit, tell), interleaved, split into the phases the trials
 record (training steps, BatchNorm recalibration, selection, test evaluation, the rest of the
 call: model build, prior, validation pass; study writes = ask-to-tell minus the call). A DE-ELBo
 trial's cost leaves out its test evaluation (reporting only: the search's cost counts the chosen
-model's once, as grid search's retraining). Goal from issue 25: DE-ELBo trial <= 1.1x MAP trial.
+model's once, as grid search's retraining). Goal from issue 25: DE-ELBo trial <= 1.1x MAP trial. On
+WordNet-4 a profile of one run of each adds where the DE-ELBo's extra time goes, op by op.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -88,10 +91,34 @@ def time_steps(backbone: str, args: argparse.Namespace) -> dict[str, list[float]
     for kind in KINDS:
         run(kind, args.warmup)
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    trained = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    times["draw"] = []
     for _ in range(args.repeats):
         for kind in KINDS:
             times[kind].append(run(kind, args.steps))
+        times["draw"].append(gaussian_draw_seconds(trained, device))
     return times
+
+
+def gaussian_draw_seconds(count: int, device: torch.device, repeats: int = 5) -> float:
+    """Median seconds of one N(0, 1) draw per weight (``count`` float32 values): the DE-ELBo step's floor.
+
+    Every DE-ELBo step draws a fresh ``eps`` per trained weight (``WeightPosterior.draw_noise``, torch's
+    generator); nothing the step does can cost less than this draw.
+    """
+    buffer = torch.empty(count, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    buffer.normal_(generator=generator)
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        buffer.normal_(generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 TRIAL_KINDS: tuple[str, ...] = ("map", "deelbo")
@@ -99,8 +126,28 @@ TRIAL_KINDS: tuple[str, ...] = ("map", "deelbo")
 PHASES: tuple[str, ...] = ("steps", "recalibrate", "select", "test_eval", "rest", "writes")
 
 
-def time_trials(args: argparse.Namespace, device: torch.device) -> dict[str, list[dict[str, float]]]:
-    """Per kind, ``args.trial_repeats`` whole trials' phases (s); the kinds interleaved."""
+#: The whole-trial tasks: Split-CIFAR N = 50 (cifar-resnet20) and WordNet-4 N = 40 (MiniLM, top 2 layers).
+TRIAL_TASKS: tuple[str, ...] = ("split-cifar", "wordnet")
+
+
+def trial_task(name: str, args: argparse.Namespace, device: torch.device) -> tuple[od.TaskSpec, str]:
+    """The task of a whole-trial table and its title (the paper benchmark's CPU settings)."""
+    if name == "wordnet":
+        task = od.wordnet_task(40, max_length=16, trainable_layers=2, steps=100, batch_size=16, device=str(device))[0]
+        return task, "WordNet-4 N = 40, MiniLM top 2 layers, 100 x 16"
+    task = od.split_cifar_task(
+        50,
+        data_dir=args.data_dir,
+        steps=args.trial_steps,
+        batch_size=32,
+        pretrain_steps=args.pretrain_steps,
+        device=str(device),
+    )[0]
+    return task, f"Split-CIFAR N = 50, cifar-resnet20, {args.trial_steps} x 32"
+
+
+def time_trials(args: argparse.Namespace, task: od.TaskSpec) -> dict[str, list[dict[str, float]]]:
+    """Per kind, ``args.trial_repeats`` whole trials' phases (s) on ``task``; the kinds interleaved."""
     import tempfile
 
     import optuna
@@ -108,14 +155,6 @@ def time_trials(args: argparse.Namespace, device: torch.device) -> dict[str, lis
     from optuna_deelbo.tuning import attrs as A
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    task, _ = od.split_cifar_task(
-        50,
-        data_dir=args.data_dir,
-        steps=args.trial_steps,
-        batch_size=32,
-        pretrain_steps=args.pretrain_steps,
-        device=str(device),
-    )
     phases: dict[str, list[dict[str, float]]] = {kind: [] for kind in TRIAL_KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         storage = od.tuning.open_storage(f"sqlite:///{tmp}/trials.db")
@@ -157,7 +196,51 @@ def time_trials(args: argparse.Namespace, device: torch.device) -> dict[str, lis
     return phases
 
 
-def trial_section(phases: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+def op_gap(task: od.TaskSpec, top: int = 8, repeats: int = 2) -> str:
+    """Where a DE-ELBo run's extra time goes: torch's ops by self time (cProfile) in MAP and DE-ELBo runs.
+
+    Both train all N at lr 0.03 (MAP with weight decay 1e-3 through its penalty), ``repeats`` runs each,
+    interleaved; per op the least self time of the repeats. The table lists the ops whose self time
+    differs most, and the whole runs' least wall-clock.
+    """
+    import cProfile
+    import pstats
+
+    def profile(run: Callable[[], object]) -> tuple[dict[str, float], float]:
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.enable()
+        run()
+        profiler.disable()
+        total = time.perf_counter() - start
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        by_name: dict[str, float] = {}
+        for (filename, line, name), (_, _, tottime, _, _) in stats.items():
+            label = name if filename == "~" else f"{Path(filename).name}:{line}({name})"
+            by_name[label] = by_name.get(label, 0.0) + tottime
+        return by_name, total
+
+    od.tuning.fit_deelbo(task, 0.03)  # warm-up: caches, first-call costs
+    runs: dict[str, list[tuple[dict[str, float], float]]] = {"map": [], "deelbo": []}
+    for _ in range(repeats):  # interleaved; per op the least of the repeats (the machine's noise only adds)
+        runs["map"].append(profile(lambda: od.tuning.fit_map(task, 0.03, 1e-3, task.train)))
+        runs["deelbo"].append(profile(lambda: od.tuning.fit_deelbo(task, 0.03)))
+
+    def least(kind: str) -> tuple[dict[str, float], float]:
+        names = {n for ops, _ in runs[kind] for n in ops}
+        return {n: min(ops.get(n, 0.0) for ops, _ in runs[kind]) for n in names}, min(s for _, s in runs[kind])
+
+    (map_ops, map_s), (deelbo_ops, deelbo_s) = least("map"), least("deelbo")
+    names = sorted(set(map_ops) | set(deelbo_ops), key=lambda n: -abs(deelbo_ops.get(n, 0) - map_ops.get(n, 0)))
+    lines = ["| op (self time) | MAP s | DE-ELBo s | difference s |", "|---|---|---|---|"]
+    for name in names[:top]:
+        a, b = map_ops.get(name, 0.0), deelbo_ops.get(name, 0.0)
+        lines.append(f"| `{name}` | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    lines.append(f"| whole run (wall-clock, profiled) | {map_s:.2f} | {deelbo_s:.2f} | {deelbo_s - map_s:+.2f} |")
+    return "\n".join(lines)
+
+
+def trial_section(phases: dict[str, list[dict[str, float]]], args: argparse.Namespace, title: str) -> str:
     """The markdown table of :func:`time_trials`: median (min-max) per phase and kind, and the ratio."""
 
     def cell(kind: str, phase: str) -> str:
@@ -170,7 +253,7 @@ def trial_section(phases: dict[str, list[dict[str, float]]], args: argparse.Name
     ratios = [d["cost"] / m["cost"] for m, d in zip(phases["map"], phases["deelbo"], strict=True)]
     step_ratios = [d["steps"] / m["steps"] for m, d in zip(phases["map"], phases["deelbo"], strict=True)]
     ratio = statistics.median(ratios)
-    return f"""## One whole trial: DE-ELBo vs MAP (Split-CIFAR N = 50, cifar-resnet20, {args.trial_steps} x 32)
+    return f"""## One whole trial: DE-ELBo vs MAP ({title})
 
 `od.fit` in a SQLite study, lr 0.03 (MAP: weight decay 1e-3 on the 80 % split; DE-ELBo: all N), {args.trial_repeats}
 repeats interleaved; median (min-max) seconds. cost = ask to tell without the reporting-only test evaluation.
@@ -194,7 +277,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--backbones", default=",".join(od.models.BACKBONE_NAMES))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--data-dir", default=None, help="CIFAR-10 JPEG archives: adds the whole-trial table")
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 JPEG archives (the Split-CIFAR trial table)")
+    parser.add_argument("--trial-tasks", default="", help=f"whole-trial tables, of {','.join(TRIAL_TASKS)}")
     parser.add_argument("--trial-repeats", type=int, default=3)
     parser.add_argument("--trial-steps", type=int, default=200)
     parser.add_argument("--pretrain-steps", type=int, default=500, help="Split-CIFAR source pretraining (trials)")
@@ -222,8 +306,9 @@ def main() -> None:
         return f"{1e3 * med[kind]:.1f} ({1e3 * lo:.1f}-{1e3 * hi:.1f})"
 
     lines = [
-        "| backbone | MAP ms/step | DE-ELBo iso ms/step | DE-ELBo PTYL ms/step | iso / MAP | PTYL / MAP |",
-        "|---|---|---|---|---|---|",
+        "| backbone | MAP ms/step | DE-ELBo iso ms/step | DE-ELBo PTYL ms/step | iso / MAP | PTYL / MAP | "
+        "draw ms | (MAP + draw) / MAP |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(kind: str, med: dict[str, float], times: dict[str, list[float]]) -> str:
@@ -236,13 +321,26 @@ def main() -> None:
         lines.append(
             f"| {backbone} | {cell('map', med, spread)} | {cell('deelbo-iso', med, spread)} | "
             f"{cell('deelbo-ptyl', med, spread)} | {ratio('deelbo-iso', med, times)} | "
-            f"{ratio('deelbo-ptyl', med, times)} |"
+            f"{ratio('deelbo-ptyl', med, times)} | {1e3 * med['draw']:.1f} | {1 + med['draw'] / med['map']:.3f} |"
         )
         for kind in KINDS[1:]:
             per_repeat = [a / b for a, b in zip(times[kind], times["map"], strict=True)]
             ratio_spreads.append(max(per_repeat) - min(per_repeat))
     table = "\n".join(lines)
-    trials = trial_section(time_trials(args, device), args) if args.data_dir else ""
+    trials = ""
+    for name in [t for t in args.trial_tasks.split(",") if t]:
+        if name not in TRIAL_TASKS:
+            sys.exit(f"--trial-tasks: unknown task {name!r} (known: {', '.join(TRIAL_TASKS)})")
+        task, title = trial_task(name, args, device)
+        trials += trial_section(time_trials(args, task), args, title)
+        if name == "wordnet":
+            trials += f"""
+Where the DE-ELBo run's extra time goes ({title}; 2 profiled runs of each, interleaved, cProfile self
+time, per op the lesser):
+
+{op_gap(task)}
+
+"""
     iso_ok = "met" if all(m["deelbo-iso"] / m["map"] <= 1.03 for _, m, _ in rows) else "NOT met"
     ptyl_ok = "met" if all(m["deelbo-ptyl"] / m["map"] <= 1.08 for _, m, _ in rows) else "NOT met"
     text = f"""# DE-ELBo step-time overhead vs MAP
@@ -254,7 +352,9 @@ def main() -> None:
 
 {table}
 
-Goals (issue #3): iso / MAP <= 1.03 -> {iso_ok}; PTYL / MAP <= 1.08 -> {ptyl_ok}.
+Goals (issue #3): iso / MAP <= 1.03 -> {iso_ok}; PTYL / MAP <= 1.08 -> {ptyl_ok}. draw: one N(0, 1) value
+per trained weight with torch's generator (every DE-ELBo step draws one), timed alone; (MAP + draw) / MAP is
+the lowest ratio a DE-ELBo step with a fresh draw per weight can have on this device.
 Ratios: median (min-max of the per-repeat ratios); largest spread (max - min) of any: {max(ratio_spreads):.3f}.
 
 {trials}"""
