@@ -659,3 +659,98 @@ def test_readme_transformers_lr_free_block_runs(tmp_path: Path, monkeypatch: pyt
     assert trainer.sigma_adam is not None
     assert {float(trainer.sigma_adam.adam.state[p]["step"]) for p in trainer.sigma_adam.rho} == {4.0}
     assert math.isfinite(trainer.deelbo.lam) and trainer.deelbo.sigma > 0
+
+
+# --- issue 34, item 2: several processes (torchrun / accelerate launch, gloo on the CPU) -----------------------
+
+_DDP_SCRIPT = """
+import json, os, sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, os.environ["DEELBO_TESTS"])
+from pathlib import Path
+import optuna, torch
+torch.set_num_threads(1)
+import optuna_deelbo as od
+from optuna_deelbo.integrations.transformers import DEELBoTrainer
+from test_transformers import _Texts, _args, _model
+
+rank = int(os.environ.get("RANK", "0"))
+here = Path.cwd()
+args = _args(here, max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=0.05,
+             optim="sgd", weight_decay=0.0)
+trainer = DEELBoTrainer(model=_model(), args=args, train_dataset=_Texts(32), sigma_lr=SIGMA_LR)
+trainer.train()
+reg = trainer.deelbo
+out = {
+    "world": trainer.args.world_size,
+    "weights": [float(p.double().sum()) for p in trainer.model.parameters()],
+    "rho": [v for p in reg.sigma_parameters() for v in p.detach().double().reshape(-1).tolist()],
+    "lambda": reg.lam, "sigma": reg.sigma, "score": trainer.selection_score,
+    "prior_mean": float(reg.body_prior.mean.double().sum()),
+}
+search = DEELBoTrainer(model_init=lambda trial=None: _model(), args=_args(here / "search", learning_rate=1e-2),
+                       train_dataset=_Texts(24), sigma_lr=SIGMA_LR)
+sampler = od.DEELBoSampler(optuna.samplers.GridSampler({"learning_rate": [1e-2, 1e-3]}))
+def hp_space(trial):
+    return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)}
+best = search.hyperparameter_search(hp_space=hp_space, backend="optuna", n_trials=2, direction="minimize",
+                                    sampler=sampler, storage=f"sqlite:///{here / 'search.db'}", study_name="s")
+out["search_score"] = search.selection_score
+out["best"] = None if best is None else best.hyperparameters
+(here / f"rank{rank}.json").write_text(json.dumps(out))
+"""
+
+
+def _two_processes(tmp_path: Path, launcher: list[str], sigma_lr: float | None) -> list[dict[str, Any]]:
+    """The script above on 2 CPU processes; each rank's JSON."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    script = tmp_path / "ddp_run.py"
+    script.write_text(_DDP_SCRIPT.replace("SIGMA_LR", repr(sigma_lr)))
+    env = {**os.environ, "DEELBO_TESTS": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", *[a.replace("PORT", str(port)) for a in launcher], str(script)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _assert_one_posterior(ranks: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Weights, sigma, lambda and score equal on both ranks; the search's trials written by rank 0 alone."""
+    first, second = ranks
+    assert first["world"] == second["world"] == 2
+    assert first["weights"] == pytest.approx(second["weights"], rel=1e-6, abs=1e-9)
+    assert first["rho"] == pytest.approx(second["rho"], rel=1e-6)
+    for key in ("lambda", "sigma", "score", "prior_mean", "search_score"):
+        assert first[key] == pytest.approx(second[key], rel=1e-6), key
+    assert first["sigma"] != pytest.approx(1e-3, rel=1e-3)  # it trained
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2  # rank 1 made none
+    assert all(A.LEARNED_WEIGHT_DECAY in t.user_attrs for t in study.trials)
+    assert second["best"] is None
+    assert first["best"]["weight_decay"] == study.best_trial.user_attrs[A.LEARNED_WEIGHT_DECAY]
+
+
+def test_torchrun_two_processes_train_one_posterior_and_search_once(tmp_path: Path) -> None:
+    """torchrun --nproc_per_node 2 (gloo): DDP averages the weights' gradients, the Trainer rho's (it is outside the
+    module) before each step, rho is broadcast at the start, the score and BatchNorm pass read the whole set on every
+    rank, and hyperparameter_search's trials are rank 0's (the others get a FixedTrial of its params)."""
+    launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", "PORT"]
+    _assert_one_posterior(_two_processes(tmp_path, launcher, None), tmp_path)
+
+
+def test_accelerate_launch_two_processes_with_sigma_lr_train_one_posterior(tmp_path: Path) -> None:
+    """accelerate launch (2 CPU processes) and the lr-free recipe's own Adam for sigma: it steps on the averaged
+    gradients (the average runs before the optimizer's step, sigma's Adam after it)."""
+    launcher = [  # --multi_gpu is accelerate's torchrun launcher; its --cpu needs mpirun for several processes
+        *("accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "PORT"),
+    ]
+    _assert_one_posterior(_two_processes(tmp_path, launcher, 0.05), tmp_path)

@@ -24,6 +24,10 @@ What it changes, and nothing else:
   checkpoint hold the mean weights as ``save_pretrained`` writes them (``from_pretrained`` loads them)
   and the posterior std and prior in ``deelbo_state.pt``, which ``train(resume_from_checkpoint=...)``
   restores;
+* several processes (torchrun / accelerate launch: DDP): the posterior std's gradients averaged over
+  the ranks before each step (DDP averages the weights'), rho broadcast from rank 0, the score and the
+  BatchNorm pass over the whole training set on every rank, only rank 0 reporting to Optuna;
+  DataParallel, FSDP and DeepSpeed are refused;
 * after training: BatchNorm statistics recomputed for the mean weights (models that have any), the
   selection score (the final DE-ELBo over the whole training set, :meth:`DEELBo.selection_score`)
   computed and used as the objective of ``hyperparameter_search`` (no validation set needed), the
@@ -75,6 +79,25 @@ def _clear_grads(params: Sequence[Tensor]) -> None:
     """``zero_grad(set_to_none=True)`` for parameters outside the model (the posterior std)."""
     for p in params:
         p.grad = None
+
+
+def _distributed() -> bool:
+    """Several processes of one run (torchrun / accelerate launch: DDP)."""
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and (torch.distributed.get_world_size() > 1)
+    )
+
+
+def _average_across_ranks(params: Sequence[Tensor]) -> None:
+    """Mean of each parameter's gradient over the ranks (DDP averages the model's; the posterior std is not in it)."""
+    world = torch.distributed.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)  # every rank joins every all_reduce
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(world)
 
 
 def default_head(model: nn.Module) -> tuple[str, ...]:
@@ -137,10 +160,15 @@ class DEELBoTrainer(transformers.Trainer):
         if selection not in ("deelbo", "eval"):
             raise ConfigError(f"selection must be 'deelbo' or 'eval', got {selection!r}")
         super().__init__(*args, **kwargs)
-        if self.args.world_size > 1 or self.args.n_gpu > 1:
+        if self.args.n_gpu > 1:
             raise ConfigError(
-                "DEELBoTrainer trains on one device (the posterior std is outside DDP / DataParallel); "
-                "use CUDA_VISIBLE_DEVICES=<one GPU>, or the Lightning callback for DDP"
+                "DEELBoTrainer does not run under DataParallel (several GPUs in one process: the posterior std is "
+                "outside the replicated module); launch one process per GPU (torchrun / accelerate launch: DDP)"
+            )
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ConfigError(
+                "DEELBoTrainer is tested under DDP only: FSDP and DeepSpeed shard the weights, and the posterior "
+                "and the prior need every weight whole on each rank; launch plain DDP (torchrun / accelerate launch)"
             )
         if sigma_lr is not None:
             learning_rate(sigma_lr, "DEELBoTrainer(sigma_lr=...)")
@@ -197,13 +225,21 @@ class DEELBoTrainer(transformers.Trainer):
             if self._restored is not None:
                 self.deelbo.load_posterior_state(self._restored)
                 self._restored = None
+            if _distributed():  # one posterior std on every rank from the start (DDP broadcasts the weights)
+                for rho in self.deelbo.sigma_parameters():
+                    torch.distributed.broadcast(rho.data, src=0)
         return self.deelbo
 
     def _check_weight_decay(self) -> None:
         if not self.args.weight_decay:
             return
         trial = getattr(self, "_trial", None)
-        if isinstance(trial, optuna.trial.BaseTrial) and "weight_decay" in learned_names(trial):
+        placeholder = isinstance(trial, optuna.trial.BaseTrial) and "weight_decay" in learned_names(trial)
+        if _distributed():  # the other ranks' trial is a FixedTrial of rank 0's params (no study): rank 0 decides
+            decision = [placeholder]
+            torch.distributed.broadcast_object_list(decision, src=0)
+            placeholder = bool(decision[0])
+        if placeholder:
             self.args.weight_decay = 0.0  # DEELBoSampler's placeholder: the KL learns it instead
             return
         raise ConfigError(
@@ -222,6 +258,8 @@ class DEELBoTrainer(transformers.Trainer):
         listed = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if had or any(id(p) in listed for p in rho):
             return optimizer
+        if _distributed():  # before each step (the sigma_lr Adam steps after it, on the averaged gradients)
+            optimizer.register_step_pre_hook(lambda *_: _average_across_ranks(rho))
         if self.sigma_lr is not None:
             self.sigma_adam = SigmaAdam(optimizer, rho, self.sigma_lr)  # clears rho's gradients after its step
             if self._restored_sigma_adam is not None:
@@ -317,7 +355,9 @@ class DEELBoTrainer(transformers.Trainer):
             self._fitting = False
         deelbo = self._ensure_deelbo()
         self._recalibrate(deelbo)
-        if isinstance(trial, optuna.trial.BaseTrial):
+        if isinstance(trial, optuna.trial.BaseTrial) and self.args.process_index != 0:
+            trial = None  # a search's other rank: rank 0 reports (and prunes); every rank holds the same posterior
+        elif isinstance(trial, optuna.trial.BaseTrial):
             report_learned(trial, deelbo)  # prunes a diverged run
         else:
             deelbo.check_divergence()
@@ -337,9 +377,30 @@ class DEELBoTrainer(transformers.Trainer):
             self.state.log_history[-1].update(final)
         return output
 
+    def _ordered_train_loader(self) -> Any:
+        """The whole training set in order, unshuffled, with the Trainer's collator (every rank: all of it).
+
+        One process: the Trainer's eval loader over the training set. Several: a plain loader of the same
+        dataset, batch size and collator (columns removed as the Trainer removes them), not sharded across the
+        ranks, so each rank's score and BatchNorm statistics are those of the whole set, equal on every rank.
+        """
+        if not _distributed():
+            return self.get_eval_dataloader(self.train_dataset)
+        dataset, collator = self.train_dataset, self.data_collator
+        if hasattr(dataset, "column_names") and hasattr(dataset, "remove_columns"):  # a datasets.Dataset
+            dataset = self._remove_unused_columns(dataset, description="training set, in order")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="training set, in order")
+        return torch.utils.data.DataLoader(
+            dataset,  # type: ignore[arg-type]
+            batch_size=self.args.eval_batch_size,
+            collate_fn=collator,
+            shuffle=False,
+        )
+
     def _score(self, deelbo: DEELBo) -> float:
         """The final DE-ELBo over the whole training set (nats per example), dropout off, batch BatchNorm statistics."""
-        loader = self.get_eval_dataloader(self.train_dataset)  # in order, unshuffled, the Trainer's collator
+        loader = self._ordered_train_loader()
 
         def batch_nll(forward: Any, batch: Any) -> tuple[Tensor, int]:
             batch = self._prepare_inputs(batch)
@@ -397,7 +458,7 @@ class DEELBoTrainer(transformers.Trainer):
         """BatchNorm statistics of the mean weights, from the training set in order (nothing without BatchNorm)."""
         net = self._net
         if batchnorm_layers(net):
-            ordered = self.get_eval_dataloader(self.train_dataset)
+            ordered = self._ordered_train_loader()
             deelbo.recalibrate_batchnorm(
                 (self._prepare_inputs(batch) for batch in ordered), call=lambda batch: net(**batch)
             )
