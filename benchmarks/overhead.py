@@ -262,6 +262,7 @@ repeats interleaved; median (min-max) seconds. cost = ask to tell without the re
 
 DE-ELBo / MAP trial cost: {ratio:.3f} (per repeat {", ".join(f"{r:.3f}" for r in ratios)}; training steps alone
 {statistics.median(step_ratios):.3f}). Goal (issue 25): <= 1.1 -> {"met" if ratio <= 1.1 else "NOT met"}.
+
 """
 
 
