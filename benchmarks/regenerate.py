@@ -263,6 +263,15 @@ STEPS: tuple[Step, ...] = (
         for n in (40, 400)
     ),
     *(
+        Step(
+            f"lora-n{n}",
+            "lora.py",
+            {d: ("--n", str(n), *CPU_THREADS["cpu"]) for d in DEVICES},  # a CPU benchmark (its cells' settings)
+            (f"lora-cpu-n{n}.md", f"lora-cpu-n{n}.csv"),
+        )
+        for n in (40, 400)
+    ),
+    *(
         Step(  # N = 500 at 100 steps x 32, the first Split-CIFAR row, in two runs (seeds 0-1, seed 2)
             f"split-cifar-n500-{tag}",
             "split_cifar.py",

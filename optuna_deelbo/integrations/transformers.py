@@ -100,8 +100,29 @@ def _average_across_ranks(params: Sequence[Tensor]) -> None:
         p.grad.div_(world)
 
 
+def _refuse_a_frozen_peft_head(model: nn.Module, head: Sequence[str]) -> None:
+    """A ``peft`` model whose new head trains nothing keeps its random init: refuse it with the fix."""
+    if not hasattr(model, "peft_config") or not head:
+        return
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith(tuple(head))]
+    if not trained:
+        raise ConfigError(
+            f"the peft model's head {list(head)} has no trainable parameter: it would keep its random init and "
+            "every prediction would come from it untrained. Train it whole: LoraConfig(..., "
+            "modules_to_save=['classifier']) or task_type='SEQ_CLS' (or optuna_deelbo.models.with_lora)"
+        )
+
+
 def default_head(model: nn.Module) -> tuple[str, ...]:
-    """Parameter-name prefixes of ``model``'s new task head (``classifier`` / ``score`` / ``qa_outputs``), or none."""
+    """Parameter-name prefixes of ``model``'s new task head (``classifier`` / ``score`` / ``qa_outputs``), or none.
+
+    A ``peft`` model (LoRA, ...) holds the task model under ``base_model.model``: its head is looked up
+    there (``base_model.model.classifier.``: the copy trained under ``modules_to_save``; the frozen
+    original is no trainable parameter, so the posterior leaves it out).
+    """
+    inner = getattr(getattr(model, "base_model", None), "model", None)
+    if hasattr(model, "peft_config") and isinstance(inner, nn.Module):
+        return tuple(f"base_model.model.{prefix}" for prefix in default_head(inner))
     names = {name for name, _ in model.named_children()}
     return tuple(f"{name}." for name in _HEAD_NAMES if name in names)
 
@@ -219,6 +240,7 @@ class DEELBoTrainer(transformers.Trainer):
         net = self._net
         if self.deelbo is None or self.deelbo.model is not net:
             head = self.head if self.head is not None else default_head(net)
+            _refuse_a_frozen_peft_head(net, head)
             kwargs = {"noise_seed": int(self.args.seed) % 2**32, **self.deelbo_kwargs}  # draws saved in checkpoints
             self.deelbo = DEELBo(net, self._n_train(), self.prior, head=head, **kwargs)
             self.deelbo.to(next(net.parameters()).device)

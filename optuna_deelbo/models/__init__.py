@@ -1,4 +1,5 @@
-"""Models: the embedded task's small CNN, CIFAR backbones (ResNet-20, torchvision's), head replacement, text models."""
+"""Models: the embedded task's small CNN, CIFAR backbones (ResNet-20, torchvision's), head replacement, text models
+(LoRA adapters too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from optuna_deelbo.models._backbones import (
     build_backbone,
     load_checkpoint,
 )
+from optuna_deelbo.models._lora import with_lora
 from optuna_deelbo.models._small_cnn import SmallCNN, with_new_head
 from optuna_deelbo.models._text import (
     CachedTopClassifier,
@@ -34,5 +36,6 @@ __all__ = [
     "load_tokenizer",
     "packaged_encoder_dir",
     "reset_head",
+    "with_lora",
     "with_new_head",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from optuna_deelbo._validation import check_seed, positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe
 from optuna_deelbo.data._splits import Split
 from optuna_deelbo.data._text import WORDNET_CLASSES, WORDNET_DIR, TextExamples, read_wordnet_nouns
+from optuna_deelbo.models._lora import lora_head_prefix, with_lora
 from optuna_deelbo.models._text import (
     CachedTopClassifier,
     TextClassifier,
@@ -62,6 +64,7 @@ def text_task(
     name: str = "text",
     max_length: int = 32,
     trainable_layers: int | None = None,
+    lora_rank: int | None = None,
     num_labels: int | None = None,
     prior: str = "l2-sp",
     steps: int = 300,
@@ -84,6 +87,10 @@ def text_task(
             the frozen bottom runs once over train and test texts (eval mode) and the inputs become
             indices into that cache (:class:`~optuna_deelbo.models.CachedTopClassifier`; BERT-style
             encoders only): the same result as freezing the bottom, at a fraction of the cost.
+        lora_rank: ``r``: LoRA adapters of rank ``r`` on every attention and MLP projection, the head
+            trained whole, the rest frozen (:func:`~optuna_deelbo.models.with_lora`, extra ``[peft]``);
+            the posterior and the prior cover adapters and head only, L2-SP's mean is their initial
+            values. Excludes ``trainable_layers``.
         num_labels: classes; default ``len(train.classes)``.
         prior, steps, batch_size, seed, device, progress, recipe: as in :class:`TaskSpec`.
 
@@ -106,27 +113,7 @@ def text_task(
     test_ids = tokenize(tokenizer, test_ex.texts, max_length) if test_ex is not None else None
     torch.manual_seed(seed)
     base = load_sequence_classifier(source, labels)
-    if trainable_layers is None:
-
-        def factory() -> nn.Module:
-            fresh = copy.deepcopy(base)
-            reset_head(fresh)
-            return TextClassifier(fresh, pad)
-
-        train_x, test_x, head = train_ids, test_ids, ("model.classifier.",)
-    else:
-        every = train_ids if test_ids is None else torch.cat([train_ids, test_ids])
-        cached = CachedTopClassifier.build(base, every, pad, trainable_layers)
-
-        def factory() -> nn.Module:
-            fresh = cached.fresh()
-            reset_head(fresh)
-            return fresh
-
-        n = len(train_ex)
-        train_x = torch.arange(n)
-        test_x = torch.arange(n, n + len(test_ex)) if test_ex is not None else None
-        head = ("classifier.",)
+    factory, train_x, test_x, head = _trained_part(base, pad, train_ids, test_ids, trainable_layers, lora_rank)
     return TaskSpec(
         name=name,
         model_factory=factory,
@@ -143,6 +130,51 @@ def text_task(
     )
 
 
+def _trained_part(
+    base: nn.Module,
+    pad: int,
+    train_ids: Tensor,
+    test_ids: Tensor | None,
+    trainable_layers: int | None,
+    lora_rank: int | None,
+) -> tuple[Callable[[], nn.Module], Tensor, Tensor | None, tuple[str, ...]]:
+    """``(model factory, train inputs, test inputs, head prefixes)`` of :func:`text_task`'s three settings.
+
+    Every weight (token ids in), LoRA adapters (token ids in) or the top ``k`` layers over the cached
+    bottom (example indices in: train ``0..N-1``, test after them).
+    """
+    if lora_rank is not None and trainable_layers is not None:
+        raise ConfigError("lora_rank and trainable_layers exclude each other: LoRA adapts every layer")
+    if lora_rank is not None:
+        rank = positive_int(lora_rank, "lora_rank")
+
+        def adapters() -> nn.Module:
+            fresh = copy.deepcopy(base)
+            reset_head(fresh)
+            return TextClassifier(with_lora(fresh, rank), pad)  # the adapters' init draws under the task's seed
+
+        return adapters, train_ids, test_ids, ("model." + lora_head_prefix(),)
+    if trainable_layers is None:
+
+        def whole() -> nn.Module:
+            fresh = copy.deepcopy(base)
+            reset_head(fresh)
+            return TextClassifier(fresh, pad)
+
+        return whole, train_ids, test_ids, ("model.classifier.",)
+    every = train_ids if test_ids is None else torch.cat([train_ids, test_ids])
+    cached = CachedTopClassifier.build(base, every, pad, trainable_layers)
+
+    def top() -> nn.Module:
+        fresh = cached.fresh()
+        reset_head(fresh)
+        return fresh
+
+    n = int(train_ids.shape[0])
+    test_x = torch.arange(n, n + int(test_ids.shape[0])) if test_ids is not None else None
+    return top, torch.arange(n), test_x, ("classifier.",)
+
+
 def wordnet_task(
     n_train: int = 40,
     *,
@@ -153,6 +185,7 @@ def wordnet_task(
     batch_size: int = 16,
     max_length: int = 24,
     trainable_layers: int | None = 2,
+    lora_rank: int | None = None,
     device: str | None = None,
     progress: bool = False,
     recipe: DEELBoRecipe | str = "default",
@@ -164,7 +197,8 @@ def wordnet_task(
     ``n_train`` stratified training definitions (by ``seed``) and a fixed stratified test set of
     ``n_test`` (the same for every seed), from Debian's ``wordnet-base`` (32,756 definitions in these
     classes); all-MiniLM-L6-v2 fine-tuned (by default its top 2 layers, pooler and head over the
-    cached bottom: see :func:`text_task`).
+    cached bottom: see :func:`text_task`; ``lora_rank=r``: LoRA adapters on every layer instead, the
+    task named ``wordnet4-lora<r>-...``).
 
     Returns:
         The task and the seconds spent tokenizing and computing the frozen bottom's cache (shared
@@ -176,13 +210,15 @@ def wordnet_task(
     start = time.perf_counter()
     examples = read_wordnet_nouns(wordnet_dir, WORDNET_CLASSES)
     train, test = examples.split(n_train, n_test, seed)
+    lora = lora_rank is not None
     task = text_task(
         train,
         test,
         model=model,
-        name=f"wordnet4-N{n_train}-seed{seed}",
+        name=f"wordnet4-{f'lora{lora_rank}-' if lora else ''}N{n_train}-seed{seed}",
         max_length=max_length,
-        trainable_layers=trainable_layers,
+        trainable_layers=None if lora else trainable_layers,
+        lora_rank=lora_rank,
         prior=prior,
         steps=steps,
         batch_size=batch_size,
