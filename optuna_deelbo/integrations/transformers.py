@@ -52,6 +52,7 @@ from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo import DEELBo
 from optuna_deelbo.bayes._priors import GaussianPrior
 from optuna_deelbo.bayes._wiring import SigmaAdam, learned_step_name
+from optuna_deelbo.models._lora import LORA_INIT_SIGMA, is_peft_model
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._sampler import learned_names, report_learned
 
@@ -146,7 +147,8 @@ class DEELBoTrainer(transformers.Trainer):
         keep_best: under ``hyperparameter_search``, save the model of each trial that beats every
             earlier one to ``<output_dir>/best-trial`` (study attr ``best_model_dir``).
         deelbo_kwargs: passed to :class:`~optuna_deelbo.bayes.DEELBo` (``init_sigma``, ``kappa``,
-            ``sigma_mode``, ...).
+            ``sigma_mode``, ...). For a ``peft`` model ``init_sigma`` defaults to
+            :data:`~optuna_deelbo.models.LORA_INIT_SIGMA` (1e-2; the DE-ELBo's own default 1e-3 pins adapters).
         sigma_lr: ``None`` (default): the posterior std is one more group of the Trainer's optimizer, at
             its learning rate and schedule. A float: it trains in an Adam of its own at this constant
             rate, stepped after each optimizer step (its state saved beside each checkpoint's). Needed
@@ -242,6 +244,8 @@ class DEELBoTrainer(transformers.Trainer):
             head = self.head if self.head is not None else default_head(net)
             _refuse_a_frozen_peft_head(net, head)
             kwargs = {"noise_seed": int(self.args.seed) % 2**32, **self.deelbo_kwargs}  # draws saved in checkpoints
+            if is_peft_model(net):
+                kwargs.setdefault("init_sigma", LORA_INIT_SIGMA)  # adapters start at B = 0: see LORA_INIT_SIGMA
             self.deelbo = DEELBo(net, self._n_train(), self.prior, head=head, **kwargs)
             self.deelbo.to(next(net.parameters()).device)
             if self._restored is not None:

@@ -11,7 +11,7 @@ from optuna_deelbo.models._backbones import (
     build_backbone,
     load_checkpoint,
 )
-from optuna_deelbo.models._lora import with_lora
+from optuna_deelbo.models._lora import LORA_INIT_SIGMA, with_lora
 from optuna_deelbo.models._small_cnn import SmallCNN, with_new_head
 from optuna_deelbo.models._text import (
     CachedTopClassifier,
@@ -24,6 +24,7 @@ from optuna_deelbo.models._text import (
 
 __all__ = [
     "BACKBONE_NAMES",
+    "LORA_INIT_SIGMA",
     "Backbone",
     "CachedTopClassifier",
     "CifarBasicBlock",

@@ -21,7 +21,7 @@ from optuna_deelbo._validation import check_seed, positive_int
 from optuna_deelbo.bayes._deelbo_recipe import DEELBoRecipe
 from optuna_deelbo.data._splits import Split
 from optuna_deelbo.data._text import WORDNET_CLASSES, WORDNET_DIR, TextExamples, read_wordnet_nouns
-from optuna_deelbo.models._lora import lora_head_prefix, with_lora
+from optuna_deelbo.models._lora import LORA_INIT_SIGMA, lora_head_prefix, with_lora
 from optuna_deelbo.models._text import (
     CachedTopClassifier,
     TextClassifier,
@@ -90,7 +90,9 @@ def text_task(
         lora_rank: ``r``: LoRA adapters of rank ``r`` on every attention and MLP projection, the head
             trained whole, the rest frozen (:func:`~optuna_deelbo.models.with_lora`, extra ``[peft]``);
             the posterior and the prior cover adapters and head only, L2-SP's mean is their initial
-            values. Excludes ``trainable_layers``.
+            values; with ``recipe="default"`` the DE-ELBo starts sigma at
+            :data:`~optuna_deelbo.models.LORA_INIT_SIGMA` (1e-2: measured, see there). Excludes
+            ``trainable_layers``.
         num_labels: classes; default ``len(train.classes)``.
         prior, steps, batch_size, seed, device, progress, recipe: as in :class:`TaskSpec`.
 
@@ -114,6 +116,8 @@ def text_task(
     torch.manual_seed(seed)
     base = load_sequence_classifier(source, labels)
     factory, train_x, test_x, head = _trained_part(base, pad, train_ids, test_ids, trainable_layers, lora_rank)
+    if lora_rank is not None and recipe == "default":
+        recipe = DEELBoRecipe(init_sigma=LORA_INIT_SIGMA)  # adapters: see LORA_INIT_SIGMA
     return TaskSpec(
         name=name,
         model_factory=factory,
