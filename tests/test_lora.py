@@ -147,3 +147,63 @@ def test_adapters_start_sigma_at_lora_init_sigma_unless_told_otherwise(tmp_path:
         )
     assert task.deelbo_recipe.init_sigma == od.models.LORA_INIT_SIGMA
     assert mine.deelbo_recipe.init_sigma == 3e-3
+
+
+def test_the_lightning_callback_fine_tunes_a_lora_model_from_lora_init_sigma(tmp_path: Path) -> None:
+    """A LightningModule holding a peft model: sigma starts at LORA_INIT_SIGMA (1e-2; 1e-3 when told), the
+    posterior covers adapters + head only, the adapters move, the pretrained weights do not."""
+    pl = optional_import("lightning.pytorch", "lightning")
+    from optuna_deelbo.integrations.lightning import DEELBoCallback
+
+    data = _Texts(24)
+
+    class _LoRAModule(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _lora()
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.net(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+
+    def fit(**deelbo_kwargs: float) -> tuple[_LoRAModule, DEELBoCallback, float]:
+        module = _LoRAModule()
+        head = tuple("net." + h for h in default_head(module.net))
+        callback = DEELBoCallback(len(data), head=head, recalibrate_batchnorm=False, **deelbo_kwargs)
+        start: list[float] = []
+
+        class _StartSigma(pl.Callback):  # type: ignore[misc, name-defined]
+            def on_train_batch_start(self, *args: object) -> None:
+                if not start and callback.deelbo is not None:
+                    start.append(callback.deelbo.sigma)
+
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.ids, data.labels), batch_size=8)
+        trainer = pl.Trainer(
+            max_steps=6, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, callbacks=[callback, _StartSigma()],
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.fit(module, loader)
+        return module, callback, start[0]
+
+    before = _trainable(_lora())
+    frozen = {n: p.detach().clone() for n, p in _lora().named_parameters() if not p.requires_grad}
+    module, callback, start = fit()
+    assert start == pytest.approx(od.models.LORA_INIT_SIGMA, rel=1e-5)
+    assert callback.deelbo is not None
+    trained = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    assert callback.deelbo.body_prior.dim + callback.deelbo.head_prior.dim == trained  # adapters + head only
+    after = {n.removeprefix("net."): p for n, p in module.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".lora_B." in n)
+    for name, value in module.net.named_parameters():
+        if not value.requires_grad:
+            assert torch.equal(value, frozen[name]), name
+    assert math.isfinite(callback.deelbo.lam)
+    _, _, told = fit(init_sigma=1e-3)
+    assert told == pytest.approx(1e-3, rel=1e-5)  # an explicit value wins

@@ -67,7 +67,7 @@ class DEELBoCallback(pl.Callback):
             the callback's checkpoint state). Needed with a learning-rate-free optimizer (Prodigy: 0.05,
             as the own loop's ``deelbo-lr-free``); refused under a loss scaler (``precision="16-mixed"``
             on a GPU: it would not see sigma's Adam).
-        deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...). A module
+        **deelbo_kwargs: passed to :class:`DEELBo` (``init_sigma``, ``sigma_mode``, ``kappa``, ...). A module
             holding a ``peft`` model gets ``init_sigma`` :data:`~optuna_deelbo.models.LORA_INIT_SIGMA` by default.
 
     The posterior std joins the module's (single) optimizer as a new parameter group at the
