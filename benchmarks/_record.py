@@ -24,15 +24,27 @@ from typing import Any
 import optuna
 import torch
 
-__all__ = ["RESULTS", "RunRecord", "commit", "machine", "result_row", "step_line", "write_csv"]
+__all__ = ["RESULTS", "RunRecord", "commit", "machine", "repo_relative", "result_row", "step_line", "write_csv"]
 
 #: benchmarks/results/, where every table and figure goes.
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: The checkout the benchmark runs from (a worktree's own root when run from one).
+REPO = RESULTS.parents[1]
 
 #: Set by benchmarks/regenerate.py so each results file also names the one command that made it.
 REGENERATE_ENV = "OPTUNA_DEELBO_REGENERATE"
 #: Set by benchmarks/regenerate.py to the step's name, which every results file names.
 REGENERATE_STEP_ENV = "OPTUNA_DEELBO_REGENERATE_STEP"
+
+
+def repo_relative(text: str) -> str:
+    """``text`` with this checkout's absolute paths made repository-relative (``benchmarks/x.py``,
+    ``sqlite:///benchmarks/results/x.db``) and paths beside it relative to it (``../shared/data``).
+
+    A record names the commands and storages as a reader types them in a clone, not the machine's folders.
+    """
+    return text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
 
 
 def machine() -> str:
@@ -102,10 +114,10 @@ class RunRecord:
         """Record the commit, the command line, the time and the load average now."""
         return cls(
             revision=commit(),
-            command="python " + shlex.join(sys.argv),
+            command=repo_relative("python " + shlex.join(sys.argv)),
             started=dt.datetime.now(dt.timezone.utc),
             load_start=_load(),
-            parent=os.environ.get(REGENERATE_ENV),
+            parent=repo_relative(os.environ[REGENERATE_ENV]) if os.environ.get(REGENERATE_ENV) else None,
             step=os.environ.get(REGENERATE_STEP_ENV),
         )
 

@@ -24,7 +24,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import RESULTS, RunRecord
+from _record import RESULTS, RunRecord, repo_relative
 
 __all__ = ["CHROMIUM", "DashboardView", "capture", "main"]
 
@@ -156,7 +156,7 @@ def main() -> None:
     text = f"""# optuna-dashboard in headless Chromium
 
 {record.header()}
-- storage: `{args.storage}`; opened study `{study}`
+- storage: `{repo_relative(args.storage)}`; opened study `{study}`
 - browser: Debian Chromium (`{CHROMIUM}`) through playwright, headless, {", ".join(CHROMIUM_ARGS)}
 
 Seen in the rendered pages (read from the page text and the plotly SVG, not from the JSON API):

@@ -53,7 +53,7 @@ from optuna_deelbo.report import (
 from optuna_deelbo.tuning import study_name_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import RESULTS, RunRecord, write_csv
+from _record import RESULTS, RunRecord, repo_relative, write_csv
 
 __all__ = ["DEBIAN_CHROMIUM", "main", "use_debian_chromium", "write_figure"]
 
@@ -568,7 +568,7 @@ def main() -> None:
     text = f"""# Paper tables and figure: {label} ({device.type})
 
 {record.header(str(device))}
-- storage: `{url}` (not committed; rerunning reuses its finished studies)
+- storage: `{repo_relative(url)}` (not committed; rerunning reuses its finished studies)
 - {setting}; prior {args.prior}; {steps} SGD steps x batch {batch_size} per configuration;
   N = {", ".join(map(str, ns))}; training sets (seeds) {", ".join(map(str, seeds))};
   torch threads {torch.get_num_threads()}

@@ -19,6 +19,11 @@ from _hypothesis_profiles import load as load_hypothesis_profile
 # (tests/_hypothesis_profiles.py). Every test starts from the same global RNG state (seed_global_rngs).
 load_hypothesis_profile()
 
+# Under pytest-xdist (the README's command: one worker per core, at most 4) each worker gets its share of the
+# cores as torch threads: 2 workers x torch's default pool on 2 cores would run 4 busy threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 #: The offline CIFAR-10 archives: ``$OPTUNA_DEELBO_DATA_DIR``, else ``shared/data`` next to the repository.
 _NEXT_TO_REPO = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_DATA_DIR = Path(os.environ.get("OPTUNA_DEELBO_DATA_DIR") or _NEXT_TO_REPO)

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
+from _groups import PROCESSES
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -224,6 +225,7 @@ if trial is not None:
 """
 
 
+@PROCESSES
 def test_ddp_on_two_cpu_ranks_learns_one_lambda_and_reports_once(tmp_path: Path) -> None:
     """Issue 22, item 4: strategy="ddp", 2 CPU ranks (gloo): the ranks agree on weights, sigma and lambda.
 

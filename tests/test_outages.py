@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _groups import PROCESSES
 from _safety import wait_all
 from optuna.trial import TrialState
 
@@ -18,7 +19,8 @@ from optuna_deelbo.cli import main
 from optuna_deelbo.tuning._trial_queue import queue_progress
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+# several processes each: one xdist worker runs them one after another (conftest.PROCESSES)
+pytestmark = [pytest.mark.usefixtures("one_cpu_thread"), PROCESSES]
 
 TASK_FLAGS = ["--n-train", "50", "--pretrain-steps", "20", "--batch-size", "16", "--seed", "0", "--device", "cpu"]
 GRID = sorted((lr, wd) for lr in LEARNING_RATES for wd in WEIGHT_DECAYS)

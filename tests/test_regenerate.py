@@ -99,3 +99,25 @@ def test_a_run_through_regenerate_names_its_step(monkeypatch: pytest.MonkeyPatch
     )
     monkeypatch.delenv(_record.REGENERATE_STEP_ENV)
     assert "regenerate step: none (an ad-hoc run" in _record.RunRecord.start().header()
+
+
+def test_a_record_names_its_command_and_storage_relative_to_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 35, item 5: a record's command reads as a reader types it in a clone, not as this machine's folders."""
+    import _record
+
+    repo, beside = _record.REPO, _record.REPO.parent
+    argv = [f"{repo}/benchmarks/paper.py", "--storage", f"sqlite:///{repo}/benchmarks/results/p.db"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--data-dir", f"{beside}/shared/data"])
+    monkeypatch.setenv(_record.REGENERATE_ENV, f"python {repo}/benchmarks/regenerate.py --only paper-digits")
+    record = _record.RunRecord.start()
+    assert record.command == (
+        "python benchmarks/paper.py --storage sqlite:///benchmarks/results/p.db --data-dir ../shared/data"
+    )
+    assert record.parent == "python benchmarks/regenerate.py --only paper-digits"
+
+
+def test_no_record_names_an_absolute_path_of_the_machine_it_ran_on() -> None:
+    for md in sorted((regenerate.HERE / "results").glob("*.md")):
+        for line in md.read_text().splitlines():
+            if line.startswith(("- command:", "- storage:")):
+                assert "sqlite:////" not in line and "`python /" not in line, (md.name, line)

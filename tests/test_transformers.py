@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _groups import PROCESSES
 from _optional import optional_import
 
 import optuna_deelbo as od
@@ -736,6 +737,7 @@ def _assert_one_posterior(ranks: list[dict[str, Any]], tmp_path: Path) -> None:
     assert first["best"]["weight_decay"] == study.best_trial.user_attrs[A.LEARNED_WEIGHT_DECAY]
 
 
+@PROCESSES
 def test_torchrun_two_processes_train_one_posterior_and_search_once(tmp_path: Path) -> None:
     """torchrun --nproc_per_node 2 (gloo): DDP averages the weights' gradients, the Trainer rho's (it is outside the
     module) before each step, rho is broadcast at the start, the score and BatchNorm pass read the whole set on every
@@ -744,6 +746,7 @@ def test_torchrun_two_processes_train_one_posterior_and_search_once(tmp_path: Pa
     _assert_one_posterior(_two_processes(tmp_path, launcher, None), tmp_path)
 
 
+@PROCESSES
 def test_accelerate_launch_two_processes_with_sigma_lr_train_one_posterior(tmp_path: Path) -> None:
     """accelerate launch (2 CPU processes) and the lr-free recipe's own Adam for sigma: it steps on the averaged
     gradients (the average runs before the optimizer's step, sigma's Adam after it)."""

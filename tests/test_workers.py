@@ -11,11 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from _groups import PROCESSES
 from _optional import optional_import
 from _safety import wait_all
 from optuna.trial import TrialState
@@ -29,7 +31,8 @@ from optuna_deelbo.tuning._trial_queue import queue_progress
 from optuna_deelbo.tuning.attrs import BUILTIN_TASK, CHECKPOINT_STEP, RESUMED_STEP, RESUMED_TRIAL
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
 
-pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+# several processes each: one xdist worker runs them one after another (conftest.PROCESSES)
+pytestmark = [pytest.mark.usefixtures("one_cpu_thread"), PROCESSES]
 
 #: The tiny embedded-digits task every test here plans (the CLI flags and the recipe agree).
 TASK_FLAGS = ["--n-train", "50", "--pretrain-steps", "20", "--batch-size", "16", "--seed", "0"]
@@ -85,6 +88,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _read_until(proc: subprocess.Popen[str], text: str, timeout_s: float) -> str:
+    """What ``proc`` printed up to the line holding ``text`` (a server's ready line); fails after ``timeout_s``."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert lines and text in lines[-1], f"no {text!r} within {timeout_s} s: {''.join(lines)[-2000:]}"
+    return "".join(lines)
+
+
 def test_four_workers_through_a_grpc_proxy_in_front_of_postgres_run_every_trial_once(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -93,7 +114,8 @@ def test_four_workers_through_a_grpc_proxy_in_front_of_postgres_run_every_trial_
     argv = [sys.executable, "-m", "optuna_deelbo.cli", "proxy", "--storage", postgres_url, "--host", "127.0.0.1"]
     proxy = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"grpc://127.0.0.1:{port}"
-    try:
+    try:  # the proxy starts a Python with torch: on a loaded 2-core machine that can take longer than a client waits
+        ready = _read_until(proxy, "serving", 120)
         artifacts = ["--artifacts", str(tmp_path / "artifacts")]
         plan = ["compare", "--plan-only", "--storage", url, "--strategies", "grid", *TASK_FLAGS, "--steps", "8"]
         assert main([*plan, *artifacts, "--device", "cpu"]) == 0  # planned through the proxy too
@@ -112,7 +134,7 @@ def test_four_workers_through_a_grpc_proxy_in_front_of_postgres_run_every_trial_
     finally:
         proxy.terminate()
         out, _ = proxy.communicate(timeout=30)
-    assert f"serving {postgres_url} at {url}" in out
+    assert f"serving {postgres_url} at {url}" in ready + out
 
 
 def test_grpc_storage_urls_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
