@@ -6,7 +6,7 @@ Usage: python benchmarks/host_suites.py --lightning-repo PATH [--lightning-ref 2
 Each suite runs twice in a temporary folder, once as its authors wrote it and once with the plugin of
 benchmarks/host_suites/ loaded (the only adaptation: Lightning's Trainer gets a ``DEELBoCallback``
 appended, ``transformers.Trainer`` is ``DEELBoTrainer``), and the outcomes are compared test by test.
-A test that passes plainly and fails with the DE-ELBo is either one of :data:`BY_DESIGN` (the README's
+A test that passes plainly and fails with the DE-ELBo is either one of :data:`BY_DESIGN` (the docs'
 "Differences from the host library" names each) or a defect: the run exits 1 on any such defect, and
 also when the plugin attached to no training run (a comparison that proves nothing).
 
@@ -74,7 +74,7 @@ TRANSFORMERS_FILES = (
     "trainer/test_trainer_hyperparameter.py",
 )
 
-#: Tests that fail with the DE-ELBo by design: (suite, test-id regex, failure-message regex, the reason as the README
+#: Tests that fail with the DE-ELBo by design: (suite, test-id regex, failure-message regex, the reason as the docs
 #: states it). A failure is by design when both regexes match; anything else that passes as written is a defect.
 BY_DESIGN: tuple[tuple[str, str, str, str], ...] = (
     (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from _docs import run_doc_block
 from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,7 +111,7 @@ def test_a_search_interrupted_after_its_first_run_resumes_to_the_uninterrupted_o
 
 
 def test_the_rule_in_a_users_own_objective_trains_only_down_to_the_first_worse_rate() -> None:
-    """The README's recipe for an own loop / Trainer / Lightning objective: rates enqueued largest first,
+    """The docs' recipe for an own loop / Trainer / Lightning objective (scores set by hand): rates largest first,
     a trial pruned when descend_skip_reason gives a reason. Scores fall from 0.1 to 0.03, rise at 0.01."""
     lrs = [0.1, 0.03, 0.01, 0.003]
     score = {0.1: 0.5, 0.03: 0.4, 0.01: 0.45, 0.003: 0.3}  # 0.003 would be best: the rule never gets there
@@ -131,3 +132,14 @@ def test_the_rule_in_a_users_own_objective_trains_only_down_to_the_first_worse_r
     assert trained == [0.1, 0.03, 0.01]
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
     assert study.best_params["lr"] == 0.03
+
+
+def test_the_docs_recipe_runs_and_trains_the_rates_largest_first_down_to_the_first_worse_one() -> None:
+    study = run_doc_block("descend-own-objective", elsewhere=True)["study"]
+    states = [t.state for t in study.trials]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert states == [TrialState.COMPLETE] * len(done) + [TrialState.PRUNED] * (len(states) - len(done))
+    lrs = [t.params["lr"] for t in done]
+    assert lrs == sorted(lrs, reverse=True) and len(states) == 4
+    if len(done) < 4:  # pruned only after a rate scored worse than the one above it
+        assert done[-1].value is not None and done[-2].value is not None and done[-1].value > done[-2].value

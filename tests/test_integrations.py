@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
+from _docs import run_doc_block
 from _groups import PROCESSES
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -113,7 +114,7 @@ def test_optunahub_readme_block_loads_from_any_folder(tmp_path: Path, monkeypatc
     """Issue 22, case 10: c55ea9a's README call worked only with the repository root as the working folder."""
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
-    exec(compile(_readme_block("optunahub-example"), "README.md:optunahub-example", "exec"), namespace)
+    run_doc_block("optunahub-example", namespace)
     module = namespace["module"]
     assert module.DEELBoSampler is od.DEELBoSampler  # type: ignore[attr-defined]
     package = Path(optunahub_registry_root()) / "samplers" / "deelbo"
@@ -126,14 +127,6 @@ def test_optunahub_readme_block_loads_from_any_folder(tmp_path: Path, monkeypatc
     assert all(t.user_attrs["learned:weight_decay"] > 0 for t in study.trials)
 
 
-def _readme_block(marker: str) -> str:
-    import re
-
-    match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert match, f"README block {marker!r} not found"
-    return match.group(1)
-
-
 def test_readme_lightning_example_runs_verbatim_outside_the_repository(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,7 +136,7 @@ def test_readme_lightning_example_runs_verbatim_outside_the_repository(
     with warnings.catch_warnings():
         warnings.simplefilter("error", od.PlaceholderWarning)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        exec(compile(_readme_block("lightning-example"), "README.md:lightning-example", "exec"), namespace)
+        run_doc_block("lightning-example", namespace)
     study = namespace["study"]
     assert isinstance(study, optuna.Study)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -828,7 +821,7 @@ def test_readme_lightning_lr_free_block_runs_and_learns(tmp_path: Path, monkeypa
     namespace: dict[str, object] = {"__name__": "readme_lightning_lr_free"}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        exec(compile(_readme_block("lightning-lr-free"), "README.md:lightning-lr-free", "exec"), namespace)
+        run_doc_block("lightning-lr-free", namespace)
     callback, trainer = namespace["callback"], namespace["trainer"]
     assert isinstance(callback, DEELBoCallback) and isinstance(trainer, pl.Trainer)
     assert callback.sigma_adam is not None and callback.deelbo is not None

@@ -15,7 +15,7 @@ import optuna_deelbo as od
 peft = optional_import("peft", "peft")
 transformers = optional_import("transformers", "transformers")
 
-from test_transformers import _args, _model, _Texts, run_readme_block  # noqa: E402
+from test_transformers import _args, _model, _Texts, run_encoder_block  # noqa: E402
 
 from optuna_deelbo.integrations.transformers import DEELBO_STATE_NAME, DEELBoTrainer, default_head  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_the_wordnet_task_with_lora_adapters() -> None:
 
 
 def test_readme_lora_block_runs() -> None:
-    reg = run_readme_block("lora-example")["reg"]
+    reg = run_encoder_block("lora-example")["reg"]
     assert isinstance(reg, od.DEELBo)
     # per layer: 4 attention projections 384 -> 384 and the MLP's 384 -> 1536 -> 384, each r (in + out), r = 8
     assert reg.body_prior.dim == 6 * (4 * 8 * (384 + 384) + 2 * 8 * (384 + 1536)) == 331_776

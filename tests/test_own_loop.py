@@ -1,11 +1,9 @@
-"""``od.DEELBo`` in a user's own loop: the README's examples run as they stand, and the step's maths and errors."""
+"""``od.DEELBo`` in a user's own loop: the docs' examples run as they stand, and the step's maths and errors."""
 
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _docs import run_doc_block
 from _hypothesis_profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,26 +23,12 @@ import optuna_deelbo as od
 from optuna_deelbo import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
 LRS = [1e-1, 3e-2, 1e-2, 3e-3]
 
 
-def _readme_block(marker: str) -> str:
-    match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", README, re.S)
-    assert match, f"README block {marker!r} not found"
-    return match.group(1)
-
-
 def _run_block(marker: str) -> dict[str, Any]:
-    """Run a README block as it stands, from a temporary folder (not the repository root), as a user would."""
-    namespace: dict[str, Any] = {"__name__": f"readme_{marker.replace('-', '_')}"}
-    here = os.getcwd()
-    os.chdir(tempfile.mkdtemp(prefix="readme-"))
-    try:
-        exec(compile(_readme_block(marker), f"README.md:{marker}", "exec"), namespace)
-    finally:
-        os.chdir(here)
-    return namespace
+    """Run a docs block as it stands, from a temporary folder (not the repository root), as a user would."""
+    return run_doc_block(marker, elsewhere=True)
 
 
 def test_readme_own_loop_gives_what_fit_gives() -> None:

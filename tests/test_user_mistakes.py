@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from _docs import doc_pages
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -243,10 +244,10 @@ def test_case11_evaluate_fit_and_tasks_take_datasets_and_loaders(task: od.TaskSp
 
 
 def test_case14_user_facing_text_names_no_private_module() -> None:
-    """Case 14: the README sent users to optuna_deelbo.tuning._fit (a private module)."""
+    """Case 14: the README sent users to optuna_deelbo.tuning._fit (a private module); the docs neither."""
     private = re.compile(r"optuna_deelbo(\.[a-z_]+)*\._[a-z]\w*")
-    readme = (ROOT / "README.md").read_text()
-    assert not private.search(readme), private.search(readme)
+    for page, text in doc_pages().items():
+        assert not private.search(text), (page, private.search(text))
     hub = (ROOT / "optuna_deelbo" / "integrations" / "hub" / "samplers" / "deelbo" / "README.md").read_text()
     assert not private.search(hub)
     for path in (ROOT / "optuna_deelbo").rglob("*.py"):  # error texts and warnings: no private paths either

@@ -132,7 +132,8 @@ class DEELBoTrainer(transformers.Trainer):
     """A ``transformers.Trainer`` that trains with the DE-ELBo (see the module docstring).
 
     Args:
-        *args, **kwargs: ``transformers.Trainer``'s (``model`` or ``model_init``, ``args``,
+        *args: ``transformers.Trainer``'s positional arguments.
+        **kwargs: ``transformers.Trainer``'s (``model`` or ``model_init``, ``args``,
             ``train_dataset``, ...). ``optimizers=(optimizer, scheduler)`` is refused (the posterior
             std must join the optimizer): choose it with ``args.optim`` or ``optimizer_cls_and_kwargs``.
         prior: body prior, ``"l2-sp"`` (mean = the weights when training starts: the pretrained

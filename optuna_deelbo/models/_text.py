@@ -164,7 +164,10 @@ class CachedTopClassifier(nn.Module):
     shared by every copy made with :meth:`fresh`.
 
     Args:
-        layers, pooler, dropout, classifier: the trained part (``pooler=None``: the first token's state).
+        layers: the trained encoder layers.
+        pooler: the trained pooler (``None``: the first token's state).
+        dropout: the dropout before the classifier.
+        classifier: the head.
         states: the bottom's outputs ``(M, L, H)``.
         mask: ``(M, L)`` bool, True where a token is attended (not padding).
     """

@@ -94,7 +94,13 @@ def text_task(
             :data:`~optuna_deelbo.models.LORA_INIT_SIGMA` (1e-2: measured, see there). Excludes
             ``trainable_layers``.
         num_labels: classes; default ``len(train.classes)``.
-        prior, steps, batch_size, seed, device, progress, recipe: as in :class:`TaskSpec`.
+        prior: as in :class:`TaskSpec`.
+        steps: as in :class:`TaskSpec`.
+        batch_size: as in :class:`TaskSpec`.
+        seed: as in :class:`TaskSpec`.
+        device: as in :class:`TaskSpec`.
+        progress: as in :class:`TaskSpec`.
+        recipe: as in :class:`TaskSpec`.
 
     The head (``classifier``) is re-initialised under ``torch.manual_seed(seed)`` for every run;
     L2-SP's prior mean is the pretrained body.

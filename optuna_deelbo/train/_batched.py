@@ -203,10 +203,12 @@ def train_batched(
     Args:
         objectives: one :class:`~optuna_deelbo.bayes.DEELBoObjective` per member, each around its own
             model of one architecture (e.g. ``K`` calls of the same factory), on the configs' device.
-        x, y: the training data ``(N, ...)``, ``(N,)``, shared by every member.
+        x: the training inputs ``(N, ...)``, shared by every member.
+        y: the training labels ``(N,)``.
         configs: one per member; they may differ only in :data:`PER_MEMBER_SETTINGS`.
         trials: optional Optuna trial per member: each gets its own reports and may be pruned alone.
-        transform, mixing: as in :func:`~optuna_deelbo.train.train_model`, drawn once per step for all members.
+        transform: as in :func:`~optuna_deelbo.train.train_model`, drawn once per step for all members.
+        mixing: as in :func:`~optuna_deelbo.train.train_model`, drawn once per step for all members.
         on_log: called every ``log_every`` steps with the members' log rows (``None`` for a stopped member).
         rungs: successive halving (:func:`~optuna_deelbo.train.halving_rungs`): after each rung's step the
             members still training are ranked by :meth:`LoopState.rung_loss` and all but the best

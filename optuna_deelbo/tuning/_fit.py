@@ -100,7 +100,8 @@ def fit_map(
             (``task.regularization.patience``) and by an adaptive schedule.
         schedule: pull-down / pull-up / adaptive weight decay (see :func:`train`).
         steps: overrides ``task.steps`` (e.g. retraining for an early-stopped step count).
-        checkpoint, resume: see :func:`~optuna_deelbo.train.train_model`.
+        checkpoint: see :func:`~optuna_deelbo.train.train_model`.
+        resume: see :func:`~optuna_deelbo.train.train_model`.
         weight_optimizer: ``TrainConfig.weight_optimizer`` (``"prodigy"``: ``lr`` is its multiplier).
     """
     _check_hparams(lr, weight_decay)

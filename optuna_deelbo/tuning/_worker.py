@@ -95,8 +95,9 @@ def run_worker(
             ``grpc://host:port``: a gRPC storage proxy in front of it (``optuna-deelbo proxy``; no heartbeats).
         study_names: studies created by :func:`~optuna_deelbo.tuning.plan_strategy_study`, worked off in order.
         device: where this worker trains (``None`` = CUDA when present).
-        heartbeat_interval, grace_period, max_retry: see
-            :func:`~optuna_deelbo.tuning.open_storage`.
+        heartbeat_interval: see :func:`~optuna_deelbo.tuning.open_storage`.
+        grace_period: see :func:`~optuna_deelbo.tuning.open_storage`.
+        max_retry: see :func:`~optuna_deelbo.tuning.open_storage`.
         artifacts: overrides the stored checkpoint directory (same store, other mount point).
         poll_s: how often a worker with nothing to take looks for retries of dead trials.
         on_trial: called after every trial this worker finished.
