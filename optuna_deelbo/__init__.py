@@ -1,18 +1,17 @@
 """optuna-deelbo: learn the regularization strength in-loop with the data-emphasized ELBo.
 
-The names here are what a user needs (see the README for a tour); the rest lives in the
+The names here are what a user needs (see the README and docs/ for a tour); the rest lives in the
 subpackages, each with its own ``__all__``: :mod:`~optuna_deelbo.bayes` (priors, posterior, DE-ELBo),
 :mod:`~optuna_deelbo.regularizers`, :mod:`~optuna_deelbo.train` (the loop), :mod:`~optuna_deelbo.data`,
 :mod:`~optuna_deelbo.models`, :mod:`~optuna_deelbo.task`, :mod:`~optuna_deelbo.tuning` (Optuna: sampler,
 strategies, studies, attrs), :mod:`~optuna_deelbo.report` and :mod:`~optuna_deelbo.integrations`
-(Lightning, optunahub; imported on demand). The 0.2 top-level names that moved still work until 0.4,
-with a DeprecationWarning naming their new home.
+(Lightning, optunahub; imported on demand). The names deprecated in 0.3 are gone in 0.4 (CHANGELOG.md
+names each one's new home).
 """
 
 from __future__ import annotations
 
 from optuna_deelbo import bayes, data, models, regularizers, report, task, train, tuning
-from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo._errors import (
     CheckpointError,
     ConfigError,
@@ -90,87 +89,3 @@ __all__ = [
     "tuning",
     "wordnet_task",
 ]
-
-#: 0.2's top-level names that moved into a subpackage: still served, with a DeprecationWarning, until 0.4.
-_MOVED = {
-    "AdaptiveFeedback": "optuna_deelbo.train:AdaptiveFeedback",
-    "BACKBONE_NAMES": "optuna_deelbo.models:BACKBONE_NAMES",
-    "Backbone": "optuna_deelbo.models:Backbone",
-    "BatchMixing": "optuna_deelbo.regularizers:BatchMixing",
-    "CIFAR10_CLASSES": "optuna_deelbo.data:CIFAR10_CLASSES",
-    "CifarResNet": "optuna_deelbo.models:CifarResNet",
-    "DATASET_NAMES": "optuna_deelbo.task:DATASET_NAMES",
-    "DEELBoObjective": "optuna_deelbo.bayes:DEELBoObjective",
-    "DEFAULT_STORAGE": "optuna_deelbo.tuning:DEFAULT_STORAGE",
-    "DEFAULT_STRATEGIES": "optuna_deelbo.tuning.strategies:DEFAULT_STRATEGIES",
-    "DeviceAugment": "optuna_deelbo.data:DeviceAugment",
-    "DivergenceRule": "optuna_deelbo.train:DivergenceRule",
-    "EarlyStopping": "optuna_deelbo.train:EarlyStopping",
-    "LEARNED_ATTR_PREFIX": "optuna_deelbo.tuning.attrs:LEARNED_PREFIX",
-    "LossRecord": "optuna_deelbo.bayes:LossRecord",
-    "MAPObjective": "optuna_deelbo.bayes:MAPObjective",
-    "Metrics": "optuna_deelbo.train:Metrics",
-    "Objective": "optuna_deelbo.bayes:Objective",
-    "PENALTY_NAMES": "optuna_deelbo.regularizers:PENALTY_NAMES",
-    "PRIOR_NAMES": "optuna_deelbo.bayes:PRIOR_NAMES",
-    "PRIOR_STRUCTURES": "optuna_deelbo.bayes:PRIOR_STRUCTURES",
-    "ParameterGroups": "optuna_deelbo.bayes:ParameterGroups",
-    "Penalty": "optuna_deelbo.regularizers:Penalty",
-    "Pretrained": "optuna_deelbo.task:Pretrained",
-    "RECIPE_NAMES": "optuna_deelbo.bayes:RECIPE_NAMES",
-    "Regularization": "optuna_deelbo.regularizers:Regularization",
-    "RetrainResult": "optuna_deelbo.tuning:RetrainResult",
-    "SELECTION_RULES": "optuna_deelbo.bayes:SELECTION_RULES",
-    "SIGMA_MODES": "optuna_deelbo.bayes:SIGMA_MODES",
-    "STRATEGY_NAMES": "optuna_deelbo.tuning.strategies:STRATEGY_NAMES",
-    "SWAGCollector": "optuna_deelbo.bayes:SWAGCollector",
-    "SWAGMoments": "optuna_deelbo.bayes:SWAGMoments",
-    "SmallCNN": "optuna_deelbo.models:SmallCNN",
-    "StepSchedule": "optuna_deelbo.train:StepSchedule",
-    "Strategy": "optuna_deelbo.tuning.strategies:Strategy",
-    "StrategyResult": "optuna_deelbo.tuning:StrategyResult",
-    "TaskRecipe": "optuna_deelbo.task:BuiltinTask",
-    "TrainConfig": "optuna_deelbo.train:TrainConfig",
-    "TrainResult": "optuna_deelbo.train:TrainResult",
-    "TransferData": "optuna_deelbo.data:TransferData",
-    "WeightPosterior": "optuna_deelbo.bayes:WeightPosterior",
-    "build_backbone": "optuna_deelbo.models:build_backbone",
-    "constant": "optuna_deelbo.train:constant",
-    "continue_until": "optuna_deelbo.train:continue_until",
-    "cutmix": "optuna_deelbo.regularizers:cutmix",
-    "cutout": "optuna_deelbo.regularizers:cutout",
-    "digits_transfer": "optuna_deelbo.data:digits_transfer",
-    "finish_planned_study": "optuna_deelbo.tuning:finish_planned_study",
-    "fit_deelbo": "optuna_deelbo.tuning:fit_deelbo",
-    "fit_map": "optuna_deelbo.tuning:fit_map",
-    "get_strategy": "optuna_deelbo.tuning:get_strategy",
-    "laplace_neg_log_evidence": "optuna_deelbo.bayes:laplace_neg_log_evidence",
-    "learned_names": "optuna_deelbo.tuning:learned_names",
-    "load_checkpoint": "optuna_deelbo.models:load_checkpoint",
-    "load_cifar10_jpeg": "optuna_deelbo.data:load_cifar10_jpeg",
-    "load_cifar10_torchvision": "optuna_deelbo.data:load_cifar10_torchvision",
-    "mixup": "optuna_deelbo.regularizers:mixup",
-    "one_hot_targets": "optuna_deelbo.regularizers:one_hot_targets",
-    "plan_strategy_study": "optuna_deelbo.tuning:plan_strategy_study",
-    "pretrain": "optuna_deelbo.task:pretrain",
-    "pull_down": "optuna_deelbo.train:pull_down",
-    "pull_up": "optuna_deelbo.train:pull_up",
-    "random_erasing": "optuna_deelbo.regularizers:random_erasing",
-    "resolve_device": "optuna_deelbo.train:resolve_device",
-    "retrain": "optuna_deelbo.tuning:retrain",
-    "retrain_steps": "optuna_deelbo.train:retrain_steps",
-    "run_compare": "optuna_deelbo.tuning:compare",
-    "run_worker": "optuna_deelbo.tuning:run_worker",
-    "score_deelbo_run": "optuna_deelbo.tuning:score_deelbo_run",
-    "selection_scores": "optuna_deelbo.bayes:selection_scores",
-    "set_head_dropout": "optuna_deelbo.regularizers:set_head_dropout",
-    "set_stochastic_depth": "optuna_deelbo.regularizers:set_stochastic_depth",
-    "split_classes": "optuna_deelbo.data:split_classes",
-    "stratified_indices": "optuna_deelbo.data:stratified_indices",
-    "suggest_regularization": "optuna_deelbo.tuning:suggest_regularization",
-    "task_objective": "optuna_deelbo.tuning.strategies:task_objective",
-    "train_val_split": "optuna_deelbo.data:train_val_split",
-    "with_new_head": "optuna_deelbo.models:with_new_head",
-    "without_learned": "optuna_deelbo.tuning:without_learned",
-}
-__getattr__ = moved_names(__name__, _MOVED)

@@ -116,7 +116,6 @@ def test_the_private_attribute_check_would_catch_the_old_uses() -> None:
 #: Modules tested in a file named after a concept rather than the module (each listed file must name the
 #: module or one of its public names). Every other module with logic has ``tests/test_<name>.py``.
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
-    "_deprecated.py": ("test_public_api.py",),
     "_divergence_rule.py": ("test_divergence.py",),
     "bayes/_deelbo.py": ("test_own_loop.py", "test_user_mistakes.py"),
     "data/_splits.py": ("test_tasks.py",),
@@ -183,3 +182,85 @@ def test_benchmarks_use_the_public_api() -> None:
             if private.search(line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
     assert not found, found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, Path]) -> list[str]:
+    """The package's modules an import statement names (``from pkg import sub`` names the module ``pkg.sub``)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            here = module.split(".") if modules[module].name == "__init__.py" else module.split(".")[:-1]
+            base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    found = []
+    for name in names:
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        if name in modules:
+            found.append(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere (top level, TYPE_CHECKING, inside functions).
+
+    A module's import of its own package's ``__init__`` (which only re-exports) is not an edge.
+    """
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "hub" not in p.relative_to(PACKAGE).parts}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                for target in _imported(module, node, modules):
+                    is_own_package = modules[target].name == "__init__.py" and module.startswith(f"{target}.")
+                    if target != module and not is_own_package:
+                        graph[module].add(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = [stack.pop()]
+            while component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_not_even_through_type_checking_or_a_local_import() -> None:
+    """Issue 35: bayes/_deelbo -> _selection -> _objectives (for typing) -> _deelbo was one."""
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    edges = import_graph()
+    assert "optuna_deelbo.bayes._selection" in edges["optuna_deelbo.bayes._deelbo"]  # the real graph is read

@@ -1,4 +1,4 @@
-"""The public surface stays put: ``optuna_deelbo.__all__``, each subpackage's, the moved names, the CLI's options.
+"""The public surface stays put: ``optuna_deelbo.__all__``, each subpackage's, the names removed in 0.4, the CLI.
 
 A rename or removal fails here on purpose; add new names to the lists in the same change.
 """
@@ -11,9 +11,7 @@ import re
 import types
 from pathlib import Path
 
-import optuna
 import pytest
-import torch
 
 import optuna_deelbo as od
 from optuna_deelbo.cli import build_parser
@@ -158,46 +156,36 @@ def test_no_function_shadows_a_subpackage() -> None:
                 assert isinstance(getattr(module, name), types.ModuleType), f"{module.__name__}.{name}"
 
 
-def _moved_maps() -> list[tuple[str, str, str]]:
-    out = []
-    for path in PACKAGE.rglob("__init__.py"):
-        module = importlib.import_module(".".join(path.relative_to(PACKAGE.parent).parent.parts))
-        moved = getattr(getattr(module, "__getattr__", None), "moved", {})
-        out += [(module.__name__, old, new) for old, new in moved.items()]
-    return out
+def _removed_names() -> list[tuple[str, str]]:
+    """CHANGELOG.md's table of the 0.3 names removed in 0.4: (old dotted name, where it lives now)."""
+    text = (PACKAGE.parent / "CHANGELOG.md").read_text()
+    return re.findall(r"^\| `(optuna_deelbo[\w.]*)` \| `(optuna_deelbo[\w.]*)` \|$", text, re.M)
 
 
-@pytest.mark.parametrize(("package", "old", "new"), _moved_maps())
-def test_every_moved_name_still_works_with_a_deprecation_warning(package: str, old: str, new: str) -> None:
-    module_name, _, attr = new.partition(":")
-    target = getattr(importlib.import_module(module_name), attr)
-    assert not any(part.startswith("_") for part in module_name.split(".")), f"{new}: new home must be public"
-    assert attr in importlib.import_module(module_name).__all__ or module_name.endswith("attrs")
-    with pytest.warns(DeprecationWarning, match=re.escape(f"use {module_name}.{attr}")):
-        assert getattr(importlib.import_module(package), old) is target
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+        try:
+            target: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            target = getattr(target, attr)
+        return target
+    raise ImportError(dotted)
 
 
-def test_old_calls_still_work_with_a_deprecation_warning() -> None:
-    """0.2's ``od.train(...)`` (now the subpackage) and ``reg.report(trial)`` (now ``od.report_learned``)."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
-    groups = od.bayes.ParameterGroups.split(model, ())
-    objective = od.bayes.MAPObjective(model, groups, od.IsotropicGaussian.zero(groups.numel(model, "body")), 1e-4)
-    config = od.train.TrainConfig(lr=0.1, steps=3, batch_size=4, progress=False, device="cpu")
-    with pytest.warns(DeprecationWarning, match=r"od\.train\.train_model"):
-        result = od.train(objective, x, y, config)  # type: ignore[operator]
-    assert len(result.history) > 0 or result.final_loss == result.final_loss
-    reg = od.DEELBo(model, n_train=12)
-    study = optuna.create_study()
-    trial = study.ask()
-    reg.loss(torch.nn.functional.cross_entropy(reg(x), y)).backward()
-    with pytest.warns(DeprecationWarning, match=r"report_learned"):
-        attrs = reg.report(trial)
-    assert attrs == od.tuning.attrs.prefixed_learned(reg.learned_values())
-    with pytest.warns(DeprecationWarning, match=r"prefixed_learned"):
-        assert reg.learned_attrs() == attrs
-    assert study.trials[0].user_attrs[od.tuning.attrs.LEARNED_WEIGHT_DECAY] == attrs["learned:weight_decay"]
+def test_the_names_deprecated_in_0_3_are_gone_and_the_changelog_names_each_new_home() -> None:
+    removed = _removed_names()
+    assert len(removed) >= 100
+    for old, new in removed:
+        package, _, name = old.rpartition(".")
+        assert not hasattr(importlib.import_module(package), name), f"{old} is still served"
+        _resolve(new)  # the CHANGELOG's new home exists
+        assert not any(part.startswith("_") for part in new.split(".")), f"{new}: new home must be public"
+    assert not callable(od.train)  # 0.2's od.train(...) call: the loop is od.train.train_model
+    assert not hasattr(od.DEELBo, "report") and not hasattr(od.DEELBo, "learned_attrs")
+    assert not hasattr(od.tuning.strategies.Strategy, "run")
 
 
 def test_cli_subcommands_and_options_are_pinned() -> None:
@@ -209,12 +197,7 @@ def test_cli_subcommands_and_options_are_pinned() -> None:
     assert found == CLI_OPTIONS
 
 
-def test_an_unknown_name_is_still_an_attribute_error() -> None:
-    """``moved_names`` serves only the names it lists: a typo is an AttributeError, as without it."""
-    from optuna_deelbo._deprecated import moved_names
-
+def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match=r"module 'optuna_deelbo' has no attribute 'fitt'"):
         od.fitt  # type: ignore[attr-defined]  # noqa: B018
     assert not hasattr(od.tuning, "TaskSpec")
-    with pytest.raises(AttributeError, match=r"'pkg' has no attribute 'x'"):
-        moved_names("pkg", {})("x")

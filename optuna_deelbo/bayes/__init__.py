@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.bayes._batchnorm import recalibrate_batchnorm
 from optuna_deelbo.bayes._deelbo import BatchNormWarning, DEELBo
 from optuna_deelbo.bayes._deelbo_recipe import (
@@ -61,11 +60,3 @@ __all__ = [
     "recalibrate_batchnorm",
     "selection_scores",
 ]
-
-__getattr__ = moved_names(
-    __name__,
-    {
-        "FAILURE_REASON_ATTR": "optuna_deelbo.tuning.attrs:FAILURE_REASON",
-        "LEARNED_ATTR_PREFIX": "optuna_deelbo.tuning.attrs:LEARNED_PREFIX",
-    },
-)

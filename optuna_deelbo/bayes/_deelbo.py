@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from optuna_deelbo._batches import count_examples
-from optuna_deelbo._deprecated import call_moved
 from optuna_deelbo._divergence_rule import DivergenceRule
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import FLOAT32_MAX, check_seed, learning_rate, positive_finite, positive_int
@@ -446,16 +445,6 @@ class DEELBo(nn.Module):
         if self.prior_structure == "layer":
             values["lambda_layers"] = self.layer_variances()
         return values
-
-    def learned_attrs(self) -> dict[str, Any]:
-        """Deprecated (removed in 0.4): ``od.tuning.attrs.prefixed_learned(reg.learned_values())``."""
-        return call_moved(
-            "DEELBo.learned_attrs()", "optuna_deelbo.tuning.attrs:prefixed_learned", self.learned_values()
-        )
-
-    def report(self, trial: Any) -> dict[str, Any]:
-        """Deprecated (removed in 0.4): ``od.report_learned(trial, reg)``."""
-        return call_moved("DEELBo.report(trial)", "optuna_deelbo.tuning:report_learned", trial, self)
 
     def check_divergence(self) -> None:
         """Raise :class:`~optuna_deelbo.TrainingDiverged` if the run so far counts as diverged.

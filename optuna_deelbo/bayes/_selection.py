@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -33,10 +33,8 @@ from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import check_seed, positive_int
 from optuna_deelbo.bayes._batchnorm import batchnorm_layers
 from optuna_deelbo.bayes._deelbo_recipe import SELECTION_RULES
-from optuna_deelbo.bayes._posterior import WeightPosterior
-
-if TYPE_CHECKING:
-    from optuna_deelbo.bayes._objectives import DEELBoObjective
+from optuna_deelbo.bayes._posterior import ParameterGroups, WeightPosterior
+from optuna_deelbo.bayes._priors import GaussianPrior
 
 __all__ = [
     "BATCHNORM_MODES",
@@ -67,6 +65,33 @@ class _HasPosterior(Protocol):
 
     @property
     def posterior(self) -> WeightPosterior: ...
+
+
+class ScoredRun(_HasPosterior, Protocol):
+    """A finished DE-ELBo run as the Laplace and ELBo rules read it (a :class:`~optuna_deelbo.bayes.DEELBoObjective`).
+
+    Declared here, not imported, so the scores depend on nothing of the DE-ELBo's own modules.
+    """
+
+    @property
+    def groups(self) -> ParameterGroups: ...
+
+    @property
+    def body_prior(self) -> GaussianPrior: ...
+
+    @property
+    def prior_structure(self) -> str: ...
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]: ...
+
+    @property
+    def n_train(self) -> int: ...
+
+    @property
+    def kappa(self) -> float: ...
+
+    def kl_terms(self) -> tuple[Tensor, Tensor, Tensor | None]: ...
 
 
 def _batches(x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
@@ -256,7 +281,7 @@ def _block_evidence_term(h: Tensor, quad: Tensor, precision_diag: Tensor, logdet
 
 
 def laplace_neg_log_evidence(
-    objective: DEELBoObjective,
+    objective: ScoredRun,
     x: Tensor,
     y: Tensor,
     *,
@@ -305,7 +330,7 @@ def laplace_neg_log_evidence(
 
 
 def selection_scores(
-    objective: DEELBoObjective,
+    objective: ScoredRun,
     x: Tensor,
     y: Tensor,
     *,

@@ -5,7 +5,6 @@ Models live in :mod:`optuna_deelbo.models`, tasks (TaskSpec, the built-in tasks)
 
 from __future__ import annotations
 
-from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.data._cifar import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -49,22 +48,3 @@ __all__ = [
     "stratified_indices",
     "train_val_split",
 ]
-
-__getattr__ = moved_names(
-    __name__,
-    {
-        "BACKBONE_NAMES": "optuna_deelbo.models:BACKBONE_NAMES",
-        "Backbone": "optuna_deelbo.models:Backbone",
-        "CifarBasicBlock": "optuna_deelbo.models:CifarBasicBlock",
-        "CifarResNet": "optuna_deelbo.models:CifarResNet",
-        "build_backbone": "optuna_deelbo.models:build_backbone",
-        "load_checkpoint": "optuna_deelbo.models:load_checkpoint",
-        "SmallCNN": "optuna_deelbo.models:SmallCNN",
-        "with_new_head": "optuna_deelbo.models:with_new_head",
-        "pretrain": "optuna_deelbo.task:pretrain",
-        "TaskSpec": "optuna_deelbo.task:TaskSpec",
-        "DATASET_NAMES": "optuna_deelbo.task:DATASET_NAMES",
-        "digits_task": "optuna_deelbo.task:digits_task",
-        "split_cifar_task": "optuna_deelbo.task:split_cifar_task",
-    },
-)

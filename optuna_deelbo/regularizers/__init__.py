@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo.regularizers._mixing import (
     BatchMixing,
     cutmix,
@@ -41,5 +40,3 @@ __all__ = [
     "set_stochastic_depth",
     "soft_cross_entropy",
 ]
-
-__getattr__ = moved_names(__name__, {"suggest_regularization": "optuna_deelbo.tuning:suggest_regularization"})

@@ -2,7 +2,7 @@
 
 A *comparison* is the set of strategy studies run on one task with one prior; their study
 names share the prefix ``<task>/<prior>/`` (see :func:`optuna_deelbo.tuning.study_name_for`)
-and each carries the study user attrs that :meth:`Strategy.run` writes, so a report can be
+and each carries the study user attrs that :func:`~optuna_deelbo.tuning.run_strategy` writes, so a report can be
 rebuilt from the storage without training anything.
 """
 

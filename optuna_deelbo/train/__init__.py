@@ -6,12 +6,6 @@ internals; where checkpoints are stored per Optuna trial is :class:`optuna_deelb
 
 from __future__ import annotations
 
-import sys
-import types
-import warnings
-from typing import Any
-
-from optuna_deelbo._deprecated import REMOVED_IN
 from optuna_deelbo.train._batched import BatchingUnsupported, train_batched
 from optuna_deelbo.train._checkpoint import CheckpointHook, CheckpointStore, Resume
 from optuna_deelbo.train._divergence import DIVERGENCE_KINDS, DivergenceRule
@@ -47,18 +41,3 @@ __all__ = [
     "train_batched",
     "train_model",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``od.train(...)``, the 0.2 function that this subpackage's name shadowed, still runs (deprecated)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
-        warnings.warn(
-            f"od.train(...) has moved: use od.train.train_model(...) (the call is removed in {REMOVED_IN})",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return train_model(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from optuna_deelbo._deprecated import moved_names
 from optuna_deelbo._errors import SearchFailed
 from optuna_deelbo.tuning import attrs
 from optuna_deelbo.tuning._batched import fit_deelbo_batched
@@ -118,15 +117,3 @@ __all__ = [
     "without_learned",
     "worker_checkpointing",
 ]
-
-__getattr__ = moved_names(
-    __name__,
-    {
-        "run_compare": "optuna_deelbo.tuning:compare",
-        "TaskRecipe": "optuna_deelbo.task:BuiltinTask",
-        "RECIPE_ATTR": "optuna_deelbo.tuning.attrs:BUILTIN_TASK",
-        "RECIPE_VERSION": "optuna_deelbo.task:BUILTIN_TASK_VERSION",
-        "LEARNED_ATTR_PREFIX": "optuna_deelbo.tuning.attrs:LEARNED_PREFIX",
-        "PLANNED_ATTR": "optuna_deelbo.tuning.attrs:PLANNED",
-    },
-)

@@ -5,7 +5,6 @@ A strategy says what to search; the study lifecycle in :mod:`optuna_deelbo.tunin
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -161,15 +160,3 @@ class Strategy(ABC):
         if self.learning_rates != LEARNING_RATES:  # (studies planned with the default grid keep their signature)
             signature["learning_rates"] = list(self.learning_rates)
         return signature
-
-    def run(self, task: TaskSpec, storage: optuna.storages.BaseStorage, study_name: str, **kwargs: Any) -> Any:
-        """Deprecated (removed in 0.4): :func:`optuna_deelbo.tuning.run_strategy` ``(strategy, task, ...)``."""
-        from optuna_deelbo.tuning._study import run_strategy
-
-        warnings.warn(
-            "Strategy.run(task, ...) has moved: use optuna_deelbo.tuning.run_strategy(strategy, task, ...) "
-            "(Strategy.run is removed in 0.4)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return run_strategy(self, task, storage, study_name, **kwargs)
