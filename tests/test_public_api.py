@@ -73,7 +73,7 @@ SUBPACKAGE_SIZES = {
     "train": 24,
     "tuning": 51,
     "tuning.attrs": 57,
-    "tuning.strategies": 26,
+    "tuning.strategies": 27,
     "integrations": 1,
 }
 

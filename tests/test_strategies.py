@@ -129,3 +129,23 @@ def test_a_retry_interrupted_between_two_parameters_draws_the_rest_as_the_uninte
     retry = interrupted.ask()
     assert retry.number == 4 and "failed_trial" in interrupted.trials[4].system_attrs
     assert {name: retry.suggest_float(name, d.low, d.high, log=True) for name, d in box.items()} == expected
+
+
+def test_every_strategy_is_one_row_of_the_name_table_and_get_strategy_builds_that_class() -> None:
+    table = od.tuning.strategies.STRATEGIES
+    assert tuple(table) == od.tuning.strategies.STRATEGY_NAMES and len(table) == 13
+    for name, cls in table.items():
+        assert cls.name == name
+        built = od.tuning.get_strategy(name, tpe_trials=5)
+        assert type(built) is cls
+        assert getattr(built, "_trials", 5) == 5  # the TPE strategies take tpe_trials, the others ignore it
+    lrs = (0.2, 0.02)
+    assert od.tuning.get_strategy("grid", learning_rates=lrs).learning_rates == lrs
+    assert od.tuning.get_strategy("deelbo-descend", learning_rates=(0.02, 0.2)).learning_rates == (0.2, 0.02)
+    assert od.tuning.get_strategy("deelbo", batched="on").batched == "on"
+    with pytest.raises(od.ConfigError, match="always trains its learning rates batched"):
+        od.tuning.get_strategy("deelbo-halving", batched="off")
+    with pytest.raises(od.ConfigError, match="searches no learning rate"):
+        od.tuning.get_strategy("deelbo-lr-free", learning_rates=lrs)
+    with pytest.raises(od.ConfigError, match="unknown strategy"):
+        od.tuning.get_strategy("grid-search")

@@ -32,6 +32,7 @@ __all__ = [
     "LEARNING_RATES",
     "LR_RANGE",
     "SEARCHED_REGULARIZERS",
+    "STRATEGIES",
     "STRATEGY_NAMES",
     "WEIGHT_DECAYS",
     "WEIGHT_DECAY_RANGE",
@@ -55,22 +56,27 @@ __all__ = [
     "task_objective",
 ]
 
+#: Every strategy by its name (``optuna-deelbo compare --strategies``), in the order ``--help`` lists them.
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        DEELBoStrategy,
+        DescendingDEELBoStrategy,
+        HalvingDEELBoStrategy,
+        LRFreeDEELBoStrategy,
+        GridStrategy,
+        TPEStrategy,
+        TPERegStrategy,
+        TPEBudgetStrategy,
+        DefaultStrategy,
+        LRFreeStrategy,
+        PullDownStrategy,
+        PullUpStrategy,
+        AdaptiveStrategy,
+    )
+}
 #: Strategy names accepted by :func:`get_strategy` and ``optuna-deelbo compare --strategies``.
-STRATEGY_NAMES: tuple[str, ...] = (
-    "deelbo",
-    "deelbo-descend",
-    "deelbo-halving",
-    "deelbo-lr-free",
-    "grid",
-    "tpe",
-    "tpe-reg",
-    "tpe-budget",
-    "default",
-    "lr-free",
-    "pulldown",
-    "pullup",
-    "adaptive",
-)
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 #: What ``optuna-deelbo compare`` runs when ``--strategies`` is not given.
 DEFAULT_STRATEGIES: tuple[str, ...] = ("deelbo", "grid", "tpe", "tpe-budget", "default")
 
@@ -91,41 +97,8 @@ def get_strategy(
     Raises:
         ConfigError: an unknown name, a bad grid or batched mode.
     """
-    lrs = learning_rates
     if batched not in BATCHED_MODES:
         raise ConfigError(f"unknown batched mode {batched!r}; choose one of {BATCHED_MODES}")
-    if name == "deelbo":
-        return DEELBoStrategy(lrs, batched=batched)
-    if name == "deelbo-descend":
-        return DescendingDEELBoStrategy(lrs)
-    if name == "deelbo-halving":
-        if batched == "off":
-            raise ConfigError(
-                "deelbo-halving always trains its learning rates batched: leave --batched out or use deelbo"
-            )
-        return HalvingDEELBoStrategy(lrs)
-    if name == "deelbo-lr-free":
-        if lrs is not None:
-            raise ConfigError(
-                "deelbo-lr-free searches no learning rate (Prodigy learns its step): leave --lrs out, or use deelbo"
-            )
-        return LRFreeDEELBoStrategy()
-    if name == "grid":
-        return GridStrategy(lrs)
-    if name == "tpe":
-        return TPEStrategy(tpe_trials, learning_rates=lrs)
-    if name == "tpe-budget":
-        return TPEBudgetStrategy(trials=tpe_trials, learning_rates=lrs)
-    if name == "default":
-        return DefaultStrategy()
-    if name == "lr-free":
-        return LRFreeStrategy()
-    if name == "tpe-reg":
-        return TPERegStrategy(tpe_trials, learning_rates=lrs)
-    if name == "pulldown":
-        return PullDownStrategy(lrs)
-    if name == "pullup":
-        return PullUpStrategy(lrs)
-    if name == "adaptive":
-        return AdaptiveStrategy(lrs)
+    if isinstance(name, str) and name in STRATEGIES:
+        return STRATEGIES[name].from_options(learning_rates=learning_rates, tpe_trials=tpe_trials, batched=batched)
     raise ConfigError(f"unknown strategy {shown(name)}; choose from {', '.join(STRATEGY_NAMES)}")

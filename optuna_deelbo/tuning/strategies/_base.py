@@ -107,6 +107,19 @@ class Strategy(ABC):
     def __init__(self, learning_rates: Sequence[float] | None = None) -> None:
         self.learning_rates = check_learning_rates(learning_rates) if learning_rates is not None else LEARNING_RATES
 
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        """The strategy from ``compare``'s shared options (what :func:`get_strategy` passes every class).
+
+        Args:
+            learning_rates: the learning-rate grid (``None``: :data:`LEARNING_RATES`).
+            tpe_trials: the TPE strategies' trial count (the others ignore it).
+            batched: the DE-ELBo strategies' batched mode (the others ignore it).
+        """
+        return cls(learning_rates)
+
     @property
     def lr_range(self) -> tuple[float, float]:
         """``(low, high)`` of the learning-rate grid: the objective's ``suggest_float("lr", ...)`` range."""

@@ -49,6 +49,12 @@ class DEELBoStrategy(Strategy):
             raise ConfigError(f"unknown batched mode {batched!r}; choose one of {BATCHED_MODES}")
         self.batched = batched
 
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        return cls(learning_rates, batched=batched)
+
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
         grid = optuna.samplers.GridSampler({"lr": list(self.learning_rates)}, seed=task.seed)
         return DEELBoSampler(grid, learned=("weight_decay",))

@@ -11,13 +11,15 @@ every DE-ELBo run, so nothing is searched: the study has one trial, on all N.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 
+from optuna_deelbo._errors import ConfigError
 from optuna_deelbo._validation import positive_finite
 from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.tuning.strategies._base import Strategy
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
 
 __all__ = ["PRODIGY_MULTIPLIER", "SIGMA_ADAM_LR", "LRFreeDEELBoStrategy"]
@@ -48,6 +50,16 @@ class LRFreeDEELBoStrategy(DEELBoStrategy):
     def __init__(self, sigma_lr: float = SIGMA_ADAM_LR) -> None:
         super().__init__(learning_rates=(PRODIGY_MULTIPLIER,), batched="off")
         self.sigma_lr = positive_finite(sigma_lr, "sigma_lr (deelbo-lr-free)")
+
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        if learning_rates is not None:
+            raise ConfigError(
+                "deelbo-lr-free searches no learning rate (Prodigy learns its step): leave --lrs out, or use deelbo"
+            )
+        return cls()
 
     def lr_free_task(self, task: TaskSpec) -> TaskSpec:
         """``task`` with its DE-ELBo recipe switched to Prodigy for the weights and Adam for sigma."""

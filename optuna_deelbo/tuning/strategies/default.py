@@ -8,7 +8,7 @@ people copy from recipes, 5e-4 for convolutional networks and 0.01 for attention
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -61,6 +61,12 @@ class DefaultStrategy(Strategy):
         super().__init__()
         self.lr = learning_rate(lr, "the default strategy's lr")
         self.weight_decay = None if weight_decay is None else nonnegative_finite(weight_decay, "weight_decay")
+
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        return cls()  # one run at the task's default settings: no grid to take
 
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=task.seed)  # draws nothing: both parameters are single-valued

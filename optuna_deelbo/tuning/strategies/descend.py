@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.tuning._fit import fit
-from optuna_deelbo.tuning.strategies._base import skip_trial, suggest_hyperparameters
+from optuna_deelbo.tuning.strategies._base import Strategy, skip_trial, suggest_hyperparameters
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
 
 __all__ = ["DescendingDEELBoStrategy", "descend_skip_reason", "descend_stop"]
@@ -59,6 +59,12 @@ class DescendingDEELBoStrategy(DEELBoStrategy):
     def __init__(self, learning_rates: Sequence[float] | None = None) -> None:
         super().__init__(learning_rates, batched="off")
         self.learning_rates = tuple(sorted(self.learning_rates, reverse=True))
+
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        return cls(learning_rates)  # always sequential: each rate's score decides whether the next one trains
 
     def objective(self, task: TaskSpec) -> Callable[[optuna.trial.Trial], float]:
         """The user objective, preceded by the stop rule (:func:`descend_skip_reason`)."""

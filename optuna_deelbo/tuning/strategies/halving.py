@@ -22,7 +22,7 @@ from optuna_deelbo.train._batched import BatchingUnsupported
 from optuna_deelbo.train._halving import Rung, halving_rungs
 from optuna_deelbo.tuning._batched import run_batched_trials
 from optuna_deelbo.tuning._trial_queue import PlannedStudy
-from optuna_deelbo.tuning.strategies._base import suggest_hyperparameters
+from optuna_deelbo.tuning.strategies._base import Strategy, suggest_hyperparameters
 from optuna_deelbo.tuning.strategies.deelbo import DEELBoStrategy
 
 __all__ = ["HalvingDEELBoStrategy"]
@@ -47,6 +47,16 @@ class HalvingDEELBoStrategy(DEELBoStrategy):
 
     def __init__(self, learning_rates: Sequence[float] | None = None) -> None:
         super().__init__(learning_rates, batched="on")
+
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        if batched == "off":
+            raise ConfigError(
+                "deelbo-halving always trains its learning rates batched: leave --batched out or use deelbo"
+            )
+        return cls(learning_rates)
 
     def rungs(self, task: TaskSpec) -> tuple[Rung, ...]:
         """When the members are ranked and how many go on, for ``task``'s steps and log interval."""

@@ -152,6 +152,12 @@ class TPEStrategy(Strategy):
             positive_int(trials, "TPE trials")
         self._trials = trials or len(self.learning_rates) * len(WEIGHT_DECAYS)
 
+    @classmethod
+    def from_options(
+        cls, *, learning_rates: Sequence[float] | None = None, tpe_trials: int | None = None, batched: str = "auto"
+    ) -> Strategy:
+        return cls(trials=tpe_trials, learning_rates=learning_rates)
+
     def sampler(self, task: TaskSpec) -> optuna.samplers.BaseSampler:
         return TrialSeededTPESampler(seed=task.seed)
 
