@@ -37,8 +37,8 @@ import torch
 
 import optuna_deelbo as od
 from optuna_deelbo.bayes import RECIPES, SELECTION_RULES, DEELBoRecipe
-from optuna_deelbo.tuning import fit_deelbo, recalibrate_for_mean_weights, score_deelbo_run
 from optuna_deelbo.tuning.strategies import LEARNING_RATES
+from optuna_deelbo.tuning.trials import fit_deelbo, recalibrate_for_mean_weights, score_deelbo_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord, write_csv

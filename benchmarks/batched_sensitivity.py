@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning import deelbo_objective, finish_deelbo_training, fit_deelbo_batched
+from optuna_deelbo.tuning.trials import deelbo_objective, finish_deelbo_training, fit_deelbo_batched
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS, RunRecord

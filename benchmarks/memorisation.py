@@ -96,7 +96,7 @@ def main() -> None:
             task = dataclasses.replace(clean, train=od.Split(clean.train.x, y))
             runs = []
             for lr in LEARNING_RATES:
-                objective, result = od.tuning.fit_deelbo(task, lr)
+                objective, result = od.tuning.trials.fit_deelbo(task, lr)
                 runs.append((result.final_loss, lr, objective, result))
             loss, lr, objective, result = min(runs, key=lambda r: r[0] if r[0] == r[0] else float("inf"))
             last = result.history[-1]
@@ -110,7 +110,7 @@ def main() -> None:
                 "weight_decay": objective.equivalent_weight_decay(last["lambda"]),
                 **_measure(objective.model, task, clean, mask),
             }
-            model, map_result = od.tuning.fit_map(task, lr, 0.0, task.train)
+            model, map_result = od.tuning.trials.fit_map(task, lr, 0.0, task.train)
             nan = float("nan")
             map_row = {
                 "method": "map-wd0",

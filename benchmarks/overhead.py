@@ -220,11 +220,11 @@ def op_gap(task: od.TaskSpec, top: int = 8, repeats: int = 2) -> str:
             by_name[label] = by_name.get(label, 0.0) + tottime
         return by_name, total
 
-    od.tuning.fit_deelbo(task, 0.03)  # warm-up: caches, first-call costs
+    od.tuning.trials.fit_deelbo(task, 0.03)  # warm-up: caches, first-call costs
     runs: dict[str, list[tuple[dict[str, float], float]]] = {"map": [], "deelbo": []}
     for _ in range(repeats):  # interleaved; per op the least of the repeats (the machine's noise only adds)
-        runs["map"].append(profile(lambda: od.tuning.fit_map(task, 0.03, 1e-3, task.train)))
-        runs["deelbo"].append(profile(lambda: od.tuning.fit_deelbo(task, 0.03)))
+        runs["map"].append(profile(lambda: od.tuning.trials.fit_map(task, 0.03, 1e-3, task.train)))
+        runs["deelbo"].append(profile(lambda: od.tuning.trials.fit_deelbo(task, 0.03)))
 
     def least(kind: str) -> tuple[dict[str, float], float]:
         names = {n for ops, _ in runs[kind] for n in ops}

@@ -147,7 +147,7 @@ def _retrain_trials(task: od.TaskSpec, study: optuna.Study, numbers: Sequence[in
             done[number] = [attrs["test:accuracy"], attrs["test:nll"], attrs["time:retrain_s"]]
             continue
         params = trials[number].params
-        outcome = od.tuning.retrain(task, params["lr"], params["weight_decay"])
+        outcome = od.tuning.trials.retrain(task, params["lr"], params["weight_decay"])
         test = outcome.test
         assert test is not None, "the benchmark tasks have a test set"
         done[number] = [test.accuracy, test.nll, outcome.seconds]
@@ -180,7 +180,7 @@ def _duel(task: od.TaskSpec, storage: optuna.storages.BaseStorage, budget_s: flo
     if not complete:
         raise RuntimeError(f"{name}: no trial completed within {budget_s:.1f} s")
     best = min(complete, key=lambda t: float(t.value if t.value is not None else math.inf))
-    outcome = od.tuning.retrain(task, best.params["lr"], best.params["weight_decay"])
+    outcome = od.tuning.trials.retrain(task, best.params["lr"], best.params["weight_decay"])
     test = outcome.test
     assert test is not None
     for key, value in {

@@ -44,9 +44,10 @@ from optuna.trial import TrialState
 import optuna_deelbo as od
 from optuna_deelbo.task import BuiltinTask
 from optuna_deelbo.train import DivergenceRule
-from optuna_deelbo.tuning import DEELBoSampler, plan_strategy_study, queue_progress, search_seconds
+from optuna_deelbo.tuning import DEELBoSampler
 from optuna_deelbo.tuning.attrs import CHECKPOINT_STEP, RESUMED_STEP
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, WEIGHT_DECAYS, get_strategy
+from optuna_deelbo.tuning.workers import plan_strategy_study, queue_progress, search_seconds
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _postgres import find_bin_dir, postgres_server
 from _record import RESULTS, RunRecord
 
-from optuna_deelbo.tuning import PlannedStudy, QueueEmpty, open_storage
+from optuna_deelbo.tuning import open_storage
+from optuna_deelbo.tuning.workers import PlannedStudy, QueueEmpty
 
 #: The user attrs a DE-ELBo trial gets (names as od.fit writes them; values of the same kinds).
 ATTRS = {

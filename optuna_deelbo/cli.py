@@ -34,22 +34,18 @@ from optuna_deelbo.report import (
 )
 from optuna_deelbo.task import DATASET_NAMES, BuiltinTask
 from optuna_deelbo.train import resolve_device
-from optuna_deelbo.tuning import (
+from optuna_deelbo.tuning import DEFAULT_STORAGE, attrs, compare, learned_params, open_storage
+from optuna_deelbo.tuning._checkpoints import default_artifacts_dir
+from optuna_deelbo.tuning._study import parse_strategies
+from optuna_deelbo.tuning.strategies import BATCHED_MODES, DEFAULT_STRATEGIES, STRATEGY_NAMES, check_learning_rates
+from optuna_deelbo.tuning.workers import (
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_S,
-    DEFAULT_STORAGE,
-    attrs,
-    compare,
-    default_artifacts_dir,
     finish_planned_study,
-    learned_params,
-    open_storage,
-    parse_strategies,
     plan_compare,
     run_worker,
     serve_grpc_proxy,
 )
-from optuna_deelbo.tuning.strategies import BATCHED_MODES, DEFAULT_STRATEGIES, STRATEGY_NAMES, check_learning_rates
 
 __all__ = ["build_parser", "main"]
 

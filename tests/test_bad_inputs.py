@@ -495,7 +495,7 @@ CASES = [
         id="lr-zero",
     ),
     pytest.param(
-        lambda c: od.tuning.fit_deelbo(_task(), -1e-3),
+        lambda c: od.tuning.trials.fit_deelbo(_task(), -1e-3),
         od.ConfigError,
         r"learning rate \(lr\) must be a number from 1e-10 to 1e\+06, got -0\.001",
         id="lr-negative",

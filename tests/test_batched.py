@@ -316,8 +316,8 @@ def test_an_error_after_training_fails_the_untold_trials_instead_of_leaving_them
 def test_a_batched_search_refuses_a_study_without_deelbo_sampler_before_taking_a_trial(
     tiny_digits_task: od.TaskSpec,
 ) -> None:
-    from optuna_deelbo.tuning import PlannedStudy
     from optuna_deelbo.tuning._batched import run_batched_trials
+    from optuna_deelbo.tuning.workers import PlannedStudy
 
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="map")

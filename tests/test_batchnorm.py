@@ -52,10 +52,10 @@ def test_weights_do_not_change_and_models_without_batchnorm_are_left_alone() -> 
 def test_recalibration_option_changes_a_deelbo_runs_statistics() -> None:
     task, _ = od.digits_task(40, steps=20, pretrain_steps=20, recipe="v0.1")
     assert not task.deelbo_recipe.bn_recalibration and od.RECIPES["default"].bn_recalibration
-    plain = od.tuning.fit_deelbo(task, 0.1)[0].model
+    plain = od.tuning.trials.fit_deelbo(task, 0.1)[0].model
     recalibrated_task = dataclasses.replace(task, recipe=od.DEELBoRecipe(bn_recalibration=True))
-    recal = od.tuning.fit_deelbo(recalibrated_task, 0.1)[0].model
-    direct = od.tuning.fit_deelbo(task, 0.1)[0].model
+    recal = od.tuning.trials.fit_deelbo(recalibrated_task, 0.1)[0].model
+    direct = od.tuning.trials.fit_deelbo(task, 0.1)[0].model
     od.recalibrate_batchnorm(direct, task.train.x)
     for b, c in zip(recal.buffers(), direct.buffers(), strict=True):
         torch.testing.assert_close(b, c)  # the option is exactly the post-hoc call

@@ -29,7 +29,7 @@ def test_a_task_applies_its_recipe_to_deelbo_runs_only() -> None:
     assert task.recipe == od.RECIPES["paper"]
     config = task.deelbo_train_config(0.1)
     assert config.clip_norm == 1.0 and task.train_config(0.1).clip_norm == 10.0  # MAP keeps its clipping
-    objective, _ = od.tuning.fit_deelbo(task, 0.1)
+    objective, _ = od.tuning.trials.fit_deelbo(task, 0.1)
     assert list(objective.posterior.rho) == ["body"]  # one sigma for body and head
     fresh = od.bayes.DEELBoObjective(
         task.build_model(), objective.groups, objective.body_prior, n_train=40, init_sigma=1e-4, share_head_sigma=True
@@ -70,7 +70,7 @@ def test_per_layer_lambda_is_refused_with_a_ptyl_prior() -> None:
 
 def test_per_layer_lambda_run_reports_one_lambda_per_body_tensor() -> None:
     task, _ = od.digits_task(40, steps=20, pretrain_steps=5, recipe=od.DEELBoRecipe(prior_structure="layer"))
-    objective, result = od.tuning.fit_deelbo(task, 0.1)
+    objective, result = od.tuning.trials.fit_deelbo(task, 0.1)
     layers = objective.layer_variances()
     assert list(layers) == list(objective.groups.body)
     assert len(set(layers.values())) == len(layers)  # each tensor its own closed form
@@ -94,5 +94,5 @@ def test_per_layer_lambda_run_reports_one_lambda_per_body_tensor() -> None:
 def test_every_allowed_sigma_mode_learns(settings: dict[str, object]) -> None:
     """sigma leaves its initial 1e-3 in a short digits run (v0.1's per-weight sigma under SGD never did)."""
     task, _ = od.digits_task(60, steps=60, pretrain_steps=30, recipe=od.DEELBoRecipe(**settings))  # type: ignore[arg-type]
-    objective, _ = od.tuning.fit_deelbo(task, 0.1)
+    objective, _ = od.tuning.trials.fit_deelbo(task, 0.1)
     assert objective.posterior.mean_sigma() > 3e-3

@@ -116,6 +116,8 @@ def test_the_private_attribute_check_would_catch_the_old_uses() -> None:
 #: Modules tested in a file named after a concept rather than the module (each listed file must name the
 #: module or one of its public names). Every other module with logic has ``tests/test_<name>.py``.
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
+    "tuning/trials.py": ("test_public_api.py",),  # re-exports only
+    "tuning/workers.py": ("test_public_api.py",),  # re-exports only
     "_divergence_rule.py": ("test_divergence.py",),
     "bayes/_deelbo.py": ("test_own_loop.py", "test_user_mistakes.py"),
     "data/_splits.py": ("test_tasks.py",),

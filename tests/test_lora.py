@@ -110,7 +110,7 @@ def test_the_wordnet_task_with_lora_adapters() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         task, _ = od.wordnet_task(8, n_test=8, lora_rank=4, steps=2, batch_size=4, max_length=8, device="cpu")
-        objective, result = od.tuning.fit_deelbo(task, 0.1)
+        objective, result = od.tuning.trials.fit_deelbo(task, 0.1)
     assert task.name == "wordnet4-lora4-N8-seed0"
     names = set(objective.deelbo.groups.body)
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)

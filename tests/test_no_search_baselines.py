@@ -43,7 +43,7 @@ def test_default_is_one_map_run_on_all_n_at_the_common_settings(tiny_digits_task
     (trial,) = study.trials
     assert trial.params == {"lr": 0.01, "weight_decay": 5e-4} and trial.user_attrs[A.MODE] == "map"
     assert result.n_trials == 1 and result.retrain_s == 0.0
-    again = od.tuning.retrain(tiny_digits_task, 0.01, 5e-4)  # the same run: all N, the same seed
+    again = od.tuning.trials.retrain(tiny_digits_task, 0.01, 5e-4)  # the same run: all N, the same seed
     assert again.test is not None and result.test_accuracy == again.test.accuracy
     assert trial.value == pytest.approx(again.train_loss)
 
@@ -143,9 +143,9 @@ def test_lr_free_is_one_map_run_with_prodigy(tiny_digits_task: od.TaskSpec) -> N
     (result,) = compare(tiny_digits_task, ["lr-free"], storage)
     (trial,) = optuna.load_study(study_name=result.study_name, storage=storage).trials
     assert trial.params == {"lr": 1.0, "weight_decay": 5e-4} and result.n_trials == 1
-    _, run = od.tuning.fit_map(tiny_digits_task, 1.0, 5e-4, tiny_digits_task.train, weight_optimizer="prodigy")
+    _, run = od.tuning.trials.fit_map(tiny_digits_task, 1.0, 5e-4, tiny_digits_task.train, weight_optimizer="prodigy")
     assert trial.value == pytest.approx(run.final_loss)  # the same run: Prodigy, all N, the same seed
-    sgd = od.tuning.fit_map(tiny_digits_task, 1.0, 5e-4, tiny_digits_task.train)[1]
+    sgd = od.tuning.trials.fit_map(tiny_digits_task, 1.0, 5e-4, tiny_digits_task.train)[1]
     assert sgd.final_loss != pytest.approx(run.final_loss)  # lr 1 means Prodigy's multiplier, not SGD's rate
 
 

@@ -150,5 +150,5 @@ def test_deelbo_strategy_keeps_the_learning_rate_with_the_lowest_score(rule: str
     assert result.best_params["lr"] == min(stored, key=stored.__getitem__)
     # the stored scores are those of the runs themselves (fit_deelbo is seeded)
     lr = od.tuning.strategies.LEARNING_RATES[1]
-    objective, run = od.tuning.fit_deelbo(task, lr)
-    assert od.tuning.score_deelbo_run(task, objective, run)[rule] == pytest.approx(stored[lr], rel=1e-6)
+    objective, run = od.tuning.trials.fit_deelbo(task, lr)
+    assert od.tuning.trials.score_deelbo_run(task, objective, run)[rule] == pytest.approx(stored[lr], rel=1e-6)

@@ -6,15 +6,10 @@ import optuna
 import pytest
 
 import optuna_deelbo as od
-from optuna_deelbo.tuning import (
-    StrategyResult,
-    create_strategy_study,
-    get_strategy,
-    plan_compare,
-    run_strategy,
-    study_name_for,
-)
+from optuna_deelbo.tuning import StrategyResult, get_strategy, run_strategy, study_name_for
 from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._study import create_strategy_study
+from optuna_deelbo.tuning.workers import plan_compare
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

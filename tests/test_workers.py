@@ -247,7 +247,7 @@ def test_a_trial_left_running_without_heartbeats_is_run_by_compare_resume(tmp_pa
     assert main(["compare", "--plan-only", "--storage", url, *flags]) == 0
     name = "digits-N50-seed0/l2-sp/deelbo"
     study = optuna.load_study(study_name=name, storage=url)
-    from optuna_deelbo.tuning import PlannedStudy
+    from optuna_deelbo.tuning.workers import PlannedStudy
 
     PlannedStudy.of(study, open_storage(url)).ask()  # a worker took it and died: RUNNING, no heartbeat
     assert main(["compare", "--resume", "--storage", url, *flags, "--report", "", "--no-progress"]) == 0

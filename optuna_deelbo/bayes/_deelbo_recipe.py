@@ -90,7 +90,7 @@ class DEELBoRecipe:
         prior_structure: one of :data:`PRIOR_STRUCTURES` (``"layer"`` needs an isotropic prior).
         bn_recalibration: after training, recompute BatchNorm running statistics with the mean
             weights (what predicts) on the training set, through the training augmentation
-            (:func:`~optuna_deelbo.tuning.recalibrate_for_mean_weights`).
+            (:func:`~optuna_deelbo.tuning.trials.recalibrate_for_mean_weights`).
         selection: how the learning rate is chosen, one of :data:`SELECTION_RULES`.
         selection_samples: posterior samples per example for ``full-pass`` and ``elbo``.
     """

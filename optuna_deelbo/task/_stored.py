@@ -113,7 +113,7 @@ class BuiltinTask:
     def build(self, device: str | None = None, *, progress: bool = False) -> tuple[TaskSpec, float]:
         """Pretrain on the source task and return the target task and the pretraining seconds.
 
-        The task carries no checkpointing; a worker adds :func:`~optuna_deelbo.tuning.worker_checkpointing`.
+        The task carries no checkpointing; a worker adds :func:`~optuna_deelbo.tuning.workers.worker_checkpointing`.
         """
         common: dict[str, Any] = {
             "seed": self.seed,

@@ -1,6 +1,6 @@
 """The DE-ELBo learning-rate search in one run: the planned trials trained as one batched model.
 
-:func:`fit_deelbo_batched` is :func:`~optuna_deelbo.tuning.fit_deelbo` for several learning rates at
+:func:`fit_deelbo_batched` is :func:`~optuna_deelbo.tuning.trials.fit_deelbo` for several learning rates at
 once (:func:`optuna_deelbo.train.train_batched`: one ``vmap``-ed forward/backward per step, each
 member with its own optimiser, clipping, posterior std, lambda and tau). :func:`run_batched_trials`
 takes a planned study's WAITING trials (``study.ask()``), trains them together and ``tell``s each its

@@ -1,7 +1,7 @@
 """``optuna-deelbo worker``: work off planned studies' queues, on any number of processes, surviving outages.
 
-The study is planned once (:func:`~optuna_deelbo.tuning.plan_strategy_study`, ``compare --plan-only``) and
-finished once (:func:`~optuna_deelbo.tuning.finish_planned_study`, ``optuna-deelbo finish``): both live in the
+The study is planned once (:func:`~optuna_deelbo.tuning.workers.plan_strategy_study`, ``compare --plan-only``) and
+finished once (:func:`~optuna_deelbo.tuning.workers.finish_planned_study`, ``optuna-deelbo finish``): both live in the
 study lifecycle (:mod:`optuna_deelbo.tuning`). In between, :func:`run_worker` (on any number of
 processes and machines sharing the storage) rebuilds each study's task from its stored built-in task and
 takes planned trials until the queue is empty (:func:`~optuna_deelbo.tuning.run_queue`). Its storage has
@@ -93,7 +93,7 @@ def run_worker(
     Args:
         storage_url: the shared RDB storage (PostgreSQL for many machines, SQLite for one), or
             ``grpc://host:port``: a gRPC storage proxy in front of it (``optuna-deelbo proxy``; no heartbeats).
-        study_names: studies created by :func:`~optuna_deelbo.tuning.plan_strategy_study`, worked off in order.
+        study_names: studies created by :func:`~optuna_deelbo.tuning.workers.plan_strategy_study`, worked off in order.
         device: where this worker trains (``None`` = CUDA when present).
         heartbeat_interval: see :func:`~optuna_deelbo.tuning.open_storage`.
         grace_period: see :func:`~optuna_deelbo.tuning.open_storage`.

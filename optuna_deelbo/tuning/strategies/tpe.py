@@ -74,7 +74,7 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
     a fresh ``TPESampler(seed=f(seed, k))`` (public API only; TPE keeps no other state between
     trials: it reads the finished trials from the study), so trial ``k``'s proposal is a function
     of the seed, ``k`` and the finished trials, and ``optuna-deelbo compare --resume`` (where a
-    retried trial runs first, see :class:`~optuna_deelbo.tuning.PlannedStudy`) ends with the
+    retried trial runs first, see :class:`~optuna_deelbo.tuning.workers.PlannedStudy`) ends with the
     trials of an uninterrupted run.
 
     Args:
