@@ -19,6 +19,7 @@ from optuna_deelbo.report._dashboard import (
     study_note,
 )
 from optuna_deelbo.report._tables import load_comparisons
+from optuna_deelbo.tuning import attrs as A
 
 needs_dashboard = pytest.mark.skipif(shutil.which("optuna-dashboard") is None, reason="optuna-dashboard not installed")
 
@@ -56,6 +57,15 @@ def test_study_note_says_what_the_study_is_and_the_verdict(tiny_compare_url: str
     assert "N = 50 training examples, prior `l2-sp`, 10 SGD steps" in note
     assert "final training DE-ELBo loss" in note and "learned:trace" in note
     assert "**Verdict on this task:** DE-ELBo" in note and "tpe" in note
+    # issue 35: a DE-ELBo study's page starts with what its best trial learned, the placeholder named as such
+    best = study.trials[study.user_attrs[A.BEST_TRIAL]]
+    first = note.split("\n")[2]
+    assert first.startswith(f"**Learned by the best trial** (#{best.number}, lr = {best.params['lr']:g}): weight decay")
+    assert (
+        f"**{best.user_attrs[A.LEARNED_WEIGHT_DECAY]:.3g}**" in first and "lambda" in first and "placeholder" in first
+    )
+    tpe = optuna.load_study(study_name=TINY_STUDIES[1], storage=storage)
+    assert "Learned by the best trial" not in study_note(tpe, results)  # MAP trials learn nothing
 
 
 def test_saving_without_optuna_dashboard_says_how_to_install(

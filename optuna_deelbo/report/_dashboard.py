@@ -30,6 +30,7 @@ from optuna_deelbo.report._figures import accuracy_vs_time_figure, trajectory_fi
 from optuna_deelbo.report._tables import deelbo_verdict, load_comparisons
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._study import StrategyResult
+from optuna_deelbo.tuning.attrs import learned_params
 
 __all__ = [
     "ACCURACY_GRAPH_ID",
@@ -75,15 +76,41 @@ def _dashboard() -> ModuleType:
         ) from exc
 
 
+def _learned_lines(study: optuna.study.Study) -> list[str]:
+    """The best trial's learned values, first thing on a DE-ELBo study's page (none for MAP studies)."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    best = trials.get(study.user_attrs.get(A.BEST_TRIAL, -1))
+    if best is None or A.LEARNED_WEIGHT_DECAY not in best.user_attrs:
+        return []
+    got = best.user_attrs
+    variances = ", ".join(
+        f"{label} {got[key]:.3g}"
+        for label, key in (("lambda", A.LEARNED_LAMBDA), ("tau", A.LEARNED_TAU), ("sigma", A.LEARNED_SIGMA))
+        if key in got
+    )
+    shown = {k: v for k, v in learned_params(best).items() if k != "weight_decay"}
+    placeholder = best.params.get("weight_decay")
+    return [
+        f"**Learned by the best trial** (#{best.number}, {', '.join(f'{k} = {v:g}' for k, v in shown.items())}): "
+        f"weight decay **{got[A.LEARNED_WEIGHT_DECAY]:.3g}** ({variances}). "
+        + (
+            f"The `weight_decay` of the Best Trial card and the params column ({placeholder:g}) is the placeholder "
+            "the sampler handed the objective, not a value any trial trained with."
+            if isinstance(placeholder, float)
+            else ""
+        ),
+        "",
+    ]
+
+
 def study_note(study: optuna.study.Study, comparison: Sequence[StrategyResult]) -> str:
     """The markdown note of one strategy study: what it is, how to read it, its result and verdict."""
     attrs = study.user_attrs
     task = attrs.get(A.TASK) or {}
     metric = (study.metric_names or ["value"])[0]
     this = next((r for r in comparison if r.study_name == study.study_name), None)
-    lines = [
-        f"## {attrs.get(A.STRATEGY, '?')} on {task.get('name', '?')}",
-        "",
+    lines = [f"## {attrs.get(A.STRATEGY, '?')} on {task.get('name', '?')}", "", *_learned_lines(study)]
+    lines += [
         f"**What this study is:** {attrs.get(A.DESCRIPTION, 'a strategy run')}. Task `{task.get('name', '?')}`: "
         f"N = {task.get('N', '?')} training examples, prior `{task.get('prior', '?')}`, "
         f"{task.get('steps', '?')} SGD steps per configuration. One of {len(comparison)} strategies "
