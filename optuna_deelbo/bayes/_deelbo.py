@@ -449,7 +449,7 @@ class DEELBo(nn.Module):
     def check_divergence(self) -> None:
         """Raise :class:`~optuna_deelbo.TrainingDiverged` if the run so far counts as diverged.
 
-        The rule is ``od.fit``'s (:class:`~optuna_deelbo.DivergenceRule`: a non-finite NLL, a
+        The rule is ``od.fit``'s (:class:`~optuna_deelbo.train.DivergenceRule`: a non-finite NLL, a
         posterior std above ``max_sigma``, or the running NLL -- a moving average over about
         the last 10 steps -- above ``nll_factor`` times the first step's). :func:`optuna_deelbo.report_learned`
         and :meth:`selection_score` call it; ``report_learned`` then prunes the trial with the reason

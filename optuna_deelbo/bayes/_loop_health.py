@@ -8,7 +8,7 @@ so the ``DEELBo`` keeps, on the device and without a host synchronisation per st
   (weight :data:`EMA_WEIGHT` on each new step), read only when the run is checked;
 * the number of ``loss()`` calls, and the call count at the last BatchNorm recalibration.
 
-:meth:`LoopHealth.check` applies the same :class:`~optuna_deelbo.DivergenceRule` as
+:meth:`LoopHealth.check` applies the same :class:`~optuna_deelbo.train.DivergenceRule` as
 ``od.fit``: non-finite values, a posterior std above ``max_sigma``, or the running NLL above
 ``nll_factor`` times the reference (at least ``min_reference``).
 """

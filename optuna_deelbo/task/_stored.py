@@ -38,7 +38,7 @@ class BuiltinTask:
         dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``;
             ``"wordnet-4"`` needs Debian's ``wordnet-base`` and the ``[text]`` extra).
         n_train: target training-set size N; ``None`` = digits 100, CIFAR 50, wordnet-4 40.
-        seed, prior, steps, batch_size: as in :func:`~optuna_deelbo.data.digits_task`.
+        seed, prior, steps, batch_size: as in :func:`~optuna_deelbo.task.digits_task`.
         pretrain_steps: source pretraining steps; ``None`` = digits 400, CIFAR 2000.
         data_dir: CIFAR: the archives' folder; wordnet-4: the WordNet folder (default /usr/share/wordnet).
         backbone, cache_dir: CIFAR tasks only.

@@ -4,7 +4,7 @@ The study is planned once (:func:`~optuna_deelbo.tuning.workers.plan_strategy_st
 finished once (:func:`~optuna_deelbo.tuning.workers.finish_planned_study`, ``optuna-deelbo finish``): both live in the
 study lifecycle (:mod:`optuna_deelbo.tuning`). In between, :func:`run_worker` (on any number of
 processes and machines sharing the storage) rebuilds each study's task from its stored built-in task and
-takes planned trials until the queue is empty (:func:`~optuna_deelbo.tuning.run_queue`). Its storage has
+takes planned trials until the queue is empty (``run_queue``, tuning/_trial_queue.py). Its storage has
 heartbeats: a trial whose worker died is failed once ``grace_period`` has passed and queued again
 (``RetryHeartbeatStaleTrialCallback``); the retry resumes from the dead trial's newest checkpoint. A
 worker leaves only when nothing is waiting or running.

@@ -88,10 +88,9 @@ def task_objective(task: TaskSpec, lr_range: tuple[float, float] = LR_RANGE) -> 
 class Strategy(ABC):
     """A way to choose hyperparameters: its sampler, pruner, planned trials, objective and how to retrain.
 
-    The study lifecycle (:mod:`optuna_deelbo.tuning`) does the rest: the study is created
-    with every planned trial enqueued (:func:`~optuna_deelbo.tuning.create_strategy_study`), worked
-    off by one process (:func:`~optuna_deelbo.tuning.run_strategy`) or by many (``optuna-deelbo
-    worker``), then :func:`~optuna_deelbo.tuning.finish_strategy` picks the winner, retrains it if
+    The study lifecycle (:func:`~optuna_deelbo.tuning.run_strategy`, or
+    :mod:`~optuna_deelbo.tuning.workers` for many processes) does the rest: it creates the study with every
+    planned trial enqueued, works the queue off, then picks the winner, retrains it if
     :attr:`retrain_winner` and writes the study's user attrs.
 
     Args:
@@ -159,7 +158,7 @@ class Strategy(ABC):
     ) -> int:
         """Run ``study``'s waiting trials in this process; returns how many ran.
 
-        By default one after another through Optuna's ``optimize`` (:func:`~optuna_deelbo.tuning.run_queue`).
+        By default one after another through Optuna's ``optimize`` (the planned-trial queue's ``run_queue``).
         """
         return run_queue([(study, self.objective(task))], show_progress_bar=show_progress_bar, on_trial=on_trial)
 

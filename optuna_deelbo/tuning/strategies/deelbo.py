@@ -29,7 +29,7 @@ class DEELBoStrategy(Strategy):
     """Four DE-ELBo runs on all N; the lowest score of the DE-ELBo recipe's selection rule wins (no validation set).
 
     The trial value is that score (``select:<rule>`` user attr; ``train-loss`` by default: the
-    final training DE-ELBo loss), see :data:`optuna_deelbo.SELECTION_RULES`.
+    final training DE-ELBo loss), see :data:`optuna_deelbo.bayes.SELECTION_RULES`.
 
     Args:
         learning_rates: the grid (default :data:`~optuna_deelbo.tuning.strategies.LEARNING_RATES`).
