@@ -53,7 +53,8 @@ class TaskSpec:
         prior_mean: flat body prior mean ``(D,)``; default: zeros for ``l2-zero``, the factory
             model's body weights otherwise.
         prior_covariance: ``(diagonal (D,), factor (D, K))`` of ``Sigma`` for ``ptyl``.
-        steps, batch_size: training budget per configuration (the same for every strategy).
+        steps: SGD steps per configuration (the same for every strategy).
+        batch_size: examples per step.
         kappa: DE-ELBo likelihood emphasis; ``None`` = ``D / N``.
         recipe: how DE-ELBo runs train and choose their learning rate: a
             :class:`~optuna_deelbo.bayes.DEELBoRecipe` or a name from ``RECIPES``
@@ -62,7 +63,8 @@ class TaskSpec:
         seed: seeds the head initialisation, minibatch order, posterior samples and splits.
         device: ``None`` = CUDA when present, else CPU.
         progress: tqdm bars during training.
-        channels_last, compile: see :class:`TrainConfig` (``None`` = NHWC on CUDA only).
+        channels_last: see :class:`~optuna_deelbo.train.TrainConfig` (``None`` = NHWC on CUDA only).
+        compile: see :class:`~optuna_deelbo.train.TrainConfig`.
         regularization: classic regularizers for every run (penalties, dropout, stochastic
             depth, mixing, warm restarts, early stopping); all off by default.
         train_transform: applied on the device to every training minibatch (e.g. uint8 images

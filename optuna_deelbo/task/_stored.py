@@ -38,10 +38,14 @@ class BuiltinTask:
         dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``;
             ``"wordnet-4"`` needs Debian's ``wordnet-base`` and the ``[text]`` extra).
         n_train: target training-set size N; ``None`` = digits 100, CIFAR 50, wordnet-4 40.
-        seed, prior, steps, batch_size: as in :func:`~optuna_deelbo.task.digits_task`.
+        seed: as in :func:`~optuna_deelbo.task.digits_task`.
+        prior: as in :func:`~optuna_deelbo.task.digits_task`.
+        steps: as in :func:`~optuna_deelbo.task.digits_task`.
+        batch_size: as in :func:`~optuna_deelbo.task.digits_task`.
         pretrain_steps: source pretraining steps; ``None`` = digits 400, CIFAR 2000.
         data_dir: CIFAR: the archives' folder; wordnet-4: the WordNet folder (default /usr/share/wordnet).
-        backbone, cache_dir: CIFAR tasks only.
+        backbone: CIFAR tasks only.
+        cache_dir: CIFAR tasks only.
         checkpoint_every: steps between two checkpoints of a worker's trial (``None`` = none).
         artifacts: the checkpoint directory every worker shares (a worker may override it
             with ``--artifacts`` when the same store is mounted elsewhere).

@@ -199,8 +199,12 @@ class QueueProgress:
     """Where a planned study stands.
 
     Attributes:
-        planned: trials enqueued at creation. waiting / running: not yet finished.
-        complete, pruned: finished trials. failed: failed and not retried.
+        planned: trials enqueued at creation.
+        waiting: enqueued, not yet taken.
+        running: taken, not yet finished.
+        complete: finished trials.
+        pruned: pruned trials (diverged, or skipped by their strategy).
+        failed: failed and not retried.
         retried: failed trials (process died) that a later trial replaces.
         skipped: pruned trials their strategy never trained (user attr ``skipped``).
     """
