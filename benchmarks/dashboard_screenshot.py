@@ -69,6 +69,7 @@ class DashboardView:
         trial_attrs: user attr keys shown on the trials page.
         note: text of the study's note page.
         screenshots: the PNG files written.
+        widths: each screenshot's page width in CSS px (the document's scroll width), as screenshots.
     """
 
     study_names: list[str]
@@ -76,6 +77,7 @@ class DashboardView:
     trial_attrs: list[str]
     note: str
     screenshots: list[Path] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
 
 
 def capture(base_url: str, study_name: str, out_dir: Path, *, timeout_ms: float = 20_000) -> DashboardView:
@@ -108,6 +110,7 @@ def capture(base_url: str, study_name: str, out_dir: Path, *, timeout_ms: float 
             titles = [t.strip() for t in page.locator("text.gtitle").all_text_contents()]
             shots = [out_dir / "dashboard.png"]
             page.screenshot(path=str(shots[0]), full_page=True)
+            widths = [int(page.evaluate("document.documentElement.scrollWidth"))]
 
             page.goto(f"{study_url}/trials", wait_until="networkidle")
             with contextlib.suppress(PlaywrightTimeout):
@@ -115,6 +118,7 @@ def capture(base_url: str, study_name: str, out_dir: Path, *, timeout_ms: float 
             attrs = sorted(set(re.findall(r"^([\w-]+:[\w-]+|mode)\b", page.inner_text("body"), re.M)))
             shots.append(out_dir / "dashboard-trial.png")
             page.screenshot(path=str(shots[1]), full_page=True)
+            widths.append(int(page.evaluate("document.documentElement.scrollWidth")))
 
             page.goto(f"{study_url}/note", wait_until="networkidle")
             with contextlib.suppress(PlaywrightTimeout):
@@ -122,7 +126,7 @@ def capture(base_url: str, study_name: str, out_dir: Path, *, timeout_ms: float 
             note = page.inner_text("body")
         finally:
             browser.close()
-    return DashboardView(names, titles, attrs, note, shots)
+    return DashboardView(names, titles, attrs, note, shots, widths)
 
 
 def _ensure_studies(url: str) -> None:
@@ -164,7 +168,10 @@ Seen in the rendered pages (read from the page text and the plotly SVG, not from
 - study list ({len(view.study_names)}): {", ".join(f"`{n}`" for n in view.study_names)}
 - saved plotly figures on the study page: {"; ".join(view.figure_titles) or "NONE"}
 - a trial's `learned:*` user attrs: {", ".join(f"`{a}`" for a in learned) or "NONE"}
-- study note present: {"yes" if "What this study is" in view.note else "NO"}
+- study note present: {"yes" if "What this study is" in view.note else "NO"}; it starts with the best trial's learned
+  values: {"yes" if "Learned by the best trial" in view.note else "NO"}
+- page width (CSS px, viewport 1400): study page {view.widths[0]:,}, trials page {view.widths[1]:,} (issue 35's goal:
+  under 2,000; the trials page's width comes from the longest user attr, `learned:trace`, shown on one line)
 
 Screenshots: [dashboard.png](dashboard.png) (study page), [dashboard-trial.png](dashboard-trial.png) (trials page).
 """

@@ -48,6 +48,8 @@ def test_chromium_shows_study_list_learned_attrs_saved_figures_and_note(tiny_com
     assert ACCURACY_TITLE in view.figure_titles
     assert any(t.startswith("Learned prior variances and posterior std") for t in view.figure_titles)
     assert "What this study is" in view.note and "Verdict on this task" in view.note
+    assert "Learned by the best trial" in view.note
+    assert len(view.widths) == 2 and all(w >= 1000 for w in view.widths)  # at least the viewport (1400)
     for png in view.screenshots:
         data = png.read_bytes()
         assert png.parent == tmp_path and data[:8] == PNG_MAGIC and len(data) > 20_000
