@@ -53,7 +53,7 @@ class Step:
 
 #: paper-digits' storage, which the dashboard screenshot opens when it exists or is about to.
 PAPER_DIGITS_DB = "paper-digits-{device}.db"
-#: The dashboard's storage otherwise (dashboard_screenshot.py makes a tiny compare run into it).
+#: The dashboard's storage otherwise (dashboard_screenshot.py makes a small compare run into it).
 DASHBOARD_DB = "dashboard.db"
 
 #: paper.py on a CPU: one intra-op thread (small models on a small shared CPU run faster so, and every
@@ -348,7 +348,7 @@ def commands(device: str, only: list[str] | None = None, data_dir: str | None = 
     out = []
     for step in plan:
         args = step.args[device]
-        if step.name == "dashboard" and not paper_digits:  # never put a tiny run into paper-digits' storage
+        if step.name == "dashboard" and not paper_digits:  # never put a small run into paper-digits' storage
             args = ("--storage", "sqlite:///{results}/" + DASHBOARD_DB)
         out.append((step, [sys.executable, str(HERE / step.script), *(a.format(**fill) for a in args)]))
     return out
