@@ -37,17 +37,12 @@ def doc_blocks() -> dict[str, tuple[str, str]]:
     return blocks
 
 
-def doc_block(marker: str) -> str:
-    """The source of the python block under ``<!-- marker -->`` (README.md or docs/)."""
-    blocks = doc_blocks()
-    assert marker in blocks, f"no python block under <!-- {marker} --> in README.md or docs/"
-    return blocks[marker][1]
-
-
 def run_doc_block(marker: str, namespace: dict[str, Any] | None = None, *, elsewhere: bool = False) -> dict[str, Any]:
     """Run the block as it stands (from a new temporary folder when ``elsewhere``, as a user outside the
     repository would); its namespace. Tracebacks name ``<page>:<marker>``."""
-    page, source = doc_blocks()[marker] if marker in doc_blocks() else ("?", doc_block(marker))
+    blocks = doc_blocks()
+    assert marker in blocks, f"no python block under <!-- {marker} --> in README.md or docs/"
+    page, source = blocks[marker]
     namespace = {"__name__": f"doc_{marker.replace('-', '_')}"} if namespace is None else namespace
     here = os.getcwd()
     if elsewhere:
