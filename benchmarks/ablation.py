@@ -124,7 +124,7 @@ def _metrics_row(
         "nll": test.nll,
         "lambda": last["lambda"],
         "tau": last.get("tau", math.nan),
-        "sigma": objective.posterior.mean_sigma(),
+        "sigma": objective.deelbo.posterior.mean_sigma(),
         **{f"score:{r}": v for r, v in scores.items()},
     }
 

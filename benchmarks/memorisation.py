@@ -107,7 +107,7 @@ def main() -> None:
                 "lambda": last["lambda"],
                 "tau": last.get("tau", float("nan")),
                 "sigma": last["sigma"],
-                "weight_decay": objective.equivalent_weight_decay(last["lambda"]),
+                "weight_decay": objective.deelbo.equivalent_weight_decay(last["lambda"]),
                 **_measure(objective.model, task, clean, mask),
             }
             model, map_result = od.tuning.trials.fit_map(task, lr, 0.0, task.train)

@@ -44,11 +44,13 @@ def _objective(kind: str, model: torch.nn.Module, groups: od.bayes.ParameterGrou
     if kind == "map":
         return od.bayes.MAPObjective(model, groups, od.IsotropicGaussian(body), weight_decay=1e-4)
     if kind == "deelbo-iso":
-        return od.bayes.DEELBoObjective(model, groups, od.IsotropicGaussian(body), n_train=5000)
+        return od.bayes.DEELBoObjective(od.bayes.DEELBo(model, 5000, od.IsotropicGaussian(body), head=groups))
     g = torch.Generator(device=body.device).manual_seed(0)
     diagonal = torch.rand(body.shape[0], generator=g, device=body.device) * 1e-3 + 1e-4
     factor = torch.randn(body.shape[0], rank, generator=g, device=body.device) * 1e-2
-    return od.bayes.DEELBoObjective(model, groups, od.LowRankGaussian(body, diagonal, factor), n_train=5000)
+    return od.bayes.DEELBoObjective(
+        od.bayes.DEELBo(model, 5000, od.LowRankGaussian(body, diagonal, factor), head=groups)
+    )
 
 
 KINDS: tuple[str, ...] = ("map", "deelbo-iso", "deelbo-ptyl")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
@@ -103,7 +104,7 @@ def test_one_deelbo_step_is_finite_and_moves_the_weights(name: str) -> None:
     model, built = _fresh(name)
     groups = ParameterGroups.split(model, built.head_prefixes)
     prior = IsotropicGaussian(groups.flat(dict(model.named_parameters()), "body").detach().clone())
-    objective = DEELBoObjective(model, groups, prior, n_train=100)
+    objective = DEELBoObjective(DEELBo(model, 100, prior, head=groups))
     params = [p for p in model.parameters() if p.requires_grad] + list(objective.extra_parameters())
     optimizer = torch.optim.SGD(params, lr=1e-3)
     before = _params(model)

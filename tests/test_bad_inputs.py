@@ -565,11 +565,13 @@ CASES = [
     ),
     pytest.param(
         lambda c: od.bayes.DEELBoObjective(
-            Tiny(),
-            od.bayes.ParameterGroups.split(Tiny(), ("head.",)),
-            od.IsotropicGaussian.zero(30),
-            n_train=10,
-            kappa=float("nan"),
+            od.bayes.DEELBo(
+                Tiny(),
+                10,
+                od.IsotropicGaussian.zero(30),
+                head=od.bayes.ParameterGroups.split(Tiny(), ("head.",)),
+                kappa=float("nan"),
+            )
         ),
         od.ConfigError,
         r"kappa must be a positive finite number, got nan",

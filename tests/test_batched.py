@@ -15,7 +15,7 @@ from torch import nn
 
 import optuna_deelbo as od
 from optuna_deelbo._errors import TrainingDiverged
-from optuna_deelbo.bayes import DEELBoObjective, IsotropicGaussian, MAPObjective, recalibrate_batchnorm
+from optuna_deelbo.bayes import DEELBo, DEELBoObjective, IsotropicGaussian, MAPObjective, recalibrate_batchnorm
 from optuna_deelbo.cli import main
 from optuna_deelbo.train import TrainConfig, train_model
 from optuna_deelbo.train._batched import BatchingUnsupported, batching_obstacle, probe_batched_forward, train_batched
@@ -40,7 +40,7 @@ class NoBatchNorm(nn.Module):
 def _objective(model: nn.Module) -> DEELBoObjective:
     groups = od.bayes.ParameterGroups.split(model, ("head.",))
     body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
-    return DEELBoObjective(model, groups, IsotropicGaussian(body), n_train=40, init_sigma=1e-2)
+    return DEELBoObjective(DEELBo(model, 40, IsotropicGaussian(body), head=groups, init_sigma=1e-2))
 
 
 def _build(kind: str) -> nn.Module:
@@ -120,7 +120,7 @@ def test_cifar_resnet20_members_equal_their_sequential_runs_in_float64() -> None
         model = copy.deepcopy(built.model).double()
         groups = od.bayes.ParameterGroups.split(model, built.head_prefixes)
         body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
-        return DEELBoObjective(model, groups, IsotropicGaussian(body), n_train=16, init_sigma=1e-2)
+        return DEELBoObjective(DEELBo(model, 16, IsotropicGaussian(body), head=groups, init_sigma=1e-2))
 
     base = TrainConfig(lr=0.1, steps=3, batch_size=8, log_every=1, progress=False, device="cpu")
     configs = [base, dataclasses.replace(base, lr=0.01, clip_norm=0.5)]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from optuna_deelbo._errors import CheckpointError
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective, Objective
 from optuna_deelbo.task._builtin import digits_task
 from optuna_deelbo.task._spec import TaskSpec
@@ -41,7 +42,7 @@ def task(one_cpu_thread: None) -> TaskSpec:
 
 def _deelbo(task: TaskSpec) -> Objective:
     model = task.build_model()
-    return DEELBoObjective(model, task.groups(model), task.body_prior(model), n_train=task.n_train)
+    return DEELBoObjective(DEELBo(model, task.n_train, task.body_prior(model), head=task.groups(model)))
 
 
 def _map(task: TaskSpec) -> Objective:

@@ -15,7 +15,7 @@ from prodigyopt import Prodigy
 from torch import nn
 
 import optuna_deelbo as od
-from optuna_deelbo.bayes import DEELBoObjective, IsotropicGaussian, ParameterGroups
+from optuna_deelbo.bayes import DEELBo, DEELBoObjective, IsotropicGaussian, ParameterGroups
 from optuna_deelbo.train import TrainConfig, train_model
 from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning.strategies import LRFreeDEELBoStrategy, get_strategy
@@ -69,7 +69,7 @@ def test_train_model_refuses_prodigy_with_the_posterior_std_in_it() -> None:
     model = _model()
     groups = ParameterGroups.split(model, ("2.",))
     prior = IsotropicGaussian.zero(groups.numel(model, "body"))
-    objective = DEELBoObjective(model, groups, prior, n_train=32)
+    objective = DEELBoObjective(DEELBo(model, 32, prior, head=groups))
     config = TrainConfig(lr=1.0, steps=3, batch_size=8, weight_optimizer="prodigy", progress=False)
     x, y = _data()
     with pytest.raises(od.ConfigError, match=r"posterior std in it.*sigma_optimizer='adam'"):

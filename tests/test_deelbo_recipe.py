@@ -30,12 +30,14 @@ def test_a_task_applies_its_recipe_to_deelbo_runs_only() -> None:
     config = task.deelbo_train_config(0.1)
     assert config.clip_norm == 1.0 and task.train_config(0.1).clip_norm == 10.0  # MAP keeps its clipping
     objective, _ = od.tuning.trials.fit_deelbo(task, 0.1)
-    assert list(objective.posterior.rho) == ["body"]  # one sigma for body and head
+    assert list(objective.deelbo.posterior.rho) == ["body"]  # one sigma for body and head
     fresh = od.bayes.DEELBoObjective(
-        task.build_model(), objective.groups, objective.body_prior, n_train=40, init_sigma=1e-4, share_head_sigma=True
+        od.bayes.DEELBo(
+            task.build_model(), 40, objective.body_prior, head=objective.groups, init_sigma=1e-4, share_head_sigma=True
+        )
     )
-    assert float(fresh.posterior.flat_sigma("head").detach()) == pytest.approx(1e-4, rel=1e-6)
-    assert torch.equal(fresh.posterior.flat_sigma("head"), fresh.posterior.flat_sigma("body"))
+    assert float(fresh.deelbo.posterior.flat_sigma("head").detach()) == pytest.approx(1e-4, rel=1e-6)
+    assert torch.equal(fresh.deelbo.posterior.flat_sigma("head"), fresh.deelbo.posterior.flat_sigma("body"))
 
 
 def test_fit_reports_the_recipes_rule_and_score() -> None:
@@ -71,13 +73,15 @@ def test_per_layer_lambda_is_refused_with_a_ptyl_prior() -> None:
 def test_per_layer_lambda_run_reports_one_lambda_per_body_tensor() -> None:
     task, _ = od.digits_task(40, steps=20, pretrain_steps=5, recipe=od.DEELBoRecipe(prior_structure="layer"))
     objective, result = od.tuning.trials.fit_deelbo(task, 0.1)
-    layers = objective.layer_variances()
+    layers = objective.deelbo.layer_variances()
     assert list(layers) == list(objective.groups.body)
     assert len(set(layers.values())) == len(layers)  # each tensor its own closed form
     sizes = [p.numel() for n, p in objective.model.named_parameters() if n in layers]
     weighted = sum(v * s for v, s in zip(layers.values(), sizes, strict=True)) / sum(sizes)
     with torch.no_grad():
-        assert float(objective.kl_terms()[1]) == pytest.approx(weighted, rel=1e-5)  # the logged lambda: their mean
+        assert float(objective.deelbo.kl_terms()[1]) == pytest.approx(
+            weighted, rel=1e-5
+        )  # the logged lambda: their mean
     assert result.history[-1]["lambda"] > 0
 
 
@@ -95,4 +99,4 @@ def test_every_allowed_sigma_mode_learns(settings: dict[str, object]) -> None:
     """sigma leaves its initial 1e-3 in a short digits run (v0.1's per-weight sigma under SGD never did)."""
     task, _ = od.digits_task(60, steps=60, pretrain_steps=30, recipe=od.DEELBoRecipe(**settings))  # type: ignore[arg-type]
     objective, _ = od.tuning.trials.fit_deelbo(task, 0.1)
-    assert objective.posterior.mean_sigma() > 3e-3
+    assert objective.deelbo.posterior.mean_sigma() > 3e-3

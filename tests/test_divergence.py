@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 import optuna_deelbo as od
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective, MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups, WeightPosterior
 from optuna_deelbo.bayes._priors import IsotropicGaussian
@@ -74,7 +75,7 @@ def deelbo_objective(init_sigma: float = 1e-3) -> DEELBoObjective:
     model = Tiny()
     groups = ParameterGroups.split(model, ("head.",))
     body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
-    return DEELBoObjective(model, groups, IsotropicGaussian(body), n_train=60, init_sigma=init_sigma)
+    return DEELBoObjective(DEELBo(model, 60, IsotropicGaussian(body), head=groups, init_sigma=init_sigma))
 
 
 # --- DivergenceRule / DivergenceMonitor -----------------------------------------------------
@@ -227,7 +228,7 @@ def test_sigma_growing_past_the_bound_during_training() -> None:
     """At lr = 1 this network's sigma grows from 1e-3 past 1 (observed ~2.4): a bound of 1 stops it there."""
     data = blobs()
     objective = deelbo_objective()
-    assert objective.posterior.max_sigma() == pytest.approx(1e-3)
+    assert objective.deelbo.posterior.max_sigma() == pytest.approx(1e-3)
     with pytest.raises(TrainingDiverged, match=r"^exploding sigma") as info:
         train_model(objective, data.x, data.y, config(lr=1.0, divergence=DivergenceRule(max_sigma=1.0)))
     match = re.search(r"largest posterior std ([\d.e+-]+) > max_sigma 1 at step (\d+)", str(info.value))

@@ -20,7 +20,7 @@ from torch import nn
 
 import optuna_deelbo as od
 from optuna_deelbo._interrupts import Interrupted, interruptible, raise_pending_interrupt
-from optuna_deelbo.bayes import DEELBoObjective, IsotropicGaussian
+from optuna_deelbo.bayes import DEELBo, DEELBoObjective, IsotropicGaussian
 from optuna_deelbo.train import TrainConfig, train_model
 from optuna_deelbo.train._batched import train_batched
 from optuna_deelbo.tuning._trial_queue import PlannedStudy, plan_study, requeue_interrupted, run_queue
@@ -130,7 +130,7 @@ def _objective() -> DEELBoObjective:
     model = Tiny()
     groups = od.bayes.ParameterGroups.split(model, ("head.",))
     body = groups.flat(dict(model.named_parameters()), "body").detach().clone()
-    return DEELBoObjective(model, groups, IsotropicGaussian(body), n_train=20, init_sigma=1e-2)
+    return DEELBoObjective(DEELBo(model, 20, IsotropicGaussian(body), head=groups, init_sigma=1e-2))
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:

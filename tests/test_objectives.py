@@ -15,6 +15,7 @@ from _nets import D_ALL, D_BODY, D_HEAD, F64, Net, make_net
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import GaussianPrior, IsotropicGaussian, LowRankGaussian
@@ -57,7 +58,7 @@ def record_at(objective: DEELBoObjective, x: Tensor, y: Tensor, seed: int = 0) -
 
 def hand_kl(objective: DEELBoObjective, detach_lam: bool = True, lam_scale: float = 1.0) -> Tensor:
     """``KL(q || p(lam*)) + KL_head(q || p(tau*))`` from the priors' public ``kl`` / ``optimal_variance``."""
-    post = objective.posterior
+    post = objective.deelbo.posterior
     total = torch.zeros((), dtype=F64)
     priors = [("body", objective.body_prior), ("head", objective.head_prior)]
     for group, prior in priors:
@@ -144,10 +145,10 @@ def test_map_wrong_prior_length_raises() -> None:
 @pytest.mark.parametrize("n_train", [1, 20, 83, 1000])
 def test_deelbo_default_kappa_is_d_over_n(n_train: int) -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train)
-    assert objective.num_weights == D_ALL
-    assert objective.n_train == n_train
-    assert objective.kappa == pytest.approx(D_ALL / n_train, rel=1e-15)
+    objective = DEELBoObjective(DEELBo(net, n_train, offset_prior(net, groups), head=groups))
+    assert objective.deelbo.num_weights == D_ALL
+    assert objective.deelbo.n_train == n_train
+    assert objective.deelbo.kappa == pytest.approx(D_ALL / n_train, rel=1e-15)
 
 
 def test_deelbo_default_kappa_counts_only_trainable_weights() -> None:
@@ -155,16 +156,16 @@ def test_deelbo_default_kappa_counts_only_trainable_weights() -> None:
     net.body[1].requires_grad_(False)  # freeze BatchNorm's affine weights (16)
     groups = ParameterGroups.split(net, ("head.",))
     prior = IsotropicGaussian.zero(D_BODY - 16, dtype=F64)
-    objective = DEELBoObjective(net, groups, prior, n_train=10)
-    assert objective.kappa == pytest.approx((D_ALL - 16) / 10)
+    objective = DEELBoObjective(DEELBo(net, 10, prior, head=groups))
+    assert objective.deelbo.kappa == pytest.approx((D_ALL - 16) / 10)
 
 
 def test_deelbo_without_head_counts_body_only() -> None:
     net, _ = make_net()
     groups = ParameterGroups.split(net)
-    objective = DEELBoObjective(net, groups, IsotropicGaussian.zero(D_ALL, dtype=F64), n_train=13)
+    objective = DEELBoObjective(DEELBo(net, 13, IsotropicGaussian.zero(D_ALL, dtype=F64), head=groups))
     assert objective.head_prior is None
-    assert objective.kappa == pytest.approx(D_ALL / 13)
+    assert objective.deelbo.kappa == pytest.approx(D_ALL / 13)
     record = record_at(objective, *batch())
     assert record.tau is None
     assert record.lam is not None
@@ -173,29 +174,29 @@ def test_deelbo_without_head_counts_body_only() -> None:
 @pytest.mark.parametrize("kappa", [1.0, 0.25, 37.5])
 def test_deelbo_explicit_kappa_overrides_default(kappa: float) -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=20, kappa=kappa)
-    assert objective.kappa == kappa
+    objective = DEELBoObjective(DEELBo(net, 20, offset_prior(net, groups), head=groups, kappa=kappa))
+    assert objective.deelbo.kappa == kappa
 
 
 @pytest.mark.parametrize("kappa", [0.0, -1.0, math.nan, math.inf])
 def test_deelbo_bad_kappa_raises(kappa: float) -> None:
     net, groups = make_net()
     with pytest.raises(ConfigError, match="kappa"):
-        DEELBoObjective(net, groups, offset_prior(net, groups), n_train=20, kappa=kappa)
+        DEELBoObjective(DEELBo(net, 20, offset_prior(net, groups), head=groups, kappa=kappa))
 
 
 @pytest.mark.parametrize("n_train", [0, -5, 2.5])
 def test_deelbo_bad_n_train_raises(n_train: float) -> None:
     net, groups = make_net()
     with pytest.raises(ConfigError, match="n_train"):
-        DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train)  # type: ignore[arg-type]
+        DEELBoObjective(DEELBo(net, n_train, offset_prior(net, groups), head=groups))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dim", [D_BODY - 1, D_BODY + 1, D_ALL])
 def test_deelbo_wrong_body_prior_length_raises_with_sizes(dim: int) -> None:
     net, groups = make_net()
     with pytest.raises(ConfigError) as info:
-        DEELBoObjective(net, groups, IsotropicGaussian.zero(dim, dtype=F64), n_train=20)
+        DEELBoObjective(DEELBo(net, 20, IsotropicGaussian.zero(dim, dtype=F64), head=groups))
     message = str(info.value)
     assert "body" in message
     assert str(dim) in message
@@ -204,10 +205,10 @@ def test_deelbo_wrong_body_prior_length_raises_with_sizes(dim: int) -> None:
 
 def test_deelbo_extra_parameters_are_the_posterior_rhos() -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=20, sigma_mode="layer")
+    objective = DEELBoObjective(DEELBo(net, 20, offset_prior(net, groups), head=groups, sigma_mode="layer"))
     extra = list(objective.extra_parameters())
     assert len(extra) == len(groups.body) + len(groups.head)
-    assert all(any(e is r for r in objective.posterior.rho.values()) for e in extra)
+    assert all(any(e is r for r in objective.deelbo.posterior.rho.values()) for e in extra)
     model_ids = {id(p) for p in net.parameters()}
     assert not any(id(e) in model_ids for e in extra)
 
@@ -215,7 +216,7 @@ def test_deelbo_extra_parameters_are_the_posterior_rhos() -> None:
 def test_deelbo_casts_prior_to_model_dtype() -> None:
     net, groups = make_net()
     prior = IsotropicGaussian.zero(D_BODY, dtype=torch.float32)
-    objective = DEELBoObjective(net, groups, prior, n_train=20)
+    objective = DEELBoObjective(DEELBo(net, 20, prior, head=groups))
     assert objective.body_prior.mean.dtype == F64
     assert objective.head_prior is not None
     assert objective.head_prior.mean.dtype == F64
@@ -230,24 +231,24 @@ def test_deelbo_casts_prior_to_model_dtype() -> None:
 def test_deelbo_loss_is_nll_plus_scaled_kl(mode: str, kind: str) -> None:
     net, groups = make_net()
     prior = make_prior(kind, net, groups)
-    objective = DEELBoObjective(net, groups, prior, n_train=30, sigma_mode=mode, init_sigma=0.05)  # type: ignore[arg-type]
+    objective = DEELBoObjective(DEELBo(net, 30, prior, head=groups, sigma_mode=mode, init_sigma=0.05))  # type: ignore[arg-type]
     # non-uniform sigmas so the per-weight code paths matter
     with torch.no_grad():
-        for k, rho in enumerate(objective.posterior.rho.values()):
+        for k, rho in enumerate(objective.deelbo.posterior.rho.values()):
             rho.add_(0.3 * k)
     x, y = batch()
     record = record_at(objective, x, y, seed=4)
     kl = hand_kl(objective)
     assert num(kl) > 0
     torch.testing.assert_close(record.penalty, kl, rtol=1e-10, atol=0)
-    torch.testing.assert_close(record.loss, record.nll + kl / (objective.kappa * 30), rtol=1e-10, atol=0)
+    torch.testing.assert_close(record.loss, record.nll + kl / (objective.deelbo.kappa * 30), rtol=1e-10, atol=0)
     # the NLL is that of the module run with one draw from q (the same draw under the same seed)
     torch.manual_seed(4)
-    draw = objective.posterior.sample()
+    draw = objective.deelbo.posterior.sample()
     logits = torch.func.functional_call(net, draw, (x,))
     torch.testing.assert_close(record.nll.double(), nn.functional.cross_entropy(logits, y), rtol=1e-6, atol=0)
     # lam and tau are the priors' closed-form optimum, detached
-    post = objective.posterior
+    post = objective.deelbo.posterior
     lam = objective.body_prior.optimal_variance(post.flat_mean("body"), post.flat_sigma("body"))
     assert objective.head_prior is not None
     tau = objective.head_prior.optimal_variance(post.flat_mean("head"), post.flat_sigma("head"))
@@ -261,10 +262,10 @@ def test_deelbo_loss_is_nll_plus_scaled_kl(mode: str, kind: str) -> None:
 
 def test_deelbo_lam_is_argmin_of_kl() -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=30, init_sigma=0.1)
+    objective = DEELBoObjective(DEELBo(net, 30, offset_prior(net, groups), head=groups, init_sigma=0.1))
     record = record_at(objective, *batch())
     assert record.lam is not None
-    post = objective.posterior
+    post = objective.deelbo.posterior
     theta, sigma = post.flat_mean("body").detach(), post.flat_sigma("body").detach()
     at_opt = num(objective.body_prior.kl(theta, sigma, record.lam))
     for factor in (0.5, 0.9, 1.1, 2.0):
@@ -273,7 +274,7 @@ def test_deelbo_lam_is_argmin_of_kl() -> None:
 
 def test_deelbo_sample_changes_nll_but_not_kl() -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=30, init_sigma=0.3)
+    objective = DEELBoObjective(DEELBo(net, 30, offset_prior(net, groups), head=groups, init_sigma=0.3))
     x, y = batch()
     a = record_at(objective, x, y, seed=0)
     b = record_at(objective, x, y, seed=1)
@@ -289,22 +290,17 @@ def test_deelbo_gradient_with_detached_lam_equals_full_gradient(mode: str, kind:
     """Envelope theorem: dKL/dlam = 0 at lam*, so detaching lam* loses no gradient."""
     net, groups = make_net()
     objective = DEELBoObjective(
-        net,
-        groups,
-        make_prior(kind, net, groups),
-        n_train=25,
-        sigma_mode=mode,  # type: ignore[arg-type]
-        init_sigma=0.05,
+        DEELBo(net, 25, make_prior(kind, net, groups), head=groups, sigma_mode=mode, init_sigma=0.05)
     )
     params = list(net.parameters()) + list(objective.extra_parameters())
     x, y = batch()
-    scale = objective.kappa * objective.n_train
+    scale = objective.deelbo.kappa * objective.deelbo.n_train
 
     record = record_at(objective, x, y, seed=7)
     got = torch.autograd.grad(record.loss, params)
 
     torch.manual_seed(7)
-    nll = nn.functional.cross_entropy(objective.posterior.forward_sample(x).float(), y)
+    nll = nn.functional.cross_entropy(objective.deelbo.posterior.forward_sample(x).float(), y)
     full = torch.autograd.grad(nll + hand_kl(objective, detach_lam=False) / scale, params)
     for g, f in zip(got, full, strict=True):
         torch.testing.assert_close(g, f, rtol=1e-9, atol=1e-12)
@@ -323,11 +319,11 @@ def test_deelbo_gradient_with_detached_lam_equals_full_gradient(mode: str, kind:
 
 def test_deelbo_gradients_reach_model_and_rho() -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=25, sigma_mode="layer")
+    objective = DEELBoObjective(DEELBo(net, 25, offset_prior(net, groups), head=groups, sigma_mode="layer"))
     record_at(objective, *batch()).loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
-    for key, rho in objective.posterior.rho.items():
+    for key, rho in objective.deelbo.posterior.rho.items():
         assert rho.grad is not None and float(rho.grad.abs()) > 0, key
 
 
@@ -336,9 +332,9 @@ def test_plain_elbo_weights_kl_more_than_default_when_d_exceeds_n() -> None:
     assert n_train < D_ALL
     x, y = batch()
     net, groups = make_net()
-    default = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train)
+    default = DEELBoObjective(DEELBo(net, n_train, offset_prior(net, groups), head=groups))
     net2, groups2 = make_net()
-    plain = DEELBoObjective(net2, groups2, offset_prior(net2, groups2), n_train=n_train, kappa=1.0)
+    plain = DEELBoObjective(DEELBo(net2, n_train, offset_prior(net2, groups2), head=groups2, kappa=1.0))
     rec_default = record_at(default, x, y)
     rec_plain = record_at(plain, x, y)
     # identical models, priors and draws: only the KL weight differs
@@ -356,24 +352,24 @@ def test_plain_elbo_weights_kl_more_than_default_when_d_exceeds_n() -> None:
 @pytest.mark.parametrize("lam", [1e-4, 0.3, 12.0])
 def test_equivalent_weight_decay(n_train: int, kappa: float | None, lam: float) -> None:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, offset_prior(net, groups), n_train=n_train, kappa=kappa)
-    expected = 1.0 / (lam * objective.kappa * n_train)
-    assert objective.equivalent_weight_decay(lam) == pytest.approx(expected, rel=1e-15)
+    objective = DEELBoObjective(DEELBo(net, n_train, offset_prior(net, groups), head=groups, kappa=kappa))
+    expected = 1.0 / (lam * objective.deelbo.kappa * n_train)
+    assert objective.deelbo.equivalent_weight_decay(lam) == pytest.approx(expected, rel=1e-15)
     if kappa is None:  # kappa = D / N makes it independent of N
-        assert objective.equivalent_weight_decay(lam) == pytest.approx(1.0 / (lam * D_ALL), rel=1e-14)
+        assert objective.deelbo.equivalent_weight_decay(lam) == pytest.approx(1.0 / (lam * D_ALL), rel=1e-14)
 
 
 def test_equivalent_weight_decay_matches_map_penalty() -> None:
     """The DE-ELBo's mean-dependent KL term per example equals MAP's penalty at that weight decay."""
     net, groups = make_net()
     prior = offset_prior(net, groups)
-    objective = DEELBoObjective(net, groups, prior, n_train=40, init_sigma=0.05)
+    objective = DEELBoObjective(DEELBo(net, 40, prior, head=groups, init_sigma=0.05))
     lam = 0.37
-    wd = objective.equivalent_weight_decay(lam)
-    theta = objective.posterior.flat_mean("body")
-    sigma = objective.posterior.flat_sigma("body")
-    kl_per_example = prior.kl(theta, sigma, lam) / (objective.kappa * objective.n_train)
-    kl_without_mean = prior.kl(prior.mean.clone(), sigma, lam) / (objective.kappa * objective.n_train)
+    wd = objective.deelbo.equivalent_weight_decay(lam)
+    theta = objective.deelbo.posterior.flat_mean("body")
+    sigma = objective.deelbo.posterior.flat_sigma("body")
+    kl_per_example = prior.kl(theta, sigma, lam) / (objective.deelbo.kappa * objective.deelbo.n_train)
+    kl_without_mean = prior.kl(prior.mean.clone(), sigma, lam) / (objective.deelbo.kappa * objective.deelbo.n_train)
     map_penalty = wd / 2 * prior.mahalanobis(theta)
     torch.testing.assert_close(kl_per_example - kl_without_mean, map_penalty, rtol=1e-10, atol=0)
 
@@ -405,7 +401,7 @@ def test_deelbo_stays_finite_at_theta_equal_mu_and_extreme_sigma(
         prior = LowRankGaussian(
             body, 0.5 + torch.rand(D_BODY, generator=gen), 0.3 * torch.randn(D_BODY, 2, generator=gen)
         )
-    objective = DEELBoObjective(net, groups, prior, n_train=12, sigma_mode=sigma_mode)  # type: ignore[arg-type]
+    objective = DEELBoObjective(DEELBo(net, 12, prior, head=groups, sigma_mode=sigma_mode))  # type: ignore[arg-type]
     with torch.no_grad():
         for r in objective.extra_parameters():
             r.fill_(rho)

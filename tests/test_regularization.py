@@ -20,6 +20,7 @@ import torch
 
 import optuna_deelbo as od
 from optuna_deelbo._errors import ConfigError
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._objectives import MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
@@ -277,7 +278,7 @@ def test_schedules_need_a_map_objective() -> None:
 
     task = _task()
     model = task.build_model()
-    objective = DEELBoObjective(model, task.groups(model), task.body_prior(model), n_train=60)
+    objective = DEELBoObjective(DEELBo(model, 60, task.body_prior(model), head=task.groups(model)))
     config = TrainConfig(lr=0.05, steps=2, batch_size=10, progress=False, device="cpu")
     with pytest.raises(ConfigError, match="MAP objective"):
         train_model(objective, task.train.x, task.train.y, config, weight_decay_schedule=pull_down((1e-3,), 2))

@@ -12,7 +12,7 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 import optuna_deelbo as od
-from optuna_deelbo.bayes._objectives import DEELBoObjective
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
 from optuna_deelbo.bayes._selection import _block_evidence_term, _ggn_diagonal
@@ -38,12 +38,12 @@ def _data(n: int = 40, seed: int = 0) -> tuple[Tensor, Tensor]:
     return x, (x[:, 0] + 0.5 * x[:, 1] > 0).long()
 
 
-def _objective(init_sigma: float = 0.05, seed: int = 0) -> DEELBoObjective:
+def _objective(init_sigma: float = 0.05, seed: int = 0) -> DEELBo:
     torch.manual_seed(seed)
     net = Linear2()
     groups = ParameterGroups.split(net, ("head.",))
     prior = IsotropicGaussian(groups.flat(dict(net.named_parameters()), "body").detach().clone())
-    return DEELBoObjective(net, groups, prior, n_train=40, init_sigma=init_sigma)
+    return DEELBo(net, 40, prior, head=groups, init_sigma=init_sigma)
 
 
 def test_full_pass_and_elbo_are_the_closed_forms_at_a_point_posterior() -> None:

@@ -18,6 +18,7 @@ from _nets import F64, Net, make_net
 from torch import Tensor, nn
 
 from optuna_deelbo._errors import ConfigError, TrainingDiverged
+from optuna_deelbo.bayes import DEELBo
 from optuna_deelbo.bayes._objectives import DEELBoObjective, LossRecord, MAPObjective
 from optuna_deelbo.bayes._posterior import ParameterGroups
 from optuna_deelbo.bayes._priors import IsotropicGaussian
@@ -257,7 +258,7 @@ def test_each_epoch_visits_every_example_once() -> None:
 
 def deelbo_run(n: int, seed: int = 0, steps: int = 150) -> tuple[DEELBoObjective, list[dict[str, float]]]:
     net, groups = make_net()
-    objective = DEELBoObjective(net, groups, l2sp_prior(net, groups), n_train=n, kappa=None)
+    objective = DEELBoObjective(DEELBo(net, n, l2sp_prior(net, groups), head=groups, kappa=None))
     x, y = blobs(n, seed=seed)
     result = train_model(objective, x, y, config(steps=steps, batch_size=20, lr=0.05, seed=seed))
     return objective, result.history
@@ -266,8 +267,8 @@ def deelbo_run(n: int, seed: int = 0, steps: int = 150) -> tuple[DEELBoObjective
 def test_deelbo_learns_finite_positive_lambda_that_depends_on_n() -> None:
     obj_small, hist_small = deelbo_run(20)
     obj_large, hist_large = deelbo_run(400)
-    assert obj_small.kappa == pytest.approx(83 / 20)
-    assert obj_large.kappa == pytest.approx(83 / 400)
+    assert obj_small.deelbo.kappa == pytest.approx(83 / 20)
+    assert obj_large.deelbo.kappa == pytest.approx(83 / 400)
     for history, objective in ((hist_small, obj_small), (hist_large, obj_large)):
         assert set(history[-1]) == {"step", "loss", "nll", "penalty", "lr", "lambda", "tau", "sigma"}
         for row in history:
@@ -278,7 +279,7 @@ def test_deelbo_learns_finite_positive_lambda_that_depends_on_n() -> None:
         assert history[-1]["lambda"] > 1e3 * 1e-3**2
         assert history[-1]["lambda"] != history[0]["lambda"]
         # the logged sigma is the posterior's current one
-        assert history[-1]["sigma"] == pytest.approx(objective.posterior.mean_sigma(), rel=1e-12)
+        assert history[-1]["sigma"] == pytest.approx(objective.deelbo.posterior.mean_sigma(), rel=1e-12)
     lam_small, lam_large = hist_small[-1]["lambda"], hist_large[-1]["lambda"]
     # Observed (seed 0): lambda(N=20) ~ 0.15 < lambda(N=400) ~ 0.18, but the direction flips with the
     # data seed (kappa = D/N makes the KL weight 1/D for every N), so only the difference is asserted.
@@ -404,8 +405,8 @@ def test_digits_task_and_fit_deelbo_end_to_end() -> None:
     assert task.n_train == 50
     assert task.test is not None and len(task.test) > 100
     objective, result = fit_deelbo(task, lr=0.01)
-    assert objective.n_train == 50
-    assert objective.kappa == pytest.approx(objective.num_weights / 50)
+    assert objective.deelbo.n_train == 50
+    assert objective.deelbo.kappa == pytest.approx(objective.deelbo.num_weights / 50)
     last = result.history[-1]
     assert last["step"] == 30
     assert math.isfinite(last["lambda"]) and last["lambda"] > 0
@@ -440,7 +441,7 @@ def _conv_objective(kind: str, seed: int = 0) -> MAPObjective | DEELBoObjective:
     prior = IsotropicGaussian(groups.flat(dict(net.named_parameters()), "body").detach().clone())
     if kind == "map":
         return MAPObjective(net, groups, prior, weight_decay=1e-2)
-    return DEELBoObjective(net, groups, prior, n_train=30)
+    return DEELBoObjective(DEELBo(net, 30, prior, head=groups))
 
 
 def _images(n: int = 30) -> tuple[Tensor, Tensor]:
@@ -470,7 +471,7 @@ def test_channels_last_deelbo_samples_keep_the_layout() -> None:
     x, y = _images()
     result = train_model(objective, x, y, config(steps=6, batch_size=10, log_every=3, channels_last=True))
     assert all(math.isfinite(r["lambda"]) and r["lambda"] > 0 for r in result.history)
-    draw = objective.posterior.sample()
+    draw = objective.deelbo.posterior.sample()
     assert draw["0.weight"].is_contiguous(memory_format=torch.channels_last)
     assert not draw["0.weight"].is_contiguous()
 

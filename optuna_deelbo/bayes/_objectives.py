@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from optuna_deelbo._validation import nonnegative_finite
 from optuna_deelbo.bayes._deelbo import DEELBo
-from optuna_deelbo.bayes._posterior import ParameterGroups, SigmaMode, WeightPosterior
+from optuna_deelbo.bayes._posterior import ParameterGroups, WeightPosterior
 from optuna_deelbo.bayes._priors import GaussianPrior, checked_prior, head_prior_for
 from optuna_deelbo.regularizers._penalties import Penalty
 
@@ -58,39 +58,33 @@ def _autocast(x: Tensor, enabled: bool) -> contextlib.AbstractContextManager[obj
 
 
 class Objective(nn.Module):
-    """Common base: a model, its body/head split and the two priors."""
+    """What the training loop reads of any objective: the model, its body / head split, the two priors.
+
+    Attributes:
+        model: the trained module (DE-ELBo: the posterior means).
+        groups: the body / head split of ``model``'s trainable parameters.
+        body_prior: the body's Gaussian prior (``N(mu, lam Sigma)``; MAP: ``lam`` plays no part).
+        head_prior: the head's zero-mean isotropic prior, ``None`` without a head.
+        penalty: an optional classic :class:`~optuna_deelbo.regularizers.Penalty` on the (mean) weights.
+    """
 
     name: str = "objective"
+    model: nn.Module
+    groups: ParameterGroups
+    body_prior: GaussianPrior
+    head_prior: GaussianPrior | None
 
-    def __init__(
-        self,
-        model: nn.Module,
-        groups: ParameterGroups,
-        body_prior: GaussianPrior,
-        head_prior: GaussianPrior | None = None,
-        penalty: Penalty | None = None,
-    ) -> None:
+    def __init__(self, penalty: Penalty | None = None) -> None:
         super().__init__()
         self.penalty = penalty
-        self._attach_model(model)
-        self.groups = groups
-        self._init_priors(model, groups, body_prior, head_prior)
-
-    def _init_priors(
-        self, model: nn.Module, groups: ParameterGroups, body_prior: GaussianPrior, head_prior: GaussianPrior | None
-    ) -> None:
-        """Hold the priors, checked against the body / head, on the model's device (default head: N(0, tau I))."""
-        params = dict(model.named_parameters())
-        self.body_prior = checked_prior(body_prior, groups.flat(params, "body").detach(), "body")
-        self.head_prior = head_prior_for(head_prior, groups.flat(params, "head").detach()) if groups.head else None
-
-    def _attach_model(self, model: nn.Module) -> None:
-        """Register ``model`` as this objective's ``model`` submodule (its state_dict prefix ``model.``)."""
-        self.model = model
 
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters besides the model's own (e.g. the posterior's sigma)."""
         return iter(())
+
+    def weight_posterior(self) -> WeightPosterior | None:
+        """The posterior this objective trains (its sigma is logged and watched); ``None`` for MAP."""
+        return None
 
     def extra_penalty(self, body: Tensor, head: Tensor | None) -> Tensor:
         """The optional :class:`Penalty` (L1, L2, L1/2) on the (mean) weights, per example (nats).
@@ -129,7 +123,12 @@ class MAPObjective(Objective):
         head_prior: GaussianPrior | None = None,
         penalty: Penalty | None = None,
     ) -> None:
-        super().__init__(model, groups, body_prior, head_prior, penalty)
+        super().__init__(penalty)
+        self.model = model
+        self.groups = groups
+        params = dict(model.named_parameters())
+        self.body_prior = checked_prior(body_prior, groups.flat(params, "body").detach(), "body")
+        self.head_prior = head_prior_for(head_prior, groups.flat(params, "head").detach()) if groups.head else None
         self.weight_decay = nonnegative_finite(weight_decay, "weight_decay")
 
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
@@ -150,65 +149,39 @@ class MAPObjective(Objective):
 
 
 class DEELBoObjective(Objective):
-    """The data-emphasized ELBo for the training loop: cross-entropy through :class:`~optuna_deelbo.bayes.DEELBo`.
+    """The data-emphasized ELBo for the training loop: cross-entropy through one :class:`~optuna_deelbo.bayes.DEELBo`.
 
-    The DE-ELBo step itself (sampled forward, closed-form ``lam*`` / ``tau*``, the KL term) is
-    :class:`~optuna_deelbo.bayes.DEELBo`'s, held as :attr:`deelbo`; this class adds the
-    classification likelihood, bf16 autocast and the optional :class:`Penalty`.
+    The DE-ELBo itself (sampled forward, closed-form ``lam*`` / ``tau*``, the KL term, the posterior,
+    ``N``, ``kappa``) is :attr:`deelbo`'s, and read there; this class adds only the classification
+    likelihood, bf16 autocast and the optional :class:`Penalty`. :attr:`model`, :attr:`groups`,
+    :attr:`body_prior` and :attr:`head_prior` (what the loop reads of any :class:`Objective`) are the
+    DEELBo's own objects.
 
     Args:
-        n_train: ``N``, the number of training examples (> 0).
-        kappa: likelihood emphasis; ``None`` means ``D / N`` with ``D`` all trainable weights.
-        sigma_mode: posterior std parametrisation, see :class:`WeightPosterior`.
-        init_sigma: initial posterior std (weight units).
-        share_head_sigma: scalar mode: one sigma for body and head (see :class:`WeightPosterior`).
-        prior_structure: ``"shared"`` (one body lambda) or ``"layer"`` (one lambda per body
-            parameter tensor, each in closed form; isotropic body priors only). The logged
-            ``lam`` is then their size-weighted mean, :meth:`layer_variances` gives each.
+        deelbo: the DE-ELBo (e.g. ``DEELBo(model, n_train, prior)`` or :meth:`DEELBo.from_recipe`).
+        penalty: an optional classic penalty on the posterior means.
     """
 
     name = "deelbo"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        groups: ParameterGroups,
-        body_prior: GaussianPrior,
-        n_train: int,
-        head_prior: GaussianPrior | None = None,
-        kappa: float | None = None,
-        sigma_mode: SigmaMode = "scalar",
-        init_sigma: float = 1e-3,
-        penalty: Penalty | None = None,
-        share_head_sigma: bool = False,
-        prior_structure: str = "shared",
-    ) -> None:
-        super().__init__(model, groups, body_prior, head_prior, penalty)
-        self.deelbo = DEELBo(
-            model,
-            n_train,
-            body_prior,
-            head=groups,
-            head_prior=head_prior,
-            kappa=kappa,
-            sigma_mode=sigma_mode,
-            init_sigma=init_sigma,
-            share_head_sigma=share_head_sigma,
-            prior_structure=prior_structure,
-        )
-
-    @classmethod
-    def around(cls, deelbo: DEELBo, penalty: Penalty | None = None) -> DEELBoObjective:
-        """The objective of a ready :class:`~optuna_deelbo.bayes.DEELBo` (e.g. :meth:`DEELBo.from_recipe`), as is."""
-        self = cls.__new__(cls)
-        Objective.__init__(self, deelbo.model, deelbo.groups, deelbo.body_prior, deelbo.head_prior, penalty)
+    def __init__(self, deelbo: DEELBo, penalty: Penalty | None = None) -> None:
+        if not isinstance(deelbo, DEELBo):
+            raise TypeError(
+                f"DEELBoObjective(deelbo=...) takes an od.DEELBo, got {type(deelbo).__name__}; "
+                "build one first: DEELBoObjective(od.DEELBo(model, n_train, prior, head=groups, ...))"
+            )
+        super().__init__(penalty)
         self.deelbo = deelbo
-        return self
 
-    def _init_priors(
-        self, model: nn.Module, groups: ParameterGroups, body_prior: GaussianPrior, head_prior: GaussianPrior | None
-    ) -> None:
-        """The priors are :attr:`deelbo`'s (checked and held there once; see :attr:`body_prior`)."""
+    @property
+    def model(self) -> nn.Module:  # type: ignore[override]
+        """:attr:`deelbo`'s model (registered there once: the state_dict keys are ``deelbo.model.*``)."""
+        return self.deelbo.model
+
+    @property
+    def groups(self) -> ParameterGroups:  # type: ignore[override]
+        """:attr:`deelbo`'s body / head split."""
+        return self.deelbo.groups
 
     @property
     def body_prior(self) -> GaussianPrior:  # type: ignore[override]
@@ -220,54 +193,11 @@ class DEELBoObjective(Objective):
         """:attr:`deelbo`'s head prior."""
         return self.deelbo.head_prior
 
-    def _attach_model(self, model: nn.Module) -> None:
-        """The model is :attr:`deelbo`'s (registered there once)."""
-
-    @property
-    def model(self) -> nn.Module:  # type: ignore[override]
-        """The trained module (the posterior means), owned by :attr:`deelbo`."""
-        return self.deelbo.model
-
-    @property
-    def posterior(self) -> WeightPosterior:
-        """The diagonal Gaussian posterior (``rho`` parameters)."""
-        return self.deelbo.posterior
-
-    @property
-    def n_train(self) -> int:
-        """``N``."""
-        return self.deelbo.n_train
-
-    @property
-    def kappa(self) -> float:
-        """The likelihood emphasis ``kappa``."""
-        return self.deelbo.kappa
-
-    @property
-    def num_weights(self) -> int:
-        """``D``, all trainable weights (body and head)."""
-        return self.deelbo.num_weights
-
-    @property
-    def prior_structure(self) -> str:
-        """``"shared"`` or ``"layer"``."""
-        return self.deelbo.prior_structure
-
-    @property
-    def block_sizes(self) -> tuple[int, ...]:
-        """Sizes of the body's parameter tensors (per-layer lambda blocks)."""
-        return self.deelbo.block_sizes
-
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         return self.deelbo.sigma_parameters()
 
-    def kl_terms(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(KL, lam*, tau*)``: see :meth:`DEELBo.kl_terms`."""
-        return self.deelbo.kl_terms()
-
-    def layer_variances(self) -> dict[str, float]:
-        """``lam*`` per body parameter tensor: see :meth:`DEELBo.layer_variances`."""
-        return self.deelbo.layer_variances()
+    def weight_posterior(self) -> WeightPosterior:
+        return self.deelbo.posterior
 
     def forward(self, x: Tensor, y: Tensor, amp: bool = False) -> LossRecord:
         with _autocast(x, amp):
@@ -283,11 +213,7 @@ class DEELBoObjective(Objective):
         loss = self.deelbo.loss(nll)
         terms = self.deelbo.last_terms
         if self.penalty is not None:
-            post = self.posterior
+            post = self.deelbo.posterior
             head = post.flat_mean("head") if self.groups.head else None
             loss = loss + self.extra_penalty(post.flat_mean("body"), head)
         return LossRecord(loss=loss, nll=nll, penalty=terms["kl"], lam=terms["lambda"], tau=terms.get("tau"))
-
-    def equivalent_weight_decay(self, variance: float) -> float:
-        """The ``weight_decay`` a MAP run would need to match a learned prior variance (``1 / (lam kappa N)``)."""
-        return self.deelbo.equivalent_weight_decay(variance)

@@ -1,6 +1,6 @@
 """Learning-rate selection without a validation set: scores of a finished DE-ELBo run.
 
-Each rule maps a trained :class:`~optuna_deelbo.bayes.DEELBoObjective` to one number in
+Each rule maps a trained :class:`~optuna_deelbo.bayes.DEELBo` to one number in
 nats per training example, lower is better; the DE-ELBo strategy keeps the learning rate whose
 run scores lowest. All but ``train-loss`` read the whole training set once more, unaugmented
 (the task's evaluation transform), with BatchNorm in eval mode:
@@ -58,7 +58,7 @@ BatchNLL = Callable[[Callable[..., Any], Any], tuple[Tensor, int]]
 
 
 class _HasPosterior(Protocol):
-    """A :class:`~optuna_deelbo.bayes.DEELBo` or a :class:`~optuna_deelbo.bayes.DEELBoObjective`."""
+    """What the expected NLL reads of a :class:`~optuna_deelbo.bayes.DEELBo`: its model and posterior."""
 
     @property
     def model(self) -> nn.Module: ...
@@ -68,7 +68,7 @@ class _HasPosterior(Protocol):
 
 
 class ScoredRun(_HasPosterior, Protocol):
-    """A finished DE-ELBo run as the Laplace and ELBo rules read it (a :class:`~optuna_deelbo.bayes.DEELBoObjective`).
+    """A finished DE-ELBo run as the Laplace and ELBo rules read it (a :class:`~optuna_deelbo.bayes.DEELBo`).
 
     Declared here, not imported, so the scores depend on nothing of the DE-ELBo's own modules.
     """
@@ -126,7 +126,7 @@ def expected_nll(
     """``E_q[NLL]``: the mean NLL (nats per example) on the data averaged over ``samples`` posterior draws.
 
     Args:
-        source: a ``DEELBo`` or a ``DEELBoObjective`` (its model and posterior).
+        source: a ``DEELBo`` (its model and posterior; a training loop's ``DEELBoObjective``: its ``.deelbo``).
         x: inputs ``(N, ...)`` with labels ``y``; or, with ``y=None``, the data in any form
             ``od.evaluate`` takes (``(x, y)``, an ``od.Split``, a ``Dataset``, a ``DataLoader``).
         loss_fn: the batch's mean NLL from ``(output, labels)``; default cross-entropy.

@@ -332,7 +332,7 @@ def _batched_step(
     for member in members:
         if member is not lead:
             member.loop.batches.next()  # every member's minibatch order stays where its own run's would be
-    noise = lead.objective.posterior.draw_noise()
+    noise = lead.objective.deelbo.posterior.draw_noise()
     weights = [m.objective.deelbo.sampled_weights(xb, noise=noise) for m in active]
     logits = _batched_logits(base, weights, xb, lead.loop.amp)
     live: list[_Member] = []

@@ -140,7 +140,7 @@ class DivergenceCheck(TrainHook):
         self.monitor.start(logged["nll"])  # keeps the first NLL it sees (read at the next check)
 
     def on_log(self, step: int, row: dict[str, float]) -> None:
-        self.monitor.check(step, row, getattr(self.loop.objective, "posterior", None))
+        self.monitor.check(step, row, self.loop.objective.weight_posterior())
 
     def finish(self) -> None:
         # with early stopping the run ends on its best weights, not on the last checked ones

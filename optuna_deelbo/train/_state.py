@@ -211,7 +211,7 @@ class LoopState:
         row = {"step": float(step), "lr": self.optimizer.param_groups[0]["lr"]}
         for key, value in self.sums.items():
             row[key] = float(value) / self.since_log
-        posterior = getattr(self.objective, "posterior", None)
+        posterior = self.objective.weight_posterior()
         if posterior is not None:
             row["sigma"] = posterior.mean_sigma()
         self.sums, self.since_log = {}, 0

@@ -170,7 +170,7 @@ def deelbo_objective(task: TaskSpec) -> DEELBoObjective:
     deelbo = DEELBo.from_recipe(
         model, task.n_train, task.body_prior(model), task.deelbo_recipe, head=task.groups(model), kappa=task.kappa
     )
-    return DEELBoObjective.around(deelbo, penalty=task.regularization.penalty_fn)
+    return DEELBoObjective(deelbo, penalty=task.regularization.penalty_fn)
 
 
 def finish_deelbo_training(task: TaskSpec, objective: DEELBoObjective, result: TrainResult) -> None:
@@ -207,7 +207,7 @@ def score_deelbo_run(
     """
     recipe = task.deelbo_recipe
     return selection_scores(
-        objective,
+        objective.deelbo,
         task.train.x,
         task.train.y,
         train_loss=result.final_loss,
