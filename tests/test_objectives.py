@@ -414,3 +414,15 @@ def test_deelbo_stays_finite_at_theta_equal_mu_and_extreme_sigma(
     record.loss.backward()
     for p in [*net.parameters(), *objective.extra_parameters()]:
         assert p.grad is not None and bool(torch.all(torch.isfinite(p.grad)))
+
+
+def test_deelbo_objective_takes_a_ready_deelbo_and_says_how_to_build_one() -> None:
+    """The objective wraps one DEELBo (0.4): a model in its place is refused with the call to write instead."""
+    net, groups = make_net()
+    with pytest.raises(TypeError, match=r"takes an od\.DEELBo, got Net.*DEELBoObjective\(od\.DEELBo\(model"):
+        DEELBoObjective(net)  # type: ignore[arg-type]
+    deelbo = DEELBo(net, 20, offset_prior(net, groups), head=groups)
+    objective = DEELBoObjective(deelbo)
+    assert objective.model is net and objective.groups is groups and objective.weight_posterior() is deelbo.posterior
+    assert objective.body_prior is deelbo.body_prior and objective.head_prior is deelbo.head_prior
+    assert all(key.startswith("deelbo.") for key in objective.state_dict())  # the model registered once
