@@ -157,7 +157,8 @@ def main() -> None:
         view = capture(base, study, out_dir)
     learned = [a for a in view.trial_attrs if a.startswith("learned:")]
     opened = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    trace_steps = max((len(t.user_attrs.get(A.LEARNED_TRACE, [])) for t in opened), default=0)
+    trace_steps = max((len(A.series(t, A.LEARNED_TRACE) or ()) for t in opened), default=0)
+    trace_shown = any(a == A.LEARNED_TRACE for a in view.trial_attrs)
     text = f"""# optuna-dashboard in headless Chromium
 
 {record.header()}
@@ -172,8 +173,9 @@ Seen in the rendered pages (read from the page text and the plotly SVG, not from
 - study note present: {"yes" if "What this study is" in view.note else "NO"}; it starts with the best trial's learned
   values: {"yes" if "Learned by the best trial" in view.note else "NO"}
 - page width (CSS px, viewport 1400): study page {view.widths[0]:,}, trials page {view.widths[1]:,} (issue 35's goal:
-  under 2,000; the trials page's width comes from the longest user attr, `learned:trace`, shown on one line: here
-  {trace_steps} logged steps)
+  under 2,000; a user attr is shown on one line, so a long one widens the trials page: `learned:trace`, here
+  {trace_steps} logged steps per trial, is a trial system attr since 0.4, {"yet SHOWN" if trace_shown else "not shown"}
+  among the user attrs, and drawn in the study page's trajectories figure)
 
 Screenshots: [dashboard.png](dashboard.png) (study page), [dashboard-trial.png](dashboard-trial.png) (trials page).
 """

@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _postgres import find_bin_dir, postgres_server
 from _record import RESULTS, RunRecord
 
+from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning import open_storage
 from optuna_deelbo.tuning.workers import PlannedStudy, QueueEmpty
 
-#: The user attrs a DE-ELBo trial gets (names as od.fit writes them; values of the same kinds).
+#: The attrs a DE-ELBo trial gets (names as od.fit writes them; values of the same kinds; the trace a system attr).
 ATTRS = {
     "learned:weight_decay": 1e-3,
     "learned:lambda": 1e-4,
@@ -73,8 +74,7 @@ def _worker(url: str, study_name: str, out: mp.Queue, ready: Any, go: Any) -> No
         trial.suggest_float("lr", 1e-3, 1e-1, log=True)
         for step in range(50, 301, 50):
             trial.report(0.5, step)
-        for key, value in ATTRS.items():
-            trial.set_user_attr(key, value)
+        A.set_trial_attrs(trial, ATTRS)
         study.tell(trial, 0.5)
         ran += 1
     out.put(ran)
@@ -153,7 +153,7 @@ def main() -> None:
     text = f"""# The storage ladder: planned trials per second, storage cost only
 
 {record.header()}
-- {args.trials} planned trials per run, each one ask + 6 intermediate values + {len(ATTRS)} user attrs + tell (what
+- {args.trials} planned trials per run, each one ask + 6 intermediate values + {len(ATTRS)} attrs + tell (what
   `od.fit` writes on a DE-ELBo trial), no training; one process per worker; {args.repeats} repeats, median (min-max)
   trials per second; every run checked: each planned trial completed exactly once
 

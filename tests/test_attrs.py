@@ -64,3 +64,24 @@ def test_learned_params_and_best_params_replace_the_placeholder() -> None:
     assert A.best_params(study) == {"lr": best.params["lr"], "weight_decay": 9.0}
     assert A.learned_floats(best) == {A.LEARNED_WEIGHT_DECAY: 9.0}  # not the trace
     assert A.select_key("train-loss") == "select:train-loss"
+
+
+def test_series_are_system_attrs_and_a_03_user_attr_still_reads() -> None:
+    """The long series go to system attrs (the dashboard prints user attrs on one line); 0.3 studies still read."""
+    study = optuna.create_study()
+    trial = study.ask()
+    A.set_trial_attrs(trial, {A.LEARNED_TRACE: [[1, 0.1, 0.2, 0.3]], A.LEARNED_LAMBDA: 0.1})
+    study.tell(trial, 1.0)
+    old = study.ask()
+    old.set_user_attr(A.LAMBDA_TRAJECTORY, [[0, 1e-4]])  # as 0.3 wrote it
+    study.tell(old, 2.0)
+    new, legacy = study.trials
+    assert A.LEARNED_TRACE not in new.user_attrs and new.system_attrs[A.LEARNED_TRACE] == [[1, 0.1, 0.2, 0.3]]
+    assert new.user_attrs == {A.LEARNED_LAMBDA: 0.1}
+    assert A.series(new, A.LEARNED_TRACE) == [[1, 0.1, 0.2, 0.3]]
+    assert A.series(legacy, A.LAMBDA_TRAJECTORY) == [[0, 1e-4]] and A.series(legacy, A.LEARNED_TRACE) is None
+    with pytest.raises(KeyError, match="not a series attr"):
+        A.series(new, A.LEARNED_LAMBDA)
+    fixed = optuna.trial.FixedTrial({})  # no storage behind it: every attr a user attr
+    A.set_trial_attrs(fixed, {A.LEARNED_TRACE: [[1, 0.1, 0.2, 0.3]]})
+    assert fixed.user_attrs == {A.LEARNED_TRACE: [[1, 0.1, 0.2, 0.3]]}

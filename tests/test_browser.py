@@ -42,9 +42,8 @@ def test_chromium_shows_study_list_learned_attrs_saved_figures_and_note(tiny_com
     with serve_dashboard(tiny_compare_url) as base:
         view = capture(base, TINY_STUDIES[0], tmp_path)
     assert set(TINY_STUDIES) <= set(view.study_names)
-    assert {"learned:lambda", "learned:tau", "learned:sigma", "learned:weight_decay", "learned:trace"} <= set(
-        view.trial_attrs
-    )
+    assert {"learned:lambda", "learned:tau", "learned:sigma", "learned:weight_decay"} <= set(view.trial_attrs)
+    assert "learned:trace" not in view.trial_attrs  # a system attr: drawn in the trajectories figure
     assert ACCURACY_TITLE in view.figure_titles
     assert any(t.startswith("Learned prior variances and posterior std") for t in view.figure_titles)
     assert "What this study is" in view.note and "Verdict on this task" in view.note

@@ -13,12 +13,12 @@ def test_deelbo_trajectories_plot_every_trial_and_mark_the_chosen_one(tiny_compa
     study = optuna.load_study(study_name="digits-N50-seed0/l2-sp/deelbo", storage=tiny_compare_url)
     figure = trajectory_figure(study)
     assert figure is not None
-    traced = [t for t in study.trials if t.user_attrs.get(A.LEARNED_TRACE)]
+    traced = [t for t in study.trials if A.series(t, A.LEARNED_TRACE)]
     assert len(traced) == 4
     names = " ".join(str(trace.name) for trace in figure.data)
     assert "lr" in names
     steps = {float(x) for trace in figure.data for x in trace.x}
-    assert steps <= {float(row[0]) for t in traced for row in t.user_attrs[A.LEARNED_TRACE]}
+    assert steps <= {float(row[0]) for t in traced for row in A.series(t, A.LEARNED_TRACE) or ()}
 
 
 def test_a_study_without_trajectories_has_no_trajectory_figure(tiny_compare_url: str) -> None:

@@ -74,7 +74,7 @@ SUBPACKAGE_SIZES = {
     "tuning": 20,
     "tuning.trials": 11,
     "tuning.workers": 16,
-    "tuning.attrs": 57,
+    "tuning.attrs": 60,
     "tuning.strategies": 27,
     "integrations": 1,
 }

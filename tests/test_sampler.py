@@ -25,6 +25,7 @@ from optuna.trial import FixedTrial, FrozenTrial, Trial, TrialState
 from optuna_deelbo import ConfigError
 from optuna_deelbo.task._builtin import digits_task
 from optuna_deelbo.task._spec import TaskSpec
+from optuna_deelbo.tuning import attrs as A
 from optuna_deelbo.tuning._sampler import DEELBoSampler, learned_names, without_learned
 from optuna_deelbo.tuning.attrs import LEARNED_PREFIX
 from optuna_deelbo.tuning.strategies import LEARNING_RATES, task_objective
@@ -386,7 +387,8 @@ def _check_deelbo_trial(trial: FrozenTrial, task: TaskSpec) -> None:
     assert trial.params["weight_decay"] == WEIGHT_DECAY_RANGE[0]  # only the placeholder
     for name in ("lambda", "weight_decay", "tau", "sigma"):
         assert _positive_finite(attrs[LEARNED_PREFIX + name]), (name, attrs.get(LEARNED_PREFIX + name))
-    trace = attrs[LEARNED_PREFIX + "trace"]
+    assert LEARNED_PREFIX + "trace" not in attrs  # a system attr since 0.4
+    trace = A.series(trial, A.LEARNED_TRACE)
     assert isinstance(trace, list) and trace
     assert all(isinstance(row, list) and len(row) == 4 for row in trace)
     steps = [row[0] for row in trace]
@@ -474,5 +476,15 @@ def test_learned_attrs_survive_sqlite_round_trip(task: TaskSpec, tmp_path: Path)
         ).fetchall()
     on_disk = {(number, key): json.loads(value) for number, key, value in rows}
     for number, attrs in written.items():
-        for key in ("learned:weight_decay", "learned:lambda", "learned:trace", "mode"):
+        for key in ("learned:weight_decay", "learned:lambda", "mode"):
             assert on_disk[(number, key)] == attrs[key]
+        assert (number, "learned:trace") not in on_disk
+    with sqlite3.connect(path) as conn:  # the trace is a system attr row of the same file
+        system = conn.execute(
+            "SELECT t.number, a.value_json FROM trial_system_attributes a JOIN trials t USING (trial_id) "
+            "WHERE a.key = 'learned:trace'"
+        ).fetchall()
+    assert sorted(number for number, _ in system) == sorted(written)
+    for number, value in system:
+        trace = json.loads(value)
+        assert trace == A.series(loaded.trials[number], A.LEARNED_TRACE) and len(trace[0]) == 4

@@ -51,8 +51,9 @@ _HOW_TO_READ = {
         "Each trial trains on all N with the DE-ELBo; its **value is the score of the selection rule** named "
         f"in the `{A.SELECT_RULE}` user attr (by default `train-loss`, the final training DE-ELBo loss; lower wins; "
         "no validation split). The weight decay is not searched: it is learned, see the "
-        f"`{A.LEARNED_LAMBDA}`, `{A.LEARNED_TAU}`, `{A.LEARNED_SIGMA}`, `{A.LEARNED_WEIGHT_DECAY}` user attrs and "
-        f"`{A.LEARNED_TRACE}` (`[[step, lambda, tau, sigma], ...]`). `{A.TEST_ACCURACY}` per trial is reporting only."
+        f"`{A.LEARNED_LAMBDA}`, `{A.LEARNED_TAU}`, `{A.LEARNED_SIGMA}`, `{A.LEARNED_WEIGHT_DECAY}` user attrs; "
+        "how they moved during training is the trajectories figure (the numbers: the trial system attr "
+        f"`{A.LEARNED_TRACE}`, `[[step, lambda, tau, sigma], ...]`). `{A.TEST_ACCURACY}` per trial is reporting only."
     ),
     "val_nll": (
         "Each trial trains MAP on 80 % of the N examples; its **value is the validation NLL** on the other "
@@ -120,8 +121,12 @@ def study_note(study: optuna.study.Study, comparison: Sequence[StrategyResult]) 
         f"`{A.TIME_TRIAL_S}` is each trial's wall-clock; the study attrs `{A.TIME_TUNING_S}`, `{A.TIME_RETRAIN_S}`, "
         f"`{A.TIME_TOTAL_S}` are the strategy's cost.",
     ]
-    if any(t.user_attrs.get(A.LAMBDA_TRAJECTORY) for t in study.get_trials(deepcopy=False)):
-        lines += ["", f"The weight decay follows a schedule: `{A.LAMBDA_TRAJECTORY}` is `[[first step, value], ...]`."]
+    if any(A.series(t, A.LAMBDA_TRAJECTORY) for t in study.get_trials(deepcopy=False)):
+        lines += [
+            "",
+            "The weight decay follows a schedule (the trajectories figure; the numbers: the trial system attr "
+            f"`{A.LAMBDA_TRAJECTORY}`, `[[first step, value], ...]`).",
+        ]
     if this is not None:
         acc = "n/a" if math.isnan(this.test_accuracy) else f"{100 * this.test_accuracy:.1f}%"
         lines += [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -80,6 +81,12 @@ def _complete(study: optuna.study.Study) -> list[FrozenTrial]:
     return list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+def _with_series(trials: Sequence[FrozenTrial], key: str) -> list[tuple[FrozenTrial, list[Any]]]:
+    """``(trial, series)`` for each trial holding the :data:`~optuna_deelbo.tuning.attrs.SERIES` attr ``key``."""
+    pairs = [(t, A.series(t, key)) for t in trials]
+    return [(t, rows) for t, rows in pairs if rows]
+
+
 def learned_trajectories_figure(study: optuna.study.Study) -> go.Figure:
     """DE-ELBo's ``learned:trace``: lambda, tau (variances) and sigma (std) against step, one colour per trial."""
     fig = make_subplots(
@@ -88,8 +95,7 @@ def learned_trajectories_figure(study: optuna.study.Study) -> go.Figure:
         horizontal_spacing=0.08,
         subplot_titles=("lambda (body prior)", "tau (head prior)", "sigma (posterior std)"),
     )
-    for k, trial in enumerate(t for t in _complete(study) if t.user_attrs.get(A.LEARNED_TRACE)):
-        trace = trial.user_attrs[A.LEARNED_TRACE]
+    for k, (trial, trace) in enumerate(_with_series(_complete(study), A.LEARNED_TRACE)):
         steps = [row[0] for row in trace]
         color = _TRIAL_COLORS[k % len(_TRIAL_COLORS)]
         chosen = trial.number == study.user_attrs.get(A.BEST_TRIAL)
@@ -124,8 +130,7 @@ def weight_decay_trajectories_figure(study: optuna.study.Study) -> go.Figure:
     """A schedule strategy's ``lambda:trajectory``: weight decay (log axis) against step, one line per trial."""
     task = study.user_attrs.get(A.TASK) or {}
     fig = go.Figure()
-    for k, trial in enumerate(t for t in _complete(study) if t.user_attrs.get(A.LAMBDA_TRAJECTORY)):
-        rows = trial.user_attrs[A.LAMBDA_TRAJECTORY]
+    for k, (trial, rows) in enumerate(_with_series(_complete(study), A.LAMBDA_TRAJECTORY)):
         last = max(int(task.get("steps", 0)), int(rows[-1][0]))
         chosen = trial.number == study.user_attrs.get(A.BEST_TRIAL)
         fig.add_trace(
@@ -148,9 +153,9 @@ def weight_decay_trajectories_figure(study: optuna.study.Study) -> go.Figure:
 def trajectory_figure(study: optuna.study.Study) -> go.Figure | None:
     """The study's trajectory figure: learned (DE-ELBo), scheduled weight decay, or ``None`` (fixed)."""
     trials = _complete(study)
-    if any(t.user_attrs.get(A.LEARNED_TRACE) for t in trials):
+    if any(A.series(t, A.LEARNED_TRACE) for t in trials):
         return learned_trajectories_figure(study)
-    if any(t.user_attrs.get(A.LAMBDA_TRAJECTORY) for t in trials):
+    if any(A.series(t, A.LAMBDA_TRAJECTORY) for t in trials):
         return weight_decay_trajectories_figure(study)
     return None
 

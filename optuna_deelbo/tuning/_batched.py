@@ -241,6 +241,5 @@ def _tell(
         attrs[A.FAILURE_REASON] = str(exc)
     finally:
         attrs[A.TIME_TRIAL_S] = share_s + time.perf_counter() - start
-        for key, val in attrs.items():
-            trial.set_user_attr(key, val)
+        A.set_trial_attrs(trial, attrs)
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)

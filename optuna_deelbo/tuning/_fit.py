@@ -471,8 +471,7 @@ def _trial_attrs(trial: optuna.trial.BaseTrial) -> Iterator[dict[str, Any]]:
         raise
     finally:
         attrs[A.TIME_TRIAL_S] = time.perf_counter() - start
-        for key, val in attrs.items():
-            trial.set_user_attr(key, val)
+        A.set_trial_attrs(trial, attrs)
 
 
 @dataclass(frozen=True)

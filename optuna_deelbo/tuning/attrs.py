@@ -8,15 +8,14 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
 
 * :data:`MODE` (str: ``"deelbo"`` / ``"map"``), :data:`KAPPA` (DE-ELBo likelihood weight ``D / N``)
 * ``learned:<name>`` (:func:`learned_key`): :data:`LEARNED_LAMBDA`, :data:`LEARNED_WEIGHT_DECAY`,
-  :data:`LEARNED_TAU`, :data:`LEARNED_SIGMA`, :data:`LEARNED_LAMBDA_LAYERS` (dict, per layer),
-  :data:`LEARNED_TRACE` (``[[step, lambda, tau, sigma], ...]``)
+  :data:`LEARNED_TAU`, :data:`LEARNED_SIGMA`, :data:`LEARNED_LAMBDA_LAYERS` (dict, per layer)
 * :data:`TRAIN_LOSS`, :data:`TRAIN_NLL` (final-epoch means), :data:`TRAIN_BEST_STEP`,
   :data:`TRAIN_STOPPED_STEP`, :data:`TRAIN_LOSS_AT_BEST` (early stopping)
 * :data:`SELECT_RULE` (str) and ``select:<rule>`` (:func:`select_key`): the DE-ELBo selection rule and score
 * :data:`VAL_NLL`, :data:`VAL_ACCURACY` (MAP, 20 % split); :data:`TEST_NLL`, :data:`TEST_ACCURACY`
 * :data:`TIME_TRAIN_S` (with :data:`TIME_RECALIBRATE_S`), :data:`TIME_TRIAL_S`, :data:`TIME_SELECT_S`,
   :data:`TIME_TEST_EVAL_S`
-* :data:`LAMBDA_TRAJECTORY` (``[[step, weight decay], ...]`` of a schedule), :data:`FAILURE_REASON` (str),
+* :data:`FAILURE_REASON` (str),
   :data:`SKIPPED` (bool: pruned by its strategy without training, e.g. ``deelbo-descend``'s stop or a spent
   ``tpe-budget``; not counted as a trial the search ran)
 * checkpoints: :data:`CHECKPOINT_ARTIFACT` (str), :data:`CHECKPOINT_STEP` (int), :data:`RESUMED_STEP` (int),
@@ -25,6 +24,12 @@ Trial user attrs (floats unless noted; times in seconds, losses in nats per exam
 * :data:`BATCHED_MEMBERS` (int), :data:`BATCHED_WITH` (list of int): the trial trained in a batched search
   (:data:`TIME_TRAIN_S` is then its share, the batch's wall-clock over the members); :data:`HALVING_RUNGS`
   (``[[step, training loss], ...]``: the losses successive halving ranked it by, ``deelbo-halving``)
+
+Trial system attrs, the series (:data:`SERIES`; read with :func:`series`, written with :func:`set_trial_attrs`):
+:data:`LEARNED_TRACE` (``[[step, lambda, tau, sigma], ...]``, DE-ELBo) and :data:`LAMBDA_TRAJECTORY`
+(``[[step, weight decay], ...]`` of a schedule). Not user attrs since 0.4: optuna-dashboard prints every user
+attr on one line, and a 100-row series made the trials page 9,000 px wide; the report's and the dashboard's
+trajectory figure draws them. :func:`series` also reads a 0.3 study, which has them as user attrs.
 
 Study user attrs: :data:`STRATEGY`, :data:`DESCRIPTION`, :data:`TASK` (name, N, prior, steps),
 :data:`PLAN` (what a resumed study must match), :data:`PLANNED` (int), :data:`BUILTIN_TASK` (the JSON a worker
@@ -38,6 +43,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from optuna_deelbo.tuning._optuna_internals import study_storage, trial_id
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -75,6 +84,7 @@ __all__ = [
     "SAVED_MODEL_DIR",
     "SELECT_PREFIX",
     "SELECT_RULE",
+    "SERIES",
     "SKIPPED",
     "STRATEGY",
     "TASK",
@@ -101,6 +111,8 @@ __all__ = [
     "learned_params",
     "prefixed_learned",
     "select_key",
+    "series",
+    "set_trial_attrs",
 ]
 
 # --- trial attrs -------------------------------------------------------------------------------------------
@@ -172,6 +184,33 @@ BEST_TRIAL = "best_trial"
 BEST_PARAMS = "best_params"
 #: ``{"trial": number, "path": folder}``: the best trial's saved model (``DEELBoTrainer(keep_best=True)``).
 BEST_MODEL_DIR = "best_model_dir"
+
+
+#: The keys written as trial system attrs (long series), not user attrs: see the module docstring.
+SERIES: frozenset[str] = frozenset({LEARNED_TRACE, LAMBDA_TRAJECTORY})
+
+
+def set_trial_attrs(trial: optuna.trial.BaseTrial, attrs: Mapping[str, Any]) -> None:
+    """Write a run's attrs on its trial: each :data:`SERIES` key as a system attr, every other as a user attr.
+
+    A trial with no storage behind it (``optuna.trial.FixedTrial``) gets them all as user attrs.
+    """
+    for key, value in attrs.items():
+        if key in SERIES and isinstance(trial, optuna.trial.Trial):
+            study_storage(trial.study).set_trial_system_attr(trial_id(trial), key, value)
+        else:
+            trial.set_user_attr(key, value)
+
+
+def series(trial: FrozenTrial, key: str) -> list[Any] | None:
+    """A :data:`SERIES` attr of a finished trial (``[[step, ...], ...]``), ``None`` if it has none.
+
+    Reads the system attr, or the user attr a 0.3 study wrote.
+    """
+    if key not in SERIES:
+        raise KeyError(f"{key!r} is not a series attr; the series are {sorted(SERIES)}")
+    value = trial.system_attrs.get(key, trial.user_attrs.get(key))
+    return list(value) if value else None
 
 
 def select_key(rule: str) -> str:

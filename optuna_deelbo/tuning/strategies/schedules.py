@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from optuna_deelbo._errors import StorageError
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule, pull_down, pull_up
 from optuna_deelbo.tuning import attrs as A
@@ -89,7 +90,12 @@ class AdaptiveStrategy(_ScheduledStrategy):
         return AdaptiveFeedback(1e-4, every=max(1, task.steps // ADAPTIVE_UPDATES))
 
     def retrain_best(self, task: TaskSpec, best: FrozenTrial) -> RetrainResult:
-        trajectory = best.user_attrs[A.LAMBDA_TRAJECTORY]
+        trajectory = A.series(best, A.LAMBDA_TRAJECTORY)
+        if trajectory is None:
+            raise StorageError(
+                f"trial {best.number} has no {A.LAMBDA_TRAJECTORY!r} (the schedule it trained with), so the feedback "
+                "rule's winner cannot be retrained; rerun the study with if_exists='restart'"
+            )
         every = max(1, task.steps // ADAPTIVE_UPDATES)
         replay = replay_schedule(trajectory, every)
         return retrain(task, best.params["lr"], _first_value(replay), schedule=replay)
