@@ -24,7 +24,7 @@ from optuna_deelbo.bayes._posterior import (
 )
 from optuna_deelbo.bayes._priors import PRIOR_NAMES, GaussianPrior, IsotropicGaussian, LowRankGaussian
 from optuna_deelbo.bayes._selection import BatchNLL, expected_nll, laplace_neg_log_evidence, selection_scores
-from optuna_deelbo.bayes._swag import SWAG_FORMAT, SWAG_FORMAT_VERSION, SWAGCollector, SWAGMoments
+from optuna_deelbo.bayes._swag import SWAGCollector, SWAGMoments
 
 __all__ = [
     "POSTERIOR_SIGMA_MODES",
@@ -36,8 +36,6 @@ __all__ = [
     "SIGMA_FLOOR",
     "SIGMA_MODES",
     "SIGMA_OPTIMIZERS",
-    "SWAG_FORMAT",
-    "SWAG_FORMAT_VERSION",
     "WEIGHT_OPTIMIZERS",
     "BatchNLL",
     "BatchNormWarning",
