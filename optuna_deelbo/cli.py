@@ -33,6 +33,7 @@ from optuna_deelbo.report import (
     write_storage_report,
 )
 from optuna_deelbo.task import DATASET_NAMES, BuiltinTask
+from optuna_deelbo.task._stored import dataset_defaults
 from optuna_deelbo.train import resolve_device
 from optuna_deelbo.tuning import DEFAULT_STORAGE, attrs, compare, learned_params, open_storage
 from optuna_deelbo.tuning._checkpoints import default_artifacts_dir
@@ -53,9 +54,17 @@ __all__ = ["build_parser", "main"]
 #: Upper bound of every count option (steps, batch size, trials, threads, seconds...): larger values
 #: are typos, not budgets, and would run for days before anything failed.
 MAX_COUNT = 10_000_000
-#: The CIFAR backbone and the workers' checkpoint interval (steps) when not given.
-DEFAULT_BACKBONE = "cifar-resnet20"
+#: The workers' checkpoint interval (steps) when not given.
 DEFAULT_CHECKPOINT_EVERY = 50
+
+
+def _defaults_help(setting: str) -> str:
+    """Each dataset's default of one task setting, read off its factory: ``"digits 100, cifar10-jpeg / cifar10 50"``."""
+    by_value: dict[object, list[str]] = {}
+    for name in DATASET_NAMES:
+        if setting in (defaults := dataset_defaults(name)):
+            by_value.setdefault(defaults[setting], []).append(name)
+    return ", ".join(f"{' / '.join(names)} {value}" for value, names in by_value.items())
 
 
 def _integer(text: str, low: int, high: int, what: str) -> int:
@@ -122,27 +131,35 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
         "(default /usr/share/wordnet)",
     )
     cmp.add_argument(
-        "--backbone", default=None, choices=BACKBONE_NAMES, help="CIFAR tasks only (default cifar-resnet20)"
+        "--backbone",
+        default=None,
+        choices=BACKBONE_NAMES,
+        help=f"CIFAR tasks only (default {_defaults_help('backbone')})",
     )
     cmp.add_argument("--cache-dir", default=None, help="decoded images + pretrained checkpoints (CIFAR tasks)")
     cmp.add_argument(
         "--n-train",
         type=_positive_int,
         default=None,
-        help="target training-set size N (digits 100, CIFAR 50, wordnet-4 40)",
+        help=f"target training-set size N (default {_defaults_help('n_train')})",
     )
     cmp.add_argument("--prior", default="l2-sp", choices=PRIOR_NAMES)
     cmp.add_argument(
         "--recipe",
         default="default",
         choices=RECIPE_NAMES,
-        help="how DE-ELBo trains and picks its learning rate (README: 'Which recipe choices matter')",
+        help="how DE-ELBo trains and picks its learning rate (docs/guide/recipe.md)",
     )
     cmp.add_argument(
-        "--steps", type=_positive_int, default=None, help="SGD steps per configuration (default 300, wordnet-4 150)"
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help=f"SGD steps per configuration (default {_defaults_help('steps')})",
     )
-    cmp.add_argument("--batch-size", type=_positive_int, default=None, help="default 64, wordnet-4 16")
-    cmp.add_argument("--pretrain-steps", type=_positive_int, default=None, help="digits 400, CIFAR 2000")
+    cmp.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {_defaults_help('batch_size')}")
+    cmp.add_argument(
+        "--pretrain-steps", type=_positive_int, default=None, help=f"default {_defaults_help('pretrain_steps')}"
+    )
     cmp.add_argument(
         "--lrs",
         type=_learning_rates,
@@ -259,22 +276,18 @@ def _if_exists(args: argparse.Namespace) -> str:
 
 
 #: ``(steps, batch size)`` per configuration when ``--steps`` / ``--batch-size`` are not given.
-BUDGETS: dict[str, tuple[int, int]] = {"wordnet-4": (150, 16)}
-DEFAULT_BUDGET = (300, 64)
-
-
 def _builtin_task(args: argparse.Namespace, *, artifacts: str | None = None) -> BuiltinTask:
-    steps, batch_size = BUDGETS.get(args.dataset, DEFAULT_BUDGET)
+    """The task of ``compare`` / ``--plan-only``: every setting not given is the dataset's default (its factory's)."""
     return BuiltinTask(
         dataset=args.dataset,
         n_train=args.n_train,
         seed=args.seed,
         prior=args.prior,
-        steps=args.steps or steps,
-        batch_size=args.batch_size or batch_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
         pretrain_steps=args.pretrain_steps,
         data_dir=args.data_dir,
-        backbone=args.backbone or DEFAULT_BACKBONE,
+        backbone=args.backbone,
         cache_dir=args.cache_dir,
         checkpoint_every=(args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY) if artifacts is not None else None,
         artifacts=artifacts,

@@ -6,6 +6,7 @@ the multi-worker test uses a real PostgreSQL server (see ``postgres_url`` in con
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -24,7 +25,8 @@ from optuna.trial import TrialState
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.cli import main
-from optuna_deelbo.task._stored import BuiltinTask
+from optuna_deelbo.task._stored import BuiltinTask, dataset_defaults
+from optuna_deelbo.task._text import wordnet_task
 from optuna_deelbo.tuning._storage import open_storage
 from optuna_deelbo.tuning._study import plan_strategy_study, run_strategy
 from optuna_deelbo.tuning._trial_queue import queue_progress
@@ -221,6 +223,39 @@ def test_worker_and_finish_errors_name_the_problem(tmp_path: Path, capsys: pytes
     capsys.readouterr()
     assert main(["finish", "--storage", url, "--study", "digits-N50-seed0/l2-sp/deelbo"]) == 2
     assert "is not worked off yet (4 waiting, 0 running)" in capsys.readouterr().err
+
+
+def test_a_builtin_task_takes_each_default_from_its_dataset_factory(capsys: pytest.CaptureFixture[str]) -> None:
+    """Task settings are declared once, in the factories' signatures: BuiltinTask and compare's help read them."""
+    wordnet = inspect.signature(wordnet_task).parameters
+    text = BuiltinTask(dataset="wordnet-4", data_dir="/usr/share/wordnet")
+    assert (text.steps, text.batch_size) == (wordnet["steps"].default, wordnet["batch_size"].default) == (150, 16)
+    # the digits JSON is what 0.3 stored (a resumed study's stored task still matches)
+    assert BuiltinTask().to_json() == {
+        "version": 1,
+        "dataset": "digits",
+        "n_train": None,
+        "seed": 0,
+        "prior": "l2-sp",
+        "steps": 300,
+        "batch_size": 64,
+        "pretrain_steps": None,
+        "data_dir": None,
+        "backbone": "cifar-resnet20",
+        "cache_dir": None,
+        "checkpoint_every": None,
+        "artifacts": None,
+        "deelbo": "default",
+    }
+    assert dataset_defaults("digits") == {"n_train": 100, "steps": 300, "batch_size": 64, "pretrain_steps": 400}
+    assert dataset_defaults("cifar10")["backbone"] == "cifar-resnet20" and "pretrain_steps" not in dataset_defaults(
+        "wordnet-4"
+    )
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default digits / cifar10-jpeg / cifar10 300, wordnet-4 150)" in shown
+    assert "target training-set size N (default digits 100, cifar10-jpeg / cifar10 50, wordnet-4 40)" in shown
 
 
 def test_recipe_round_trips_and_refuses_bad_json() -> None:

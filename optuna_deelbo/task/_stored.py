@@ -10,7 +10,8 @@ one too. (A *recipe* in this package is how DE-ELBo trains: :class:`~optuna_deel
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,33 @@ from optuna_deelbo.task._builtin import CIFAR_DATASETS, DATASET_NAMES, digits_ta
 from optuna_deelbo.task._spec import TaskSpec
 from optuna_deelbo.task._text import wordnet_task
 
-__all__ = ["BUILTIN_TASK_VERSION", "BuiltinTask"]
+__all__ = ["BUILTIN_TASK_VERSION", "FACTORIES", "BuiltinTask", "dataset_defaults"]
 
 #: Stored as ``"version"``; a task of another version is refused.
 BUILTIN_TASK_VERSION = 1
+#: Each dataset's factory. Its signature's defaults are the dataset's defaults (N, steps, batch size, source
+#: pretraining steps, CIFAR backbone): the one place they are written; :class:`BuiltinTask` and the CLI read them.
+FACTORIES: dict[str, Callable[..., tuple[TaskSpec, float]]] = {
+    "digits": digits_task,
+    "cifar10-jpeg": split_cifar_task,
+    "cifar10": split_cifar_task,
+    "wordnet-4": wordnet_task,
+}
+#: The settings a built-in task defaults per dataset, in the order the CLI's help lists them.
+_DEFAULTED = ("n_train", "steps", "batch_size", "pretrain_steps", "backbone")
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """``{setting: default}`` of one dataset's factory, for those of ``n_train``, ``steps``, ``batch_size``,
+    ``pretrain_steps``, ``backbone`` it takes (digits and wordnet-4 have no backbone, wordnet-4 no pretraining).
+
+    Raises:
+        ConfigError: an unknown dataset.
+    """
+    if dataset not in FACTORIES:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASET_NAMES)}")
+    params = inspect.signature(FACTORIES[dataset]).parameters
+    return {name: params[name].default for name in _DEFAULTED if name in params}
 
 
 @dataclass(frozen=True)
@@ -37,14 +61,17 @@ class BuiltinTask:
     Attributes:
         dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``;
             ``"wordnet-4"`` needs Debian's ``wordnet-base`` and the ``[text]`` extra).
-        n_train: target training-set size N; ``None`` = digits 100, CIFAR 50, wordnet-4 40.
+        n_train: target training-set size N; ``None`` = the dataset's default (:func:`dataset_defaults`:
+            digits 100, CIFAR 50, wordnet-4 40), resolved when the task is built.
         seed: as in :func:`~optuna_deelbo.task.digits_task`.
         prior: as in :func:`~optuna_deelbo.task.digits_task`.
-        steps: as in :func:`~optuna_deelbo.task.digits_task`.
-        batch_size: as in :func:`~optuna_deelbo.task.digits_task`.
-        pretrain_steps: source pretraining steps; ``None`` = digits 400, CIFAR 2000.
+        steps: SGD steps per configuration; ``None`` = the dataset's default (digits and CIFAR 300,
+            wordnet-4 150), set at construction.
+        batch_size: ``None`` = the dataset's default (64, wordnet-4 16), set at construction.
+        pretrain_steps: source pretraining steps; ``None`` = digits 400, CIFAR 2000, resolved when built.
         data_dir: CIFAR: the archives' folder; wordnet-4: the WordNet folder (default /usr/share/wordnet).
-        backbone: CIFAR tasks only.
+        backbone: CIFAR tasks only; ``None`` = :func:`~optuna_deelbo.task.split_cifar_task`'s (stored for
+            every dataset, as 0.3 did).
         cache_dir: CIFAR tasks only.
         checkpoint_every: steps between two checkpoints of a worker's trial (``None`` = none).
         artifacts: the checkpoint directory every worker shares (a worker may override it
@@ -56,11 +83,11 @@ class BuiltinTask:
     n_train: int | None = None
     seed: int = 0
     prior: str = "l2-sp"
-    steps: int = 300
-    batch_size: int = 64
+    steps: int | None = None
+    batch_size: int | None = None
     pretrain_steps: int | None = None
     data_dir: str | None = None
-    backbone: str = "cifar-resnet20"
+    backbone: str | None = None
     cache_dir: str | None = None
     checkpoint_every: int | None = None
     artifacts: str | None = None
@@ -68,8 +95,12 @@ class BuiltinTask:
 
     def __post_init__(self) -> None:
         DEELBoRecipe.from_json(self.deelbo)  # checked here, before any pretraining
-        if self.dataset not in DATASET_NAMES:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
+        defaults = dataset_defaults(self.dataset)
+        for name in ("steps", "batch_size"):  # concrete in the stored JSON, as 0.3 stored them
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
+        if self.backbone is None:
+            object.__setattr__(self, "backbone", dataset_defaults("cifar10-jpeg")["backbone"])
         if self.prior not in PRIOR_NAMES:
             raise ConfigError(f"unknown prior {self.prior!r}; choose one of {PRIOR_NAMES}")
         if self.backbone not in BACKBONE_NAMES:
@@ -119,6 +150,8 @@ class BuiltinTask:
 
         The task carries no checkpointing; a worker adds :func:`~optuna_deelbo.tuning.workers.worker_checkpointing`.
         """
+        defaults = dataset_defaults(self.dataset)
+        n_train = defaults["n_train"] if self.n_train is None else self.n_train
         common: dict[str, Any] = {
             "seed": self.seed,
             "prior": self.prior,
@@ -128,23 +161,21 @@ class BuiltinTask:
             "recipe": DEELBoRecipe.from_json(self.deelbo),
         }
         if self.dataset == "digits":
-            return digits_task(
-                100 if self.n_train is None else self.n_train, pretrain_steps=self.pretrain_steps or 400, **common
-            )
+            return digits_task(n_train, pretrain_steps=self.pretrain_steps or defaults["pretrain_steps"], **common)
         if self.dataset == "wordnet-4":
             return wordnet_task(
-                40 if self.n_train is None else self.n_train,
+                n_train,
                 progress=progress,
                 wordnet_dir=WORDNET_DIR if self.data_dir is None else self.data_dir,
                 **common,
             )
-        assert self.data_dir is not None  # __post_init__
+        assert self.data_dir is not None and self.backbone is not None  # __post_init__
         return split_cifar_task(
-            50 if self.n_train is None else self.n_train,
+            n_train,
             data_dir=self.data_dir,
             source="jpeg" if self.dataset == "cifar10-jpeg" else "torchvision",
             backbone=self.backbone,
-            pretrain_steps=self.pretrain_steps or 2000,
+            pretrain_steps=self.pretrain_steps or defaults["pretrain_steps"],
             cache_dir=self.cache_dir,
             progress=progress,
             **common,
