@@ -13,12 +13,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from optuna_deelbo.report._dashboard import _free_port
 
 __all__ = ["PostgresServer", "find_bin_dir", "postgres_server"]
 
@@ -41,12 +42,6 @@ def find_bin_dir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def postgres_server(bin_dir: Path, *, max_connections: int = 200) -> Iterator[PostgresServer]:
     """Start a server; yield it (``url``: ``postgresql+psycopg://``, database ``postgres``); stop it and delete it.
@@ -61,7 +56,7 @@ def postgres_server(bin_dir: Path, *, max_connections: int = 200) -> Iterator[Po
         os.chown(base, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, log = base / "data", base / "server.log"
-    port = _free_port()
+    port = _free_port("127.0.0.1")
 
     def run(*argv: str) -> None:
         done = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120, check=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from optuna.trial import TrialState
 
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.cli import main
+from optuna_deelbo.report._dashboard import _free_port
 from optuna_deelbo.task._stored import BuiltinTask, dataset_defaults
 from optuna_deelbo.task._text import wordnet_task
 from optuna_deelbo.tuning._storage import open_storage
@@ -84,12 +84,6 @@ def test_eight_postgres_workers_run_every_planned_trial_once_and_match_one_proce
     assert queue_progress(study).done
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _read_until(proc: subprocess.Popen[str], text: str, timeout_s: float) -> str:
     """What ``proc`` printed up to the line holding ``text`` (a server's ready line); fails after ``timeout_s``."""
     lines: list[str] = []
@@ -112,7 +106,7 @@ def test_four_workers_through_a_grpc_proxy_in_front_of_postgres_run_every_trial_
     postgres_url: str, tmp_path: Path
 ) -> None:
     optional_import("grpc", "grpc")
-    port = _free_port()
+    port = _free_port("127.0.0.1")
     argv = [sys.executable, "-m", "optuna_deelbo.cli", "proxy", "--storage", postgres_url, "--host", "127.0.0.1"]
     proxy = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"grpc://127.0.0.1:{port}"
@@ -150,7 +144,7 @@ def test_grpc_storage_urls_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         open_storage("grpc://localhost:1", heartbeat_interval=10)
     monkeypatch.setattr(_storage, "GRPC_CONNECT_TIMEOUT_S", 1)
     with pytest.raises(StorageError, match="optuna-deelbo proxy --storage"):
-        open_storage(f"grpc://127.0.0.1:{_free_port()}")
+        open_storage(f"grpc://127.0.0.1:{_free_port('127.0.0.1')}")
     with pytest.raises(StorageError, match="serves a database"):
         _storage.serve_grpc_proxy("grpc://localhost:13000")
 
@@ -212,9 +206,7 @@ def test_worker_and_finish_errors_name_the_problem(tmp_path: Path, capsys: pytes
     assert main(["finish", "--storage", url, "--study", "plain"]) == 2
     assert "has no stored built-in task" in capsys.readouterr().err
 
-    with __import__("socket").socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port("127.0.0.1")  # a port nobody listens on
     assert main(["worker", "--storage", f"postgresql+psycopg://u@127.0.0.1:{port}/db", "--study", "x"]) == 2
     assert "cannot open storage" in capsys.readouterr().err
 
