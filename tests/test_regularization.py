@@ -354,10 +354,10 @@ def test_compare_runs_the_schedule_strategies(tmp_path: Path) -> None:
         study = optuna.load_study(study_name=f"digits-N50-seed0/l2-sp/{name}", storage=storage)
         assert len(study.trials) == 4 and study.user_attrs["time:retrain_s"] > 0
         for trial in study.trials:
-            trajectory = trial.user_attrs["lambda:trajectory"]
+            trajectory = trial.system_attrs["lambda:trajectory"]
             assert trajectory[0][0] == 1 and all(v >= 0 for _, v in trajectory)
     down = optuna.load_study(study_name="digits-N50-seed0/l2-sp/pulldown", storage=storage).trials[0]
-    values = [v for _, v in down.user_attrs["lambda:trajectory"]]
+    values = [v for _, v in down.system_attrs["lambda:trajectory"]]
     assert values == sorted(values, reverse=True) and len(values) > 1
 
 
