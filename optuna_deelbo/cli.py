@@ -146,6 +146,7 @@ def _add_compare_options(cmp: argparse.ArgumentParser) -> None:
     cmp.add_argument("--prior", default="l2-sp", choices=PRIOR_NAMES)
     cmp.add_argument(
         "--recipe",
+        dest="deelbo",  # BuiltinTask's field
         default="default",
         choices=RECIPE_NAMES,
         help="how DE-ELBo trains and picks its learning rate (docs/guide/recipe.md)",
@@ -277,22 +278,16 @@ def _if_exists(args: argparse.Namespace) -> str:
 
 #: ``(steps, batch size)`` per configuration when ``--steps`` / ``--batch-size`` are not given.
 def _builtin_task(args: argparse.Namespace, *, artifacts: str | None = None) -> BuiltinTask:
-    """The task of ``compare`` / ``--plan-only``: every setting not given is the dataset's default (its factory's)."""
-    return BuiltinTask(
-        dataset=args.dataset,
-        n_train=args.n_train,
-        seed=args.seed,
-        prior=args.prior,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        pretrain_steps=args.pretrain_steps,
-        data_dir=args.data_dir,
-        backbone=args.backbone,
-        cache_dir=args.cache_dir,
-        checkpoint_every=(args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY) if artifacts is not None else None,
-        artifacts=artifacts,
-        deelbo=args.recipe,
+    """The task of ``compare`` / ``--plan-only``: each :class:`BuiltinTask` field is the option of the same ``dest``.
+
+    A setting not given is ``None``, the dataset's default (its factory's); checkpoints only with ``artifacts``.
+    """
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(BuiltinTask)}
+    settings["checkpoint_every"] = (
+        (args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY) if artifacts is not None else None
     )
+    settings["artifacts"] = artifacts
+    return BuiltinTask(**settings)
 
 
 def _plan(args: argparse.Namespace) -> int:

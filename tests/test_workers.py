@@ -6,6 +6,7 @@ the multi-worker test uses a real PostgreSQL server (see ``postgres_url`` in con
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import signal
@@ -282,3 +283,16 @@ def test_a_trial_left_running_without_heartbeats_is_run_by_compare_resume(tmp_pa
     complete = sorted(t.params["lr"] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == sorted(LEARNING_RATES)  # each planned configuration once
     assert queue_progress(optuna.load_study(study_name=name, storage=url)).done
+
+
+def test_every_builtin_task_field_is_a_compare_option() -> None:
+    """The CLI builds its task field by field from the options of the same dest: a new field needs its option."""
+    from optuna_deelbo.cli import build_parser
+
+    compare = next(
+        action.choices["compare"]
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict) and "compare" in action.choices
+    )
+    dests = {action.dest for action in compare._actions}
+    assert {f.name for f in dataclasses.fields(BuiltinTask)} <= dests
