@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from pathlib import Path
@@ -157,8 +158,15 @@ def test_retried_trial_resumes_from_the_newest_checkpoint_and_matches(task: Task
     assert retry.user_attrs[RESUMED_STEP] == 30 and retry.user_attrs[RESUMED_TRIAL] == 0
     assert retry.value == value  # finished exactly as the uninterrupted run did
     metas = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=study._storage)
-    assert sorted(m.filename for m in metas) == ["checkpoint-a.pt", "checkpoint-b.pt"]  # two slots, not one per step
-    assert len(list(tmp_path.iterdir())) == 2  # the retry, resumed at 30 of 40 steps, had no checkpoint left to write
+    # two checkpoint slots, not one per step; the learned trace as a file beside them (its system attr's rows)
+    assert sorted(m.filename for m in metas) == ["checkpoint-a.pt", "checkpoint-b.pt", "learned-trace.json"]
+    for trial in study.trials:  # the retry also lists its predecessor's artifacts (Optuna copies the system attrs)
+        metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+        traces = [m for m in metas if m.filename.endswith(".json")]
+        exported = [json.loads((tmp_path / m.artifact_id).read_text()) for m in traces]
+        assert trial.system_attrs["learned:trace"] in exported and len(exported[0][0]) == 4
+    # 2 slots + 2 traces: the retry, resumed at 30 of 40 steps, had no checkpoint left to write
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_corrupt_checkpoint_warns_and_restarts_from_step_zero(task: TaskSpec, tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ holds is :mod:`optuna_deelbo.train._checkpoint`'s business.
 from __future__ import annotations
 
 import io
+import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -118,6 +120,30 @@ class Checkpointing:
     def hook(self, trial: optuna.trial.Trial) -> CheckpointHook:
         """The hook that stores ``trial``'s checkpoints (two slots, newest named by ``checkpoint:artifact_id``)."""
         return CheckpointHook(self.every, _TrialWriter(trial, self.store))
+
+    def export_series(self, trial: optuna.trial.Trial, attrs: Mapping[str, Any]) -> list[str]:
+        """Each :data:`~optuna_deelbo.tuning.attrs.SERIES` attr in ``attrs`` also as a JSON artifact of ``trial``.
+
+        ``learned-trace.json`` / ``lambda-trajectory.json`` (the same ``[[step, ...], ...]`` rows), which
+        optuna-dashboard's trial page lists for download; the trial's system attr stays the record.
+
+        Returns:
+            The artifact ids, in the order of the keys' names.
+        """
+        ids = []
+        with tempfile.TemporaryDirectory(prefix="deelbo-series-") as tmp:
+            for key in sorted(A.SERIES & attrs.keys()):
+                path = Path(tmp) / f"{key.replace(':', '-')}.json"
+                path.write_text(json.dumps(attrs[key]))
+                ids.append(
+                    upload_artifact(
+                        artifact_store=self.store,
+                        file_path=str(path),
+                        study_or_trial=trial,
+                        mimetype="application/json",
+                    )
+                )
+        return ids
 
     def find_resume(self, trial: optuna.trial.Trial) -> Resume | None:
         """The newest checkpoint of the trials ``trial`` retries, or ``None`` for a fresh trial.

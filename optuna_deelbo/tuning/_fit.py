@@ -52,6 +52,7 @@ from optuna_deelbo.train._early_stopping import continue_until
 from optuna_deelbo.train._schedules import AdaptiveFeedback, StepSchedule
 from optuna_deelbo.train._training import Metrics, TrainResult, evaluate, train_model
 from optuna_deelbo.tuning import attrs as A
+from optuna_deelbo.tuning._checkpoints import Checkpointing
 from optuna_deelbo.tuning._sampler import learned_names
 
 __all__ = [
@@ -420,6 +421,8 @@ def fit(
             attrs[A.VAL_NLL], attrs[A.VAL_ACCURACY] = metrics.nll, metrics.accuracy
             value = metrics.nll
             run_attrs(result, attrs)
+        if live_trial is not None and isinstance(task.checkpointing, Checkpointing):
+            task.checkpointing.export_series(live_trial, attrs)  # the series as files beside the checkpoints
     return value
 
 
