@@ -10,8 +10,10 @@ every attention and MLP projection of all 6 layers, the head trained whole, ``wo
 the DE-ELBo starts sigma at ``LORA_INIT_SIGMA``), and, for the DE-ELBo, the ablation ``lora<r>-sigma<s>``:
 the adapters with the default recipe's initial posterior std (``--lora-init-sigma``, 1e-3).
 Each setting runs the strategies as their own studies, ``tpe-budget`` right after ``deelbo`` with that
-search's measured wall-clock. Writes benchmarks/results/lora-<tag>.md (and .csv) after every training set;
-the storage is git-ignored and a rerun reuses its finished studies.
+search's measured wall-clock. Writes benchmarks/results/lora-<tag>.md (and .csv) after every training set.
+A rerun reuses the storage's finished studies (their seconds are from the run that trained them, named in the
+record); the default storages, benchmarks/results/lora-cpu-n40.db / -n400.db, are kept in git so that a cell
+can be finished over several sessions (delete a study that ran while the machine was busy).
 """
 
 from __future__ import annotations
