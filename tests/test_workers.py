@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 from optuna_deelbo._errors import ConfigError
 from optuna_deelbo.cli import main
 from optuna_deelbo.report._dashboard import _free_port
-from optuna_deelbo.task._stored import BuiltinTask, dataset_defaults
+from optuna_deelbo.task import DATASET_NAMES
+from optuna_deelbo.task._stored import FACTORIES, BuiltinTask, dataset_defaults
 from optuna_deelbo.task._text import wordnet_task
 from optuna_deelbo.tuning._storage import open_storage
 from optuna_deelbo.tuning._study import plan_strategy_study, run_strategy
@@ -240,6 +241,7 @@ def test_a_builtin_task_takes_each_default_from_its_dataset_factory(capsys: pyte
         "artifacts": None,
         "deelbo": "default",
     }
+    assert tuple(FACTORIES) == DATASET_NAMES  # a dataset without a factory would have no defaults
     assert dataset_defaults("digits") == {"n_train": 100, "steps": 300, "batch_size": 64, "pretrain_steps": 400}
     assert dataset_defaults("cifar10")["backbone"] == "cifar-resnet20" and "pretrain_steps" not in dataset_defaults(
         "wordnet-4"

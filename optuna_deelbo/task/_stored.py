@@ -61,7 +61,7 @@ class BuiltinTask:
     Attributes:
         dataset: one of ``DATASET_NAMES`` (``"digits"`` is embedded; CIFAR needs ``data_dir``;
             ``"wordnet-4"`` needs Debian's ``wordnet-base`` and the ``[text]`` extra).
-        n_train: target training-set size N; ``None`` = the dataset's default (:func:`dataset_defaults`:
+        n_train: target training-set size N; ``None`` = the dataset's default (its factory's:
             digits 100, CIFAR 50, wordnet-4 40), resolved when the task is built.
         seed: as in :func:`~optuna_deelbo.task.digits_task`.
         prior: as in :func:`~optuna_deelbo.task.digits_task`.
